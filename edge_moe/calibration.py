@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_moe.atomic import atomic_path
 from edge_moe.errors import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -213,10 +213,7 @@ def save_calibration(table: CalibrationTable, path: str | os.PathLike[str]) -> P
     """Validate and write atomically (temp file, then rename), so no partial file is left."""
     p = Path(path)
     validate_table(table, source=str(p))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp.npz", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, suffix=".tmp.npz") as tmp:
         np.savez_compressed(
             tmp,
             logprobs=table.logprobs,
@@ -227,8 +224,4 @@ def save_calibration(table: CalibrationTable, path: str | os.PathLike[str]) -> P
             embeddings=table.embeddings,
             split=table.split,
         )
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p

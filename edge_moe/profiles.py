@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_moe.atomic import write_text
 from edge_moe.errors import DataFormatError
 
 FORMAT = "edge-moe-profiles/1"
@@ -201,11 +201,4 @@ def load_profiles(path: str | os.PathLike[str]) -> Profiles:
 
 def save_profiles(profiles: Profiles, path: str | os.PathLike[str]) -> Path:
     """Write atomically (temp file, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(profiles.to_json(), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, p)
-    return p
+    return write_text(path, json.dumps(profiles.to_json(), indent=2) + "\n")

@@ -96,3 +96,28 @@ def make_synthetic_profiles(
         aggregation_ms=aggregation_ms,
         note="synthetic profiles made by gating.synthetic (not measurements)",
     )
+
+
+def write_example(out_dir: str, seed: int = 0) -> tuple[str, str]:
+    """Write the committed example data: ``calibration.synthetic.npz`` + ``profiles.synthetic.json``."""
+    import os
+
+    from edge_moe.calibration import save_calibration
+    from edge_moe.profiles import save_profiles
+
+    table, size = make_synthetic_table(seed=seed)
+    cal = save_calibration(table, os.path.join(out_dir, "calibration.synthetic.npz"))
+    prof = save_profiles(make_synthetic_profiles(table, size, seed=seed),
+                         os.path.join(out_dir, "profiles.synthetic.json"))
+    return str(cal), str(prof)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Write the seeded SYNTHETIC example calibration table and profiles.")
+    ap.add_argument("--out", default="configs/example", help="output directory (default: configs/example)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    for path in write_example(args.out, args.seed):
+        print("wrote", path)

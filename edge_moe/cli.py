@@ -1,0 +1,223 @@
+"""The ``edge-moe`` command line: one Typer app, one thin command per verb.
+
+Each command reads its inputs, calls one library function and prints the result. Any
+:class:`~edge_moe.errors.EdgeMoEError` becomes exit code 1 with ``ClassName: message``;
+an infeasible budget is an answer (exit 0), not an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edge_moe.errors import ConfigError, EdgeMoEError
+
+logger = logging.getLogger(__name__)
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="edge-moe",
+    help="Collaborative mixture-of-edge-experts (MoE²) inference: plan budgets offline, "
+    "export experts, deploy a fleet, and query the gating coordinator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_DIR = REPO / "configs" / "example"
+
+
+def handles_errors(fn: F) -> F:
+    """Map EdgeMoEError to exit code 1 with ``ClassName: message`` on stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeMoEError as exc:
+            err_console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
+            raise typer.Exit(1) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_latency(values: list[str] | None) -> float | dict[str, float]:
+    """``--latency-ms 500`` (all categories) or ``--latency-ms stem=500`` repeated."""
+    if not values:
+        return math.inf
+    if len(values) == 1 and "=" not in values[0]:
+        return _budget_number("--latency-ms", values[0])
+    out: dict[str, float] = {}
+    for v in values:
+        if "=" not in v:
+            raise ConfigError(f"--latency-ms {v!r}: with several values, each must be CATEGORY=MS")
+        cat, _, ms = v.partition("=")
+        if cat.strip() in out:
+            raise ConfigError(f"--latency-ms: category {cat.strip()!r} given twice")
+        out[cat.strip()] = _budget_number(f"--latency-ms {cat.strip()}", ms)
+    return out
+
+
+def _budget_number(name: str, raw: str | float) -> float:
+    try:
+        v = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if math.isnan(v) or v < 0:
+        raise ConfigError(f"{name}={raw!r} must be a number >= 0 (use 'inf' for no budget)")
+    return v
+
+
+def _print_plan(record: dict[str, Any]) -> None:
+    if record["status"] != "optimal":
+        console.print(f"[bold yellow]{record['message']}[/]", highlight=False)
+        return
+    t = Table(title=f"plan ({record['method']}): {', '.join(record['experts'])}")
+    t.add_column("category")
+    t.add_column("test acc", justify="right")
+    t.add_column("test NLL", justify="right")
+    t.add_column("n", justify="right")
+    t.add_column("worst ms", justify="right")
+    for (cat, stats), ms in zip(record["test"]["per_category"].items(), record["worst_latency_ms"], strict=False):
+        t.add_row(cat, f"{stats['accuracy']:.3f}", f"{stats['nll']:.3f}", str(stats["n"]), f"{float(ms):.0f}")
+    t.add_row("[bold]all[/]", f"[bold]{record['test']['accuracy']:.3f}[/]", f"{record['test']['nll']:.3f}",
+              str(record["test"]["n"]), "")
+    console.print(t)
+    src = record["profiles"]["sources"]
+    console.print(
+        f"validation accuracy (objective) {float(record['objective_validation_accuracy']):.3f}; "
+        f"worst-case energy {float(record['worst_energy_j']):.3f} J ({'/'.join(src['energy_j'])}); "
+        f"selector evaluations {record['evaluations']}; gate {record['gate']}",
+        highlight=False,
+    )
+
+
+def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float | dict[str, float],
+             top_k: int | None, tau: float | None, gate: Path | None, out: Path, sweep: bool,
+             retrain_check: int, seed: int, progress: bool = True) -> dict[str, Any]:
+    """The work behind ``edge-moe plan`` (also used by ``demo``); returns the plan record."""
+    from gating import planner
+    from gating.gate import GateConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"loading {calibration} and {profiles}" + ("" if gate else "; training the gate"))
+    inputs = planner.load_inputs(calibration, profiles, gate, out, GateConfig(seed=seed), progress=progress)
+    gate_path = str(gate) if gate else str(out / "gate.onnx")
+    lat = planner.latency_budget(inputs, latency)
+    plan = planner.plan_one(inputs, energy_j, lat, top_k, tau)
+    record = planner.plan_record(inputs, plan, gate_path)
+    planner.write_json(out / "plan.json", record)
+    _print_plan(record)
+    console.print(f"wrote {out / 'plan.json'}")
+    if sweep:
+        from gating.plot import plot_sweep
+
+        doc = planner.sweep(inputs, top_k, seed=seed, progress=progress)
+        planner.write_json(out / "plans.json", doc)
+        planner.write_json(out / "pareto.json", doc["pareto_front"])
+        png = plot_sweep(doc, out / "tradeoffs.png", title=f"{calibration.name}")
+        chk, mono = doc["brute_force_check"], doc["monotonicity"]
+        console.print(
+            f"sweep: {len(doc['plans'])} plans over {len(doc['energy_grid_j'])}x{len(doc['latency_grid_ms'])} "
+            f"budgets; Pareto front {len(doc['pareto_front'])} plans; selector == brute force at "
+            f"{chk['equal']}/{chk['points']} points ({chk['selector_evaluations']} vs "
+            f"{chk['brute_force_evaluations']} evaluations); objective drops when adding an expert in "
+            f"{mono['drops']}/{mono['pairs']} pairs (worst {mono['worst_drop']:.4f})",
+            highlight=False,
+        )
+        console.print(f"wrote {out / 'plans.json'}, {out / 'pareto.json'}, {png}")
+    if retrain_check > 0:
+        from gating.gate import train_gate
+        from gating.retrain_gap import retrain_gap
+
+        console.print(f"retrain check: {retrain_check} random subsets (masked θ* vs gate retrained on S)")
+        raw = planner.load_calibration(calibration)
+        full = train_gate(raw, GateConfig(seed=seed), progress=False)
+        report = retrain_gap(raw, full, n_subsets=retrain_check, seed=seed, progress=progress)
+        planner.write_json(out / "retrain_gap.json", report.to_json())
+        console.print(report.summary(), highlight=False)
+    return record
+
+
+@app.command()
+@handles_errors
+def plan(
+    calibration: Annotated[Path, typer.Option(help="calibration table .npz (see README: formats)")],
+    profiles: Annotated[Path, typer.Option(help="profiles JSON with latency_ms and energy_j per expert")],
+    energy_j: Annotated[str, typer.Option("--energy-j", help="energy budget per request, J (worst case over the active experts); 'inf' for none")] = "inf",
+    latency_ms: Annotated[list[str] | None, typer.Option("--latency-ms", help="latency budget in ms: one value for all categories, or CATEGORY=MS repeated")] = None,
+    top_k: Annotated[int, typer.Option(min=0, help="experts active per request (top-k of the subset by gate weight); 0 = all of the subset")] = 2,
+    tau: Annotated[float | None, typer.Option(help="adaptive k: the smallest k whose gate mass >= tau (overrides --top-k)")] = None,
+    gate: Annotated[Path | None, typer.Option(help="use this gate.onnx instead of training one")] = None,
+    out: Annotated[Path, typer.Option(help="output directory for plan.json (and the sweep files)")] = Path("plans"),
+    sweep: Annotated[bool, typer.Option("--sweep", help="also plan a budget grid: plan table, Pareto front, PNG plot")] = False,
+    retrain_check: Annotated[int, typer.Option(min=0, help="also measure the optimality-preserving gap on R random subsets")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for gate training and random baselines")] = 0,
+) -> None:
+    """Plan which experts may answer under an energy and latency budget.
+
+    Trains the gate on the table's train split (or loads --gate), selects the subset on the
+    validation split with the exact discrete monotonic optimiser, and reports accuracy on the
+    test split. Writes OUT/plan.json. An infeasible budget exits 0 and says which budget binds.
+    """
+    if tau is not None and not (0.0 < tau <= 1.0):
+        raise ConfigError(f"--tau={tau} must be in (0, 1]")
+    run_plan(calibration, profiles, _budget_number("--energy-j", energy_j), parse_latency(latency_ms),
+             None if top_k == 0 else top_k, tau, gate, out, sweep, retrain_check, seed)
+
+
+@app.command()
+@handles_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("out/demo"),
+) -> None:
+    """The main job for now: plan budgets on the committed synthetic example data.
+
+    Trains a gate, prints a plan at a medium budget, sweeps a budget grid and writes the
+    plot. The example data is SYNTHETIC (made by ``python -m gating.synthetic``).
+    """
+    cal = EXAMPLE_DIR / "calibration.synthetic.npz"
+    prof = EXAMPLE_DIR / "profiles.synthetic.json"
+    console.rule("edge-moe demo: offline planner on synthetic example data")
+    record = run_plan(cal, prof, 2.0, 600.0, 2, None, None, out, sweep=True, retrain_check=0, seed=0)
+    console.print(f"plan status: {record['status']}; plot: {out / 'tradeoffs.png'}")
+
+
+@app.command("check-config")
+@handles_errors
+def check_config(path: Annotated[Path, typer.Argument(help="fleet YAML")]) -> None:
+    """Validate a fleet YAML and print its nodes and experts."""
+    from edge_moe.config import load_fleet
+
+    fleet = load_fleet(path)
+    t = Table(title=f"fleet '{fleet.name}' ({path})")
+    for col in ("node", "device class", "busy W", "experts"):
+        t.add_column(col)
+    for n in fleet.nodes:
+        dc = fleet.device_classes[n.device_class]
+        t.add_row(n.name, n.device_class, f"{dc.power_busy_w:g}",
+                  ", ".join(f"{e.name} ({e.precision}, {e.runner})" for e in fleet.experts_on(n.name)))
+    console.print(t)
+    console.print(json.dumps({"categories": list(fleet.categories), "coordinator": fleet.coordinator.node}))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

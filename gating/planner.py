@@ -1,0 +1,424 @@
+"""The offline planner: calibration table + profiles + budget -> plan (and sweeps of plans).
+
+A plan answers "which experts may answer, under this energy and latency budget?":
+
+1. Load the calibration table and the profiles, and align them by expert and category.
+2. Get the gate: train it on the table's train split (early stopping on validation) and
+   export ``gate.onnx``, or load a given ``gate.onnx``. The gate carries the per-expert
+   option-prior correction, which is applied to the experts' log-probs before mixing.
+3. Build the objective F(S): validation accuracy of the gate-masked, renormalised,
+   top-k mixture restricted to S (``gating.mixture.MixtureObjective``).
+4. Solve ``max F(S)`` under the budget with the exact selector (``gating.selector``).
+5. Report the chosen experts' accuracy on the *test* split, per category and overall.
+
+``sweep`` repeats 3-5 over a budget grid for MoE² (fixed k and adaptive k) and every
+baseline, and writes the plan table, the Pareto front and a plot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_moe.atomic import write_text
+from edge_moe.calibration import TEST, VALIDATION, CalibrationTable, load_calibration
+from edge_moe.errors import ConfigError, DataFormatError
+from edge_moe.profiles import Profiles, load_profiles
+from gating import baselines
+from gating.gate_runtime import OnnxGate
+from gating.mixture import MixtureObjective, apply_prior_correction, evaluate_subset
+from gating.selector import Budget, Selection, SelectionProblem, brute_force, select_experts
+
+logger = logging.getLogger(__name__)
+
+PLAN_FORMAT = "edge-moe-plan/1"
+DEFAULT_TAU = 0.8
+BRUTE_FORCE_MAX_N = 14  # sweeps cross-check the selector against brute force up to this N
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything a plan needs, aligned: arrays are in ``experts`` x ``categories`` order."""
+
+    table: CalibrationTable  # prior-corrected log-probs, experts in the gate's order
+    profiles: Profiles
+    gate: OnnxGate
+    gate_logits: np.ndarray  # (M, N) for every row of the table
+    latency_ms: np.ndarray  # (N, C)
+    energy_j: np.ndarray  # (N, C)
+    calibration_path: str
+    calibration_sha256: str
+    profiles_path: str
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        return self.table.experts
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.table.category_names
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One budget's plan, with its test-split evaluation."""
+
+    method: str
+    budget_energy_j: float
+    budget_latency_ms: list[float]
+    top_k: int | None
+    tau: float | None
+    selection: Selection
+    test: dict[str, Any]  # MixtureReport.to_json() on the test split, {} when infeasible
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        sel = self.selection
+        return {
+            "method": self.method,
+            "status": sel.status,
+            "message": sel.message,
+            "experts": list(sel.experts),
+            "objective_validation_accuracy": _num(sel.objective),
+            "worst_energy_j": _num(sel.worst_energy_j),
+            "worst_latency_ms": [_num(v) for v in np.atleast_1d(sel.worst_latency_ms)],
+            "evaluations": sel.evaluations,
+            "budget": {"energy_j": _num(self.budget_energy_j),
+                       "latency_ms": [_num(v) for v in self.budget_latency_ms]},
+            "top_k": self.top_k,
+            "tau": self.tau,
+            "test": self.test,
+            **self.extra,
+        }
+
+
+def _num(v: Any) -> float | str | None:
+    """JSON-safe float: inf/nan become strings rather than invalid JSON."""
+    if v is None:
+        return None
+    f = float(v)
+    if math.isnan(f):
+        return "nan"
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    return f
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (temp file, then rename) so no partial file is left."""
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_inputs(
+    calibration: str | os.PathLike[str],
+    profiles: str | os.PathLike[str],
+    gate_path: str | os.PathLike[str] | None,
+    out_dir: Path,
+    gate_config: Any = None,
+    progress: bool = False,
+) -> PlanInputs:
+    """Load, align and (if no gate is given) train and export the gate to ``out_dir/gate.onnx``.
+
+    Raises:
+        DataFormatError: a file is missing/malformed, or table and profiles disagree.
+        GateError: the gate cannot be trained, exported or loaded.
+    """
+    table = load_calibration(calibration)
+    prof = load_profiles(profiles)
+    missing = [e for e in table.experts if e not in prof.names]
+    if missing:
+        raise DataFormatError(f"{profiles}: no profile for experts {missing} of {calibration} "
+                              f"(profiled: {list(prof.names)})")
+    missing_c = [c for c in table.category_names if c not in prof.categories]
+    if missing_c:
+        raise DataFormatError(f"{profiles}: no figures for categories {missing_c} of {calibration} "
+                              f"(profiled: {list(prof.categories)})")
+    if gate_path is None:
+        from gating.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
+
+        trained = train_gate(table, gate_config or GateConfig(), progress=progress)
+        gate_path = export_gate_onnx(trained, out_dir / "gate.onnx")
+    gate = OnnxGate.load(gate_path)
+    if set(gate.experts) != set(table.experts):
+        raise DataFormatError(f"{gate_path}: gate experts {list(gate.experts)} differ from the "
+                              f"calibration table's {list(table.experts)}")
+    table = table.select_experts(gate.experts)
+    corrected = apply_prior_correction(table.logprobs, gate.prior).astype(np.float32)
+    table = CalibrationTable(logprobs=corrected, labels=table.labels, categories=table.categories,
+                             category_names=table.category_names, experts=table.experts,
+                             embeddings=table.embeddings, split=table.split)
+    lat, en = prof.arrays(table.experts, table.category_names)
+    return PlanInputs(table=table, profiles=prof, gate=gate, gate_logits=gate.logits(table.embeddings),
+                      latency_ms=lat, energy_j=en, calibration_path=str(calibration),
+                      calibration_sha256=sha256_file(calibration), profiles_path=str(profiles))
+
+
+def latency_budget(inputs: PlanInputs, latency: float | dict[str, float]) -> np.ndarray:
+    """A (C,) latency budget from one value or a category -> ms mapping (missing: unbounded).
+
+    Raises:
+        ConfigError: a category is unknown or a value is NaN/negative.
+    """
+    cats = inputs.categories
+    if isinstance(latency, dict):
+        unknown = [c for c in latency if c not in cats]
+        if unknown:
+            raise ConfigError(f"--latency-ms: unknown categories {unknown} (known: {list(cats)})")
+        out = np.array([latency.get(c, math.inf) for c in cats], dtype=float)
+    else:
+        out = np.full(len(cats), float(latency))
+    if np.isnan(out).any() or (out < 0).any():
+        raise ConfigError(f"--latency-ms: budgets must be numbers >= 0, got {out.tolist()}")
+    return out
+
+
+# ---------------------------------------------------------------- one plan
+
+
+def _rows(inputs: PlanInputs, split: int) -> tuple[np.ndarray, CalibrationTable]:
+    idx = inputs.table.split == split
+    return inputs.gate_logits[idx], inputs.table.rows(idx)
+
+
+def make_objective(inputs: PlanInputs, top_k: int | None, tau: float | None,
+                   uniform: bool = False) -> MixtureObjective:
+    """F(S) = validation accuracy of the gate-masked top-k (or adaptive-tau) mixture."""
+    logits, val = _rows(inputs, VALIDATION)
+    if len(val.labels) == 0:
+        raise DataFormatError(f"{inputs.calibration_path}: the validation split (split == 1) is empty")
+    if uniform:
+        logits = np.zeros_like(logits)
+    return MixtureObjective(logits, val.logprobs, val.labels, top_k=top_k, tau=tau)
+
+
+def make_problem(inputs: PlanInputs, objective: Callable[[np.ndarray], float],
+                 top_k: int | None) -> SelectionProblem:
+    return SelectionProblem(experts=list(inputs.experts), energy_j=inputs.energy_j,
+                            latency_ms=inputs.latency_ms, objective=objective, top_k=top_k,
+                            aggregation_ms=inputs.profiles.aggregation_ms)
+
+
+def evaluate_test(inputs: PlanInputs, mask: np.ndarray, top_k: int | None, tau: float | None,
+                  uniform: bool = False) -> dict[str, Any]:
+    """The test-split mixture report for a subset (empty dict for the empty set)."""
+    if not np.asarray(mask).any():
+        return {}
+    logits, test = _rows(inputs, TEST)
+    if len(test.labels) == 0:
+        raise DataFormatError(f"{inputs.calibration_path}: the test split (split == 2) is empty")
+    if uniform:
+        logits = np.zeros_like(logits)
+    report = evaluate_subset(logits, test.logprobs, test.labels, test.categories,
+                             test.category_names, np.asarray(mask, dtype=bool), top_k=top_k, tau=tau)
+    return report.to_json()
+
+
+def plan_one(inputs: PlanInputs, energy_j: float, latency_ms: np.ndarray, top_k: int | None,
+             tau: float | None = None) -> Plan:
+    """The MoE² plan for one budget: exact selection on validation, evaluation on test.
+
+    With ``tau`` (adaptive k) any member of S may be active, so the constraint is the
+    worst case over all of S (``top_k=None`` in the problem).
+    """
+    constraint_k = None if tau is not None else top_k
+    objective = make_objective(inputs, None if tau is not None else top_k, tau)
+    problem = make_problem(inputs, objective, constraint_k)
+    sel = select_experts(problem, Budget(energy_j=energy_j, latency_ms=latency_ms))
+    method = "moe2-adaptive" if tau is not None else "moe2"
+    test = evaluate_test(inputs, sel.mask, None if tau is not None else top_k, tau) if sel.status == "optimal" else {}
+    return Plan(method, energy_j, latency_ms.tolist(), constraint_k, tau, sel, test)
+
+
+def plan_record(inputs: PlanInputs, plan: Plan, gate_path: str) -> dict[str, Any]:
+    """The plan.json document: the plan plus where its inputs came from."""
+    return {
+        "format": PLAN_FORMAT,
+        **plan.to_json(),
+        "categories": list(inputs.categories),
+        "gate": gate_path,
+        "calibration": {"path": inputs.calibration_path, "sha256": inputs.calibration_sha256},
+        "profiles": {"path": inputs.profiles_path, "sources": inputs.profiles.sources(),
+                     "aggregation_ms": inputs.profiles.aggregation_ms},
+    }
+
+
+# ---------------------------------------------------------------- monotonicity
+
+
+def monotonicity_report(objective: Callable[[np.ndarray], float], n: int, max_pairs: int = 4096,
+                        seed: int = 0) -> dict[str, Any]:
+    """How often adding an expert *lowers* F: over all (S, n) pairs when small, else sampled.
+
+    The selector's bound F(I ∪ U) is exact only for monotone F, so the planner reports this.
+    """
+    rng = np.random.default_rng(seed)
+    total = n * 2 ** (n - 1)
+    exhaustive = total <= max_pairs
+    drops, worst, pairs = 0, 0.0, 0
+    if exhaustive:
+        it = ((np.array([(s >> j) & 1 for j in range(n)], dtype=bool), e)
+              for s in range(2 ** n) for e in range(n) if not (s >> e) & 1)
+    else:
+        it = ((rng.random(n) < rng.random(), int(rng.integers(n))) for _ in range(max_pairs))
+    for mask, e in it:
+        if mask[e]:
+            continue
+        bigger = mask.copy()
+        bigger[e] = True
+        d = objective(bigger) - objective(mask)
+        pairs += 1
+        if d < -1e-12:
+            drops += 1
+            worst = min(worst, d)
+    return {"pairs": pairs, "exhaustive": exhaustive, "drops": drops,
+            "drop_rate": drops / max(pairs, 1), "worst_drop": -worst}
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def budget_grid(inputs: PlanInputs, top_k: int | None, n_energy: int = 8,
+                n_latency: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Energy and latency grids spanning 'only the cheapest fits' to 'everything fits'."""
+    e_worst = inputs.energy_j.max(axis=1)  # (N,) worst category per expert
+    k = len(e_worst) if top_k is None else min(top_k, len(e_worst))
+    e_lo, e_hi = float(e_worst.min()), float(np.sort(e_worst)[-k:].sum())
+    l_worst = inputs.latency_ms.max(axis=1) + inputs.profiles.aggregation_ms
+    l_lo, l_hi = float(l_worst.min()), float(l_worst.max())
+    energies = np.unique(np.geomspace(max(e_lo, 1e-9) * 0.9, e_hi * 1.05, n_energy))
+    latencies = np.unique(np.geomspace(max(l_lo, 1e-9) * 0.95, l_hi * 1.05, n_latency))
+    return energies, latencies
+
+
+def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed: int = 0,
+          n_energy: int = 8, n_latency: int = 6, progress: bool = False) -> dict[str, Any]:
+    """Plans for every (energy, latency) grid point: MoE² (fixed and adaptive k) and baselines.
+
+    Returns a JSON-ready document with the plan rows, the single experts, the Pareto front of
+    MoE² and the selector-vs-brute-force cross-check (up to ``BRUTE_FORCE_MAX_N`` experts).
+    """
+    energies, latencies = budget_grid(inputs, top_k, n_energy, n_latency)
+    n, n_cat = len(inputs.experts), len(inputs.categories)
+    obj_k = make_objective(inputs, top_k, None)
+    obj_tau = make_objective(inputs, None, tau)
+    obj_uniform = make_objective(inputs, None, None, uniform=True)
+    prob_k = make_problem(inputs, obj_k, top_k)
+    prob_tau = make_problem(inputs, obj_tau, None)
+    prob_uniform = make_problem(inputs, obj_uniform, None)
+    rows: list[dict[str, Any]] = []
+    checks = {"points": 0, "equal": 0, "selector_evaluations": 0, "brute_force_evaluations": 0}
+
+    def add(method: str, sel: Selection, e: float, lat: np.ndarray, k: int | None, t: float | None,
+            uniform: bool = False, **extra: Any) -> None:
+        test = evaluate_test(inputs, sel.mask, k, t, uniform) if sel.mask.any() else {}
+        rows.append(Plan(method, e, lat.tolist(), k, t, sel, test, extra).to_json())
+
+    points = [(float(e), float(lt)) for e in energies for lt in latencies]
+    with _progress(progress, "sweep", len(points)) as advance:
+        for i, (e, lt) in enumerate(points):
+            lat = np.full(n_cat, lt)
+            b = Budget(energy_j=e, latency_ms=lat)
+            sel = select_experts(prob_k, b)
+            extra: dict[str, Any] = {}
+            if n <= BRUTE_FORCE_MAX_N:
+                ref = brute_force(prob_k, b)
+                same = ref.status == sel.status and (
+                    sel.status != "optimal" or abs(ref.objective - sel.objective) <= 1e-12)
+                checks["points"] += 1
+                checks["equal"] += int(same)
+                checks["selector_evaluations"] += sel.evaluations
+                checks["brute_force_evaluations"] += ref.evaluations
+                extra = {"brute_force_objective": _num(ref.objective), "matches_brute_force": same}
+            add("moe2", sel, e, lat, top_k, None, **extra)
+            add("moe2-adaptive", select_experts(prob_tau, b), e, lat, None, tau)
+            add("uniform", select_experts(prob_uniform, b), e, lat, None, None, uniform=True)
+            add("best-single", baselines.best_single(prob_k, b), e, lat, top_k, None)
+            add("random", baselines.random_feasible(prob_k, b, seed=seed + i), e, lat, top_k, None)
+            add("greedy-per-joule", baselines.greedy_per_joule(prob_k, b), e, lat, top_k, None)
+            add("topk-all", baselines.topk_all(prob_k, b), e, lat, top_k, None)
+            advance()
+    singles = []
+    for j, name in enumerate(inputs.experts):
+        mask = np.zeros(n, dtype=bool)
+        mask[j] = True
+        singles.append({"expert": name, "energy_j": float(inputs.energy_j[j].max()),
+                        "latency_ms": float(inputs.latency_ms[j].max()),
+                        "validation_accuracy": obj_k(mask),
+                        "test": evaluate_test(inputs, mask, top_k, None)})
+    return {
+        "format": PLAN_FORMAT + "/sweep",
+        "experts": list(inputs.experts),
+        "categories": list(inputs.categories),
+        "top_k": top_k,
+        "tau": tau,
+        "energy_grid_j": energies.tolist(),
+        "latency_grid_ms": latencies.tolist(),
+        "plans": rows,
+        "single_experts": singles,
+        "pareto_front": pareto_front([r for r in rows if r["method"] == "moe2"]),
+        "brute_force_check": checks,
+        "monotonicity": monotonicity_report(obj_k, n),
+        "profiles_sources": inputs.profiles.sources(),
+    }
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Non-dominated plans: lower worst-case J, lower worst-case ms, higher test accuracy."""
+    pts = []
+    for r in rows:
+        if r["status"] != "optimal" or not r["test"]:
+            continue
+        pts.append((float(r["worst_energy_j"]), max(float(v) for v in r["worst_latency_ms"]),
+                    float(r["test"]["accuracy"]), r))
+    front, seen = [], set()
+    for e, lat, acc, r in pts:
+        dominated = any(e2 <= e and l2 <= lat and a2 >= acc and (e2, l2, a2) != (e, lat, acc)
+                        for e2, l2, a2, _ in pts)
+        key = tuple(r["experts"])
+        if not dominated and key not in seen:
+            seen.add(key)
+            front.append({"experts": r["experts"], "worst_energy_j": e, "worst_latency_ms": lat,
+                          "test_accuracy": acc, "validation_accuracy": r["objective_validation_accuracy"]})
+    return sorted(front, key=lambda p: (p["worst_energy_j"], p["worst_latency_ms"]))
+
+
+class _progress:
+    """A rich progress bar when enabled; a no-op callable otherwise."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                             MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._bar.stop()
