@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.progress import Progress, TaskID, TextColumn
 
+from edge_moe.atomic import atomic_path
 from edge_moe.calibration import SPLIT_NAMES, TRAIN, VALIDATION, CalibrationTable
 from edge_moe.errors import GateError
 from gating.mixture import apply_prior_correction, fit_prior_correction
@@ -52,6 +52,11 @@ class GateConfig:
     """Gate architecture and training settings.
 
     ``n_layers`` counts hidden layers (0 gives a linear gate); ``patience`` is in epochs.
+    ``subset_dropout`` is the fraction of training samples whose mixture is computed over a
+    random expert subset instead of the full set (each expert kept with probability 1/2, at
+    least one kept). The gate is still trained once, on all experts, but it also learns to
+    rank the experts it would otherwise suppress, which is what masked reuse for a subset
+    S needs (DESIGN.md §2.2). 0 gives the plain full-set objective.
     """
 
     hidden_dim: int = 128
@@ -63,6 +68,7 @@ class GateConfig:
     max_epochs: int = 300
     patience: int = 20
     seed: int = 0
+    subset_dropout: float = 0.5
 
     def __post_init__(self) -> None:
         rules = [
@@ -74,6 +80,7 @@ class GateConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("max_epochs", self.max_epochs >= 1, ">= 1"),
             ("patience", self.patience >= 1, ">= 1"),
+            ("subset_dropout", 0.0 <= self.subset_dropout <= 1.0, "in [0, 1]"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -148,14 +155,33 @@ def _label_logprobs(table: CalibrationTable, prior: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(corrected[rows, :, table.labels]))  # (M, N)
 
 
-def mixture_nll(logits: torch.Tensor, label_logprobs: torch.Tensor) -> torch.Tensor:
-    """Mean −log Σ_n softmax(logits)_n · exp(label_logprobs_n), computed in log space.
+def mixture_nll(
+    logits: torch.Tensor, label_logprobs: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean −log Σ_{n∈S} softmax_S(logits)_n · exp(label_logprobs_n), computed in log space.
 
     Args:
         logits: (B, N) gate logits.
         label_logprobs: (B, N) each expert's log-probability of the correct option.
+        mask: optional (B, N) bool subset per sample (softmax restricted to it); None = all.
     """
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))  # (B, N) experts outside S get weight 0
+        label_logprobs = label_logprobs.masked_fill(~mask, 0.0)  # (B, N) avoid -inf + -inf = nan
     return -torch.logsumexp(F.log_softmax(logits, dim=1) + label_logprobs, dim=1).mean()
+
+
+def _random_subsets(batch: int, n: int, rate: float, gen: torch.Generator) -> torch.Tensor | None:
+    """(B, N) bool: a random subset (each expert kept w.p. 1/2, >= 1 kept) for a ``rate``
+    fraction of the rows, the full set for the others; None when ``rate`` is 0."""
+    if rate <= 0.0:
+        return None
+    keep = torch.rand(batch, n, generator=gen) < 0.5  # (B, N)
+    forced = torch.randint(0, n, (batch,), generator=gen)  # (B,) one expert always kept
+    keep[torch.arange(batch), forced] = True
+    full = torch.rand(batch, generator=gen) >= rate  # (B,) rows that keep every expert
+    keep[full] = True
+    return keep
 
 
 def _validate_inputs(table: CalibrationTable, experts_mask: np.ndarray | None) -> np.ndarray:
@@ -231,7 +257,8 @@ def train_gate(
                 order = torch.randperm(x_train.shape[0], generator=shuffle)  # (Mt,)
                 total = 0.0
                 for batch in order.split(config.batch_size):
-                    loss = mixture_nll(module(x_train[batch]), lp_train[batch])
+                    subsets = _random_subsets(batch.numel(), len(cols), config.subset_dropout, shuffle)
+                    loss = mixture_nll(module(x_train[batch]), lp_train[batch], subsets)
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
@@ -365,14 +392,8 @@ def export_gate_onnx(gate: TrainedGate, path: str | os.PathLike[str]) -> Path:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp.onnx", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, suffix=".tmp.onnx") as tmp:
         # save_model keeps the weights inline (one file, like external_data=False): a gate is KBs.
-        onnx.save_model(model, tmp, save_as_external_data=False)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
     logger.info("exported gate over %d experts to %s", len(gate.experts), p)
     return p

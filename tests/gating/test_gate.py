@@ -227,3 +227,28 @@ def test_serving_modules_do_not_import_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_masked_training_loss_equals_numpy_subset_nll(table: CalibrationTable, gate: TrainedGate) -> None:
+    """The subset-dropout loss is the same masked mixture NLL the planner evaluates."""
+    import torch
+
+    from gating.gate import _label_logprobs, mixture_nll
+
+    val = table.split_rows(VALIDATION)
+    logits = gate.logits(val.embeddings)
+    lp = apply_prior_correction(val.logprobs, gate.prior)
+    label_lp = _label_logprobs(val, gate.prior)
+    for s in ([0, 2], [1], [0, 1, 3, 4]):
+        mask = np.zeros(table.n_experts, dtype=bool)
+        mask[s] = True
+        r = evaluate_subset(logits, lp, val.labels, val.categories, val.category_names, mask)
+        rows = torch.from_numpy(np.tile(mask, (len(val.labels), 1)))  # (M, N) same subset per row
+        got = float(mixture_nll(torch.from_numpy(logits), label_lp, rows))
+        assert got == pytest.approx(r.nll, abs=1e-5), s
+
+
+def test_subset_dropout_is_configurable_and_validated() -> None:
+    assert GateConfig().subset_dropout == 0.5
+    with pytest.raises(GateError, match=r"GateConfig.subset_dropout=1.5 must be in \[0, 1\]"):
+        GateConfig(subset_dropout=1.5)
