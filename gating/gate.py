@@ -368,6 +368,8 @@ def export_gate_onnx(gate: TrainedGate, path: str | os.PathLike[str]) -> Path:
     # Batch >= 2: torch.export specialises a batch of 1 and the exported batch dim freezes.
     example = torch.zeros(2, gate.embedding_dim, dtype=torch.float32)  # (2, D)
     batch = torch.export.Dim("batch", min=1)
+    # torch.onnx logs "torchvision is not installed. Skipping torchvision::nms" per op; a gate needs none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export internals, not ours

@@ -215,7 +215,8 @@ def make_problem(inputs: PlanInputs, objective: Callable[[np.ndarray], float],
                  top_k: int | None) -> SelectionProblem:
     return SelectionProblem(experts=list(inputs.experts), energy_j=inputs.energy_j,
                             latency_ms=inputs.latency_ms, objective=objective, top_k=top_k,
-                            aggregation_ms=inputs.profiles.aggregation_ms)
+                            aggregation_ms=inputs.profiles.aggregation_ms,
+                            categories=list(inputs.categories))
 
 
 def evaluate_test(inputs: PlanInputs, mask: np.ndarray, top_k: int | None, tau: float | None,

