@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edge_moe.calibration import load_calibration
 from edge_moe.errors import ConfigError, EdgeMoEError
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,8 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
         from gating.retrain_gap import retrain_gap
 
         console.print(f"retrain check: {retrain_check} random subsets (masked θ* vs gate retrained on S)")
-        raw = planner.load_calibration(calibration)
-        full = train_gate(raw, GateConfig(seed=seed), progress=False)
+        raw = load_calibration(calibration)
+        full = inputs.trained_gate or train_gate(raw, GateConfig(seed=seed), progress=False)
         report = retrain_gap(raw, full, n_subsets=retrain_check, seed=seed, progress=progress)
         planner.write_json(out / "retrain_gap.json", report.to_json())
         console.print(report.summary(), highlight=False)

@@ -58,6 +58,7 @@ class PlanInputs:
     calibration_path: str
     calibration_sha256: str
     profiles_path: str
+    trained_gate: Any = None  # the TrainedGate when this run trained it (for the retrain check)
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -153,6 +154,7 @@ def load_inputs(
     if missing_c:
         raise DataFormatError(f"{profiles}: no figures for categories {missing_c} of {calibration} "
                               f"(profiled: {list(prof.categories)})")
+    trained = None
     if gate_path is None:
         from gating.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
 
@@ -170,7 +172,8 @@ def load_inputs(
     lat, en = prof.arrays(table.experts, table.category_names)
     return PlanInputs(table=table, profiles=prof, gate=gate, gate_logits=gate.logits(table.embeddings),
                       latency_ms=lat, energy_j=en, calibration_path=str(calibration),
-                      calibration_sha256=sha256_file(calibration), profiles_path=str(profiles))
+                      calibration_sha256=sha256_file(calibration), profiles_path=str(profiles),
+                      trained_gate=trained)
 
 
 def latency_budget(inputs: PlanInputs, latency: float | dict[str, float]) -> np.ndarray:

@@ -141,3 +141,15 @@ def test_console_script_help() -> None:
                          text=True, timeout=60, check=True).stdout
     for flag in ("--calibration", "--profiles", "--energy-j", "--latency-ms", "--top-k", "--sweep", "--gate"):
         assert flag in out
+
+
+def test_retrain_check_writes_the_gap(tmp_path: Path) -> None:
+    res = invoke("plan", "--calibration", str(CAL), "--profiles", str(PROF), "--energy-j", "30",
+                 "--retrain-check", "2", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    gap = json.loads((tmp_path / "retrain_gap.json").read_text())
+    assert len(gap["rows"]) == 2
+    for row in gap["rows"]:
+        assert 2 <= len(row["experts"]) < 6
+        assert np.isfinite(row["masked_nll"]) and np.isfinite(row["retrained_nll"])
+    assert "retrain gap over 2 subsets" in res.output
