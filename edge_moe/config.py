@@ -138,13 +138,13 @@ class _Reader:
     def error(self, msg: str) -> ConfigError:
         return ConfigError(f"{self.src}: {msg}")
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         v = self.raw.get(key, default)
         if not isinstance(v, str) or not v:
             raise self.error(f"{self._at(key)}={_show(v)} must be a non-empty string")
         return v
 
-    def num(self, key: str, default: float | None = None, *, minimum: float = 0.0,
+    def number(self, key: str, default: float | None = None, *, minimum: float = 0.0,
             allow_inf: bool = False, positive: bool = False) -> float:
         v = self.raw.get(key, default)
         if isinstance(v, str) and allow_inf and v.strip().lower() in ("inf", "infinity", ".inf"):
@@ -158,13 +158,13 @@ class _Reader:
             raise self.error(f"{self._at(key)}={_show(v)} must be {rule}")
         return float(v)
 
-    def int(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
+    def integer(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
         v = self.raw.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise self.error(f"{self._at(key)}={_show(v)} must be an integer >= {minimum}")
         return v
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         v = self.raw.get(key, default)
         if not isinstance(v, bool):
             raise self.error(f"{self._at(key)}={_show(v)} must be true or false")
@@ -212,7 +212,7 @@ def _device_classes(src: str, raw: Any) -> dict[str, DeviceClass]:
               "energy_counters", "notes"}
     for name, body in raw.items():
         r = _Reader(src, f"device_classes.{name}", body, fields, {"power_idle_w", "power_busy_w", "source"})
-        idle, busy = r.num("power_idle_w"), r.num("power_busy_w", positive=True)
+        idle, busy = r.number("power_idle_w"), r.number("power_busy_w", positive=True)
         if busy < idle:
             raise r.error(f"device_classes.{name}.power_busy_w={busy} must be >= power_idle_w={idle}")
         counters = body.get("energy_counters", [])
@@ -220,8 +220,8 @@ def _device_classes(src: str, raw: Any) -> dict[str, DeviceClass]:
             raise r.error(f"device_classes.{name}.energy_counters={_show(counters)} must be a list "
                           "drawn from ['nvml', 'rapl', 'jetson']")
         out[str(name)] = DeviceClass(
-            name=str(name), power_idle_w=idle, power_busy_w=busy, source=r.str("source"),
-            throughput_factor=r.num("throughput_factor", 1.0, positive=True),
+            name=str(name), power_idle_w=idle, power_busy_w=busy, source=r.text("source"),
+            throughput_factor=r.number("throughput_factor", 1.0, positive=True),
             throughput_source=str(body.get("throughput_source", "")),
             energy_counters=tuple(counters),
         )
@@ -232,18 +232,18 @@ def _budget(src: str, raw: Any, categories: tuple[str, ...]) -> BudgetConfig:
     if raw is None:
         return BudgetConfig()
     r = _Reader(src, "budget", raw, {"energy_j", "latency_ms"}, set())
-    energy = r.num("energy_j", math.inf, allow_inf=True)
+    energy = r.number("energy_j", math.inf, allow_inf=True)
     lat_raw = raw.get("latency_ms", math.inf)
     latency: float | dict[str, float]
     if isinstance(lat_raw, dict):
         lr = _Reader(src, "budget.latency_ms", lat_raw, set(categories), set())
-        latency = {c: lr.num(c, allow_inf=True) for c in lat_raw}
+        latency = {c: lr.number(c, allow_inf=True) for c in lat_raw}
         missing = [c for c in categories if c not in latency]
         if missing:
             raise ConfigError(f"{src}: budget.latency_ms lacks categories {missing} "
                               "(give one value, or one per category)")
     else:
-        latency = r.num("latency_ms", math.inf, allow_inf=True)
+        latency = r.number("latency_ms", math.inf, allow_inf=True)
     return BudgetConfig(energy_j=energy, latency_ms=latency)
 
 
@@ -281,13 +281,13 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     for i, body in enumerate(_list(src, "nodes", raw["nodes"])):
         r = _Reader(src, f"nodes[{i}]", body, {"name", "device_class", "host", "ray_resource", "num_gpus"},
                     {"name", "device_class"})
-        dc = r.str("device_class")
+        dc = r.text("device_class")
         if dc not in classes:
             raise r.error(f"nodes[{i}].device_class='{dc}' is not a device class "
                           f"(known: {', '.join(classes)})")
-        nodes.append(NodeConfig(name=r.str("name"), device_class=dc, host=r.str("host", "127.0.0.1"),
+        nodes.append(NodeConfig(name=r.text("name"), device_class=dc, host=r.text("host", "127.0.0.1"),
                                 ray_resource=str(body.get("ray_resource", "")),
-                                num_gpus=r.num("num_gpus", 0.0)))
+                                num_gpus=r.number("num_gpus", 0.0)))
     _unique(src, "nodes", [n.name for n in nodes])
     node_names = [n.name for n in nodes]
 
@@ -295,10 +295,10 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     for i, body in enumerate(_list(src, "experts", raw["experts"])):
         r = _Reader(src, f"experts[{i}]", body, {"name", "node", "artifact", "runner", "precision"},
                     {"name", "node"})
-        node = r.str("node")
+        node = r.text("node")
         if node not in node_names:
             raise r.error(f"experts[{i}].node='{node}' is not a node (known: {', '.join(node_names)})")
-        experts.append(ExpertConfig(name=r.str("name"), node=node, artifact=str(body.get("artifact", "")),
+        experts.append(ExpertConfig(name=r.text("name"), node=node, artifact=str(body.get("artifact", "")),
                                     runner=r.choice("runner", RUNNER_NAMES, "onnxruntime"),
                                     precision=r.choice("precision", PRECISIONS, "fp32")))
     _unique(src, "experts", [e.name for e in experts])
@@ -314,22 +314,22 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     r = _Reader(src, "coordinator", raw["coordinator"],
                 {"node", "frontend", "backend", "heartbeat_s", "liveness", "reconnect_min_s",
                  "reconnect_max_s", "top_k", "curve"}, {"node"})
-    cnode = r.str("node")
+    cnode = r.text("node")
     if cnode not in node_names:
         raise r.error(f"coordinator.node='{cnode}' is not a node (known: {', '.join(node_names)})")
     top_k_raw = raw["coordinator"].get("top_k", 2)
     coordinator = CoordinatorConfig(
-        node=cnode, frontend=r.str("frontend", CoordinatorConfig.frontend),
-        backend=r.str("backend", CoordinatorConfig.backend),
-        heartbeat_s=r.num("heartbeat_s", 1.0, positive=True), liveness=r.int("liveness", 3),
-        reconnect_min_s=r.num("reconnect_min_s", 0.5, positive=True),
-        reconnect_max_s=r.num("reconnect_max_s", 8.0, positive=True),
-        top_k=None if top_k_raw is None else r.int("top_k"), curve=r.bool("curve", False),
+        node=cnode, frontend=r.text("frontend", CoordinatorConfig.frontend),
+        backend=r.text("backend", CoordinatorConfig.backend),
+        heartbeat_s=r.number("heartbeat_s", 1.0, positive=True), liveness=r.integer("liveness", 3),
+        reconnect_min_s=r.number("reconnect_min_s", 0.5, positive=True),
+        reconnect_max_s=r.number("reconnect_max_s", 8.0, positive=True),
+        top_k=None if top_k_raw is None else r.integer("top_k"), curve=r.flag("curve", False),
     )
     if coordinator.reconnect_max_s < coordinator.reconnect_min_s:
         raise r.error(f"coordinator.reconnect_max_s={coordinator.reconnect_max_s} must be >= "
                       f"reconnect_min_s={coordinator.reconnect_min_s}")
-    name = top.str("name", p.stem)
+    name = top.text("name", p.stem)
     return FleetConfig(name=name, path=src, device_classes=classes, nodes=tuple(nodes),
                        experts=tuple(experts), categories=categories,
                        budget=_budget(src, raw.get("budget"), categories), coordinator=coordinator)
