@@ -324,7 +324,7 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
         heartbeat_s=r.number("heartbeat_s", 1.0, positive=True), liveness=r.integer("liveness", 3),
         reconnect_min_s=r.number("reconnect_min_s", 0.5, positive=True),
         reconnect_max_s=r.number("reconnect_max_s", 8.0, positive=True),
-        top_k=None if top_k_raw is None else r.integer("top_k"), curve=r.flag("curve", False),
+        top_k=None if top_k_raw is None else r.integer("top_k", 2), curve=r.flag("curve", False),
     )
     if coordinator.reconnect_max_s < coordinator.reconnect_min_s:
         raise r.error(f"coordinator.reconnect_max_s={coordinator.reconnect_max_s} must be >= "

@@ -106,3 +106,10 @@ def test_inf_budget_and_defaults(tmp_path: Path) -> None:
     p = _write(tmp_path, lambda r: r.pop("budget"))
     fleet = load_fleet(p)
     assert math.isinf(fleet.budget.energy_j) and math.isinf(fleet.budget.latency_ms)  # type: ignore[arg-type]
+
+
+def test_coordinator_top_k_default_and_null(tmp_path: Path) -> None:
+    fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].pop("top_k")))
+    assert fleet.coordinator.top_k == 2
+    fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(top_k=None)))
+    assert fleet.coordinator.top_k is None
