@@ -1,0 +1,224 @@
+"""Coordinator benchmark (not a test): serving overhead, routing rate, and a Ray peer.
+
+With 3 node processes on loopback, each serving a trivial ONNX expert
+(:class:`nodes.toy.ToyExpert`, ~0.05 ms of compute), and the coordinator in its own
+process, it prints:
+
+1. the coordinator's overhead per options query at k = 3: client-measured end-to-end time
+   minus the slowest chosen expert's compute ms (as the node reported it), p50 and p99;
+2. routing decisions per second with the embedding excluded: gate logits (ORT), the
+   cached plan over the live set, and the top-k weights (:class:`gating.routing.Router`);
+3. the same 3-way fan-out as Ray actor calls from one driver (``ray.get`` of three
+   ``.remote`` calls to actors holding the same toy experts), in the same run: end-to-end
+   minus the slowest compute, p50 and p99.
+
+Targets (issue 5): overhead p50 <= 0.5 ms, p99 <= 2 ms; >= 5x lower than Ray; >= 20k
+decisions/s.
+
+    .venv/bin/python benchmarks/coordinator_bench.py [--queries 2000] [--no-ray]
+
+Writes ``benchmarks/results/coordinator_bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge_moe.calibration import TRAIN, save_calibration  # noqa: E402
+from edge_moe.client import EdgeMoEClient  # noqa: E402
+from edge_moe.config import BudgetConfig  # noqa: E402
+from edge_moe.profiles import save_profiles  # noqa: E402
+from edge_moe.wire import Reply  # noqa: E402
+from gating.mixture import fit_prior_correction  # noqa: E402
+from gating.routing import load_router  # noqa: E402
+from gating.synthetic import make_synthetic_profiles, make_synthetic_table  # noqa: E402
+from nodes.toy import ToyEncoder, ToyExpert, fit_linear_gate, write_linear_gate  # noqa: E402
+
+DIM = 16
+OPTIONS = ["red", "green", "blue", "black"]
+
+
+def prompt(i: int) -> str:
+    return f"Question {i}: which colour is item {i * 7919 % 101} of the set? Answer:"
+
+
+def make_assets(d: Path) -> tuple[Path, Path, Path, Path, tuple[str, ...]]:
+    """Synthetic 3-expert planner inputs, a fitted linear gate, a fleet with top_k = 3."""
+    table, size = make_synthetic_table(n_samples=600, n_experts=3, n_categories=2, n_options=4,
+                                       embedding_dim=DIM, seed=0)
+    cal = save_calibration(table, d / "calibration.npz")
+    prof = save_profiles(make_synthetic_profiles(table, size, seed=0), d / "profiles.json")
+    train = table.split_rows(TRAIN)
+    label_lp = train.logprobs[np.arange(train.n_samples), :, train.labels]
+    gate = write_linear_gate(d / "gate.onnx", table.experts, DIM, fit_prior_correction(train.logprobs),
+                             weights=fit_linear_gate(train.embeddings, label_lp))
+    fleet = {
+        "name": "bench",
+        "device_classes": {"cpu": {"power_idle_w": 5.0, "power_busy_w": 15.0, "source": "bench"}},
+        "nodes": [{"name": f"node-{i}", "device_class": "cpu"} for i in range(3)],
+        "experts": [{"name": e, "node": f"node-{i}"} for i, e in enumerate(table.experts)],
+        "categories": list(table.category_names),
+        "coordinator": {"node": "node-0", "heartbeat_s": 1.0, "liveness": 3, "top_k": 3},
+    }
+    fleet_path = d / "fleet.yaml"
+    fleet_path.write_text(yaml.safe_dump(fleet))
+    return Path(cal), Path(prof), gate, fleet_path, table.experts
+
+
+def pct(xs: list[float]) -> dict[str, float]:
+    a = np.asarray(xs)
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()), "n": int(a.size)}
+
+
+def bench_zmq(d: Path, n_queries: int) -> dict:
+    cal, prof, gate, fleet, experts = make_assets(d)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    coord = subprocess.Popen([sys.executable, "-m", "gating.coordinator", "--config", str(fleet),
+                              "--gate", str(gate), "--calibration", str(cal), "--profiles", str(prof),
+                              "--toy-encoder", str(DIM), "--frontend", "tcp://127.0.0.1:*",
+                              "--backend", "tcp://127.0.0.1:*"],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    procs = [coord]
+    try:
+        assert coord.stdout is not None
+        words = coord.stdout.readline().split()
+        frontend, backend = words[2], words[4]
+        for i in range(3):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "nodes.server", "--config", str(fleet), "--node", f"node-{i}",
+                 "--toy", "--endpoint", backend, "--meter", "modelled"],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL))
+        with EdgeMoEClient(frontend, timeout_s=5) as client:
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                r = client.query("warm up", OPTIONS)
+                if isinstance(r, Reply) and len(r.plan.live) == 3:
+                    break
+                time.sleep(0.1)
+            for i in range(200):  # warm caches (plans, ORT, sockets)
+                client.query(prompt(i), OPTIONS)
+            e2e, overhead, k, stages = [], [], [], {}
+            for i in range(n_queries):
+                t0 = time.perf_counter()
+                r = client.query(prompt(i), OPTIONS)
+                ms = (time.perf_counter() - t0) * 1e3
+                assert isinstance(r, Reply), r
+                e2e.append(ms)
+                overhead.append(ms - max(u.compute_ms for u in r.experts))
+                k.append(len(r.experts))
+                for s, v in r.stage_ms.items():
+                    stages.setdefault(s, []).append(v)
+        return {"end_to_end_ms": pct(e2e), "overhead_ms": pct(overhead),
+                "experts_per_query": float(np.mean(k)),
+                "stage_ms_p50": {s: float(np.median(v)) for s, v in stages.items()},
+                "plan": list(r.plan.experts)}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def bench_decisions(d: Path, seconds: float = 2.0) -> dict:
+    cal, prof, gate, _, experts = make_assets(d)
+    router = load_router(gate, cal, prof, BudgetConfig(), top_k=3)
+    embs = ToyEncoder(DIM).embed([prompt(i) for i in range(256)])
+    live = tuple(experts)
+    router.plan(live)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for e in embs:
+            plan = router.plan(live)
+            router.weights(router.logits(e), plan)
+        n += len(embs)
+    dt = time.perf_counter() - t0
+    return {"decisions_per_s": n / dt, "us_per_decision": dt / n * 1e6}
+
+
+def bench_ray(n_queries: int) -> dict:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    tmp = tempfile.mkdtemp(prefix="ray-bench-")
+    os.environ["RAY_TMPDIR"] = tmp
+    import ray
+
+    ray.init(num_cpus=3, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False)
+    try:
+        @ray.remote(num_cpus=0)
+        class Expert:
+            def __init__(self, name: str) -> None:
+                sys.path.insert(0, str(REPO))
+                from nodes.toy import ToyExpert as _Toy
+
+                self.expert = _Toy(name)
+
+            def score(self, p: str, options: list[str]) -> tuple[list[float], float]:
+                t0 = time.perf_counter()
+                lp = self.expert.score_options(p, options)
+                return lp.tolist(), (time.perf_counter() - t0) * 1e3
+
+        actors = [Expert.remote(f"ray-expert-{i}") for i in range(3)]  # type: ignore[attr-defined]
+        for i in range(200):
+            ray.get([a.score.remote(prompt(i), OPTIONS) for a in actors])
+        e2e, overhead = [], []
+        for i in range(n_queries):
+            t0 = time.perf_counter()
+            out = ray.get([a.score.remote(prompt(i), OPTIONS) for a in actors])
+            ms = (time.perf_counter() - t0) * 1e3
+            e2e.append(ms)
+            overhead.append(ms - max(c for _, c in out))
+        return {"end_to_end_ms": pct(e2e), "overhead_ms": pct(overhead)}
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "coordinator_bench.json"))
+    args = ap.parse_args()
+    ToyExpert("warm")  # import ORT once here, not inside a timing
+    with tempfile.TemporaryDirectory() as d:
+        zmq_res = bench_zmq(Path(d), args.queries)
+        dec = bench_decisions(Path(d))
+    ray_res = None if args.no_ray else bench_ray(args.queries)
+    result = {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+              "command": "benchmarks/coordinator_bench.py " + " ".join(sys.argv[1:]),
+              "zmq": zmq_res, "routing": dec, "ray": ray_res}
+    o = zmq_res["overhead_ms"]
+    print(f"ZeroMQ coordinator, k={zmq_res['experts_per_query']:.2f} experts/query, "
+          f"{o['n']} queries on loopback")
+    print(f"  end-to-end  p50 {zmq_res['end_to_end_ms']['p50']:.3f} ms  p99 {zmq_res['end_to_end_ms']['p99']:.3f} ms")
+    print(f"  overhead    p50 {o['p50']:.3f} ms  p99 {o['p99']:.3f} ms   (target p50 <= 0.5, p99 <= 2)")
+    print("  coordinator stages p50 (ms): " + "  ".join(f"{s}={v:.3f}" for s, v in zmq_res["stage_ms_p50"].items()))
+    print(f"routing decisions/s (embedding excluded): {dec['decisions_per_s']:,.0f} "
+          f"({dec['us_per_decision']:.1f} us each; target >= 20k/s)")
+    if ray_res is not None:
+        r = ray_res["overhead_ms"]
+        print(f"Ray actor fan-out (3 actors, one driver): overhead p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms")
+        print(f"  ZeroMQ path is {r['p50'] / o['p50']:.1f}x lower at p50, {r['p99'] / o['p99']:.1f}x at p99 "
+              "(target >= 5x)")
+        result["ratio_p50"] = r["p50"] / o["p50"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""CURVE keys for the coordinator's sockets (``zmq.auth``): generate and load them.
+
+Folder layout written by :func:`generate_keys` (``edge-moe keys``), Z85 certificates as
+``zmq.auth.create_certificates`` writes them::
+
+    <dir>/server.key            coordinator public key  (copy to every client and node)
+    <dir>/server.key_secret     coordinator key pair    (stays on the coordinator)
+    <dir>/<name>.key(_secret)   one key pair per client or node ("client" by default)
+    <dir>/authorized/<name>.key the public keys the coordinator accepts (ZAP allow-list)
+
+The coordinator loads ``server.key_secret`` and ``authorized/``; a client or node loads
+``server.key`` and its own ``<name>.key_secret``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_moe.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    public: bytes
+    secret: bytes
+    authorized_dir: Path
+
+
+def generate_keys(directory: str | os.PathLike[str], clients: tuple[str, ...] = ("client",)) -> Path:
+    """Write a server key pair and one key pair per client name; authorise the clients.
+
+    Returns:
+        The folder. Existing files are overwritten.
+    """
+    import zmq.auth
+
+    d = Path(directory)
+    (d / "authorized").mkdir(parents=True, exist_ok=True)
+    for name in ("server", *clients):
+        for suffix in (".key", ".key_secret"):
+            (d / f"{name}{suffix}").unlink(missing_ok=True)
+        zmq.auth.create_certificates(str(d), name)
+    for name in clients:
+        shutil.copy(d / f"{name}.key", d / "authorized" / f"{name}.key")
+    os.chmod(d / "server.key_secret", 0o600)
+    return d
+
+
+def _load(path: Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: CURVE key file not found (run `edge-moe keys`)")
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except Exception as exc:  # zmq.auth raises ValueError / OSError on malformed files
+        raise ConfigError(f"{path}: not a CURVE certificate ({exc})") from exc
+
+
+def load_server_keys(directory: str | os.PathLike[str] | None) -> ServerKeys:
+    """The coordinator's key pair and allow-list folder.
+
+    Raises:
+        ConfigError: the folder or a file is missing or malformed.
+    """
+    if directory is None:
+        raise ConfigError("coordinator.curve is on: give the keys folder (--curve-keys)")
+    d = Path(directory)
+    public, secret = _load(d / "server.key_secret")
+    if secret is None or not (d / "authorized").is_dir():
+        raise ConfigError(f"{d}: needs server.key_secret and an authorized/ folder")
+    return ServerKeys(public, secret, d / "authorized")
+
+
+def load_client_keys(directory: str | os.PathLike[str] | None,
+                     name: str = "client") -> tuple[bytes, bytes, bytes]:
+    """``(server_public, client_public, client_secret)`` for a client or node.
+
+    Raises:
+        ConfigError: the folder or a file is missing or malformed.
+    """
+    if directory is None:
+        raise ConfigError("coordinator.curve is on: give the keys folder (--curve-keys)")
+    d = Path(directory)
+    server_public, _ = _load(d / "server.key")
+    public, secret = _load(d / f"{name}.key_secret")
+    if secret is None:
+        raise ConfigError(f"{d / (name + '.key_secret')}: has no secret key")
+    return server_public, public, secret

