@@ -11,7 +11,7 @@ ROUTER envelopes (peer identity, and the empty delimiter frame clients send) are
 not protocol: sockets code strips them before :func:`decode` and adds them after
 :func:`encode`, the only two frame builders in the codebase.
 
-Who sends what (DESIGN.md §3; docs/wire-protocol.md gives the full field tables):
+Who sends what (DESIGN.md §3; the README section "Wire protocol" gives the full field tables):
 
 - client → coordinator frontend (ROUTER): QUERY; answered by REPLY or ERROR.
 - node → coordinator backend (ROUTER), nodes connect out as DEALER (Paranoid Pirate):
