@@ -134,18 +134,37 @@ def load_inputs(
     calibration: str | os.PathLike[str],
     profiles: str | os.PathLike[str],
     gate_path: str | os.PathLike[str] | None,
-    out_dir: Path,
+    out_dir: Path | None = None,
     gate_config: Any = None,
     progress: bool = False,
 ) -> PlanInputs:
-    """Load, align and (if no gate is given) train and export the gate to ``out_dir/gate.onnx``.
+    """Load and align the inputs; with no ``gate_path``, train the gate and export it to
+    ``out_dir/gate.onnx``. The table is restricted to (and ordered by) the gate's experts
+    and prior-corrected with the gate's prior. The coordinator uses this too (with a gate).
 
     Raises:
-        DataFormatError: a file is missing/malformed, or table and profiles disagree.
+        DataFormatError: a file is missing/malformed, or table, gate and profiles disagree.
         GateError: the gate cannot be trained, exported or loaded.
     """
     table = load_calibration(calibration)
     prof = load_profiles(profiles)
+    trained = None
+    if gate_path is None:
+        if out_dir is None:
+            raise DataFormatError("no gate given and no output folder to train one into")
+        from gating.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
+
+        trained = train_gate(table, gate_config or GateConfig(), progress=progress)
+        gate_path = export_gate_onnx(trained, out_dir / "gate.onnx")
+    gate = OnnxGate.load(gate_path)
+    missing = [e for e in gate.experts if e not in table.experts]
+    if missing:
+        raise DataFormatError(f"{calibration}: no calibration for the gate's experts {missing} "
+                              f"(gate {gate_path}; table has {list(table.experts)})")
+    table = table.select_experts(gate.experts)
+    if gate.prior.shape != (table.n_experts, table.n_options):
+        raise DataFormatError(f"{gate_path}: prior shape {gate.prior.shape} does not match the "
+                              f"table's (N, K) = ({table.n_experts}, {table.n_options})")
     missing = [e for e in table.experts if e not in prof.names]
     if missing:
         raise DataFormatError(f"{profiles}: no profile for experts {missing} of {calibration} "
@@ -154,17 +173,6 @@ def load_inputs(
     if missing_c:
         raise DataFormatError(f"{profiles}: no figures for categories {missing_c} of {calibration} "
                               f"(profiled: {list(prof.categories)})")
-    trained = None
-    if gate_path is None:
-        from gating.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
-
-        trained = train_gate(table, gate_config or GateConfig(), progress=progress)
-        gate_path = export_gate_onnx(trained, out_dir / "gate.onnx")
-    gate = OnnxGate.load(gate_path)
-    if set(gate.experts) != set(table.experts):
-        raise DataFormatError(f"{gate_path}: gate experts {list(gate.experts)} differ from the "
-                              f"calibration table's {list(table.experts)}")
-    table = table.select_experts(gate.experts)
     corrected = apply_prior_correction(table.logprobs, gate.prior).astype(np.float32)
     table = CalibrationTable(logprobs=corrected, labels=table.labels, categories=table.categories,
                              category_names=table.category_names, experts=table.experts,

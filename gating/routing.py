@@ -34,17 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from edge_moe.calibration import VALIDATION, load_calibration
 from edge_moe.config import BudgetConfig
 from edge_moe.errors import ConfigError, DataFormatError, SelectionError
-from edge_moe.profiles import load_profiles
 from gating.gate_runtime import OnnxGate
 from gating.mixture import (
     MixtureObjective,
-    apply_prior_correction,
     masked_gate_weights,
     select_top_k,
 )
+from gating.planner import load_inputs
+from gating.planner import make_objective as planner_objective
 from gating.selector import INFEASIBLE, Budget, Selection, SelectionProblem, select_experts
 
 logger = logging.getLogger(__name__)
@@ -234,7 +233,7 @@ def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLik
                 top_k: int | None = 2, tau: float | None = None) -> Router:
     """A Router from the planner's inputs: gate.onnx, calibration table, profiles.
 
-    Mirrors ``gating.planner.load_inputs`` with a given gate (no torch): the table is
+    Uses ``gating.planner.load_inputs`` with the given gate (no torch): the table is
     reordered to the gate's experts, prior-corrected, and its validation split scores F(S).
 
     Raises:
@@ -243,25 +242,10 @@ def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLik
     """
     if top_k is not None and tau is not None:
         raise ConfigError(f"give top_k or tau, not both (got top_k={top_k}, tau={tau})")
-    gate = OnnxGate.load(gate_path)
-    table = load_calibration(calibration)
-    missing = [e for e in gate.experts if e not in table.experts]
-    if missing:
-        raise DataFormatError(f"{calibration}: no calibration for the gate's experts {missing}")
-    table = table.select_experts(gate.experts)
-    prof = load_profiles(profiles)
-    lat, en = prof.arrays(gate.experts, table.category_names)
-    val = table.split_rows(VALIDATION)
-    if val.n_samples == 0:
-        raise DataFormatError(f"{calibration}: the validation split (split == 1) is empty")
-    if gate.prior.shape != (table.n_experts, table.n_options):
-        raise DataFormatError(f"{gate_path}: prior shape {gate.prior.shape} does not match the "
-                              f"table's (N, K) = ({table.n_experts}, {table.n_options})")
-    logprobs = apply_prior_correction(val.logprobs, gate.prior)
-    logits = gate.logits(val.embeddings)
+    inputs = load_inputs(calibration, profiles, gate_path)
 
     def make_objective(k: int | None, t: float | None) -> MixtureObjective:
-        return MixtureObjective(logits, logprobs, val.labels, top_k=k, tau=t)
+        return planner_objective(inputs, k, t)
 
-    return Router(gate, table.category_names, lat, en, make_objective, prof.aggregation_ms,
-                  default_budget, top_k, tau)
+    return Router(inputs.gate, inputs.categories, inputs.latency_ms, inputs.energy_j, make_objective,
+                  inputs.profiles.aggregation_ms, default_budget, top_k, tau)
