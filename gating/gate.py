@@ -323,7 +323,11 @@ class _ProgressBar:
             )
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
+            task = self._progress.tasks[0]
+            if task.total is not None and task.completed < task.total:  # early stopping
+                self._progress.update(self._task, total=task.completed,
+                                      description=f"trained gate (early stop at epoch {int(task.completed)})")
             self._progress.stop()
 
 
