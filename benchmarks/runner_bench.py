@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(_one(args.one, args.asset, args.threads)))
         return
+    load_before = os.getloadavg()
     # Build artifacts first, outside the timed subprocesses.
     for b in args.backends.split(","):
         if b.startswith("ort-"):
@@ -164,7 +166,21 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"asset": args.asset, "threads": args.threads, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "asset": args.asset,
+                    "threads": args.threads,
+                    "command": " ".join(
+                        [".venv/bin/python", "benchmarks/runner_bench.py", *sys.argv[1:]]
+                    ),
+                    "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+                    "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+                    "cpus": os.cpu_count(),
+                    "int4": "MatMulNBits block 32 asymmetric, sensitive MatMuls 8-bit",
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 

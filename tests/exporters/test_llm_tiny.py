@@ -70,6 +70,10 @@ def test_manifest_and_graph_contract(tiny):
         for i in g.graph.input
     }
     assert dims["input_ids"] == ["batch", "seq"]
+    # No weight is transposed on every call (a tied output layer reads a stored W.T;
+    # for tiny models the exporter's constant folding already does it).
+    inits = {i.name for i in g.graph.initializer}
+    assert not [n for n in g.graph.node if n.op_type == "Transpose" and n.input[0] in inits]
     assert (
         dims["past_key_values.0.key"][0] == "batch" and dims["past_key_values.0.key"][2] == "past"
     )
@@ -140,3 +144,79 @@ def test_cached_export_is_reused(tiny, monkeypatch):
 
     monkeypatch.setattr(llm, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
     assert export_decoder(ckpt, art) == art
+
+
+def test_int4_variant_settings_and_cache(tiny, tmp_path):
+    from exporters.quantize import Int4Options, quantize_decoder
+
+    arch, _, art = tiny
+    if arch != "gemma3":
+        pytest.skip("one architecture suffices")
+    q = quantize_decoder(art, "int4", tmp_path / "int4", check=False)
+    info = load_manifest(q).extra["quantization"]
+    assert info["method"] == "MatMulNBits" and info["block_size"] == 32
+    assert info["symmetric"] is False and info["sensitive_bits"] == 8
+    assert info["sensitive_matmuls"] == 2 * 3 + 1  # o_proj and down per layer, output layer
+    ops = {n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node}
+    assert "MatMulNBits" in ops
+    bits = {
+        a.i
+        for n in onnx.load(str(q / "model.onnx")).graph.node
+        if n.op_type == "MatMulNBits"
+        for a in n.attribute
+        if a.name == "bits"
+    }
+    assert bits == {4, 8}
+    logits, _ = OrtRunner(q).forward(np.array([PROMPT]))
+    assert np.isfinite(logits).all()
+    # other settings are another artifact, not the cached one
+    mtime = (q / "model.onnx").stat().st_mtime_ns
+    assert quantize_decoder(art, "int4", q, check=False) == q
+    assert (q / "model.onnx").stat().st_mtime_ns == mtime
+    quantize_decoder(art, "int4", q, check=False, int4=Int4Options(sensitive_bits=32))
+    assert load_manifest(q).extra["quantization"]["sensitive_bits"] == 32
+
+
+def test_int4_options_are_checked():
+    from edge_moe.errors import ConfigError
+    from exporters.quantize import Int4Options
+
+    with pytest.raises(ConfigError, match="sensitive_bits"):
+        Int4Options(sensitive_bits=16)
+    with pytest.raises(ConfigError, match="power of two"):
+        Int4Options(block_size=48)
+
+
+def test_pretranspose_tied_weights(tmp_path):
+    """Gather(W, ids) … MatMul(h, Transpose(W)) becomes one stored W.T read by both."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.llm import pretranspose_tied_weights
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((50, 8)).astype(np.float32)  # (vocab, hidden)
+    nodes = [
+        helper.make_node("Gather", ["W", "ids"], ["emb"], axis=0),
+        helper.make_node("Tanh", ["emb"], ["h"]),
+        helper.make_node("Transpose", ["W"], ["Wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "Wt"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "t"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "t", 50])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    ids = rng.integers(0, 50, (2, 5))
+    before = ort.InferenceSession(str(path)).run(None, {"ids": ids})[0]
+    assert pretranspose_tied_weights(path, external=False) == 1
+    g = onnx.load(str(path)).graph
+    assert [i.name for i in g.initializer] == ["W.T"]
+    assert [n.op_type for n in g.node] == ["Gather", "Transpose", "Tanh", "MatMul"]
+    after = ort.InferenceSession(str(path)).run(None, {"ids": ids})[0]
+    assert np.array_equal(before, after)
+    assert pretranspose_tied_weights(path, external=False) == 0
