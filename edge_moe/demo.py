@@ -187,6 +187,23 @@ def calibration_inputs(fleet: FleetConfig, artifacts: dict[str, Path], out: Path
                  lambda: calibrate(fleet, artifacts, out, seed, per_category))
 
 
+def plan_offline(cal: Path, prof: Path, gate: Path, out_dir: Path) -> Path:
+    """The offline planner on the demo's own table: budget sweep, Pareto front, plot."""
+    from gating import planner
+    from gating.plot import plot_sweep
+
+    inputs = planner.load_inputs(cal, prof, gate)
+    doc = planner.sweep(inputs, top_k=2)
+    planner.write_json(out_dir / "plans.json", doc)
+    planner.write_json(out_dir / "pareto.json", doc["pareto_front"])
+    png = plot_sweep(doc, out_dir / "tradeoffs.png", title="demo fleet: SmolLM2-135M fp32 / int8 / int4 on MMLU")
+    chk = doc["brute_force_check"]
+    _say(f"[demo] offline plans: {len(doc['plans'])} over {len(doc['energy_grid_j'])}x"
+         f"{len(doc['latency_grid_ms'])} budgets, Pareto front {len(doc['pareto_front'])}, selector == brute "
+         f"force at {chk['equal']}/{chk['points']} points; wrote {out_dir}/plans.json and {png}")
+    return png
+
+
 # ---------------------------------------------------------------- 5. budgets and queries
 
 
@@ -273,7 +290,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recalibrate: bool = False,
-             config: Path = DEMO_FLEET) -> list[dict[str, Any]]:
+             config: Path = DEMO_FLEET, plan_dir: Path = Path("out/demo")) -> list[dict[str, Any]]:
     """Run the main job; returns the printed rows. Tears the fleet down whatever happens."""
     from edge_moe import fleet as fleet_mod
 
@@ -284,6 +301,7 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
     out = fleet_mod.demo_inputs_dir()
     artifacts = _step("export SmolLM2-135M fp32/int8/int4 and MiniLM (cached)", export_all)
     cal, gate, prof = calibration_inputs(fleet, artifacts, out, seed, per_category, recalibrate)
+    _step("plan budgets offline (sweep, Pareto front, plot)", lambda: plan_offline(cal, prof, gate, plan_dir))
     held_out = load_questions(seed + 1, 1, skip=per_category)[: max(1, n_questions)]
     budget_set = budgets(prof)
     try:  # a leftover demo fleet (an interrupted run) is replaced

