@@ -38,15 +38,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_moe.calibration import TRAIN, save_calibration  # noqa: E402
 from edge_moe.client import EdgeMoEClient  # noqa: E402
 from edge_moe.config import BudgetConfig  # noqa: E402
-from edge_moe.profiles import save_profiles  # noqa: E402
 from edge_moe.wire import Reply  # noqa: E402
-from gating.mixture import fit_prior_correction  # noqa: E402
 from gating.routing import load_router  # noqa: E402
-from gating.synthetic import make_synthetic_profiles, make_synthetic_table  # noqa: E402
-from nodes.toy import ToyEncoder, ToyExpert, fit_linear_gate, write_linear_gate  # noqa: E402
+from gating.synthetic import write_toy_inputs  # noqa: E402
+from nodes.toy import ToyEncoder, ToyExpert  # noqa: E402
 
 DIM = 16
 OPTIONS = ["red", "green", "blue", "black"]
@@ -58,14 +55,7 @@ def prompt(i: int) -> str:
 
 def make_assets(d: Path) -> tuple[Path, Path, Path, Path, tuple[str, ...]]:
     """Synthetic 3-expert planner inputs, a fitted linear gate, a fleet with top_k = 3."""
-    table, size = make_synthetic_table(n_samples=600, n_experts=3, n_categories=2, n_options=4,
-                                       embedding_dim=DIM, seed=0)
-    cal = save_calibration(table, d / "calibration.npz")
-    prof = save_profiles(make_synthetic_profiles(table, size, seed=0), d / "profiles.json")
-    train = table.split_rows(TRAIN)
-    label_lp = train.logprobs[np.arange(train.n_samples), :, train.labels]
-    gate = write_linear_gate(d / "gate.onnx", table.experts, DIM, fit_prior_correction(train.logprobs),
-                             weights=fit_linear_gate(train.embeddings, label_lp))
+    table, cal, prof, gate = write_toy_inputs(d, n_experts=3, embedding_dim=DIM, seed=0)
     fleet = {
         "name": "bench",
         "device_classes": {"cpu": {"power_idle_w": 5.0, "power_busy_w": 15.0, "source": "bench"}},

@@ -40,20 +40,9 @@ def make_assets(d: Path) -> tuple[Path, dict[str, object]]:
     """The fleet tests' toy inputs (synthetic table, fitted linear gate, 3-node YAML)."""
     from conftest import DIM, write_fleet  # tests/fleet/conftest.py
 
-    from edge_moe.calibration import TRAIN, save_calibration
-    from edge_moe.profiles import save_profiles
-    from gating.mixture import fit_prior_correction
-    from gating.synthetic import make_synthetic_profiles, make_synthetic_table
-    from nodes.toy import fit_linear_gate, write_linear_gate
+    from gating.synthetic import write_toy_inputs
 
-    table, size = make_synthetic_table(n_samples=400, n_experts=4, n_categories=2, n_options=4,
-                                       embedding_dim=DIM, seed=5)
-    cal = save_calibration(table, d / "calibration.npz")
-    prof = save_profiles(make_synthetic_profiles(table, size, seed=5), d / "profiles.json")
-    train = table.split_rows(TRAIN)
-    label_lp = train.logprobs[np.arange(train.n_samples), :, train.labels]
-    gate = write_linear_gate(d / "gate.onnx", table.experts, DIM, fit_prior_correction(train.logprobs),
-                             weights=fit_linear_gate(train.embeddings, label_lp))
+    table, cal, prof, gate = write_toy_inputs(d, n_experts=4, embedding_dim=DIM, seed=5, n_samples=400)
     fleet = write_fleet(d / "fleet.yaml", table.experts, table.category_names, "fleet-bench")
     kw = {"gate": gate, "calibration": cal, "profiles": prof, "toy_encoder_dim": DIM, "toy": True,
           "num_cpus": 2, "object_store_mb": 80, "ready_timeout_s": 60}

@@ -12,6 +12,8 @@ experts are more skilled, slower and hungrier, so the budget trade-off is real.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edge_moe.calibration import CalibrationTable
@@ -96,6 +98,36 @@ def make_synthetic_profiles(
         aggregation_ms=aggregation_ms,
         note="synthetic profiles made by gating.synthetic (not measurements)",
     )
+
+
+def write_toy_inputs(
+    out_dir: str | Path, n_experts: int, embedding_dim: int, seed: int, n_samples: int = 600,
+    n_categories: int = 2, n_options: int = 4,
+) -> tuple[CalibrationTable, Path, Path, Path]:
+    """SYNTHETIC planner inputs for serving tests and benchmarks with toy experts.
+
+    Writes ``calibration.npz``, ``profiles.json`` and a linear ``gate.onnx`` fitted to the
+    train split (``nodes.toy``: no torch) into ``out_dir``.
+
+    Returns:
+        (table, calibration path, profiles path, gate path).
+    """
+    from edge_moe.calibration import TRAIN, save_calibration
+    from edge_moe.profiles import save_profiles
+    from gating.mixture import fit_prior_correction
+    from nodes.toy import fit_linear_gate, write_linear_gate
+
+    d = Path(out_dir)
+    table, size = make_synthetic_table(n_samples=n_samples, n_experts=n_experts, n_categories=n_categories,
+                                       n_options=n_options, embedding_dim=embedding_dim, seed=seed)
+    cal = save_calibration(table, d / "calibration.npz")
+    prof = save_profiles(make_synthetic_profiles(table, size, seed=seed), d / "profiles.json")
+    train = table.split_rows(TRAIN)
+    label_lp = train.logprobs[np.arange(train.n_samples), :, train.labels]  # (M, N)
+    gate = write_linear_gate(d / "gate.onnx", table.experts, embedding_dim,
+                             fit_prior_correction(train.logprobs),
+                             weights=fit_linear_gate(train.embeddings, label_lp))
+    return table, Path(cal), Path(prof), Path(gate)
 
 
 def write_example(out_dir: str, seed: int = 0) -> tuple[str, str]:

@@ -11,15 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from edge_moe.calibration import TRAIN, save_calibration
-from edge_moe.profiles import save_profiles
-from gating.mixture import fit_prior_correction
-from gating.synthetic import make_synthetic_profiles, make_synthetic_table
-from nodes.toy import fit_linear_gate, write_linear_gate
+from gating.synthetic import write_toy_inputs
 
 DIM = 16
 HEARTBEAT_S = 0.2
@@ -67,15 +62,7 @@ def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     d = tmp_path_factory.mktemp("fleet")
-    table, size = make_synthetic_table(n_samples=400, n_experts=4, n_categories=2, n_options=4,
-                                       embedding_dim=DIM, seed=5)
-    cal = save_calibration(table, d / "calibration.npz")
-    prof = save_profiles(make_synthetic_profiles(table, size, seed=5), d / "profiles.json")
-    train = table.split_rows(TRAIN)
-    prior = fit_prior_correction(train.logprobs)
-    label_lp = train.logprobs[np.arange(train.n_samples), :, train.labels]  # (M, N)
-    gate = write_linear_gate(d / "gate.onnx", table.experts, DIM, prior,
-                             weights=fit_linear_gate(train.embeddings, label_lp))
+    table, cal, prof, gate = write_toy_inputs(d, n_experts=4, embedding_dim=DIM, seed=5, n_samples=400)
     fleet = write_fleet(d / "fleet.yaml", table.experts, table.category_names, "fleet-test")
     return Assets(d, Path(cal), Path(prof), gate, fleet, table.experts)
 

@@ -17,15 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from edge_moe.calibration import TRAIN, save_calibration
-from edge_moe.profiles import save_profiles
-from gating.mixture import fit_prior_correction
-from gating.synthetic import make_synthetic_profiles, make_synthetic_table
-from nodes.toy import fit_linear_gate, write_linear_gate
+from gating.synthetic import write_toy_inputs
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -48,15 +43,7 @@ class Assets:
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     d = tmp_path_factory.mktemp("serving")
-    table, size = make_synthetic_table(n_samples=600, n_experts=4, n_categories=2, n_options=4,
-                                       embedding_dim=DIM, seed=3)
-    cal = save_calibration(table, d / "calibration.npz")
-    prof = save_profiles(make_synthetic_profiles(table, size, seed=3), d / "profiles.json")
-    train = table.split_rows(TRAIN)
-    prior = fit_prior_correction(train.logprobs)
-    label_lp = train.logprobs[np.arange(train.n_samples), :, train.labels]  # (M, N)
-    gate = write_linear_gate(d / "gate.onnx", table.experts, DIM, prior,
-                             weights=fit_linear_gate(train.embeddings, label_lp))
+    table, cal, prof, gate = write_toy_inputs(d, n_experts=4, embedding_dim=DIM, seed=3)
     fleet = {
         "name": "serving-test",
         "device_classes": {"cpu": {"power_idle_w": 5.0, "power_busy_w": 15.0, "source": "test"}},
