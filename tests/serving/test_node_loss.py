@@ -95,9 +95,13 @@ def test_node_killed_mid_load(assets):
         degraded = [r for r in around if isinstance(r, Reply) and r.degraded]
         assert degraded, "no degraded reply while node-c was dying"
         assert all(DOOMED in " ".join(r.reasons) for r in degraded)
-        # 2. it left the live set within the liveness window (+ one heartbeat of slack)
-        gone_by = t_kill + window_s + HEARTBEAT_S + 0.1
-        after = [r for t0, _, r in recs if gone_by <= t0 < t_back]
+        # 2. it left the live set within the liveness window, plus one expiry tick (a heartbeat)
+        #    and scheduling slack on a shared 2-core box; once gone it stays gone until restart
+        gone = [t0 for t0, _, r in recs if t0 > t_kill and isinstance(r, Reply) and DOOMED not in r.plan.live]
+        assert gone, "node-c never left the live set"
+        t_gone = min(gone)
+        assert t_gone - t_kill <= window_s + HEARTBEAT_S + 0.6, t_gone - t_kill
+        after = [r for t0, _, r in recs if t_gone + 0.05 <= t0 < t_back]
         assert after, "no queries between expiry and restart"
         assert all(isinstance(r, Reply) and DOOMED not in r.plan.live for r in after)
         # 3. later plans exclude it, and those replies are whole again
@@ -106,7 +110,8 @@ def test_node_killed_mid_load(assets):
         # 4. restarted, it is used again
         back = [r for t0, _, r in recs if t0 >= t_back + 0.5]
         assert back and any(uses(r, DOOMED) for r in back)
-        print(f"\nkill test: {len(recs)} queries, {len(degraded)} degraded around the kill, "
+        print(f"\nkill test: left the live set {t_gone - t_kill:.2f} s after the kill; "
+              f"{len(recs)} queries, {len(degraded)} degraded around the kill, "
               f"{sum(isinstance(r, Error) for _, _, r in recs)} errors")
     finally:
         fleet.stop()
