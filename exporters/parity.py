@@ -167,6 +167,11 @@ class _Tracker:
         self.agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
         self.total += ref.shape[0]
 
+    def report(self, precision: str, tol: Tolerance, **fields: Any) -> ParityReport:
+        """A ParityReport with this tracker's max diff, its place and NaN/Inf filled in."""
+        return ParityReport(precision=precision, tolerance=asdict(tol), max_abs_diff=self.max_abs,
+                            where=self.where, nan_or_inf=self.nan_inf, **fields)
+
 
 def _torch_logits(
     model: Any, ids: list[list[int]], mask: np.ndarray | None, cache: Any
@@ -253,12 +258,9 @@ def check_decoder_parity(
         g_cand.append(int(cand[0, -1].argmax()))
         ref = _torch_logits(model, [[g_ref[-1]]], None, cache)
         cand, past = runner.forward(np.array([[g_cand[-1]]]), None, past)
-    report = ParityReport(
-        precision=prec,
-        tolerance=asdict(tol),
-        max_abs_diff=tr.max_abs,
-        where=tr.where,
-        nan_or_inf=tr.nan_inf,
+    report = tr.report(
+        prec,
+        tol,
         argmax_agreement=tr.agree / max(tr.total, 1),
         n_positions=tr.total,
         greedy_reference=g_ref,
@@ -317,12 +319,9 @@ def top1_agreement(
         cand, _ = candidate.forward(ids)
         tr.add(ref[0], cand[0], f"prompt {i}")
         agree += int(ref[0, -1].argmax() == cand[0, -1].argmax())
-    report = ParityReport(
-        precision=prec,
-        tolerance=asdict(tol),
-        max_abs_diff=tr.max_abs,
-        where=tr.where,
-        nan_or_inf=tr.nan_inf,
+    report = tr.report(
+        prec,
+        tol,
         argmax_agreement=agree / len(prompts),
         n_positions=len(prompts),
         all_position_agreement=tr.agree / max(tr.total, 1),
