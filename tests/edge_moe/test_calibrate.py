@@ -201,3 +201,15 @@ def test_profile_sources_and_projection(tmp_path):
     bad.write_text(json.dumps({**doc, "experts": {"a": {"categories": {"stem": {"p50_ms": float("nan")}}}}}))
     with pytest.raises(DataFormatError, match="stem.p50_ms"):
         load_latency(bad)
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    res = CliRunner().invoke(app, ["calibrate", "--expert", "no-such-model", "--out", str(tmp_path / "t.npz")])
+    assert res.exit_code == 1 and "ArtifactError" in res.output and "edge-moe export no-such-model" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "options": ["a", "b"], "label": 0, "category": "c"}\n{"question": 3}\n')
+    res = CliRunner().invoke(app, ["calibrate", "--expert", f"x={tmp_path}", "--dataset", str(bad),
+                                   "--out", str(tmp_path / "t.npz")])
+    assert res.exit_code == 1 and "manifest" in res.output  # the folder is no artifact
+    res = CliRunner().invoke(app, ["profile", str(tmp_path / "none.latency.json"), "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 1 and "none.latency.json: latency file not found" in res.output
