@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from edge_moe.atomic import atomic_path, write_text
 from edge_moe.calibration import TEST, TRAIN, VALIDATION, CalibrationTable, save_calibration
+from edge_moe.config import read_yaml
 from edge_moe.errors import ArtifactError, ConfigError, DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,7 @@ def letter_prompt(question: str, options: Sequence[str], topic: str | None = Non
 def load_category_map(path: str | os.PathLike[str] = CATEGORY_MAP) -> dict[str, str]:
     """topic -> application category, from a YAML of ``category: [topic, ...]``."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: category map not found")
-    try:
-        groups = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+    groups = read_yaml(p)
     if not isinstance(groups, dict) or not groups:
         raise ConfigError(f"{p}: must map category names to lists of topics")
     out: dict[str, str] = {}

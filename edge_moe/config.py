@@ -201,7 +201,7 @@ def _unique(src: str, key: str, names: list[str]) -> None:
 def load_device_classes(path: str | os.PathLike[str]) -> dict[str, DeviceClass]:
     """Load a YAML mapping of device-class name -> power profile."""
     p = Path(path)
-    return _device_classes(str(p), _read_yaml(p))
+    return _device_classes(str(p), read_yaml(p))
 
 
 def _device_classes(src: str, raw: Any) -> dict[str, DeviceClass]:
@@ -247,7 +247,8 @@ def _budget(src: str, raw: Any, categories: tuple[str, ...]) -> BudgetConfig:
     return BudgetConfig(energy_j=energy, latency_ms=latency)
 
 
-def _read_yaml(p: Path) -> Any:
+def read_yaml(p: Path) -> Any:
+    """A YAML file's contents; ConfigError names a missing or malformed file."""
     if not p.is_file():
         raise ConfigError(f"{p}: file not found")
     try:
@@ -264,7 +265,7 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     """
     p = Path(path)
     src = str(p)
-    raw = _read_yaml(p)
+    raw = read_yaml(p)
     top = _Reader(src, "", raw, {"name", "device_classes", "nodes", "experts", "categories",
                                  "budget", "coordinator"},
                   {"device_classes", "nodes", "experts", "categories", "coordinator"})
