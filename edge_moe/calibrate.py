@@ -494,10 +494,13 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
               dataset: str = "mmlu", per_topic: int | None = 20, seed: int = 0,
               categories: str | os.PathLike[str] = CATEGORY_MAP, encoder: str | None = None,
               threads: int | None = None, limit: int | None = None, progress: bool = True,
-              command: str = "", on_row: Callable[[str, int], None] | None = None,
+              command: str = "", score: bool = True, on_row: Callable[[str, int], None] | None = None,
               runner_factory: Callable[[Path, int | None], Any] | None = None) -> tuple[Path, Path]:
     """The whole ``edge-moe calibrate``: choose samples, score each expert (resuming), embed,
-    and write the table and latency sidecar. Returns their paths."""
+    and write the table and latency sidecar. Returns their paths.
+
+    With ``score=False`` nothing is scored: the table is assembled from what the work
+    folder already holds (the samples every expert finished)."""
     from nodes.runners import EncoderRunner, OrtRunner
 
     resolved = [resolve_expert(e) for e in experts]
@@ -512,7 +515,7 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
     wd = WorkDir(work)
     samples = wd.init(choose_samples(pool, per_topic, seed))
     make = runner_factory or (lambda p, t: OrtRunner(p, intra_op_threads=t))
-    for name, path in resolved:
+    for name, path in resolved if score else []:
         runner = make(path, threads)
         score_expert(wd, name, runner, limit=limit, progress=progress,
                      on_row=None if on_row is None else (lambda n, _name=name: on_row(_name, n)))

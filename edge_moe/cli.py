@@ -369,6 +369,8 @@ def calibrate(
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores)", min=1)] = None,
     limit: Annotated[int | None, typer.Option(help="score only the first N listed samples (a partial run)", min=1)] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars with ETA")] = True,
+    score: Annotated[bool, typer.Option(help="--no-score: score nothing, only assemble the table from what the "
+                                             "work folder holds")] = True,
 ) -> None:
     """Score a labelled multiple-choice set with every expert's ONNX runner (letter mode), embed
     the prompts with MiniLM, split train/validation/test (seeded, stratified by category), and
@@ -383,7 +385,7 @@ def calibrate(
     command = "edge-moe calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
     table, lat = run(work, expert, out=out, dataset=dataset, per_topic=per_topic or None, seed=seed,
                      categories=categories, encoder=str(encoder) if encoder else None, threads=threads,
-                     limit=limit, progress=progress, command=command)
+                     limit=limit, progress=progress, command=command, score=score)
     doc = json.loads(lat.read_text())
     t = Table(title=f"calibration: {doc['n_samples']} samples scored by every expert (of {doc['n_listed']} listed)")
     for col in ("expert", "accuracy (all splits)", "p50 ms", "p95 ms", "mean tokens"):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Step 3 of the real run (issue 4), after calibrate.sh has scored every expert:
-#  a) the table over the samples every expert finished (scoring is all cached: nothing reruns);
+#  a) the table over the samples every expert finished (--no-score: nothing more is scored);
 #  b) latency re-measured with the machine otherwise idle: each expert alone, one after
 #     another, 1 onnxruntime thread, on the first 114 listed samples (2 per topic). The main
 #     run shared the 2 cores between several experts and exports, which inflates its
@@ -14,7 +14,7 @@ R=benchmarks/results/mmlu
 EXPERTS=(smollm2-135m-instruct gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-0.5b-instruct:int8
          qwen2.5-coder-1.5b-instruct qwen2.5-coder-1.5b-instruct:int8)
 args=(); for e in "${EXPERTS[@]}"; do args+=(--expert "$e"); done
-$EM calibrate "${args[@]}" --work "$R/work" --dataset mmlu --per-topic 22 --seed 0 --threads 1 \
+$EM calibrate "${args[@]}" --work "$R/work" --dataset mmlu --per-topic 22 --seed 0 --threads 1 --no-score \
   --out "$R/calibration.npz"
 L="$R/latency-work"
 mkdir -p "$L" && cp "$R/work/samples.jsonl" "$R/work/embeddings.npy" "$L/"   # same list: reuse the embeddings

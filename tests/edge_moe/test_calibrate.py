@@ -109,6 +109,8 @@ def test_smollm2_calibrate_resumes_to_the_same_table(tmp_path, smollm2, encoder,
         calibrate(tmp_path / "resumed", experts, out=tmp_path / "resumed.npz", on_row=stop_at, **common)
     wd = WorkDir(tmp_path / "resumed")
     assert len(wd.scored("smollm2")) == 11 and not wd.scored("smollm2-twin")
+    with pytest.raises(DataFormatError, match="no sample is scored by all"):  # --no-score scores nothing
+        calibrate(tmp_path / "resumed", experts, out=tmp_path / "resumed.npz", score=False, **common)
     # a torn last line, as when the process is killed mid-write, is cut off on resume
     with wd.expert_file("smollm2").open("a") as fh:
         fh.write('{"i": 11, "logpr')
