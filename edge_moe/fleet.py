@@ -328,6 +328,27 @@ def owned_processes(dep: Deployment) -> list[int]:
     return sorted(p for p in pids if p != os.getpid())
 
 
+def ensure_auth_token(ray_cmd: str, tmpdir: str) -> None:
+    """Make sure Ray's token exists before ``ray start --head`` (token auth is on by default).
+
+    ``ray.init`` creates ``~/.ray/auth_token`` when it is missing, but ``ray start`` refuses
+    to, so a fresh machine needs ``ray get-auth-token --generate`` first (it never
+    overwrites a token). The token is not printed or logged.
+    """
+    env = ray_env(tmpdir)
+    if env.get("RAY_AUTH_MODE", "token").lower() != "token" or env.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if path.is_file() and path.stat().st_size > 0:
+        return
+    proc = subprocess.run([ray_cmd, "get-auth-token", "--generate"], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+    if proc.returncode != 0 or not path.is_file():
+        raise FleetError(f"could not create Ray's auth token at {path} (`ray get-auth-token --generate` exit "
+                         f"{proc.returncode}): {proc.stderr.strip()[-500:]}")
+    logger.info("created Ray's auth token at %s", path)
+
+
 def start_local_head(fleet: FleetConfig, num_cpus: int | None = None,
                      object_store_mb: int = 256, timeout_s: float = 60.0) -> tuple[str, int, list[int], str]:
     """``ray start --head`` on loopback with every node's resource; (address, pgid, pids, tmpdir).
@@ -346,6 +367,7 @@ def start_local_head(fleet: FleetConfig, num_cpus: int | None = None,
            "--object-store-memory", str(object_store_mb * 1024 * 1024),
            "--dashboard-agent-listen-port", str(_free_port()),
            "--min-worker-port", "0", "--max-worker-port", "0"]
+    ensure_auth_token(str(ray_bin) if ray_bin.exists() else "ray", tmpdir)
     logger.info("starting a local Ray head: %s", " ".join(cmd))
     log = Path(tmpdir) / "ray-start.log"
     with log.open("w") as fh:  # a file, not a pipe: the daemons inherit it and never close it

@@ -152,3 +152,20 @@ def test_missing_artifact_and_missing_resource_fail_fast(assets: Assets, tmp_pat
                  **kw)  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 30
     assert not (F.state_dir() / "fleet-bad.json").exists()
+
+
+def test_fresh_machine_gets_a_ray_token_once(tmp_path, monkeypatch):
+    """`ray start --head` refuses to run with token auth and no token (a fresh CI machine)."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    ray_cmd = str(Path(sys.executable).with_name("ray"))
+    token = tmp_path / ".ray" / "auth_token"
+    F.ensure_auth_token(ray_cmd, str(tmp_path))
+    first = token.read_text()
+    assert len(first.strip()) >= 32
+    F.ensure_auth_token(ray_cmd, str(tmp_path))
+    assert token.read_text() == first  # never overwritten
