@@ -388,12 +388,12 @@ def calibrate(
                      limit=limit, progress=progress, command=command, score=score)
     doc = json.loads(lat.read_text())
     t = Table(title=f"calibration: {doc['n_samples']} samples scored by every expert (of {doc['n_listed']} listed)")
-    for col in ("expert", "accuracy (all splits)", "p50 ms", "p95 ms", "mean tokens"):
-        t.add_column(col)
+    for col in ("expert", "accuracy (all splits)", "p50 ms (worst category)", "p95 ms (worst category)", "mean tokens"):
+        t.add_column(col, overflow="fold")
     for e, d in doc["experts"].items():
         cats = d["categories"].values()
-        t.add_row(e, f"{d['accuracy_all_splits']:.3f}", f"{max(c['p50_ms'] for c in cats):.0f} (worst cat.)",
-                  f"{max(c['p95_ms'] for c in cats):.0f} (worst cat.)",
+        t.add_row(e, f"{d['accuracy_all_splits']:.3f}", f"{max(c['p50_ms'] for c in cats):.0f}",
+                  f"{max(c['p95_ms'] for c in cats):.0f}",
                   f"{sum(c['mean_tokens'] * c['n'] for c in cats) / sum(c['n'] for c in cats):.0f}")
     console.print(t)
     console.print(f"wrote {table} and {lat} (work folder {work})", highlight=False)
@@ -439,7 +439,7 @@ def profile(
     save_profiles(prof, out)
     t = Table(title=f"profiles ({', '.join(f'{k}: {v}' for k, v in prof.sources().items())})")
     for col in ("expert", "node", "worst latency ms", "worst energy J", "sources"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for e in prof.experts:
         lat_f = max(e.latency_ms.values(), key=lambda f: f.value)
         en_f = max(e.energy_j.values(), key=lambda f: f.value)
