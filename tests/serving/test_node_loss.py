@@ -103,7 +103,12 @@ def test_node_killed_mid_load(assets):
         assert t_gone - t_kill <= window_s + HEARTBEAT_S + 0.6, t_gone - t_kill
         after = [r for t0, _, r in recs if t_gone + 0.05 <= t0 < t_back]
         assert after, "no queries between expiry and restart"
-        assert all(isinstance(r, Reply) and DOOMED not in r.plan.live for r in after)
+        # a deadline ERROR is allowed here as everywhere (check 1); no reply may list it live again
+        assert all(isinstance(r, Reply) or r.code == ErrorCode.DEADLINE for r in after), \
+            [r for r in after if not isinstance(r, Reply)]
+        revived = [r for r in after if isinstance(r, Reply) and DOOMED in r.plan.live]
+        assert not revived, f"{len(revived)} of {len(after)} replies list {DOOMED} live after it expired"
+        assert any(isinstance(r, Reply) for r in after)
         # 3. later plans exclude it, and those replies are whole again
         assert all(DOOMED not in r.plan.experts and not r.degraded
                    for r in after if isinstance(r, Reply))
