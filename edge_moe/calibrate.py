@@ -25,6 +25,7 @@ JSONL works too, one object per line::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -507,8 +508,10 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
     make = runner_factory or (lambda p, t: OrtRunner(p, intra_op_threads=t))
     for name, path in resolved if score else []:
         runner = make(path, threads)
-        score_expert(wd, name, runner, limit=limit, progress=progress,
-                     on_row=None if on_row is None else (lambda n, _name=name: on_row(_name, n)))
+        row_cb: Callable[[int], None] | None = None
+        if on_row is not None:
+            row_cb = functools.partial(on_row, name)
+        score_expert(wd, name, runner, limit=limit, progress=progress, on_row=row_cb)
         del runner
     enc_path = Path(encoder) if encoder else _default_encoder()
     emb = embed_samples(wd, EncoderRunner(enc_path, intra_op_threads=threads), progress=progress)

@@ -24,6 +24,7 @@ assets_app = typer.Typer(
 )
 
 PRECISIONS = ("fp32", "int8", "int4")
+BUILDERS = ("torch", "ortgenai")
 
 
 def _mb(n: int | None) -> str:
@@ -82,10 +83,49 @@ def export_command(
     encoder: Annotated[
         bool, typer.Option(help="export a sentence encoder (MiniLM) instead")
     ] = False,
+    builder: Annotated[
+        str,
+        typer.Option(
+            help="torch: torch.onnx (dynamo) + onnxruntime.quantization variants; "
+            "ortgenai: onnxruntime-genai's model builder (fused GroupQueryAttention, "
+            "MatMulNBits int4/int8 built from the checkpoint)"
+        ),
+    ] = "torch",
+    builder_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--builder-option",
+            help="KEY=VALUE passed to the ortgenai builder's --extra_options (repeatable), "
+            "e.g. algo_config=k_quant_mixed, accuracy_level=4, block_size=32",
+        ),
+    ] = None,
 ) -> None:
-    """Export a model to an ONNX artifact with its manifest; print the folder."""
+    """Export a model to an ONNX artifact with its manifest; print the folder.
+
+    Every artifact is parity-checked before it is kept: fp32 against torch (prefill,
+    8 decode steps, a padded batch, 16 greedy tokens), int8/int4 by next-token top-1
+    agreement with the fp32 artifact. The report is stored in the manifest.
+    """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of {list(PRECISIONS)}")
+    if builder not in BUILDERS:
+        raise ConfigError(f"--builder {builder!r} is not one of {list(BUILDERS)}")
+    if builder_option and builder != "ortgenai":
+        raise ConfigError("--builder-option applies to --builder ortgenai only")
+    if builder == "ortgenai":
+        if encoder:
+            raise ConfigError("--builder ortgenai builds decoders; export the encoder with --builder torch")
+        from exporters.ortgenai import export_ortgenai
+
+        options = None
+        if builder_option:
+            bad = [o for o in builder_option if "=" not in o or not o.split("=", 1)[0]]
+            if bad:
+                raise ConfigError(f"--builder-option takes KEY=VALUE, got {bad}")
+            options = dict(o.split("=", 1) for o in builder_option)
+        typer.echo(export_ortgenai(source, out, precision=precision, options=options, name=name,
+                                   parity=parity, force=force))
+        return
     if encoder:
         from exporters.encoder import export_encoder
 

@@ -4,7 +4,7 @@ Two checks, in the style of onnxruntime's gpt2 helper:
 
 - :func:`check_decoder_parity`: ONNX (through the node's own :class:`OrtRunner`) against
   the torch model. Prefill logits of fixed prompts (one at a time, then as one
-  left-padded batch), 8 teacher-forced decode steps through the KV cache, and a 16-token
+  padded batch), 8 teacher-forced decode steps through the KV cache, and a 16-token
   greedy continuation that must match token for token.
 - :func:`top1_agreement`: a quantised variant against its fp32 artifact, both in ORT:
   the share of a fixed prompt set on which the next-token argmax agrees.
@@ -239,14 +239,22 @@ def check_decoder_parity(
             ref = _torch_logits(model, [[nxt]], None, cache)
             cand, past = runner.forward(np.array([[nxt]]), None, past)
             tr.add(ref[0], cand[0], f"prompt {i} decode step {step}")
-    # One left-padded batch of all prompts: the attention mask and positions must agree.
+    # One padded batch of all prompts: the attention mask and positions must agree. Left
+    # padding where the graph takes position_ids; GroupQueryAttention graphs (ortgenai)
+    # derive positions from the mask and take right padding only.
     width = max(len(p) for p in prompts)
-    batch = [[0] * (width - len(p)) + p for p in prompts]
-    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int64)
+    left = runner.has_position_ids
+
+    def pad(row: list[int], fill: int) -> list[int]:
+        extra = [fill] * (width - len(row))
+        return extra + row if left else row + extra
+
+    batch = [pad(p, 0) for p in prompts]
+    mask = np.array([pad([1] * len(p), 0) for p in prompts], np.int64)
     ref_b = _torch_logits(model, batch, mask, DynamicCache())
     cand_b, _ = runner.forward(np.array(batch), mask)
     valid = mask.astype(bool)
-    tr.add(ref_b[valid], cand_b[valid], "padded batch")
+    tr.add(ref_b[valid], cand_b[valid], f"{'left' if left else 'right'}-padded batch")
     # Greedy continuation, each side on its own cache.
     g_ref: list[int] = []
     g_cand: list[int] = []

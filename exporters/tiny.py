@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _config(arch: str, max_context: int) -> object:
+def _config(arch: str, max_context: int, head_dim: int | None = None) -> object:
     from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     common: dict[str, Any] = dict(
@@ -37,6 +37,9 @@ def _config(arch: str, max_context: int) -> object:
         bos_token_id=BOS_ID,
         pad_token_id=0,
     )
+    if head_dim is not None and arch != "gemma3":
+        # wider heads (e.g. 16: onnxruntime's GroupQueryAttention needs a multiple of 16)
+        common.update(hidden_size=4 * head_dim, head_dim=head_dim)
     if arch == "llama":
         return LlamaConfig(num_hidden_layers=2, **common)
     if arch == "qwen2":
@@ -53,7 +56,8 @@ def _config(arch: str, max_context: int) -> object:
 
 
 def make_tiny_checkpoint(
-    arch: str, out_dir: str | Path, *, seed: int = 0, max_context: int = 64
+    arch: str, out_dir: str | Path, *, seed: int = 0, max_context: int = 64,
+    head_dim: int | None = None,
 ) -> Path:
     """Write a tiny random ``arch`` causal LM and its tokenizer to ``out_dir``.
 
@@ -62,6 +66,7 @@ def make_tiny_checkpoint(
         out_dir: the checkpoint folder (created).
         seed: torch seed of the random weights.
         max_context: the model's max_position_embeddings (its context).
+        head_dim: attention head size for llama/qwen2 (default 8; gemma3 has 16).
 
     Returns:
         ``out_dir``.
@@ -73,7 +78,7 @@ def make_tiny_checkpoint(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    cfg = _config(arch, max_context)
+    cfg = _config(arch, max_context, head_dim)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -162,9 +162,19 @@ class OrtRunner:
         self.num_layers = int(m.decoder["num_layers"])
         self.num_kv_heads = int(m.decoder["num_kv_heads"])
         self.head_dim = int(m.decoder["head_dim"])
-        self.kv_dtype = _ORT_DTYPES.get(self.session.get_inputs()[3].type, np.float32)
+        # Graphs from the torch exporter take position_ids and honour any padding; graphs
+        # from onnxruntime-genai's builder (GroupQueryAttention) take no position_ids and
+        # derive positions from the mask, so they need right padding and one past length.
+        self.has_position_ids = "position_ids" in m.inputs
+        self._past_names = [n for n in m.inputs if n.startswith("past_key_values.")]
+        if len(self._past_names) != 2 * self.num_layers:
+            raise ArtifactError(
+                f"{self.artifact_dir}: {len(self._past_names)} past_key_values inputs for "
+                f"{self.num_layers} layers (expected {2 * self.num_layers})"
+            )
+        first_past = m.inputs.index(self._past_names[0])
+        self.kv_dtype = _ORT_DTYPES.get(self.session.get_inputs()[first_past].type, np.float32)
         self.max_context = min(int(m.decoder["max_context"]), max_context or 1 << 62)
-        self._past_names = m.inputs[3:]
 
     # ---- tokens ---------------------------------------------------------------------
 
@@ -207,6 +217,8 @@ class OrtRunner:
         Args:
             input_ids: (B, T) int64 new tokens.
             attention_mask: (B, P+T) 1 for real tokens, 0 for padding (default all ones).
+                Graphs without ``position_ids`` (onnxruntime-genai) accept right padding
+                only.
             past: 2·layers arrays (B, kv_heads, P, head_dim), or None for a prefill.
 
         Returns:
@@ -224,8 +236,9 @@ class OrtRunner:
             if attention_mask is None
             else np.asarray(attention_mask, np.int64)
         )
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, p:]  # (B, T)
-        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self.has_position_ids:
+            feed["position_ids"] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, p:]  # (B, T)
         feed.update(zip(self._past_names, past, strict=True))
         try:
             out = self.session.run(None, feed)
@@ -319,7 +332,14 @@ class OrtRunner:
         first = _log_softmax(logits[0, -1])  # (V,) log-probs of each option's first token
         k, n, width = len(conts), len(prompt_ids), max(len(c) for c in conts)
         scores = np.array([first[c[0]] for c in conts])
-        if width > 1:
+        if width > 1 and not self.has_position_ids:
+            # GroupQueryAttention places new tokens after sum(mask) - T: one row per call
+            for i, c in enumerate(conts):
+                if len(c) > 1:
+                    logits, _ = self.forward(np.array([c[:-1]]), None, past)
+                    logp = _log_softmax(logits[0])
+                    scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
+        elif width > 1:
             # Right-padded batch of the options' tokens after the shared prefix; a
             # padded position only affects logits at or after itself, which are unused.
             ids = np.zeros((k, width - 1), np.int64)

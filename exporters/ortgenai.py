@@ -1,0 +1,260 @@
+"""``--builder ortgenai``: onnxruntime-genai's model builder as an alternative exporter.
+
+The builder (``python -m onnxruntime_genai.models.builder``) writes one decoder graph with
+fused operators (``GroupQueryAttention`` with rotary embedding inside,
+``SkipSimplifiedLayerNormalization``, packed QKV) and, for ``int4``, ``MatMulNBits``
+weights straight from the checkpoint. Its I/O differs from :mod:`exporters.llm` in one
+way that matters to a runner::
+
+    inputs   input_ids (batch, seq), attention_mask (batch, total),
+             past_key_values.{i}.key ... (all keys, then all values)
+    outputs  logits, present.{i}.key ... (the same order)
+
+There is no ``position_ids``: positions come from the attention mask, so batches must be
+right-padded and share one past length (:class:`nodes.runners.OrtRunner` handles both).
+
+The artifact is an ordinary edge-moe artifact: the builder's files plus our
+``tokenizer.json`` (checked against transformers) and a manifest with
+``extra.builder = "ortgenai"``. Parity: fp32 against torch exactly as the torch exporter
+(:func:`exporters.parity.check_decoder_parity`); int8/int4 by top-1 agreement with the
+ortgenai fp32 artifact of the same source (:func:`exporters.parity.top1_agreement`).
+The builder runs in a subprocess, so its peak memory is gone before torch loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_moe.errors import ArtifactError, ConfigError
+from exporters.assets import cache_dir, sha256_file
+from exporters.llm import (
+    MODEL_FILE,
+    _chat_parts,
+    _special_tokens,
+    _text_config,
+    kv_geometry,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_source,
+    save_tokenizer,
+)
+from nodes.manifest import MANIFEST_FILE, MANIFEST_VERSION, METADATA_KEY, Manifest, write_manifest
+
+logger = logging.getLogger(__name__)
+
+BUILDER = "ortgenai"
+BUILDER_VERSION = 1  # bump when this module changes what it writes; invalidates caches
+PRECISIONS = ("fp32", "int8", "int4")
+LOG_FILE = "builder.log"
+# int4: k_quant with the llama.cpp mixed strategy (sensitive MatMuls 8-bit) agreed best
+# with fp32 on SmolLM2-135M among the variants tried (benchmarks/results/ortgenai.md).
+DEFAULT_OPTIONS: dict[str, dict[str, str]] = {"int4": {"algo_config": "k_quant_mixed"}}
+
+
+def builder_available() -> str | None:
+    """The installed onnxruntime-genai version, or None."""
+    try:
+        import onnxruntime_genai
+    except ImportError:
+        return None
+    return str(getattr(onnxruntime_genai, "__version__", "unknown"))
+
+
+def default_dir(name: str, precision: str) -> Path:
+    return cache_dir() / "artifacts" / name / f"{BUILDER}-{precision}"
+
+
+def _cached(out: Path, source_sha: str, precision: str, options: dict[str, str]) -> bool:
+    path = out / MANIFEST_FILE
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    extra = data.get("extra", {})
+    return (
+        data.get("source", {}).get("sha256") == source_sha
+        and data.get("precision") == precision
+        and extra.get("builder") == BUILDER
+        and extra.get("builder_version") == BUILDER_VERSION
+        and extra.get("builder_options") == options
+        and (out / MODEL_FILE).is_file()
+    )
+
+
+def run_builder(
+    hf_dir: Path, out: Path, precision: str, options: dict[str, str] | None = None,
+    *, timeout_s: float = 3600,
+) -> float:
+    """Run the builder on an HF folder into ``out``; return its wall seconds.
+
+    Its output goes to ``out/builder.log`` (it prints a progress line per tensor).
+
+    Raises:
+        ArtifactError: the builder failed or ran past ``timeout_s``; the message holds
+            the log's tail.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / LOG_FILE
+    cmd = [
+        sys.executable, "-m", "onnxruntime_genai.models.builder",
+        "-i", str(hf_dir), "-o", str(out), "-p", precision, "-e", "cpu",
+        "-c", str(out / ".builder-cache"),
+    ]
+    if options:
+        cmd += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        except subprocess.TimeoutExpired as exc:
+            raise ArtifactError(f"onnxruntime-genai builder ran past {timeout_s:.0f} s on {hf_dir}") from exc
+    shutil.rmtree(out / ".builder-cache", ignore_errors=True)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-1500:]
+        raise ArtifactError(
+            f"onnxruntime-genai builder failed (exit {proc.returncode}) on {hf_dir}; "
+            f"log {log}:\n{tail}"
+        )
+    if not (out / MODEL_FILE).is_file():
+        raise ArtifactError(f"onnxruntime-genai builder wrote no {MODEL_FILE} in {out}; log {log}")
+    return time.perf_counter() - t0
+
+
+def _graph_io(model_path: Path) -> tuple[list[str], list[str], int]:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    opset = next((int(o.version) for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return [i.name for i in m.graph.input], [o.name for o in m.graph.output], opset
+
+
+def _embed_manifest(model_path: Path, manifest: dict[str, Any]) -> None:
+    """Put the manifest into the graph's metadata_props; the weights stay external."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    kept = [p for p in m.metadata_props if p.key != METADATA_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    m.metadata_props.add(key=METADATA_KEY, value=json.dumps(manifest, sort_keys=True))
+    tmp = model_path.with_name(f".{model_path.name}.tmp")
+    onnx.save(m, str(tmp))
+    tmp.replace(model_path)
+
+
+def export_ortgenai(
+    source: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    precision: str = "fp32",
+    options: dict[str, str] | None = None,
+    name: str | None = None,
+    parity: bool = True,
+    force: bool = False,
+) -> Path:
+    """Build a decoder artifact with onnxruntime-genai's model builder; return its folder.
+
+    Args:
+        source: asset name, GGUF file, or HF checkpoint folder (as ``edge-moe export``).
+        out_dir: artifact folder (default ``$EDGE_MOE_CACHE/artifacts/<name>/ortgenai-<precision>``).
+        precision: ``fp32``, ``int8`` or ``int4`` (the builder's CPU precisions).
+        options: the builder's ``--extra_options`` (default :data:`DEFAULT_OPTIONS` for
+            the precision), e.g. ``{"algo_config": "k_quant_mixed", "accuracy_level": "4"}``.
+        name: expert name recorded in the manifest.
+        parity: check fp32 against torch, int8/int4 against the ortgenai fp32 artifact.
+        force: rebuild even if a cached artifact matches.
+
+    Raises:
+        ConfigError: unknown precision, or onnxruntime-genai is not installed.
+        ArtifactError: bad source, builder failure, tokenizer mismatch.
+        ParityError: the artifact disagrees with its reference beyond tolerance.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--builder ortgenai: precision {precision!r} is not one of {list(PRECISIONS)}")
+    version = builder_available()
+    if version is None:
+        raise ConfigError("--builder ortgenai needs onnxruntime-genai: pip install 'edge-moe[export]'")
+    src = resolve_source(source, name)
+    out = Path(out_dir) if out_dir is not None else default_dir(src.name, precision)
+    opts = dict(DEFAULT_OPTIONS.get(precision, {}) if options is None else options)
+    if not force and _cached(out, src.sha256, precision, opts):
+        logger.info("reusing cached ortgenai build %s", out)
+        return out
+    # Build beside the target and move it in at the end: a failed build leaves no artifact.
+    work = out.with_name(f".{out.name}.building")
+    shutil.rmtree(work, ignore_errors=True)
+    build_s = run_builder(src.hf_dir, work, precision, opts)
+    t0 = time.perf_counter()
+    model = load_causal_lm(src.hf_dir)
+    tok = load_tokenizer(src.hf_dir)
+    save_tokenizer(tok, work)
+    template, prefix, suffix = _chat_parts(tok)
+    inputs, outputs, opset = _graph_io(work / MODEL_FILE)
+    geom = kv_geometry(model)
+    genai_cfg = json.loads((work / "genai_config.json").read_text())
+    external = sorted(p.name for p in work.iterdir() if p.name.startswith(MODEL_FILE) and p.name != MODEL_FILE)
+    manifest: dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "decoder",
+        "name": src.name,
+        "architecture": type(model).__name__,
+        "model_type": str(_text_config(model).model_type),
+        "parameter_count": int(sum(p.numel() for p in model.parameters())),
+        "precision": precision,
+        "opset": opset,
+        "model_file": MODEL_FILE,
+        "model_sha256": "",
+        "source": {"path": str(src.path), "format": src.format, "sha256": src.sha256},
+        "inputs": inputs,
+        "outputs": outputs,
+        "tokenizer_file": "tokenizer.json",
+        "special_tokens": _special_tokens(tok, model),
+        "chat_template": template,
+        "chat_prefix": prefix,
+        "chat_suffix": suffix,
+        "decoder": {**geom, "kv_dtype": "float32", "padding": "right"},
+        "extra": {
+            "builder": BUILDER,
+            "builder_version": BUILDER_VERSION,
+            "onnxruntime_genai": version,
+            "builder_options": opts,
+            "build_s": round(build_s, 2),
+            "external_data": external,
+            "genai_context_length": genai_cfg.get("model", {}).get("context_length"),
+        },
+    }
+    _embed_manifest(work / MODEL_FILE, manifest)
+    manifest["model_sha256"] = sha256_file(work / MODEL_FILE)
+    write_manifest(work, Manifest(**manifest))
+    if parity:
+        from exporters.parity import check_decoder_parity, top1_agreement
+        from nodes.runners import OrtRunner
+
+        if precision == "fp32":
+            report = check_decoder_parity(model, work, tok=tok)
+        else:
+            del model
+            ref_dir = export_ortgenai(source, None, precision="fp32", name=name, parity=True)
+            report = top1_agreement(OrtRunner(ref_dir), OrtRunner(work))
+            manifest["extra"]["parity_reference"] = str(ref_dir)
+        manifest["extra"]["parity"] = report.to_dict()
+        write_manifest(work, Manifest(**manifest))
+    manifest["extra"]["check_s"] = round(time.perf_counter() - t0, 2)
+    write_manifest(work, Manifest(**manifest))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work.replace(out)
+    logger.info("built %s (%s, ortgenai) in %s (%.1f s)", src.name, precision, out, build_s)
+    return out

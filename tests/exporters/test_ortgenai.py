@@ -1,0 +1,161 @@
+"""``--builder ortgenai``: onnxruntime-genai's model builder behind the same artifact and
+runner contract as the torch exporter, checked against torch.
+
+Tiny random Llama / Qwen2 (head size 16: GroupQueryAttention needs a multiple of 16) and
+the real SmolLM2-135M-Instruct. The builder is fast (~10 s for SmolLM2); parity loads
+the torch model once more.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_moe.errors import ArtifactError, ConfigError
+from exporters.llm import load_causal_lm, resolve_source
+from exporters.parity import check_decoder_parity
+from exporters.tiny import make_tiny_checkpoint
+from nodes.manifest import METADATA_KEY, load_manifest
+from nodes.runners import OrtRunner
+
+pytest.importorskip("onnxruntime_genai")
+
+from exporters.ortgenai import export_ortgenai  # noqa: E402
+
+PROMPT = [5, 17, 33, 8, 91, 12, 40, 7, 3]
+
+
+def _torch_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"og-{request.param}")
+    ckpt = make_tiny_checkpoint(request.param, root / "ckpt", head_dim=16)
+    art = export_ortgenai(ckpt, root / "artifact", name=f"tiny-{request.param}")
+    return request.param, ckpt, art
+
+
+def test_manifest_and_graph_contract(tiny):
+    import onnx
+
+    _, _, art = tiny
+    m = load_manifest(art)
+    assert m.extra["builder"] == "ortgenai" and m.extra["parity"]["passed"]
+    assert m.inputs[:2] == ["input_ids", "attention_mask"] and "position_ids" not in m.inputs
+    assert m.outputs[0] == "logits" and len(m.outputs) == 1 + 2 * m.decoder["num_layers"]
+    assert m.decoder["padding"] == "right"
+    graph = onnx.load(str(art / m.model_file), load_external_data=False)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "GroupQueryAttention" in ops  # the fused graph, not the torch exporter's
+    embedded = json.loads(next(p.value for p in graph.metadata_props if p.key == METADATA_KEY))
+    assert embedded["name"] == m.name and embedded["extra"]["builder"] == "ortgenai"
+
+
+def test_parity_on_random_ids_and_cache_steps(tiny):
+    _, ckpt, art = tiny
+    model = load_causal_lm(ckpt)
+    rep = check_decoder_parity(model, art)  # seeded random ids: the tiny vocabulary's words
+    assert rep.passed and rep.greedy_equal and 0 < rep.max_abs_diff < 1e-4, rep.summary()
+    r = OrtRunner(art)
+    full = _torch_logits(model, PROMPT)
+    logits, past = r.forward(np.array([PROMPT[:4]]))
+    steps = [logits[0, -1]]
+    for t in PROMPT[4:]:
+        logits, past = r.forward(np.array([[t]]), None, past)
+        steps.append(logits[0, -1])
+    assert np.abs(np.stack(steps) - full[3:]).max() < 1e-4
+    assert past[0].shape[2] == len(PROMPT)
+
+
+def test_continuation_scores_match_torch(tiny):
+    """Options of 1, 4 and 2 tokens: GQA graphs score them one per call after the shared
+    prefix, and must give torch's summed log-probs."""
+    import torch
+
+    _, ckpt, art = tiny
+    model = load_causal_lm(ckpt)
+    r = OrtRunner(art)
+    assert not r.has_position_ids
+    prompt, options = "w5 w17 w33", [" w8", " w9 w10 w11", " w12 w13"]
+    got = r.score_options(prompt, options, mode="continuation")
+    want = []
+    p_ids = r.encode(prompt)
+    for o in options:
+        ids = r.encode(prompt + o)
+        lp = torch.log_softmax(torch.from_numpy(_torch_logits(model, ids)), -1)
+        want.append(sum(float(lp[j - 1, ids[j]]) for j in range(len(p_ids), len(ids))))
+    want = np.array(want) - np.logaddexp.reduce(want)
+    assert np.allclose(got, want, atol=1e-4), (got, want)
+
+
+def test_cached_build_is_reused_and_options_change_the_key(tiny, monkeypatch):
+    import exporters.ortgenai as og
+
+    _, ckpt, art = tiny
+    m = load_manifest(art)
+    before = (art / "manifest.json").read_text()
+    calls: list = []
+    monkeypatch.setattr(og, "run_builder", lambda *a, **k: calls.append(a) or 0.0)
+    assert export_ortgenai(ckpt, art, name=m.name) == art
+    assert not calls and (art / "manifest.json").read_text() == before
+    sha = m.source["sha256"]
+    assert og._cached(art, sha, "fp32", {})
+    assert not og._cached(art, sha, "fp32", {"accuracy_level": "4"})  # other options
+    assert not og._cached(art, sha, "int4", {})
+    assert not og._cached(art, "0" * 64, "fp32", {})  # another checkpoint
+
+
+def test_unsupported_checkpoint_fails_with_the_builder_log_and_leaves_nothing(tmp_path):
+    """Gemma-3 configs of transformers 5 (rope_parameters per layer type) break
+    onnxruntime-genai 0.18's builder; the error carries its log, no artifact is left."""
+    ckpt = make_tiny_checkpoint("gemma3", tmp_path / "ckpt")
+    out = tmp_path / "artifact"
+    with pytest.raises(ArtifactError, match=r"builder failed .*builder\.log") as exc:
+        export_ortgenai(ckpt, out, name="tiny-gemma3")
+    assert "rope_type" in str(exc.value)
+    assert not out.exists()
+
+
+def test_bad_precision_and_cli_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from edge_moe.cli import app
+
+    with pytest.raises(ConfigError, match="precision 'fp16'"):
+        export_ortgenai("smollm2-135m-instruct", tmp_path, precision="fp16")
+    res = CliRunner().invoke(app, ["export", "x", "--builder", "ortgenai", "--builder-option", "novalue"])
+    assert res.exit_code == 1 and "KEY=VALUE" in res.output
+    res = CliRunner().invoke(app, ["export", "x", "--builder", "tensorflow"])
+    assert res.exit_code == 1 and "--builder 'tensorflow'" in res.output
+
+
+@pytest.mark.slow
+def test_smollm2_fp32_matches_torch_and_answers(tmp_path_factory):
+    """The real model: parity (prefill, 8 decode steps, right-padded batch, 16 greedy
+    tokens) ran inside the export; letter and continuation scores equal torch's."""
+    import torch
+
+    art = export_ortgenai("smollm2-135m-instruct")
+    rep = load_manifest(art).extra["parity"]
+    assert rep["passed"] and rep["greedy_equal"] and rep["max_abs_diff"] < 2e-3
+    assert rep["n_positions"] >= 3 * 9 + 3  # 3 prompts x (prefill + 8 steps) + the padded batch
+    r = OrtRunner(art, intra_op_threads=2)
+    assert "Paris" in r.generate("What is the capital of France?", max_new_tokens=24).text
+    model = load_causal_lm(resolve_source("smollm2-135m-instruct").hf_dir)
+    prompt = ("The following are multiple choice questions (with answers) about astronomy.\n\n"
+              "Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Mercury\nAnswer:")
+    got = r.score_options(prompt, ["Mars", "Jupiter", "Venus", "Mercury"])
+    letters = [r.encode(prompt + f" {c}")[-1] for c in "ABCD"]
+    lp = torch.log_softmax(torch.from_numpy(_torch_logits(model, r.encode(prompt))[-1]), -1)
+    want = lp[letters].numpy() - np.logaddexp.reduce(lp[letters].numpy())
+    assert np.abs(got - want).max() < 1e-3
+    cont = r.score_options("The capital of France is", [" Paris.", " a banana.", " purple."],
+                           mode="continuation")
+    assert int(np.argmax(cont)) == 0
