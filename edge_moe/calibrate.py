@@ -456,10 +456,16 @@ def load_latency(path: str | os.PathLike[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------- experts
 
 
+def _export_flags(precision: str) -> str:
+    builder, _, prec = precision.rpartition("-") if precision.startswith("ortgenai") else ("", "", precision)
+    return (f" --builder {builder}" if builder else "") + (f" --precision {prec}" if prec else "")
+
+
 def resolve_expert(spec: str) -> tuple[str, Path]:
     """``NAME=ARTIFACT_DIR``, ``ARTIFACT_DIR``, or ``ASSET[:PRECISION]`` (the cached export
-    under ``$EDGE_MOE_CACHE/artifacts``). The name defaults to the manifest's name, with
-    ``-<precision>`` added for a non-fp32 variant."""
+    under ``$EDGE_MOE_CACHE/artifacts``; PRECISION ``ortgenai-int4`` etc. for the ortgenai
+    builder's). The name defaults to the manifest's name, with ``-ortgenai`` added for that
+    builder and ``-<precision>`` for a non-fp32 variant."""
     from nodes.manifest import load_manifest
     from nodes.server import default_artifacts_dir
 
@@ -471,13 +477,13 @@ def resolve_expert(spec: str) -> tuple[str, Path]:
         if not p.is_dir():
             raise ArtifactError(
                 f"expert {spec!r}: {target!r} is neither an artifact folder nor an exported asset "
-                f"({p} does not exist; run `edge-moe export {asset}"
-                f"{' --precision ' + precision if precision else ''}` first)")
+                f"({p} does not exist; run `edge-moe export {asset}{_export_flags(precision)}` first)")
     m = load_manifest(p)
     if m.kind != "decoder":
         raise ArtifactError(f"expert {spec!r}: {p} holds a {m.kind}, not a decoder")
     if not name:
-        name = m.name if m.precision == "fp32" else f"{m.name}-{m.precision}"
+        name = m.name + ("-ortgenai" if m.extra.get("builder") == "ortgenai" else "")
+        name += "" if m.precision == "fp32" else f"-{m.precision}"
     return name, p
 
 

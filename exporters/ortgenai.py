@@ -72,7 +72,10 @@ def default_dir(name: str, precision: str) -> Path:
     return cache_dir() / "artifacts" / name / f"{BUILDER}-{precision}"
 
 
-def _cached(out: Path, source_sha: str, precision: str, options: dict[str, str]) -> bool:
+def _cached(out: Path, source_sha: str, precision: str, options: dict[str, str],
+            need_parity: bool = False) -> bool:
+    """A finished build of the same source, precision and options (one that passed its
+    parity check when ``need_parity``)."""
     path = out / MANIFEST_FILE
     if not path.is_file():
         return False
@@ -88,6 +91,7 @@ def _cached(out: Path, source_sha: str, precision: str, options: dict[str, str])
         and extra.get("builder_version") == BUILDER_VERSION
         and extra.get("builder_options") == options
         and (out / MODEL_FILE).is_file()
+        and (not need_parity or bool(extra.get("parity", {}).get("passed")))
     )
 
 
@@ -188,7 +192,7 @@ def export_ortgenai(
     src = resolve_source(source, name)
     out = Path(out_dir) if out_dir is not None else default_dir(src.name, precision)
     opts = dict(DEFAULT_OPTIONS.get(precision, {}) if options is None else options)
-    if not force and _cached(out, src.sha256, precision, opts):
+    if not force and _cached(out, src.sha256, precision, opts, need_parity=parity):
         logger.info("reusing cached ortgenai build %s", out)
         return out
     # Build beside the target and move it in at the end: a failed build leaves no artifact.

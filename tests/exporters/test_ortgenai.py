@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 
+from edge_moe.calibrate import resolve_expert
 from edge_moe.errors import ArtifactError, ConfigError
 from exporters.llm import load_causal_lm, resolve_source
 from exporters.parity import check_decoder_parity
@@ -56,6 +57,8 @@ def test_manifest_and_graph_contract(tiny):
     assert "GroupQueryAttention" in ops  # the fused graph, not the torch exporter's
     embedded = json.loads(next(p.value for p in graph.metadata_props if p.key == METADATA_KEY))
     assert embedded["name"] == m.name and embedded["extra"]["builder"] == "ortgenai"
+    # as an expert for calibrate / profile its default name says which builder made it
+    assert resolve_expert(str(art)) == (f"tiny-{tiny[0]}-ortgenai", art)
 
 
 def test_parity_on_random_ids_and_cache_steps(tiny):
@@ -110,6 +113,19 @@ def test_cached_build_is_reused_and_options_change_the_key(tiny, monkeypatch):
     assert not og._cached(art, sha, "fp32", {"accuracy_level": "4"})  # other options
     assert not og._cached(art, sha, "int4", {})
     assert not og._cached(art, "0" * 64, "fp32", {})  # another checkpoint
+    assert og._cached(art, sha, "fp32", {}, need_parity=True)  # it passed its parity check
+
+
+def test_a_build_without_parity_is_checked_when_parity_is_asked(tmp_path):
+    import exporters.ortgenai as og
+
+    ckpt = make_tiny_checkpoint("llama", tmp_path / "ckpt", head_dim=16)
+    art = export_ortgenai(ckpt, tmp_path / "art", name="tiny", parity=False)
+    m = load_manifest(art)
+    assert "parity" not in m.extra
+    assert og._cached(art, m.source["sha256"], "fp32", {})
+    assert not og._cached(art, m.source["sha256"], "fp32", {}, need_parity=True)
+    assert load_manifest(export_ortgenai(ckpt, art, name="tiny")).extra["parity"]["passed"]
 
 
 def test_unsupported_checkpoint_fails_with_the_builder_log_and_leaves_nothing(tmp_path):
