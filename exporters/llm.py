@@ -474,6 +474,36 @@ def default_artifact_dir(name: str, precision: str) -> Path:
     return cache_dir() / "artifacts" / name / precision
 
 
+def decoder_manifest_fields(
+    src: Source, model: Any, tok: Any, precision: str, opset: int,
+    inputs: list[str], outputs: list[str], geom: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest fields every decoder exporter fills alike (all but ``extra``); the
+    caller sets ``model_sha256`` once the file is final."""
+    template, prefix, suffix = _chat_parts(tok)
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "kind": "decoder",
+        "name": src.name,
+        "architecture": type(model).__name__,
+        "model_type": str(_text_config(model).model_type),
+        "parameter_count": int(sum(p.numel() for p in model.parameters())),
+        "precision": precision,
+        "opset": opset,
+        "model_file": MODEL_FILE,
+        "model_sha256": "",
+        "source": {"path": str(src.path), "format": src.format, "sha256": src.sha256},
+        "inputs": inputs,
+        "outputs": outputs,
+        "tokenizer_file": TOKENIZER_FILE,
+        "special_tokens": _special_tokens(tok, model),
+        "chat_template": template,
+        "chat_prefix": prefix,
+        "chat_suffix": suffix,
+        "decoder": {**geom, "kv_dtype": "float32"},
+    }
+
+
 def _cached_manifest(out_dir: Path, source_sha: str) -> Manifest | None:
     path = out_dir / MANIFEST_FILE
     if not path.is_file():
@@ -529,7 +559,7 @@ def export_decoder(
     tok = load_tokenizer(src.hf_dir)
     load_s = time.perf_counter() - t0
     save_tokenizer(tok, out)
-    template, prefix, suffix = _chat_parts(tok)
+    _chat_parts(tok)  # a broken chat template fails here, before the slow export
     facts = export_onnx(model, out / MODEL_FILE, opset=opset)
     program = facts.pop("program")
     geom = facts.pop("geometry")
@@ -537,25 +567,8 @@ def export_decoder(
     import transformers
 
     manifest_data: dict[str, Any] = {
-        "manifest_version": MANIFEST_VERSION,
-        "kind": "decoder",
-        "name": src.name,
-        "architecture": type(model).__name__,
-        "model_type": str(_text_config(model).model_type),
-        "parameter_count": int(sum(p.numel() for p in model.parameters())),
-        "precision": "fp32",
-        "opset": _opset_of(program),
-        "model_file": MODEL_FILE,
-        "model_sha256": "",
-        "source": {"path": str(src.path), "format": src.format, "sha256": src.sha256},
-        "inputs": facts["inputs"],
-        "outputs": facts["outputs"],
-        "tokenizer_file": TOKENIZER_FILE,
-        "special_tokens": _special_tokens(tok, model),
-        "chat_template": template,
-        "chat_prefix": prefix,
-        "chat_suffix": suffix,
-        "decoder": {**geom, "kv_dtype": "float32"},
+        **decoder_manifest_fields(src, model, tok, "fp32", _opset_of(program),
+                                  facts["inputs"], facts["outputs"], geom),
         "extra": {
             "exporter_version": EXPORTER_VERSION,
             "torch": torch.__version__,

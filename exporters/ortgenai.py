@@ -37,16 +37,14 @@ from edge_moe.errors import ArtifactError, ConfigError
 from exporters.assets import cache_dir, sha256_file
 from exporters.llm import (
     MODEL_FILE,
-    _chat_parts,
-    _special_tokens,
-    _text_config,
+    decoder_manifest_fields,
     kv_geometry,
     load_causal_lm,
     load_tokenizer,
     resolve_source,
     save_tokenizer,
 )
-from nodes.manifest import MANIFEST_FILE, MANIFEST_VERSION, METADATA_KEY, Manifest, write_manifest
+from nodes.manifest import MANIFEST_FILE, METADATA_KEY, Manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -203,31 +201,13 @@ def export_ortgenai(
     model = load_causal_lm(src.hf_dir)
     tok = load_tokenizer(src.hf_dir)
     save_tokenizer(tok, work)
-    template, prefix, suffix = _chat_parts(tok)
     inputs, outputs, opset = _graph_io(work / MODEL_FILE)
-    geom = kv_geometry(model)
     genai_cfg = json.loads((work / "genai_config.json").read_text())
     external = sorted(p.name for p in work.iterdir() if p.name.startswith(MODEL_FILE) and p.name != MODEL_FILE)
+    fields = decoder_manifest_fields(src, model, tok, precision, opset, inputs, outputs, kv_geometry(model))
     manifest: dict[str, Any] = {
-        "manifest_version": MANIFEST_VERSION,
-        "kind": "decoder",
-        "name": src.name,
-        "architecture": type(model).__name__,
-        "model_type": str(_text_config(model).model_type),
-        "parameter_count": int(sum(p.numel() for p in model.parameters())),
-        "precision": precision,
-        "opset": opset,
-        "model_file": MODEL_FILE,
-        "model_sha256": "",
-        "source": {"path": str(src.path), "format": src.format, "sha256": src.sha256},
-        "inputs": inputs,
-        "outputs": outputs,
-        "tokenizer_file": "tokenizer.json",
-        "special_tokens": _special_tokens(tok, model),
-        "chat_template": template,
-        "chat_prefix": prefix,
-        "chat_suffix": suffix,
-        "decoder": {**geom, "kv_dtype": "float32", "padding": "right"},
+        **fields,
+        "decoder": {**fields["decoder"], "padding": "right"},
         "extra": {
             "builder": BUILDER,
             "builder_version": BUILDER_VERSION,

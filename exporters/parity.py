@@ -282,6 +282,29 @@ def check_decoder_parity(
     return report
 
 
+def torch_continuation_scores(
+    model: Any, encode: Any, prompt: str, options: list[str] | tuple[str, ...]
+) -> np.ndarray:
+    """The reference for ``score_options(mode="continuation")``: torch's summed log-probs
+    of each option's tokens after the prompt, one full forward per option, renormalised.
+
+    Args:
+        model: the transformers causal LM.
+        encode: text -> token ids (the runner's own :meth:`OrtRunner.encode`).
+    """
+    import torch
+
+    n = len(encode(prompt))
+    scores = []
+    for o in options:
+        ids = encode(prompt + o)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        scores.append(sum(float(lp[j - 1, ids[j]]) for j in range(n, len(ids))))
+    arr = np.array(scores)
+    return arr - np.logaddexp.reduce(arr)
+
+
 def _judge(report: ParityReport, tol: Tolerance) -> None:
     if report.nan_or_inf:
         report.problems.append(f"NaN/Inf in candidate logits ({report.where})")

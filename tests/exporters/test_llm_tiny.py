@@ -10,7 +10,7 @@ import pytest
 
 from edge_moe.errors import ParityError
 from exporters.llm import export_decoder, load_causal_lm
-from exporters.parity import check_decoder_parity
+from exporters.parity import check_decoder_parity, torch_continuation_scores
 from exporters.tiny import ARCHS, EOS_ID, make_tiny_checkpoint
 from nodes.manifest import METADATA_KEY, load_manifest
 from nodes.runners import OrtRunner
@@ -104,21 +104,13 @@ def test_prefill_past_zero_equals_decode_path(tiny):
 
 
 def test_continuation_scores_match_torch(tiny):
-    import torch
 
     _, ckpt, art = tiny
     model = load_causal_lm(ckpt)
     r = OrtRunner(art)
     prompt, options = "w5 w17 w33", [" w8", " w9 w10 w11", " w12 w13"]
     got = r.score_options(prompt, options, mode="continuation")
-    want = []
-    p_ids = r.encode(prompt)
-    for o in options:
-        ids = r.encode(prompt + o)
-        with torch.no_grad():
-            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
-        want.append(sum(float(lp[j - 1, ids[j]]) for j in range(len(p_ids), len(ids))))
-    want = np.array(want) - np.logaddexp.reduce(want)
+    want = torch_continuation_scores(model, r.encode, prompt, options)
     assert np.allclose(got, want, atol=1e-4)
     assert np.isclose(np.logaddexp.reduce(got), 0.0)
 

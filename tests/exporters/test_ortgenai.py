@@ -16,7 +16,7 @@ import pytest
 from edge_moe.calibrate import resolve_expert
 from edge_moe.errors import ArtifactError, ConfigError
 from exporters.llm import load_causal_lm, resolve_source
-from exporters.parity import check_decoder_parity
+from exporters.parity import check_decoder_parity, torch_continuation_scores
 from exporters.tiny import make_tiny_checkpoint
 from nodes.manifest import METADATA_KEY, load_manifest
 from nodes.runners import OrtRunner
@@ -80,7 +80,6 @@ def test_parity_on_random_ids_and_cache_steps(tiny):
 def test_continuation_scores_match_torch(tiny):
     """Options of 1, 4 and 2 tokens: GQA graphs score them one per call after the shared
     prefix, and must give torch's summed log-probs."""
-    import torch
 
     _, ckpt, art = tiny
     model = load_causal_lm(ckpt)
@@ -88,13 +87,7 @@ def test_continuation_scores_match_torch(tiny):
     assert not r.has_position_ids
     prompt, options = "w5 w17 w33", [" w8", " w9 w10 w11", " w12 w13"]
     got = r.score_options(prompt, options, mode="continuation")
-    want = []
-    p_ids = r.encode(prompt)
-    for o in options:
-        ids = r.encode(prompt + o)
-        lp = torch.log_softmax(torch.from_numpy(_torch_logits(model, ids)), -1)
-        want.append(sum(float(lp[j - 1, ids[j]]) for j in range(len(p_ids), len(ids))))
-    want = np.array(want) - np.logaddexp.reduce(want)
+    want = torch_continuation_scores(model, r.encode, prompt, options)
     assert np.allclose(got, want, atol=1e-4), (got, want)
 
 
@@ -172,6 +165,7 @@ def test_smollm2_fp32_matches_torch_and_answers(tmp_path_factory):
     lp = torch.log_softmax(torch.from_numpy(_torch_logits(model, r.encode(prompt))[-1]), -1)
     want = lp[letters].numpy() - np.logaddexp.reduce(lp[letters].numpy())
     assert np.abs(got - want).max() < 1e-3
-    cont = r.score_options("The capital of France is", [" Paris.", " a banana.", " purple."],
-                           mode="continuation")
+    prompt, options = "The capital of France is", [" Paris.", " a banana.", " purple."]
+    cont = r.score_options(prompt, options, mode="continuation")
     assert int(np.argmax(cont)) == 0
+    assert np.abs(cont - torch_continuation_scores(model, r.encode, prompt, options)).max() < 1e-3
