@@ -10,6 +10,7 @@ Each command calls one library function and prints the result. Errors are
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -112,33 +113,42 @@ def export_command(
         raise ConfigError(f"--builder {builder!r} is not one of {list(BUILDERS)}")
     if builder_option and builder != "ortgenai":
         raise ConfigError("--builder-option applies to --builder ortgenai only")
-    if builder == "ortgenai":
+    if builder == "ortgenai" and encoder:
+        raise ConfigError("--builder ortgenai builds decoders; export the encoder with --builder torch")
+    if encoder and precision != "fp32":
+        raise ConfigError("the encoder is exported in fp32 only")
+    options = None
+    if builder_option:
+        bad = [o for o in builder_option if "=" not in o or not o.split("=", 1)[0]]
+        if bad:
+            raise ConfigError(f"--builder-option takes KEY=VALUE, got {bad}")
+        options = dict(o.split("=", 1) for o in builder_option)
+
+    def job() -> Path:
+        if builder == "ortgenai":
+            from exporters.ortgenai import export_ortgenai
+
+            return export_ortgenai(source, out, precision=precision, options=options, name=name,
+                                   parity=parity, force=force)
         if encoder:
-            raise ConfigError("--builder ortgenai builds decoders; export the encoder with --builder torch")
-        from exporters.ortgenai import export_ortgenai
+            from exporters.encoder import export_encoder
 
-        options = None
-        if builder_option:
-            bad = [o for o in builder_option if "=" not in o or not o.split("=", 1)[0]]
-            if bad:
-                raise ConfigError(f"--builder-option takes KEY=VALUE, got {bad}")
-            options = dict(o.split("=", 1) for o in builder_option)
-        typer.echo(export_ortgenai(source, out, precision=precision, options=options, name=name,
-                                   parity=parity, force=force))
-        return
-    if encoder:
-        from exporters.encoder import export_encoder
+            return export_encoder(source, out, name=name, parity=parity, force=force)
+        from exporters.llm import export_decoder
 
-        if precision != "fp32":
-            raise ConfigError("the encoder is exported in fp32 only")
-        typer.echo(export_encoder(source, out, name=name, parity=parity, force=force))
-        return
-    from exporters.llm import export_decoder
+        if precision == "fp32":
+            return export_decoder(source, out, name=name, parity=parity, force=force)
+        from exporters.quantize import quantize_decoder
 
-    if precision == "fp32":
-        typer.echo(export_decoder(source, out, name=name, parity=parity, force=force))
-        return
-    from exporters.quantize import quantize_decoder
+        base = export_decoder(source, None, name=name, parity=parity)
+        return quantize_decoder(base, precision, out, check=parity, force=force)
 
-    base = export_decoder(source, None, name=name, parity=parity)
-    typer.echo(quantize_decoder(base, precision, out, check=parity, force=force))
+    from rich.console import Console
+
+    # Exports take seconds (cached) to many minutes (a 1.5B model): say what is running.
+    what = f"exporting {source} ({'encoder' if encoder else precision}, builder {builder})"
+    t0 = time.perf_counter()
+    with Console(stderr=True).status(f"{what}: load, export, parity check ..."):
+        path = job()
+    logger.info("%s took %.1f s", what, time.perf_counter() - t0)
+    typer.echo(path)
