@@ -6,7 +6,8 @@ has the same interface:
 - ``score_options(prompt, options, mode) -> np.ndarray``: log-probabilities over the K
   options, renormalised over them. ``letter`` reads the next-token log-probs of the
   option letters after the prompt; ``continuation`` sums each option's token log-probs,
-  computing the prompt's KV cache once and reusing it for all K options in one batch.
+  computing the prompt's KV cache once and reusing it for all K options in one batch
+  (one option per call on graphs without ``position_ids``, see :class:`OrtRunner`).
 - ``generate(prompt, max_new_tokens, stop) -> Generation``: greedy decoding with the KV
   cache, timed as prefill and decode.
 
