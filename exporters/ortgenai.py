@@ -44,7 +44,8 @@ from exporters.llm import (
     resolve_source,
     save_tokenizer,
 )
-from nodes.manifest import MANIFEST_FILE, METADATA_KEY, Manifest, write_manifest
+from exporters.quantize import set_manifest_metadata
+from nodes.manifest import MANIFEST_FILE, Manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +142,6 @@ def _graph_io(model_path: Path) -> tuple[list[str], list[str], int]:
     return [i.name for i in m.graph.input], [o.name for o in m.graph.output], opset
 
 
-def _embed_manifest(model_path: Path, manifest: dict[str, Any]) -> None:
-    """Put the manifest into the graph's metadata_props; the weights stay external."""
-    import onnx
-
-    m = onnx.load(str(model_path), load_external_data=False)
-    kept = [p for p in m.metadata_props if p.key != METADATA_KEY]
-    del m.metadata_props[:]
-    m.metadata_props.extend(kept)
-    m.metadata_props.add(key=METADATA_KEY, value=json.dumps(manifest, sort_keys=True))
-    tmp = model_path.with_name(f".{model_path.name}.tmp")
-    onnx.save(m, str(tmp))
-    tmp.replace(model_path)
-
-
 def export_ortgenai(
     source: str | Path,
     out_dir: str | Path | None = None,
@@ -218,7 +205,7 @@ def export_ortgenai(
             "genai_context_length": genai_cfg.get("model", {}).get("context_length"),
         },
     }
-    _embed_manifest(work / MODEL_FILE, manifest)
+    set_manifest_metadata(work / MODEL_FILE, json.dumps(manifest, sort_keys=True))
     manifest["model_sha256"] = sha256_file(work / MODEL_FILE)
     write_manifest(work, Manifest(**manifest))
     if parity:
@@ -233,7 +220,6 @@ def export_ortgenai(
             report = top1_agreement(OrtRunner(ref_dir), OrtRunner(work))
             manifest["extra"]["parity_reference"] = str(ref_dir)
         manifest["extra"]["parity"] = report.to_dict()
-        write_manifest(work, Manifest(**manifest))
     manifest["extra"]["check_s"] = round(time.perf_counter() - t0, 2)
     write_manifest(work, Manifest(**manifest))
     if out.exists():

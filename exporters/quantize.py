@@ -163,13 +163,17 @@ def _same_int4(recorded: Any, opts: Int4Options) -> bool:
     return all(recorded.get(k) == v for k, v in dataclasses.asdict(opts).items())
 
 
-def _set_metadata(path: Path, manifest_json: str) -> None:
+def set_manifest_metadata(path: Path, manifest_json: str) -> None:
+    """Make the manifest the graph's only metadata_props entry; external weights are
+    neither read nor rewritten, and the graph file is replaced atomically."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     del model.metadata_props[:]
     model.metadata_props.add(key=METADATA_KEY, value=manifest_json)
-    onnx.save(model, str(path))
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
 
 
 def quantize_decoder(
@@ -238,7 +242,7 @@ def quantize_decoder(
         "quantization": {**qinfo, "seconds": round(quant_s, 2)},
     }
     manifest = dataclasses.replace(base, precision=precision, model_sha256="", extra=extra)
-    _set_metadata(out / base.model_file, json.dumps(manifest.to_dict(), sort_keys=True))
+    set_manifest_metadata(out / base.model_file, json.dumps(manifest.to_dict(), sort_keys=True))
     manifest = dataclasses.replace(manifest, model_sha256=sha256_file(out / base.model_file))
     write_manifest(out, manifest)
     if check:
