@@ -5,7 +5,8 @@ for both exporters: ``ort-*`` (torch.onnx + onnxruntime.quantization) and ``gena
 Prints, for each backend: prefill ms at T = 64 and 256 (batch 1, median of 5 after a
 warm-up), greedy decode tok/s (64 steps after a 64-token prompt), and the peak RSS of
 a fresh process that ran only that backend. Each backend runs in its own subprocess so
-RSS figures do not mix.
+RSS figures do not mix, once per round (``--rounds``, default 2); the best round of each
+figure is printed.
 
     .venv/bin/python benchmarks/runner_bench.py [--asset smollm2-135m-instruct] [--threads 2]
 
