@@ -1,7 +1,7 @@
 """Coordinator benchmark (not a test): serving overhead, routing rate, and a Ray peer.
 
 With 3 node processes on loopback, each serving a trivial ONNX expert
-(:class:`nodes.toy.ToyExpert`, ~0.05 ms of compute), and the coordinator in its own
+(:class:`edge_moe.runtime.toy.ToyExpert`, ~0.05 ms of compute), and the coordinator in its own
 process, it prints:
 
 1. the coordinator's overhead per options query at k = 3: client-measured end-to-end time
@@ -43,7 +43,7 @@ from edge_moe.config import BudgetConfig  # noqa: E402
 from edge_moe.wire import Reply  # noqa: E402
 from gating.routing import load_router  # noqa: E402
 from gating.synthetic import write_toy_inputs  # noqa: E402
-from nodes.toy import ToyEncoder, ToyExpert  # noqa: E402
+from edge_moe.runtime.toy import ToyEncoder, ToyExpert  # noqa: E402
 
 DIM = 16
 OPTIONS = ["red", "green", "blue", "black"]
@@ -153,7 +153,7 @@ def bench_ray(n_queries: int) -> dict:
         class Expert:
             def __init__(self, name: str) -> None:
                 sys.path.insert(0, str(REPO))
-                from nodes.toy import ToyExpert as _Toy
+                from edge_moe.runtime.toy import ToyExpert as _Toy
 
                 self.expert = _Toy(name)
 

@@ -75,7 +75,7 @@ def _bench_torch(asset: str, threads: int) -> dict:
 
 
 def _bench_ort(artifact: Path, threads: int) -> dict:
-    from nodes.runners import OrtRunner
+    from edge_moe.runtime.runners import OrtRunner
 
     r = OrtRunner(artifact, intra_op_threads=threads)
     out: dict = {}
@@ -123,7 +123,7 @@ def _one(backend: str, asset: str, threads: int) -> dict:
 
 def _agreement(asset: str, art: Path) -> float:
     from exporters.parity import top1_agreement
-    from nodes.runners import OrtRunner
+    from edge_moe.runtime.runners import OrtRunner
 
     ref = OrtRunner(_artifact(asset, "fp32"))
     return top1_agreement(ref, OrtRunner(art), raise_on_fail=False).argmax_agreement

@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.config import FleetConfig, load_fleet
-from edge_moe.errors import EdgeMoEError
+from edge_moe.errors import EdgeMoEError, FleetError
+from edge_moe.paths import state_dir
 
 logger = logging.getLogger(__name__)
 
@@ -60,26 +61,8 @@ COORDINATOR_ACTOR = "coordinator"
 STATE_FORMAT = "edge-moe-fleet/1"
 
 
-class FleetError(EdgeMoEError):
-    """The fleet could not be deployed, inspected or removed; the message names the nodes."""
-
-
-def demo_inputs_dir() -> Path:
-    """Where ``make demo`` writes the gate, calibration table and profiles it deploys with."""
-    cache = os.environ.get("EDGE_MOE_CACHE")
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache" / "edge-moe") / "demo"
-
-
 def node_actor_name(node: str) -> str:
     return f"node:{node}"
-
-
-def state_dir() -> Path:
-    """``$EDGE_MOE_STATE``, else ``$EDGE_MOE_CACHE/fleet`` (default ``~/.cache/edge-moe/fleet``)."""
-    if os.environ.get("EDGE_MOE_STATE"):
-        return Path(os.environ["EDGE_MOE_STATE"]).expanduser()
-    cache = os.environ.get("EDGE_MOE_CACHE")
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache" / "edge-moe") / "fleet"
 
 
 # ---------------------------------------------------------------- the actors
@@ -138,7 +121,7 @@ class CoordinatorActor:
         router = load_router(gate, calibration, profiles, fleet.budget, cfg.top_k, None)
         embedder: Any
         if toy_encoder_dim:
-            from nodes.toy import ToyEncoder
+            from edge_moe.runtime.toy import ToyEncoder
 
             embedder = ToyEncoder(toy_encoder_dim)
         else:
@@ -473,9 +456,9 @@ def _reason(exc: BaseException) -> str:
 
 def _precheck_artifacts(fleet: FleetConfig, artifacts: str | None) -> dict[str, str]:
     """Node → why it cannot start, for artifacts missing on *this* machine (local heads)."""
-    from nodes.server import default_artifacts_dir
+    from edge_moe.paths import artifacts_dir
 
-    root = Path(artifacts) if artifacts else default_artifacts_dir()
+    root = Path(artifacts) if artifacts else artifacts_dir()
     bad: dict[str, str] = {}
     for e in fleet.experts:
         if not e.artifact:
@@ -509,7 +492,7 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
             coordinator actor runs).
         encoder / toy_encoder_dim: the MiniLM artifact folder (default in the cache), or a
             toy encoder of that dimension (tests).
-        toy / toy_delay_ms: serve :class:`nodes.toy.ToyExpert` instead of artifacts.
+        toy / toy_delay_ms: serve :class:`edge_moe.runtime.toy.ToyExpert` instead of artifacts.
         artifacts: root for relative artifact paths (default ``$EDGE_MOE_CACHE/artifacts``).
         threads: onnxruntime intra-op threads per runner.
         num_cpus, object_store_mb: for a local head.

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edge_moe.errors import ArtifactError
+from edge_moe.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -249,13 +250,6 @@ class AssetStatus:
     sha256: str | None
     description: str
     missing_packages: tuple[str, ...] = field(default_factory=tuple)
-
-
-def cache_dir() -> Path:
-    """The root of every cached download, conversion and export: ``$EDGE_MOE_CACHE`` or
-    ``~/.cache/edge-moe``."""
-    env = os.environ.get("EDGE_MOE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-moe"
 
 
 def get_spec(name: str) -> AssetSpec:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError
-from exporters.assets import REGISTRY, cache_dir, fetch_asset
+from edge_moe.paths import artifacts_dir, cache_dir
+from exporters.assets import REGISTRY, fetch_asset
 from exporters.llm import DEFAULT_OPSET, MODEL_FILE, _dir_sha256, save_tokenizer
-from nodes.manifest import MANIFEST_VERSION, METADATA_KEY, Manifest, write_manifest
+from edge_moe.runtime.manifest import MANIFEST_VERSION, METADATA_KEY, Manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def export_encoder(
         if not (src / "config.json").is_file():
             raise ArtifactError(f"encoder source {s!r} is neither an asset nor a checkpoint folder")
     sha = _dir_sha256(src)
-    out = Path(out_dir) if out_dir is not None else cache_dir() / "artifacts" / label / "fp32"
+    out = Path(out_dir) if out_dir is not None else artifacts_dir() / label / "fp32"
     man_path = out / "manifest.json"
     if not force and man_path.is_file():
         cached = json.loads(man_path.read_text())

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError
-from exporters.assets import REGISTRY, cache_dir, fetch_asset, sha256_file
-from nodes.manifest import (
+from edge_moe.paths import artifacts_dir, cache_dir
+from exporters.assets import REGISTRY, fetch_asset, sha256_file
+from edge_moe.runtime.manifest import (
     MANIFEST_FILE,
     MANIFEST_VERSION,
     METADATA_KEY,
@@ -471,7 +472,7 @@ def _opset_of(program: Any) -> int:
 
 
 def default_artifact_dir(name: str, precision: str) -> Path:
-    return cache_dir() / "artifacts" / name / precision
+    return artifacts_dir() / name / precision
 
 
 def decoder_manifest_fields(

@@ -11,7 +11,7 @@ way that matters to a runner::
     outputs  logits, present.{i}.key ... (the same order)
 
 There is no ``position_ids``: positions come from the attention mask, so batches must be
-right-padded and share one past length (:class:`nodes.runners.OrtRunner` handles both).
+right-padded and share one past length (:class:`edge_moe.runtime.runners.OrtRunner` handles both).
 
 The artifact is an ordinary edge-moe artifact: the builder's files plus our
 ``tokenizer.json`` (checked against transformers) and a manifest with
@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError, ConfigError
-from exporters.assets import cache_dir, sha256_file
+from edge_moe.paths import artifacts_dir, cache_dir
+from exporters.assets import sha256_file
 from exporters.llm import (
     MODEL_FILE,
     decoder_manifest_fields,
@@ -45,7 +46,7 @@ from exporters.llm import (
     save_tokenizer,
 )
 from exporters.quantize import set_manifest_metadata
-from nodes.manifest import MANIFEST_FILE, Manifest, write_manifest
+from edge_moe.runtime.manifest import MANIFEST_FILE, Manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def builder_available() -> str | None:
 
 
 def default_dir(name: str, precision: str) -> Path:
-    return cache_dir() / "artifacts" / name / f"{BUILDER}-{precision}"
+    return artifacts_dir() / name / f"{BUILDER}-{precision}"
 
 
 def _cached(out: Path, source_sha: str, precision: str, options: dict[str, str],
@@ -210,7 +211,7 @@ def export_ortgenai(
     write_manifest(work, Manifest(**manifest))
     if parity:
         from exporters.parity import check_decoder_parity, top1_agreement
-        from nodes.runners import OrtRunner
+        from edge_moe.runtime.runners import OrtRunner
 
         if precision == "fp32":
             report = check_decoder_parity(model, work, tok=tok)

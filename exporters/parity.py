@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_moe.errors import ParityError
-from nodes.runners import OrtRunner
+from edge_moe.runtime.runners import OrtRunner
 
 logger = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def check_encoder_parity(
         ParityError: a cosine below :data:`ENCODER_MIN_COSINE`, or NaN/Inf.
     """
     from exporters.encoder import embed_torch
-    from nodes.runners import EncoderRunner
+    from edge_moe.runtime.runners import EncoderRunner
 
     ref = embed_torch(model, tok, list(sentences)).astype(np.float64)
     cand = EncoderRunner(artifact_dir).embed(list(sentences)).astype(np.float64)

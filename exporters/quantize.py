@@ -26,7 +26,7 @@ from typing import Any
 
 from edge_moe.errors import ArtifactError, ConfigError
 from exporters.assets import sha256_file
-from nodes.manifest import MANIFEST_FILE, METADATA_KEY, load_manifest, write_manifest
+from edge_moe.runtime.manifest import MANIFEST_FILE, METADATA_KEY, load_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def quantize_decoder(
     write_manifest(out, manifest)
     if check:
         from exporters.parity import top1_agreement
-        from nodes.runners import OrtRunner
+        from edge_moe.runtime.runners import OrtRunner
 
         try:
             report = top1_agreement(OrtRunner(src_dir), OrtRunner(out))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError, ConfigError
-from nodes.manifest import Manifest, load_manifest
+from edge_moe.runtime.manifest import Manifest, load_manifest
 
 logger = logging.getLogger(__name__)
 

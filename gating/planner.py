@@ -34,7 +34,7 @@ from edge_moe.calibration import TEST, VALIDATION, CalibrationTable, load_calibr
 from edge_moe.errors import ConfigError, DataFormatError
 from edge_moe.profiles import Profiles, load_profiles
 from gating import baselines
-from gating.gate_runtime import OnnxGate
+from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import MixtureObjective, apply_prior_correction, evaluate_subset
 from gating.selector import Budget, Selection, SelectionProblem, brute_force, select_experts
 

@@ -2,7 +2,7 @@
 
 Paranoid Pirate, queue side (zguide ``ppqueue.py``): a node joins with READY, any message
 from it is a sign of life, and it leaves the live set when it was silent for
-``heartbeat_s × liveness`` seconds (:class:`nodes.liveness.Liveness`). Time is passed in
+``heartbeat_s × liveness`` seconds (:class:`edge_moe.runtime.liveness.Liveness`). Time is passed in
 as ``now`` so tests step it by hand.
 
 A node that reconnects gets a new socket identity and sends READY again; the entry under
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from edge_moe.wire import Ready
-from nodes.liveness import Liveness
+from edge_moe.runtime.liveness import Liveness
 
 logger = logging.getLogger(__name__)
 

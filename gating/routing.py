@@ -36,7 +36,7 @@ import numpy as np
 
 from edge_moe.config import BudgetConfig
 from edge_moe.errors import ConfigError, DataFormatError, SelectionError
-from gating.gate_runtime import OnnxGate
+from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import (
     MixtureObjective,
     masked_gate_weights,

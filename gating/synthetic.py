@@ -107,7 +107,7 @@ def write_toy_inputs(
     """SYNTHETIC planner inputs for serving tests and benchmarks with toy experts.
 
     Writes ``calibration.npz``, ``profiles.json`` and a linear ``gate.onnx`` fitted to the
-    train split (``nodes.toy``: no torch) into ``out_dir``.
+    train split (``edge_moe.runtime.toy``: no torch) into ``out_dir``.
 
     Returns:
         (table, calibration path, profiles path, gate path).
@@ -115,7 +115,7 @@ def write_toy_inputs(
     from edge_moe.calibration import TRAIN, save_calibration
     from edge_moe.profiles import save_profiles
     from gating.mixture import fit_prior_correction
-    from nodes.toy import fit_linear_gate, write_linear_gate
+    from edge_moe.runtime.toy import fit_linear_gate, write_linear_gate
 
     d = Path(out_dir)
     table, size = make_synthetic_table(n_samples=n_samples, n_experts=n_experts, n_categories=n_categories,

@@ -6,7 +6,7 @@ experts with runner and precision, device class, energy source), then:
 
 - sends a HEARTBEAT every ``heartbeat_s`` and counts the coordinator dead after
   ``liveness`` silent intervals; it then closes the socket, waits a backoff that doubles
-  from ``reconnect_min_s`` to ``reconnect_max_s`` (:mod:`nodes.liveness`), reconnects
+  from ``reconnect_min_s`` to ``reconnect_max_s`` (:mod:`edge_moe.runtime.liveness`), reconnects
   and sends READY again. An ERROR "not_ready" (the coordinator restarted) also re-sends READY;
 - serves TASKs one at a time, in arrival order, on a worker thread, so heartbeats keep
   flowing while an expert computes. Each TASK is stamped on receipt; one that waited past
@@ -25,7 +25,7 @@ Run one::
 Each expert of the node is built from its ``experts[].artifact``: an absolute folder, or
 one relative to ``--artifacts`` (default ``$EDGE_MOE_CACHE/artifacts``, i.e.
 ``~/.cache/edge-moe/artifacts``, where ``exporters`` write ``<name>/<precision>``).
-``--toy`` serves :class:`nodes.toy.ToyExpert` instead (smoke tests, the benchmark).
+``--toy`` serves :class:`edge_moe.runtime.toy.ToyExpert` instead (smoke tests, the benchmark).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from edge_moe import paths
 from edge_moe.config import CoordinatorConfig, DeviceClass, FleetConfig, load_fleet
 from edge_moe.energy import EnergyMeter, make_meter
 from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, RunnerError
@@ -61,8 +62,8 @@ from edge_moe.wire import (
     decode,
     encode,
 )
-from nodes.liveness import Backoff, Liveness
-from nodes.liveness import Heartbeat as HeartbeatTimer
+from edge_moe.runtime.liveness import Backoff, Liveness
+from edge_moe.runtime.liveness import Heartbeat as HeartbeatTimer
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ _ids = itertools.count()
 
 
 class Runner(Protocol):
-    """What the node needs of an expert (nodes.runners.OrtRunner, nodes.toy.ToyExpert)."""
+    """What the node needs of an expert (edge_moe.runtime.runners.OrtRunner, edge_moe.runtime.toy.ToyExpert)."""
 
     def score_options(self, prompt: str, options: list[str], mode: str = ...) -> Any: ...
 
@@ -85,13 +86,6 @@ class HostedExpert:
     runner: Any
     runner_name: str = "onnxruntime"
     precision: str = "fp32"
-
-
-def default_artifacts_dir() -> Path:
-    """``$EDGE_MOE_CACHE/artifacts`` (default ``~/.cache/edge-moe/artifacts``)."""
-    env = os.environ.get("EDGE_MOE_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "edge-moe"
-    return root / "artifacts"
 
 
 class NodeServer:
@@ -340,17 +334,17 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
         ConfigError: the node hosts no experts, or an expert has no artifact.
         ArtifactError / RunnerError: the runner cannot load its artifact.
     """
-    from nodes.runners import make_runner
+    from edge_moe.runtime.runners import make_runner
 
     fleet.node(node)  # ConfigError on an unknown node
     mine = fleet.experts_on(node)
     if not mine:
         raise ConfigError(f"{fleet.path}: node '{node}' hosts no experts")
-    root = Path(artifacts_dir) if artifacts_dir is not None else default_artifacts_dir()
+    root = Path(artifacts_dir) if artifacts_dir is not None else paths.artifacts_dir()
     out: dict[str, HostedExpert] = {}
     for e in mine:
         if toy:
-            from nodes.toy import ToyExpert
+            from edge_moe.runtime.toy import ToyExpert
 
             out[e.name] = HostedExpert(ToyExpert(e.name, toy_delay_ms), ToyExpert.runner, "fp32")
             continue

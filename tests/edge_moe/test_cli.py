@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edge_moe.calibration import TEST, load_calibration
 from edge_moe.cli import app
 from edge_moe.profiles import load_profiles
-from gating.gate_runtime import OnnxGate
+from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import apply_prior_correction, evaluate_subset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from exporters.llm import export_decoder
-from nodes.manifest import load_manifest
-from nodes.runners import OrtRunner
+from edge_moe.runtime.manifest import load_manifest
+from edge_moe.runtime.runners import OrtRunner
 
 pytestmark = [
     pytest.mark.slow,

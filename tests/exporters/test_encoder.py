@@ -7,8 +7,8 @@ import pytest
 
 from edge_moe.errors import ArtifactError, RunnerError
 from exporters.encoder import export_encoder
-from nodes.manifest import load_manifest
-from nodes.runners import EncoderRunner, OrtRunner
+from edge_moe.runtime.manifest import load_manifest
+from edge_moe.runtime.runners import EncoderRunner, OrtRunner
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from edge_moe.errors import ParityError
 from exporters.llm import export_decoder, load_causal_lm
 from exporters.parity import check_decoder_parity, torch_continuation_scores
 from exporters.tiny import ARCHS, EOS_ID, make_tiny_checkpoint
-from nodes.manifest import METADATA_KEY, load_manifest
-from nodes.runners import OrtRunner
+from edge_moe.runtime.manifest import METADATA_KEY, load_manifest
+from edge_moe.runtime.runners import OrtRunner
 
 PROMPT = [5, 17, 33, 8, 91, 12, 40, 7, 3]  # longer than Gemma3's sliding window of 4
 

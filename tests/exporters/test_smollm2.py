@@ -13,7 +13,7 @@ import pytest
 from exporters.assets import mmlu_rows
 from exporters.llm import export_decoder, load_causal_lm, load_tokenizer, resolve_source
 from exporters.parity import check_decoder_parity
-from nodes.runners import OrtRunner
+from edge_moe.runtime.runners import OrtRunner
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_continuation_mode_prefers_the_obvious_answer(runner):
 
 def test_int8_variant_agrees_with_fp32(fp32, capsys):
     from exporters.quantize import quantize_decoder
-    from nodes.manifest import load_manifest
+    from edge_moe.runtime.manifest import load_manifest
 
     q = quantize_decoder(fp32, "int8")
     m = load_manifest(q)
@@ -130,7 +130,7 @@ def test_int4_variant_agrees_with_fp32(fp32, capsys):
     """MatMulNBits 4-bit (block 32, asymmetric) with the sensitive MatMuls in 8-bit
     blocks: ≥ 0.8 next-token agreement (0.825 measured; see exporters.quantize)."""
     from exporters.quantize import quantize_decoder
-    from nodes.manifest import load_manifest
+    from edge_moe.runtime.manifest import load_manifest
 
     q = quantize_decoder(fp32, "int4")
     m = load_manifest(q)

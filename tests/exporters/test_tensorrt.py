@@ -14,7 +14,7 @@ from exporters.tensorrt import (
     engine_cache_key,
     profile_shapes,
 )
-from nodes.manifest import MANIFEST_VERSION, Manifest
+from edge_moe.runtime.manifest import MANIFEST_VERSION, Manifest
 
 L4 = DeviceInfo("NVIDIA L4", "8.9", "10.3.0")
 
@@ -109,7 +109,7 @@ def test_real_engine_build(tmp_path):
 
     art = export_decoder(make_tiny_checkpoint("llama", tmp_path / "ckpt"), tmp_path / "art")
     shapes = profile_shapes(
-        __import__("nodes.manifest", fromlist=["load_manifest"]).load_manifest(art),
+        __import__("edge_moe.runtime.manifest", fromlist=["load_manifest"]).load_manifest(art),
         seq=AxisRange(1, 1, 16),
         past=AxisRange(0, 8, 32),
     )

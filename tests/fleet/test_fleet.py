@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from edge_moe import fleet as F
+from edge_moe import paths
 from edge_moe.client import EdgeMoEClient
 from edge_moe.config import load_fleet
 from edge_moe.wire import Error, Reply
@@ -122,7 +123,7 @@ def test_missing_artifact_and_missing_resource_fail_fast(assets: Assets, tmp_pat
     with pytest.raises(F.FleetError, match=r"node node-b: expert 'synth-expert-2': artifact .*nowhere"):
         F.deploy(load_fleet(bad), artifacts=str(tmp_path / "artifacts"), **kw)  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 2
-    assert not (F.state_dir() / "fleet-bad.json").exists()
+    assert not (paths.state_dir() / "fleet-bad.json").exists()
 
     base = F.deploy(load_fleet(assets.fleet), **assets.kwargs())  # type: ignore[arg-type]
     try:
@@ -151,7 +152,7 @@ def test_missing_artifact_and_missing_resource_fail_fast(assets: Assets, tmp_pat
         F.deploy(load_fleet(bad), artifacts=str(tmp_path / "artifacts"), check_artifacts=False,
                  **kw)  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 30
-    assert not (F.state_dir() / "fleet-bad.json").exists()
+    assert not (paths.state_dir() / "fleet-bad.json").exists()
 
 
 def test_fresh_machine_gets_a_ray_token_once(tmp_path, monkeypatch):

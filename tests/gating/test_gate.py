@@ -1,4 +1,4 @@
-"""Tests of gate training (gating.gate) and the ONNX runtime gate (gating.gate_runtime).
+"""Tests of gate training (gating.gate) and the ONNX runtime gate (edge_moe.runtime.gate).
 
 Every table here is *synthetic* (gating.synthetic, seeded): the tests check that the
 trainer and the export work, not anything about real LLMs.
@@ -27,7 +27,7 @@ from gating.gate import (
     export_gate_onnx,
     train_gate,
 )
-from gating.gate_runtime import OnnxGate
+from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import (
     apply_prior_correction,
     evaluate_subset,
@@ -221,7 +221,7 @@ def test_runtime_load_errors_name_the_file(onnx_path: Path, tmp_path: Path) -> N
 
 
 def test_serving_modules_do_not_import_torch() -> None:
-    code = "import gating.gate_runtime, gating.mixture, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import edge_moe.runtime.gate, gating.mixture, sys; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True

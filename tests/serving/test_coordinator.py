@@ -15,7 +15,7 @@ from edge_moe.client import EdgeMoEClient, format_answer, query_command
 from edge_moe.profiles import load_profiles
 from edge_moe.wire import PROTOCOL, Error, ErrorCode, MsgType, Query, Reply, decode, encode
 from gating.aggregate import vote
-from gating.gate_runtime import OnnxGate
+from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import (
     MixtureObjective,
     apply_prior_correction,
@@ -24,7 +24,7 @@ from gating.mixture import (
     select_top_k,
 )
 from gating.selector import Budget, SelectionProblem, select_experts
-from nodes.toy import ToyEncoder, ToyExpert
+from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 
 pytestmark = pytest.mark.timeout(120)
 

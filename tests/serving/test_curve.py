@@ -16,7 +16,7 @@ from edge_moe.wire import Reply
 from gating.coordinator import Coordinator
 from gating.routing import load_router
 from nodes.server import NodeServer
-from nodes.toy import ToyEncoder, ToyExpert
+from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 
 pytestmark = pytest.mark.timeout(60)
 

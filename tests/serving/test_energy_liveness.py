@@ -13,7 +13,7 @@ from edge_moe.energy import ModelledMeter, ZeusMeter, make_meter
 from edge_moe.errors import ConfigError
 from edge_moe.wire import ExpertInfo, Ready
 from gating.registry import Registry
-from nodes.liveness import Backoff, Heartbeat, Liveness, from_config
+from edge_moe.runtime.liveness import Backoff, Heartbeat, Liveness, from_config
 
 CPU = DeviceClass("cpu", 5.0, 15.0, "test")
 GPU = DeviceClass("rtx", 25.0, 450.0, "test", energy_counters=("nvml",))

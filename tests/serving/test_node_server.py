@@ -27,7 +27,7 @@ from edge_moe.wire import (
     encode,
 )
 from nodes.server import NodeServer, backend_endpoint, build_experts
-from nodes.toy import ToyExpert
+from edge_moe.runtime.toy import ToyExpert
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from gating.coordinator import Coordinator
 from gating.mixture import mix
 from gating.routing import load_router
 from gating.selector import Budget, SelectionProblem, select_experts
-from nodes.toy import ToyEncoder
+from edge_moe.runtime.toy import ToyEncoder
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_non_loopback_bind_needs_curve_or_insecure(router):
 
 
 def test_serving_path_imports_neither_torch_nor_transformers():
-    code = ("import sys, edge_moe.wire, edge_moe.client, edge_moe.energy, nodes.server, nodes.liveness, "
-            "nodes.toy, gating.coordinator\n"
+    code = ("import sys, edge_moe.wire, edge_moe.client, edge_moe.energy, nodes.server, edge_moe.runtime.liveness, "
+            "edge_moe.runtime.toy, gating.coordinator\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 from edge_moe.config import FleetConfig, load_fleet
+from edge_moe.paths import demo_dir
 from edge_moe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,8 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
     from edge_moe.calibration import CalibrationTable, save_calibration
     from edge_moe.profiles import ExpertProfile, Figure, Profiles, save_profiles
     from gating.gate import GateConfig, export_gate_onnx, train_gate
-    from nodes.runners import EncoderRunner, OrtRunner
-    from nodes.server import default_artifacts_dir
+    from edge_moe.runtime.runners import EncoderRunner, OrtRunner
+    from edge_moe.paths import artifacts_dir
 
     questions = load_questions(seed, per_category)
     cats = list(fleet.categories)
@@ -127,7 +128,7 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
     logprobs = np.zeros((m, n, 4), np.float32)
     times = np.zeros((m, n))
     for j, e in enumerate(fleet.experts):
-        runner = OrtRunner(default_artifacts_dir() / e.artifact, intra_op_threads=1)
+        runner = OrtRunner(artifacts_dir() / e.artifact, intra_op_threads=1)
         t_e = time.perf_counter()
         for i, q in enumerate(questions):
             t0 = time.perf_counter()
@@ -298,7 +299,7 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
     fleet = load_fleet(config)
     if len(fleet.nodes) < 3:
         raise ConfigError(f"{config}: the demo needs >= 3 nodes")
-    out = fleet_mod.demo_inputs_dir()
+    out = demo_dir()
     artifacts = _step("export SmolLM2-135M fp32/int8/int4 and MiniLM (cached)", export_all)
     cal, gate, prof = calibration_inputs(fleet, artifacts, out, seed, per_category, recalibrate)
     _step("plan budgets offline (sweep, Pareto front, plot)", lambda: plan_offline(cal, prof, gate, plan_dir))

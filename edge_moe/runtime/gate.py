@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,43 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edge_moe.errors import GateError
-from gating.mixture import masked_gate_weights
+from edge_moe.errors import GateError, SelectionError
 
 logger = logging.getLogger(__name__)
+
+
+def as_mask(mask: np.ndarray | Sequence[bool] | None, n: int) -> np.ndarray:
+    if mask is None:
+        return np.ones(n, dtype=bool)
+    m = np.asarray(mask)
+    if m.dtype != bool or m.shape != (n,):
+        raise SelectionError(f"mask must be a bool array of shape ({n},), got {m.dtype} {m.shape}")
+    return m
+
+
+def masked_gate_weights(
+    gate_logits: np.ndarray, mask: np.ndarray | Sequence[bool] | None = None
+) -> np.ndarray:
+    """Softmax of the gate logits over the experts in S, zeros outside S.
+
+    Args:
+        gate_logits: (M, N) gate logits.
+        mask: (N,) bool, True for experts in S; None means every expert.
+
+    Returns:
+        (M, N) float64 weights; each row sums to 1 over S. An empty S gives all zeros.
+    """
+    g = np.asarray(gate_logits, dtype=np.float64)
+    if g.ndim != 2:
+        raise SelectionError(f"gate_logits must be (M, N), got shape {g.shape}")
+    m = as_mask(mask, g.shape[1])
+    w = np.zeros_like(g)
+    if not m.any():
+        return w
+    sub = g[:, m]  # (M, |S|)
+    sub = np.exp(sub - sub.max(axis=1, keepdims=True))  # max over S keeps it stable
+    w[:, m] = sub / sub.sum(axis=1, keepdims=True)
+    return w
 
 # Mirrors gating.gate (which imports torch, so it is not imported here).
 GATE_FORMAT_VERSION = 1

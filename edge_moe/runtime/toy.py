@@ -4,13 +4,13 @@ They are real onnxruntime sessions over tiny graphs built with ``onnx.helper`` (
 no download), so the serving path runs end to end in milliseconds:
 
 - :class:`ToyExpert`: a hashed bag of words of the prompt → one MatMul → 26 letter logits.
-  It has the runner interface (``score_options``, ``generate``) of :mod:`nodes.runners`,
+  It has the runner interface (``score_options``, ``generate``) of :mod:`edge_moe.runtime.runners`,
   is deterministic, and is seeded by its expert name, so a test can rebuild the exact
   expert a node process serves. ``delay_ms`` adds a sleep to model a slower expert.
 - :class:`ToyEncoder`: the same features → MatMul → L2 norm, the ``embed`` interface of
-  :class:`nodes.runners.EncoderRunner`.
+  :class:`edge_moe.runtime.runners.EncoderRunner`.
 - :func:`write_linear_gate`: a linear gate ONNX with the manifest that
-  :class:`gating.gate_runtime.OnnxGate` loads.
+  :class:`edge_moe.runtime.gate.OnnxGate` loads.
 
 Nothing here says anything about real LLMs.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge_moe.errors import RunnerError
-from nodes.runners import Generation
+from edge_moe.runtime.runners import Generation
 
 logger = logging.getLogger(__name__)
 

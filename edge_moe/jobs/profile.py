@@ -33,7 +33,7 @@ class Placement:
 def build_profiles(latency: Mapping[str, Any], placements: Mapping[str, Placement], host: DeviceClass,
                    *, aggregation_ms: float = 2.0, statistic: str = "p95_ms",
                    latency_file: str = "<latency>") -> Profiles:
-    """Profiles for every expert of a latency document (see :func:`edge_moe.calibrate.finish`).
+    """Profiles for every expert of a latency document (see :func:`edge_moe.jobs.calibrate.finish`).
 
     Args:
         latency: the decoded ``<table>.latency.json``.

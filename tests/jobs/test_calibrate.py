@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_moe.calibrate import (
+from edge_moe.jobs.calibrate import (
     WorkDir,
     calibrate,
     choose_samples,
@@ -24,7 +24,7 @@ from edge_moe.cli import app
 from edge_moe.config import load_device_classes
 from edge_moe.errors import ConfigError, DataFormatError
 from edge_moe.profiles import load_profiles
-from edge_moe.profiling import Placement, build_profiles
+from edge_moe.jobs.profile import Placement, build_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 N_QUESTIONS = 30
@@ -126,7 +126,7 @@ def test_smollm2_calibrate_resumes_to_the_same_table(tmp_path, smollm2, encoder,
     lines = wd.expert_file("smollm2").read_text().splitlines()
     assert len(lines) == N_QUESTIONS and sorted(json.loads(x)["i"] for x in lines) == list(range(N_QUESTIONS))
     # the table holds what the runner returns, in the dataset's order and labels
-    from nodes.runners import OrtRunner
+    from edge_moe.runtime.runners import OrtRunner
 
     runner = OrtRunner(smollm2, intra_op_threads=2)
     samples = wd.samples()

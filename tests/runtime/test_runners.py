@@ -1,4 +1,4 @@
-"""nodes.runners: torch-free import, the registry, and precise errors on bad input."""
+"""edge_moe.runtime.runners: torch-free import, the registry, and precise errors on bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edge_moe.errors import ArtifactError, ConfigError, RunnerError
-from nodes.manifest import MANIFEST_VERSION
-from nodes.runners import RUNNERS, OrtRunner, TrtRunner, make_runner
+from edge_moe.runtime.manifest import MANIFEST_VERSION
+from edge_moe.runtime.runners import RUNNERS, OrtRunner, TrtRunner, make_runner
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def runner(artifact):
 
 def test_importing_runners_imports_no_torch():
     code = (
-        "import sys, nodes.runners, nodes.manifest, nodes.chat\n"
+        "import sys, edge_moe.runtime.runners, edge_moe.runtime.manifest, edge_moe.runtime.chat\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )

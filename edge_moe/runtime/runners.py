@@ -1,6 +1,6 @@
 """Torch-free runners that execute exported artifacts on a node.
 
-Every runner is built from an artifact folder's manifest (:mod:`nodes.manifest`) and
+Every runner is built from an artifact folder's manifest (:mod:`edge_moe.runtime.manifest`) and
 has the same interface:
 
 - ``score_options(prompt, options, mode) -> np.ndarray``: log-probabilities over the K
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from edge_moe.errors import ArtifactError, ConfigError, RunnerError
-from nodes.chat import format_chat, has_chat
-from nodes.manifest import Manifest, load_manifest
+from edge_moe.runtime.chat import format_chat, has_chat
+from edge_moe.runtime.manifest import Manifest, load_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ for every template we ship (ChatML for SmolLM2 and Qwen2.5; base Gemma has none)
 from __future__ import annotations
 
 from edge_moe.errors import RunnerError
-from nodes.manifest import Manifest
+from edge_moe.runtime.manifest import Manifest
 
 
 def has_chat(manifest: Manifest) -> bool:

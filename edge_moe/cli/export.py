@@ -38,7 +38,8 @@ def assets_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from exporters.assets import cache_dir, list_assets
+    from edge_moe.paths import cache_dir
+    from exporters.assets import list_assets
 
     table = Table(title=f"assets (cache: {cache_dir()})")
     for col in ("name", "kind", "state", "size", "path / missing packages"):

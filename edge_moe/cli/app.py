@@ -22,6 +22,7 @@ from rich.table import Table
 
 from edge_moe.calibration import load_calibration
 from edge_moe.errors import ConfigError, EdgeMoEError
+from edge_moe.paths import demo_dir
 
 logger = logging.getLogger(__name__)
 console = Console(soft_wrap=True)  # never break paths and messages across lines
@@ -191,7 +192,7 @@ def demo(
 ) -> None:
     """The main job: export SmolLM2 (fp32/int8/int4) and MiniLM, calibrate, deploy a 3-node
     fleet on embedded Ray, ask MMLU and free-form questions at three budgets, tear down."""
-    from edge_moe.demo import run_demo
+    from edge_moe.jobs.demo import run_demo
 
     run_demo(n_questions=questions, per_category=per_category, seed=seed, recalibrate=recalibrate,
              config=config)
@@ -265,7 +266,7 @@ def deploy(
     from edge_moe import fleet as fleet_mod
     from edge_moe.config import load_fleet
 
-    defaults = fleet_mod.demo_inputs_dir()
+    defaults = demo_dir()
     inputs = {"gate": gate or defaults / "gate.onnx", "calibration": calibration or defaults / "calibration.npz",
               "profiles": profiles or defaults / "profiles.json"}
     for flag, path in inputs.items():
@@ -379,7 +380,7 @@ def calibrate(
     Resumable: each scored sample is appended to the work folder as it finishes, so rerunning
     an interrupted command continues where it stopped. The table covers the samples that every
     expert has finished."""
-    from edge_moe.calibrate import calibrate as run
+    from edge_moe.jobs.calibrate import calibrate as run
 
     work = work or out.with_name(out.stem + ".work")
     command = "edge-moe calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
@@ -416,10 +417,10 @@ def profile(
     """Build the profiles JSON: measured latency and modelled energy (busy W x busy time) on the
     host class, or projected to another device class with its cited throughput factor. Every
     figure records whether it is measured, modelled or projected."""
-    from edge_moe.calibrate import load_latency
+    from edge_moe.jobs.calibrate import load_latency
     from edge_moe.config import load_device_classes, load_fleet
     from edge_moe.profiles import save_profiles
-    from edge_moe.profiling import Placement, build_profiles, placements_from_specs
+    from edge_moe.jobs.profile import Placement, build_profiles, placements_from_specs
 
     doc = load_latency(latency)
     experts = list(doc["experts"])
@@ -450,7 +451,7 @@ def profile(
 
 def _mount_exporters() -> None:
     """``edge-moe assets list|fetch`` and ``edge-moe export`` (heavy imports stay lazy inside)."""
-    from exporters.cli import assets_app, export_command
+    from edge_moe.cli.export import assets_app, export_command
 
     for command in assets_app.registered_commands:
         command.callback = handles_errors(command.callback) if command.callback else None

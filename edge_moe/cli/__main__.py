@@ -1,0 +1,3 @@
+from edge_moe.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Where edge-moe keeps its files: the one reader of ``EDGE_MOE_CACHE`` and ``EDGE_MOE_STATE``.
+
+::
+
+    $EDGE_MOE_CACHE                 (default ~/.cache/edge-moe)
+        assets/<name>/               offline model and data packages, joined and hashed
+        artifacts/<name>/<precision>/ exported ONNX / TensorRT artifacts with their manifest
+        demo/                        the demo's gate, calibration table and profiles
+    $EDGE_MOE_STATE                 (default $EDGE_MOE_CACHE/fleet)
+        <fleet>.json                 one record per deployed fleet (status, down)
+
+Every function reads the environment when called, so a test may point it elsewhere with
+``monkeypatch.setenv``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "EDGE_MOE_CACHE"
+STATE_ENV = "EDGE_MOE_STATE"
+
+
+def cache_dir() -> Path:
+    """The root of every cached download, conversion and export."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-moe"
+
+
+def artifacts_dir() -> Path:
+    """``$EDGE_MOE_CACHE/artifacts``: relative artifact paths in a fleet YAML start here."""
+    return cache_dir() / "artifacts"
+
+
+def demo_dir() -> Path:
+    """Where ``make demo`` writes the gate, calibration table and profiles it deploys with."""
+    return cache_dir() / "demo"
+
+
+def state_dir() -> Path:
+    """``$EDGE_MOE_STATE``, else ``$EDGE_MOE_CACHE/fleet``: deployment records."""
+    env = os.environ.get(STATE_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "fleet"
