@@ -100,7 +100,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "edge-moe-moe2-report/1"
 DEFAULT_OUT = Path("benchmarks/results/moe2")
-BRUTE_MAX_N = planner.BRUTE_FORCE_MAX_N  # brute force and the 2^N enumeration up to this N
+BRUTE_MAX_N = planner.CROSSCHECK_MAX_N  # brute force and the 2^N enumeration up to this N
 TIE = 1e-12  # objective differences at or below this are ties
 FULL = {"subsets": 30, "energy_points": 10, "latency_points": 8, "random_draws": 5}
 QUICK = {"subsets": 6, "energy_points": 5, "latency_points": 4, "random_draws": 2}

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 PLAN_FORMAT = "edge-moe-plan/1"
 DEFAULT_TAU = 0.8
-BRUTE_FORCE_MAX_N = 14  # sweeps cross-check the selector against brute force up to this N
+CROSSCHECK_MAX_N = 14  # a sweep cross-checks the selector against brute force up to this N (the
+# oracle itself, gating.problem.CROSSCHECK_MAX_N, could go further but a sweep runs it per point)
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
     """Plans for every (energy, latency) grid point: MoE² (fixed and adaptive k) and baselines.
 
     Returns a JSON-ready document with the plan rows, the single experts, the Pareto front of
-    MoE² and the selector-vs-brute-force cross-check (up to ``BRUTE_FORCE_MAX_N`` experts).
+    MoE² and the selector-vs-brute-force cross-check (up to ``CROSSCHECK_MAX_N`` experts).
     """
     energies, latencies = budget_grid(inputs, top_k, n_energy, n_latency)
     n, n_cat = len(inputs.experts), len(inputs.categories)
@@ -352,7 +353,7 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
             b = Budget(energy_j=e, latency_ms=lat)
             sel = select_experts(prob_k, b)
             extra: dict[str, Any] = {}
-            if n <= BRUTE_FORCE_MAX_N:
+            if n <= CROSSCHECK_MAX_N:
                 ref = brute_force(prob_k, b)
                 same = ref.status == sel.status and (
                     sel.status != "optimal" or abs(ref.objective - sel.objective) <= 1e-12)
