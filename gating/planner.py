@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 PLAN_FORMAT = "edge-moe-plan/1"
 DEFAULT_TAU = 0.8
 CROSSCHECK_MAX_N = 14  # a sweep cross-checks the selector against brute force up to this N (the
-# oracle itself, gating.problem.CROSSCHECK_MAX_N, could go further but a sweep runs it per point)
+# oracle itself, gating.problem.BRUTE_FORCE_MAX_N, could go further but a sweep runs it per point)
 
 
 @dataclass(frozen=True)
