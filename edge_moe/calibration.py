@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,16 @@ from edge_moe.atomic import atomic_path
 from edge_moe.errors import DataFormatError
 
 logger = logging.getLogger(__name__)
+
+MMLU_HEADER = "The following are multiple choice questions (with answers) about {topic}.\n\n"
+
+
+def letter_prompt(question: str, options: Sequence[str], topic: str | None = None) -> str:
+    """The zero-shot letter prompt (the MMLU paper's format): header, question, lettered
+    options, then "Answer:" so that the next token is the option letter."""
+    head = MMLU_HEADER.format(topic=topic) if topic else ""
+    opts = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
+    return f"{head}{question.strip()}\n{opts}\nAnswer:"
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}

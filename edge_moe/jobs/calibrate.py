@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import random
-import string
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -43,7 +42,14 @@ from typing import Any
 import numpy as np
 
 from edge_moe.atomic import atomic_path, write_text
-from edge_moe.calibration import TEST, TRAIN, VALIDATION, CalibrationTable, save_calibration
+from edge_moe.calibration import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    CalibrationTable,
+    letter_prompt,
+    save_calibration,
+)
 from edge_moe.config import read_yaml
 from edge_moe.errors import ArtifactError, ConfigError, DataFormatError
 
@@ -52,7 +58,6 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 CATEGORY_MAP = REPO / "configs" / "mmlu_categories.yaml"
 LATENCY_FORMAT = "edge-moe-latency/1"
-MMLU_HEADER = "The following are multiple choice questions (with answers) about {topic}.\n\n"
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,6 @@ class Sample:
 
 
 # ---------------------------------------------------------------- datasets
-
-
-def letter_prompt(question: str, options: Sequence[str], topic: str | None = None) -> str:
-    """The zero-shot letter prompt (the MMLU paper's format): header, question, lettered
-    options, then "Answer:" so that the next token is the option letter."""
-    head = MMLU_HEADER.format(topic=topic) if topic else ""
-    opts = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
-    return f"{head}{question.strip()}\n{opts}\nAnswer:"
 
 
 def load_category_map(path: str | os.PathLike[str] = CATEGORY_MAP) -> dict[str, str]:
@@ -466,8 +463,8 @@ def resolve_expert(spec: str) -> tuple[str, Path]:
     under ``$EDGE_MOE_CACHE/artifacts``; PRECISION ``ortgenai-int4`` etc. for the ortgenai
     builder's). The name defaults to the manifest's name, with ``-ortgenai`` added for that
     builder and ``-<precision>`` for a non-fp32 variant."""
-    from edge_moe.runtime.manifest import load_manifest
     from edge_moe.paths import artifacts_dir
+    from edge_moe.runtime.manifest import load_manifest
 
     name, _, target = spec.rpartition("=")
     p = Path(target).expanduser()

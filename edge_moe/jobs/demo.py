@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from edge_moe.calibration import letter_prompt
 from edge_moe.config import FleetConfig, load_fleet
-from edge_moe.paths import demo_dir
 from edge_moe.errors import ConfigError
+from edge_moe.paths import demo_dir
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ class Question:
     topic: str
 
 
-def mmlu_prompt(row: dict[str, Any]) -> str:
-    opts = "\n".join(f"{L}. {row['answer_' + L.lower()]}" for L in LETTERS)
-    return f"Question: {row['question']}\n{opts}\nAnswer:"
-
-
 def load_questions(seed: int, per_category: int, skip: int = 0) -> list[Question]:
     """``per_category`` MMLU questions per category, seeded; ``skip`` leaves out the first
     ``skip`` of each category's shuffled list (so held-out questions never overlap)."""
@@ -77,7 +73,8 @@ def load_questions(seed: int, per_category: int, skip: int = 0) -> list[Question
     for cat, rows in by_cat.items():
         rng.shuffle(rows)
         for row in rows[skip: skip + per_category]:
-            out.append(Question(mmlu_prompt(row), tuple(row["answer_" + L.lower()] for L in LETTERS),
+            options = tuple(row["answer_" + L.lower()] for L in LETTERS)
+            out.append(Question(letter_prompt(row["question"], options, row["topic"]), options,
                                 LETTERS.index(row["correct_answer"]), cat, row["topic"]))
     return out
 
@@ -117,10 +114,10 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
               per_category: int) -> tuple[Path, Path, Path]:
     """Score MMLU questions with every expert, embed them, train the gate, write profiles."""
     from edge_moe.calibration import CalibrationTable, save_calibration
-    from edge_moe.profiles import ExpertProfile, Figure, Profiles, save_profiles
-    from gating.gate import GateConfig, export_gate_onnx, train_gate
-    from edge_moe.runtime.runners import EncoderRunner, OrtRunner
     from edge_moe.paths import artifacts_dir
+    from edge_moe.profiles import ExpertProfile, Figure, Profiles, save_profiles
+    from edge_moe.runtime.runners import EncoderRunner, OrtRunner
+    from gating.gate import GateConfig, export_gate_onnx, train_gate
 
     questions = load_questions(seed, per_category)
     cats = list(fleet.categories)

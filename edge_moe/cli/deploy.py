@@ -1,0 +1,48 @@
+"""``edge-moe deploy``: place a fleet's nodes and its coordinator through Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_moe.cli.common import app, console, handles_errors
+from edge_moe.errors import ConfigError
+from edge_moe.paths import demo_dir
+
+
+@app.command()
+@handles_errors
+def deploy(
+    config: Annotated[Path, typer.Argument(help="fleet YAML")],
+    address: Annotated[str | None, typer.Option(help="join this Ray cluster (host:port, ray://host:port or 'auto'); default: start a local head on loopback")] = None,
+    gate: Annotated[Path | None, typer.Option(help="gate.onnx (default: the demo's, in $EDGE_MOE_CACHE/demo)")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (default: the demo's)")] = None,
+    profiles: Annotated[Path | None, typer.Option(help="profiles JSON (default: the demo's)")] = None,
+    encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact folder (default in the cache)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="root for relative artifact paths (default $EDGE_MOE_CACHE/artifacts)")] = None,
+    toy: Annotated[bool, typer.Option("--toy", help="serve trivial ONNX experts (smoke runs)")] = False,
+    toy_encoder: Annotated[int | None, typer.Option(help="toy encoder of this dimension instead of MiniLM")] = None,
+    timeout_s: Annotated[float, typer.Option(help="how long to wait for every node's READY")] = 120.0,
+) -> None:
+    """Deploy a fleet through Ray: one detached actor per node, the coordinator, READY from all."""
+    from edge_moe import fleet as fleet_mod
+    from edge_moe.config import load_fleet
+
+    defaults = demo_dir()
+    inputs = {"gate": gate or defaults / "gate.onnx", "calibration": calibration or defaults / "calibration.npz",
+              "profiles": profiles or defaults / "profiles.json"}
+    for flag, path in inputs.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"--{flag} {path}: file not found (run `make demo` once, or pass --{flag})")
+    fl = load_fleet(config)
+    console.print(f"deploying fleet '{fl.name}' ({len(fl.nodes)} nodes) "
+                  + (f"on {address}" if address else "on a local Ray head (loopback)"))
+    dep = fleet_mod.deploy(fl, address, gate=inputs["gate"], calibration=inputs["calibration"],
+                           profiles=inputs["profiles"], encoder=str(encoder) if encoder else None,
+                           toy_encoder_dim=toy_encoder, toy=toy,
+                           artifacts=str(artifacts) if artifacts else None, ready_timeout_s=timeout_s)
+    fleet_mod.disconnect()
+    console.print(f"fleet '{dep.name}' ready in {dep.deploy_s:.1f} s: nodes {', '.join(dep.nodes)}; "
+                  f"query it at {dep.frontend} (edge-moe query --endpoint {dep.frontend} ...)", highlight=False)

@@ -1,0 +1,61 @@
+"""``edge-moe profile``: latency and energy profiles from a calibration run's measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edge_moe.cli.common import CONFIGS, app, console, handles_errors
+from edge_moe.errors import ConfigError
+
+
+@app.command()
+@handles_errors
+def profile(
+    latency: Annotated[Path, typer.Argument(help="<table>.latency.json written by `edge-moe calibrate`")],
+    out: Annotated[Path, typer.Option(help="profiles JSON to write")],
+    device_class: Annotated[list[str] | None, typer.Option(
+        "--device-class", help="CLASS for every expert, or EXPERT=CLASS repeated (each expert its own node); "
+        "a class other than --host-class is PROJECTED by its throughput_factor")] = None,
+    fleet: Annotated[Path | None, typer.Option(help="fleet YAML: take each expert's node and device class from it")] = None,
+    device_classes: Annotated[Path, typer.Option(help="device-class YAML (power and throughput, with sources)")] = CONFIGS / "device_classes.yaml",
+    host_class: Annotated[str, typer.Option(help="device class the latencies were measured on")] = "cpu",
+    statistic: Annotated[str, typer.Option(help="latency figure plans use: p95_ms, p50_ms or mean_ms")] = "p95_ms",
+    aggregation_ms: Annotated[float, typer.Option(help="coordinator cost added to every plan", min=0)] = 2.0,
+) -> None:
+    """Build the profiles JSON: measured latency and modelled energy (busy W x busy time) on the
+    host class, or projected to another device class with its cited throughput factor. Every
+    figure records whether it is measured, modelled or projected."""
+    from edge_moe.config import load_device_classes, load_fleet
+    from edge_moe.jobs.calibrate import load_latency
+    from edge_moe.jobs.profile import Placement, build_profiles, placements_from_specs
+    from edge_moe.profiles import save_profiles
+
+    doc = load_latency(latency)
+    experts = list(doc["experts"])
+    if fleet is not None:
+        if device_class:
+            raise ConfigError("give --fleet or --device-class, not both")
+        fl = load_fleet(fleet)
+        classes = fl.device_classes
+        placements = {e.name: Placement(e.node, fl.device_class_of(e.node)) for e in fl.experts if e.name in experts}
+    else:
+        classes = load_device_classes(device_classes)
+        placements = placements_from_specs(experts, device_class or [host_class], classes)
+    if host_class not in classes:
+        raise ConfigError(f"--host-class {host_class!r} is not a known device class (known: {sorted(classes)})")
+    prof = build_profiles(doc, placements, classes[host_class], aggregation_ms=aggregation_ms,
+                          statistic=statistic, latency_file=str(latency))
+    save_profiles(prof, out)
+    t = Table(title=f"profiles ({', '.join(f'{k}: {v}' for k, v in prof.sources().items())})")
+    for col in ("expert", "node", "worst latency ms", "worst energy J", "sources"):
+        t.add_column(col, overflow="fold")
+    for e in prof.experts:
+        lat_f = max(e.latency_ms.values(), key=lambda f: f.value)
+        en_f = max(e.energy_j.values(), key=lambda f: f.value)
+        t.add_row(e.name, e.node, f"{lat_f.value:.1f}", f"{en_f.value:.4g}", f"{lat_f.source} / {en_f.source}")
+    console.print(t)
+    console.print(f"wrote {out}", highlight=False)

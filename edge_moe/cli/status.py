@@ -1,0 +1,51 @@
+"""``edge-moe status``: a deployed fleet's nodes, liveness and work so far."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edge_moe.cli.common import app, console, handles_errors
+
+
+@app.command()
+@handles_errors
+def status(
+    name: Annotated[str | None, typer.Option(help="fleet name (default: the only one deployed)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full status as JSON")] = False,
+) -> None:
+    """Show a deployed fleet: nodes, experts, liveness, last heartbeat, ms and J so far, Ray's view."""
+    from edge_moe import fleet as fleet_mod
+
+    st = fleet_mod.status(name)
+    fleet_mod.disconnect()
+    if as_json:
+        console.print(json.dumps(st, indent=2, default=str), highlight=False, markup=False)
+        return
+    coord = st["coordinator"]
+    so_far = coord.get("experts_so_far", {})
+    t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
+    for col in ("node", "class", "ready", "live", "last beat s", "actor pid", "experts", "answers", "ms so far", "J so far"):
+        t.add_column(col)
+    for n, e in st["nodes"].items():
+        experts = e.get("experts", [])
+        ans = sum(so_far.get(x, {}).get("answers", 0) for x in experts)
+        ms = sum(so_far.get(x, {}).get("compute_ms", 0.0) for x in experts)
+        joules = sum(so_far.get(x, {}).get("energy_j", 0.0) for x in experts)
+        actor = e["actor"]
+        t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", "yes" if e.get("live") else "NO",
+                  f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-",
+                  str(actor.get("pid", actor.get("error", "-"))), ", ".join(experts) or "-", str(ans),
+                  f"{ms:.0f}", f"{joules:.3g} ({e.get('energy_source', '-')})")
+    console.print(t)
+    if "error" in coord:
+        console.print(f"[bold red]coordinator[/]: {coord['error']}", highlight=False)
+    else:
+        console.print(f"coordinator: pid {coord['pid']}, in flight {coord['in_flight']}, stats {coord['stats']}",
+                      highlight=False)
+    ray_view = st["ray"]
+    console.print(f"Ray: {ray_view['nodes_alive']} node(s) alive; resources {ray_view['cluster_resources']}",
+                  highlight=False)

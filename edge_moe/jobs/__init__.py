@@ -1,0 +1,1 @@
+"""APEX: workflows that combine roles (plan, calibrate, profile, demo)."""

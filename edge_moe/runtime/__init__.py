@@ -1,0 +1,1 @@
+"""BASE: the torch-free artifact runtime (manifest, chat templates, runners, gate file, liveness, toy models)."""
