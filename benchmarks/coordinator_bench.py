@@ -6,8 +6,9 @@ process, it prints:
 
 1. the coordinator's overhead per options query at k = 3: client-measured end-to-end time
    minus the slowest chosen expert's compute ms (as the node reported it), p50 and p99;
-2. routing decisions per second with the embedding excluded: gate logits (ORT), the
-   cached plan over the live set, and the top-k weights (:class:`gating.routing.Router`);
+2. routing decisions per second with the embedding excluded: :meth:`gating.routing.Router.route`
+   (the query checks, gate logits (ORT), the cached plan over the live set and the top-k
+   weights) with an embedder that hands back prepared embeddings;
 3. the same 3-way fan-out as Ray actor calls from one driver (``ray.get`` of three
    ``.remote`` calls to actors holding the same toy experts), in the same run: end-to-end
    minus the slowest compute, p50 and p99.
@@ -40,10 +41,10 @@ sys.path.insert(0, str(REPO))
 
 from edge_moe.client import EdgeMoEClient  # noqa: E402
 from edge_moe.config import BudgetConfig  # noqa: E402
-from edge_moe.wire import Reply  # noqa: E402
-from gating.routing import load_router  # noqa: E402
-from gating.synthetic import write_toy_inputs  # noqa: E402
 from edge_moe.runtime.toy import ToyEncoder, ToyExpert  # noqa: E402
+from edge_moe.wire import Query, Reply  # noqa: E402
+from gating.routing import Status, load_router  # noqa: E402
+from gating.synthetic import write_toy_inputs  # noqa: E402
 
 DIM = 16
 OPTIONS = ["red", "green", "blue", "black"]
@@ -124,18 +125,30 @@ def bench_zmq(d: Path, n_queries: int) -> dict:
             p.wait(timeout=10)
 
 
+class Prepared:
+    """An embedder that hands back prepared embeddings in turn, so the embedding is excluded."""
+
+    def __init__(self, embeddings: np.ndarray) -> None:
+        self.embeddings, self.i = embeddings, 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        e = self.embeddings[self.i % len(self.embeddings)][None]  # (1, D)
+        self.i += 1
+        return e
+
+
 def bench_decisions(d: Path, seconds: float = 2.0) -> dict:
     cal, prof, gate, _, experts = make_assets(d)
-    router = load_router(gate, cal, prof, BudgetConfig(), top_k=3)
-    embs = ToyEncoder(DIM).embed([prompt(i) for i in range(256)])
+    queries = [Query(f"q{i}", prompt(i), tuple(OPTIONS)) for i in range(256)]
+    embedder = Prepared(ToyEncoder(DIM).embed([q.prompt for q in queries]))
+    router = load_router(gate, cal, prof, BudgetConfig(), top_k=3, embedder=embedder)
     live = tuple(experts)
-    router.plan(live)
+    assert router.route(queries[0], live).status == Status.OK  # and the plan is cached
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for e in embs:
-            plan = router.plan(live)
-            router.weights(router.logits(e), plan)
-        n += len(embs)
+        for q in queries:
+            router.route(q, live)
+        n += len(queries)
     dt = time.perf_counter() - t0
     return {"decisions_per_s": n / dt, "us_per_decision": dt / n * 1e6}
 

@@ -19,9 +19,14 @@ Who sends what (DESIGN.md §3; the README section "Wire protocol" gives the full
 
 :func:`decode` checks the version frame, the type byte, and every field's presence and
 type, and raises :class:`~edge_moe.errors.ProtocolError` saying what it got and what it
-expected. It never raises anything else, whatever the bytes. Value rules that need
-context (a NaN budget, an unknown category) are the receiver's job, answered with
-ERROR ``bad_request``.
+expected. It never raises anything else, whatever the bytes.
+
+The protocol's value limits live here too (:data:`MODES`, :data:`MAX_ID_CHARS`,
+:data:`MAX_NEW_TOKENS`, :data:`MAX_DEADLINE_MS`): :func:`check_query` says why a decoded
+QUERY breaks one (a NaN budget, top_k and tau both given, an unknown mode). The one rule
+that needs context, a category the coordinator knows, is the router's
+(:meth:`gating.routing.Router.route`, which runs :func:`check_query` first). Both are
+answered with ERROR ``bad_request``.
 """
 
 from __future__ import annotations
@@ -503,6 +508,47 @@ def _decode(frames: list[bytes] | tuple[bytes, ...]) -> Message:
         raise ProtocolError(f"{MsgType(kind[0]).name}{e.path}{e.msg}") from None
 
 
+# --------------------------------------------------------------------------- value limits
+
+MODES = ("letter", "continuation")  # how an options query is scored (QUERY.mode, TASK.mode)
+MAX_ID_CHARS = 256
+MAX_OPTIONS = 26  # one letter each, A..Z
+MAX_NEW_TOKENS = 4096
+MAX_DEADLINE_MS = 600_000.0
+
+
+def check_query(q: Query) -> str | None:
+    """Why a decoded QUERY breaks the protocol's value limits, or None when it does not.
+
+    Context-free: whether ``q.category`` is one the coordinator knows is checked by the
+    router. The text is the ERROR ``bad_request`` message.
+    """
+    if not q.id or len(q.id) > MAX_ID_CHARS:
+        return f"id must be 1..{MAX_ID_CHARS} characters, got {len(q.id)}"
+    if not q.prompt.strip():
+        return "prompt is empty"
+    if q.options is not None and not 0 < len(q.options) <= MAX_OPTIONS:
+        return f"options must hold 1..{MAX_OPTIONS} strings, got {len(q.options)}"
+    if q.mode not in MODES:
+        return f"mode={q.mode!r} is not one of {list(MODES)}"
+    if not 0 < q.max_new_tokens <= MAX_NEW_TOKENS:
+        return f"max_new_tokens={q.max_new_tokens} must be in 1..{MAX_NEW_TOKENS}"
+    if q.top_k is not None and q.top_k < 1:
+        return f"top_k={q.top_k} must be >= 1"
+    if q.tau is not None and not (0 < q.tau <= 1):
+        return f"tau={q.tau} must be in (0, 1]"
+    if q.top_k is not None and q.tau is not None:
+        return "give top_k or tau, not both"
+    if q.deadline_ms is not None and not (0 < q.deadline_ms <= MAX_DEADLINE_MS):
+        return f"deadline_ms={q.deadline_ms} must be in (0, {MAX_DEADLINE_MS:g}]"
+    if q.budget is not None:
+        for name in ("energy_j", "latency_ms"):
+            v = getattr(q.budget, name)
+            if v is not None and (math.isnan(v) or v < 0):
+                return f"budget.{name}={v} must be a number >= 0 (inf for no budget)"
+    return None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -529,7 +575,8 @@ def to_json(msg: Message) -> dict[str, Any]:
 __all__ = [
     "VERSION", "PROTOCOL", "MsgType", "ErrorCode", "WireBudget", "Query", "ExpertUse", "PlanInfo",
     "Reply", "Error", "ExpertInfo", "Ready", "Heartbeat", "Task", "Result", "Message", "encode",
-    "decode", "to_json", "finite_or_none",
+    "decode", "to_json", "finite_or_none", "MODES", "MAX_ID_CHARS", "MAX_OPTIONS", "MAX_NEW_TOKENS",
+    "MAX_DEADLINE_MS", "check_query",
 ]
 
 for _cls in TYPE_OF:  # compile every converter at import: a schema bug fails loudly here

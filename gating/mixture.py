@@ -8,7 +8,8 @@ share. With M samples, N experts and K options:
   corrected distribution is ``p'_n(k | x) ∝ p_n(k | x) / exp(prior[n, k])`` over the
   options the sample has (padded options stay ``-inf``).
 - **Masked gate.** ``w = softmax(g(x))`` restricted to the subset S and renormalised
-  (zeros outside S): θ* is reused for any S without retraining.
+  (zeros outside S): θ* is reused for any S without retraining. The one implementation is
+  :func:`edge_moe.runtime.gate.masked_gate_weights` (re-exported here).
 - **Top-k / adaptive k.** Per sample keep the k largest weights of S (fixed k), or the
   smallest k whose gate mass reaches τ; renormalise. Ties go to the lower expert index.
 - **Mixture.** ``p(k | x) = Σ_n w_n p'_n(k | x)``.
@@ -366,9 +367,7 @@ class MixtureObjective:
         idx = np.flatnonzero(m)
         if idx.size == 0 or self._rows.size == 0:
             return 0.0 if self.metric == "accuracy" else LOG_PROB_FLOOR
-        g = self._logits[:, idx]  # (M, |S|)
-        w = np.exp(g - g.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)  # (M, |S|) masked softmax
+        w = masked_gate_weights(self._logits[:, idx])  # (M, |S|) the softmax over S
         if self.top_k is not None or self.tau is not None:
             w = select_top_k(w, top_k=self.top_k, tau=self.tau, mask=np.ones(idx.size, dtype=bool))
         if self.metric == "neg_nll":

@@ -2,12 +2,13 @@
 
 A plan answers "which experts may answer, under this energy and latency budget?":
 
-1. Load the calibration table and the profiles, and align them by expert and category.
+1. Load the calibration table and the profiles, and align them by expert and category
+   (:func:`gating.inputs.load_inputs`, re-exported here as ``planner.load_inputs``).
 2. Get the gate: train it on the table's train split (early stopping on validation) and
    export ``gate.onnx``, or load a given ``gate.onnx``. The gate carries the per-expert
    option-prior correction, which is applied to the experts' log-probs before mixing.
 3. Build the objective F(S): validation accuracy of the gate-masked, renormalised,
-   top-k mixture restricted to S (``gating.mixture.MixtureObjective``).
+   top-k mixture restricted to S (:func:`gating.inputs.make_objective`, also re-exported).
 4. Solve ``max F(S)`` under the budget with the exact selector (``gating.selector``).
 5. Report the chosen experts' accuracy on the *test* split, per category and overall.
 
@@ -17,11 +18,9 @@ baseline, and writes the plan table, the Pareto front and a plot.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from edge_moe.atomic import write_text
-from edge_moe.calibration import TEST, VALIDATION, CalibrationTable, load_calibration
+from edge_moe.calibration import TEST
 from edge_moe.errors import ConfigError, DataFormatError
-from edge_moe.profiles import Profiles, load_profiles
 from gating import baselines
-from edge_moe.runtime.gate import OnnxGate
-from gating.mixture import MixtureObjective, apply_prior_correction, evaluate_subset
+from gating.inputs import PlanInputs, make_objective, split_rows
+from gating.inputs import load_inputs as load_inputs  # re-exported: planner.load_inputs(...)
+from gating.mixture import evaluate_subset
 from gating.selector import Budget, Selection, SelectionProblem, brute_force, select_experts
 
 logger = logging.getLogger(__name__)
@@ -44,30 +43,6 @@ PLAN_FORMAT = "edge-moe-plan/1"
 DEFAULT_TAU = 0.8
 CROSSCHECK_MAX_N = 14  # a sweep cross-checks the selector against brute force up to this N (the
 # oracle itself, gating.problem.BRUTE_FORCE_MAX_N, could go further but a sweep runs it per point)
-
-
-@dataclass(frozen=True)
-class PlanInputs:
-    """Everything a plan needs, aligned: arrays are in ``experts`` x ``categories`` order."""
-
-    table: CalibrationTable  # prior-corrected log-probs, experts in the gate's order
-    profiles: Profiles
-    gate: OnnxGate
-    gate_logits: np.ndarray  # (M, N) for every row of the table
-    latency_ms: np.ndarray  # (N, C)
-    energy_j: np.ndarray  # (N, C)
-    calibration_path: str
-    calibration_sha256: str
-    profiles_path: str
-    trained_gate: Any = None  # the TrainedGate when this run trained it (for the retrain check)
-
-    @property
-    def experts(self) -> tuple[str, ...]:
-        return self.table.experts
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return self.table.category_names
 
 
 @dataclass(frozen=True)
@@ -115,74 +90,14 @@ def _num(v: Any) -> float | str | None:
     return f
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_json(path: Path, data: Any) -> Path:
     """Write JSON atomically (temp file, then rename) so no partial file is left."""
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def load_inputs(
-    calibration: str | os.PathLike[str],
-    profiles: str | os.PathLike[str],
-    gate_path: str | os.PathLike[str] | None,
-    out_dir: Path | None = None,
-    gate_config: Any = None,
-    progress: bool = False,
-) -> PlanInputs:
-    """Load and align the inputs; with no ``gate_path``, train the gate and export it to
-    ``out_dir/gate.onnx``. The table is restricted to (and ordered by) the gate's experts
-    and prior-corrected with the gate's prior. The coordinator uses this too (with a gate).
-
-    Raises:
-        DataFormatError: a file is missing/malformed, or table, gate and profiles disagree.
-        GateError: the gate cannot be trained, exported or loaded.
-    """
-    table = load_calibration(calibration)
-    prof = load_profiles(profiles)
-    trained = None
-    if gate_path is None:
-        if out_dir is None:
-            raise DataFormatError("no gate given and no output folder to train one into")
-        from gating.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
-
-        trained = train_gate(table, gate_config or GateConfig(), progress=progress)
-        gate_path = export_gate_onnx(trained, out_dir / "gate.onnx")
-    gate = OnnxGate.load(gate_path)
-    missing = [e for e in gate.experts if e not in table.experts]
-    if missing:
-        raise DataFormatError(f"{calibration}: no calibration for the gate's experts {missing} "
-                              f"(gate {gate_path}; table has {list(table.experts)})")
-    table = table.select_experts(gate.experts)
-    if gate.prior.shape != (table.n_experts, table.n_options):
-        raise DataFormatError(f"{gate_path}: prior shape {gate.prior.shape} does not match the "
-                              f"table's (N, K) = ({table.n_experts}, {table.n_options})")
-    missing = [e for e in table.experts if e not in prof.names]
-    if missing:
-        raise DataFormatError(f"{profiles}: no profile for experts {missing} of {calibration} "
-                              f"(profiled: {list(prof.names)})")
-    missing_c = [c for c in table.category_names if c not in prof.categories]
-    if missing_c:
-        raise DataFormatError(f"{profiles}: no figures for categories {missing_c} of {calibration} "
-                              f"(profiled: {list(prof.categories)})")
-    corrected = apply_prior_correction(table.logprobs, gate.prior).astype(np.float32)
-    table = CalibrationTable(logprobs=corrected, labels=table.labels, categories=table.categories,
-                             category_names=table.category_names, experts=table.experts,
-                             embeddings=table.embeddings, split=table.split)
-    lat, en = prof.arrays(table.experts, table.category_names)
-    return PlanInputs(table=table, profiles=prof, gate=gate, gate_logits=gate.logits(table.embeddings),
-                      latency_ms=lat, energy_j=en, calibration_path=str(calibration),
-                      calibration_sha256=sha256_file(calibration), profiles_path=str(profiles),
-                      trained_gate=trained)
+# Loading and aligning the inputs (load_inputs, PlanInputs) and building F(S) (make_objective)
+# live in gating.inputs, which the live router uses too; they are re-exported here.
 
 
 def latency_budget(inputs: PlanInputs, latency: float | dict[str, float]) -> np.ndarray:
@@ -207,22 +122,6 @@ def latency_budget(inputs: PlanInputs, latency: float | dict[str, float]) -> np.
 # ---------------------------------------------------------------- one plan
 
 
-def _rows(inputs: PlanInputs, split: int) -> tuple[np.ndarray, CalibrationTable]:
-    idx = inputs.table.split == split
-    return inputs.gate_logits[idx], inputs.table.rows(idx)
-
-
-def make_objective(inputs: PlanInputs, top_k: int | None, tau: float | None,
-                   uniform: bool = False) -> MixtureObjective:
-    """F(S) = validation accuracy of the gate-masked top-k (or adaptive-tau) mixture."""
-    logits, val = _rows(inputs, VALIDATION)
-    if len(val.labels) == 0:
-        raise DataFormatError(f"{inputs.calibration_path}: the validation split (split == 1) is empty")
-    if uniform:
-        logits = np.zeros_like(logits)
-    return MixtureObjective(logits, val.logprobs, val.labels, top_k=top_k, tau=tau)
-
-
 def make_problem(inputs: PlanInputs, objective: Callable[[np.ndarray], float],
                  top_k: int | None) -> SelectionProblem:
     return SelectionProblem(experts=list(inputs.experts), energy_j=inputs.energy_j,
@@ -236,7 +135,7 @@ def evaluate_test(inputs: PlanInputs, mask: np.ndarray, top_k: int | None, tau: 
     """The test-split mixture report for a subset (empty dict for the empty set)."""
     if not np.asarray(mask).any():
         return {}
-    logits, test = _rows(inputs, TEST)
+    logits, test = split_rows(inputs, TEST)
     if len(test.labels) == 0:
         raise DataFormatError(f"{inputs.calibration_path}: the test split (split == 2) is empty")
     if uniform:

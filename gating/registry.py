@@ -2,8 +2,9 @@
 
 Paranoid Pirate, queue side (zguide ``ppqueue.py``): a node joins with READY, any message
 from it is a sign of life, and it leaves the live set when it was silent for
-``heartbeat_s × liveness`` seconds (:class:`edge_moe.runtime.liveness.Liveness`). Time is passed in
-as ``now`` so tests step it by hand.
+``heartbeat_s × liveness`` seconds (:class:`edge_moe.runtime.liveness.Liveness`; the
+coordinator times its own HEARTBEATs with :class:`edge_moe.runtime.liveness.HeartbeatTimer`,
+as the nodes do). Time is passed in as ``now`` so tests step it by hand.
 
 A node that reconnects gets a new socket identity and sends READY again; the entry under
 its name is replaced. If two nodes claim one expert, the latest READY routes it.
@@ -15,8 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from edge_moe.wire import Ready
 from edge_moe.runtime.liveness import Liveness
+from edge_moe.wire import Ready
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Registry:
         self._by_name: dict[str, NodeEntry] = {}
         self._experts: dict[str, NodeEntry] = {}
         self._live: tuple[str, ...] = ()
+        self._node_names: tuple[str, ...] = ()
         self.version = 0
 
     def ready(self, identity: bytes, msg: Ready, now: float) -> NodeEntry:
@@ -99,6 +101,7 @@ class Registry:
                                    self._experts[name].name, entry.name, entry.name)
                 self._experts[name] = entry
         self._live = tuple(sorted(self._experts))
+        self._node_names = tuple(e.name for e in self._by_identity.values())
         self.version += 1
 
     def next_expiry(self) -> float:
@@ -115,6 +118,11 @@ class Registry:
     @property
     def nodes(self) -> tuple[NodeEntry, ...]:
         return tuple(self._by_identity.values())
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """The live nodes' names, in the order of :attr:`nodes`."""
+        return self._node_names
 
     def __contains__(self, identity: bytes) -> bool:
         return identity in self._by_identity

@@ -1,8 +1,10 @@
-"""One query in flight at the coordinator: its checks, its state, and its reply parts.
+"""One query in flight at the coordinator: its state and the parts of its REPLY.
 
-:func:`check_query` says why a decoded QUERY cannot be served (the ERROR "bad_request"
-text), :class:`Pending` holds a query whose TASKs are out, and :func:`plan_info` /
-:func:`expert_use` turn a plan and the experts' answers into the REPLY's fields.
+:class:`Pending` holds a query whose TASKs are out; :func:`deadline_ms` is the deadline it
+gets; :func:`plan_info` and :func:`expert_use` turn its plan and the experts' answers into
+the REPLY's fields. The query's checks are not here: the protocol's value limits are
+:func:`edge_moe.wire.check_query`, run with the category check by
+:meth:`gating.routing.Router.route`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from edge_moe.wire import ExpertUse, PlanInfo, Query, Result, finite_or_none
-from gating.routing import Plan
-
-MODES = ("letter", "continuation")
-MAX_ID_CHARS = 256
-MAX_NEW_TOKENS = 4096
-MAX_DEADLINE_MS = 600_000.0
+from edge_moe.wire import MAX_DEADLINE_MS, ExpertUse, PlanInfo, Query, Result, finite_or_none
+from gating.routing import RoutePlan
 
 
 @dataclass
@@ -25,7 +22,7 @@ class Pending:
 
     envelope: list[bytes]
     query: Query
-    plan: Plan
+    plan: RoutePlan
     weights: dict[str, float]  # chosen expert → gate weight (sums to 1)
     nodes: dict[str, str]  # chosen expert → node name
     tasks: dict[str, str]  # task id → expert
@@ -44,35 +41,8 @@ class Pending:
         return [e for e in self.weights if e not in self.status]
 
 
-def check_query(q: Query) -> str | None:
-    """Why a decoded QUERY cannot be served, or None."""
-    if not q.id or len(q.id) > MAX_ID_CHARS:
-        return f"id must be 1..{MAX_ID_CHARS} characters, got {len(q.id)}"
-    if not q.prompt.strip():
-        return "prompt is empty"
-    if q.options is not None and not 0 < len(q.options) <= 26:
-        return f"options must hold 1..26 strings, got {len(q.options)}"
-    if q.mode not in MODES:
-        return f"mode={q.mode!r} is not one of {list(MODES)}"
-    if not 0 < q.max_new_tokens <= MAX_NEW_TOKENS:
-        return f"max_new_tokens={q.max_new_tokens} must be in 1..{MAX_NEW_TOKENS}"
-    if q.top_k is not None and q.top_k < 1:
-        return f"top_k={q.top_k} must be >= 1"
-    if q.tau is not None and not (0 < q.tau <= 1):
-        return f"tau={q.tau} must be in (0, 1]"
-    if q.top_k is not None and q.tau is not None:
-        return "give top_k or tau, not both"
-    if q.deadline_ms is not None and not (0 < q.deadline_ms <= MAX_DEADLINE_MS):
-        return f"deadline_ms={q.deadline_ms} must be in (0, {MAX_DEADLINE_MS:g}]"
-    if q.budget is not None:
-        for name in ("energy_j", "latency_ms"):
-            v = getattr(q.budget, name)
-            if v is not None and (math.isnan(v) or v < 0):
-                return f"budget.{name}={v} must be a number >= 0 (inf for no budget)"
-    return None
-
-
-def deadline_ms(q: Query, plan: Plan, default_ms: float) -> float:
+def deadline_ms(q: Query, plan: RoutePlan, default_ms: float) -> float:
+    """The query's own deadline; else its finite latency budget (capped); else the default."""
     if q.deadline_ms is not None:
         return float(q.deadline_ms)
     if math.isfinite(plan.latency_budget_ms) and plan.latency_budget_ms > 0:
@@ -80,7 +50,7 @@ def deadline_ms(q: Query, plan: Plan, default_ms: float) -> float:
     return default_ms
 
 
-def plan_info(plan: Plan) -> PlanInfo:
+def plan_info(plan: RoutePlan) -> PlanInfo:
     sel = plan.selection
     return PlanInfo(tuple(sel.experts), sel.status, finite_or_none(sel.objective), sel.message,
                     plan.live, plan.category, plan.energy_budget_j, plan.latency_budget_ms,

@@ -114,8 +114,8 @@ def write_toy_inputs(
     """
     from edge_moe.calibration import TRAIN, save_calibration
     from edge_moe.profiles import save_profiles
-    from gating.mixture import fit_prior_correction
     from edge_moe.runtime.toy import fit_linear_gate, write_linear_gate
+    from gating.mixture import fit_prior_correction
 
     d = Path(out_dir)
     table, size = make_synthetic_table(n_samples=n_samples, n_experts=n_experts, n_categories=n_categories,

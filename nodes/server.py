@@ -50,6 +50,7 @@ from edge_moe import paths
 from edge_moe.config import CoordinatorConfig, DeviceClass, FleetConfig, load_fleet
 from edge_moe.energy import EnergyMeter, make_meter
 from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, RunnerError
+from edge_moe.runtime.liveness import Backoff, HeartbeatTimer, Liveness
 from edge_moe.wire import (
     Error,
     ErrorCode,
@@ -62,8 +63,6 @@ from edge_moe.wire import (
     decode,
     encode,
 )
-from edge_moe.runtime.liveness import Backoff, Liveness
-from edge_moe.runtime.liveness import Heartbeat as HeartbeatTimer
 
 logger = logging.getLogger(__name__)
 

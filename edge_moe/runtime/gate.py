@@ -41,6 +41,9 @@ def masked_gate_weights(
 ) -> np.ndarray:
     """Softmax of the gate logits over the experts in S, zeros outside S.
 
+    The one implementation: :mod:`gating.mixture` (and so the planner's F(S)) and the
+    router's per-query weights (:mod:`gating.routing`) call it.
+
     Args:
         gate_logits: (M, N) gate logits.
         mask: (N,) bool, True for experts in S; None means every expert.
@@ -51,13 +54,17 @@ def masked_gate_weights(
     g = np.asarray(gate_logits, dtype=np.float64)
     if g.ndim != 2:
         raise SelectionError(f"gate_logits must be (M, N), got shape {g.shape}")
+    if mask is None and g.shape[1]:  # S is every expert: no gather, no scatter
+        e = np.exp(g - g.max(axis=1, keepdims=True))  # (M, N)
+        return e / e.sum(axis=1, keepdims=True)
     m = as_mask(mask, g.shape[1])
-    w = np.zeros_like(g)
-    if not m.any():
+    w = np.zeros(g.shape)  # (M, N) float64
+    members = m.nonzero()[0]  # integer indexing: the router calls this once per query
+    if not members.size:
         return w
-    sub = g[:, m]  # (M, |S|)
+    sub = g[:, members]  # (M, |S|)
     sub = np.exp(sub - sub.max(axis=1, keepdims=True))  # max over S keeps it stable
-    w[:, m] = sub / sub.sum(axis=1, keepdims=True)
+    w[:, members] = sub / sub.sum(axis=1, keepdims=True)
     return w
 
 # Mirrors gating.gate (which imports torch, so it is not imported here).

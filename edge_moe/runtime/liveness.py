@@ -3,7 +3,8 @@
 The zguide's Paranoid Pirate pattern (``ppworker.py``), with time passed in as ``now``
 (seconds, any monotonic clock) so tests step it by hand:
 
-- each side sends a HEARTBEAT every ``heartbeat_s`` (:class:`Heartbeat`);
+- each side sends a HEARTBEAT every ``heartbeat_s`` (:class:`HeartbeatTimer`; the
+  message itself is :class:`edge_moe.wire.Heartbeat`);
 - each side counts its peer dead when nothing at all arrived for ``liveness`` heartbeat
   intervals (:class:`Liveness`);
 - a node that lost its coordinator reconnects after a delay that doubles from
@@ -51,7 +52,7 @@ class Liveness:
         return now > self.expires_at
 
 
-class Heartbeat:
+class HeartbeatTimer:
     """When to send the next HEARTBEAT."""
 
     def __init__(self, heartbeat_s: float, now: float) -> None:
@@ -86,8 +87,8 @@ class Backoff:
         self._next = self.min_s
 
 
-def from_config(config: CoordinatorConfig, now: float) -> tuple[Liveness, Heartbeat, Backoff]:
+def from_config(config: CoordinatorConfig, now: float) -> tuple[Liveness, HeartbeatTimer, Backoff]:
     """The three pieces a node needs, from the fleet's coordinator section."""
     return (Liveness(config.heartbeat_s, config.liveness, now),
-            Heartbeat(config.heartbeat_s, now),
+            HeartbeatTimer(config.heartbeat_s, now),
             Backoff(config.reconnect_min_s, config.reconnect_max_s))

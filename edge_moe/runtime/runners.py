@@ -30,10 +30,10 @@ import numpy as np
 from edge_moe.errors import ArtifactError, ConfigError, RunnerError
 from edge_moe.runtime.chat import format_chat, has_chat
 from edge_moe.runtime.manifest import Manifest, load_manifest
+from edge_moe.wire import MODES
 
 logger = logging.getLogger(__name__)
 
-MODES = ("letter", "continuation")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from edge_moe.calibration import TEST, TRAIN, VALIDATION, CalibrationTable
 from edge_moe.errors import GateError
+from edge_moe.runtime.gate import OnnxGate
 from gating.gate import (
     META_PREFIX,
     GateConfig,
@@ -27,7 +28,6 @@ from gating.gate import (
     export_gate_onnx,
     train_gate,
 )
-from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import (
     apply_prior_correction,
     evaluate_subset,

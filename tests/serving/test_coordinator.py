@@ -1,8 +1,10 @@
-"""Coordinator + 3 node processes on loopback: answers, budgets, infeasibility, bad input."""
+"""Coordinator + 3 node processes on loopback: answers, budgets, infeasibility, bad input; and
+one coordinator in process with no node (no_experts, the bad_request texts)."""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import msgpack
@@ -12,19 +14,16 @@ import zmq
 
 from edge_moe.calibration import VALIDATION, load_calibration
 from edge_moe.client import EdgeMoEClient, format_answer, query_command
+from edge_moe.config import BudgetConfig, CoordinatorConfig
 from edge_moe.profiles import load_profiles
+from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
+from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 from edge_moe.wire import PROTOCOL, Error, ErrorCode, MsgType, Query, Reply, decode, encode
 from gating.aggregate import vote
-from edge_moe.runtime.gate import OnnxGate
-from gating.mixture import (
-    MixtureObjective,
-    apply_prior_correction,
-    masked_gate_weights,
-    mix,
-    select_top_k,
-)
+from gating.coordinator import Coordinator
+from gating.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
+from gating.routing import load_router
 from gating.selector import Budget, SelectionProblem, select_experts
-from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -253,3 +252,27 @@ def test_query_command_prints_a_table_and_json(fleet, client):
     assert code == 0 and '"type": "REPLY"' in text
     code, text = query_command(QUESTION, OPTIONS, endpoint=fleet.frontend, category="nope", timeout_s=5)
     assert code == 1 and "bad_request" in text
+
+
+def test_a_coordinator_with_no_nodes_answers_no_experts_and_bad_requests(assets):
+    """In process, no node: each QUERY is one Router.route call, answered as the wire says."""
+    router = load_router(assets.gate, assets.calibration, assets.profiles, BudgetConfig(), 2)
+    coord = Coordinator(router, ToyEncoder(16), CoordinatorConfig(node="x", heartbeat_s=0.2),
+                        "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    loop = threading.Thread(target=coord.run, daemon=True)
+    loop.start()
+    try:
+        with EdgeMoEClient(coord.frontend_endpoint, timeout_s=5, retries=0) as c:
+            r = c.query(QUESTION, OPTIONS)
+            assert isinstance(r, Error) and r.code == ErrorCode.NO_EXPERTS, r
+            assert r.message == f"no live expert (live nodes: []; the gate knows {list(router.experts)})"
+            r = c.query(QUESTION, OPTIONS, category="astrology")
+            assert isinstance(r, Error) and r.code == ErrorCode.BAD_REQUEST, r
+            assert r.message == f"unknown category 'astrology' (known: {', '.join(router.categories)})"
+            r = c.query(QUESTION, OPTIONS, energy_j=float("nan"))
+            assert isinstance(r, Error) and r.code == ErrorCode.BAD_REQUEST, r
+            assert r.message == "budget.energy_j=nan must be a number >= 0 (inf for no budget)"
+    finally:
+        coord.stop()
+        loop.join(5)
+        coord.close()

@@ -11,12 +11,12 @@ import pytest
 from edge_moe.client import EdgeMoEClient
 from edge_moe.config import BudgetConfig, CoordinatorConfig, DeviceClass
 from edge_moe.errors import ConfigError, DeadlineError
+from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 from edge_moe.security import generate_keys, load_client_keys, load_server_keys
 from edge_moe.wire import Reply
 from gating.coordinator import Coordinator
 from gating.routing import load_router
 from nodes.server import NodeServer
-from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,9 +11,9 @@ import pytest
 from edge_moe.config import CoordinatorConfig, DeviceClass
 from edge_moe.energy import ModelledMeter, ZeusMeter, make_meter
 from edge_moe.errors import ConfigError
+from edge_moe.runtime.liveness import Backoff, HeartbeatTimer, Liveness, from_config
 from edge_moe.wire import ExpertInfo, Ready
 from gating.registry import Registry
-from edge_moe.runtime.liveness import Backoff, Heartbeat, Liveness, from_config
 
 CPU = DeviceClass("cpu", 5.0, 15.0, "test")
 GPU = DeviceClass("rtx", 25.0, 450.0, "test", energy_counters=("nvml",))
@@ -113,7 +113,7 @@ def test_liveness_expires_after_the_window_and_beats_extend_it():
 
 
 def test_heartbeat_timer():
-    hb = Heartbeat(0.5, now=10.0)
+    hb = HeartbeatTimer(0.5, now=10.0)
     assert not hb.due(10.49) and hb.due(10.5)
     hb.sent(10.6)
     assert not hb.due(11.0) and hb.due(11.1)

@@ -15,13 +15,13 @@ from edge_moe.calibration import TRAIN, save_calibration
 from edge_moe.client import EdgeMoEClient
 from edge_moe.config import load_fleet
 from edge_moe.profiles import save_profiles
+from edge_moe.runtime.toy import ToyEncoder, fit_linear_gate, write_linear_gate
 from edge_moe.wire import Reply
 from gating.coordinator import Coordinator
 from gating.mixture import apply_prior_correction, fit_prior_correction, mix
 from gating.routing import load_router
 from gating.synthetic import make_synthetic_profiles, make_synthetic_table
 from nodes.server import NodeServer, build_experts
-from edge_moe.runtime.toy import ToyEncoder, fit_linear_gate, write_linear_gate
 
 pytest.importorskip("transformers", reason="exporting the tiny Llama needs the `export` extra")
 pytestmark = pytest.mark.timeout(180)

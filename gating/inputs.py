@@ -1,0 +1,143 @@
+"""The planner's inputs, loaded and aligned: calibration table, profiles and gate.
+
+:func:`load_inputs` reads the calibration table and the profiles, gets the gate (loads a
+given ``gate.onnx``, or trains one and exports it), restricts and orders the table by the
+gate's experts, applies the gate's option-prior correction, and checks that the three
+files agree. :func:`make_objective` builds F(S) from them: the validation accuracy of the
+gate-masked top-k (or adaptive-τ) mixture (:class:`gating.mixture.MixtureObjective`).
+
+Both the offline planner (:mod:`gating.planner`) and the live router
+(:mod:`gating.routing`) use them, so the router does not import the planner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_moe.calibration import VALIDATION, CalibrationTable, load_calibration
+from edge_moe.errors import DataFormatError
+from edge_moe.profiles import Profiles, load_profiles
+from edge_moe.runtime.gate import OnnxGate
+from gating.mixture import MixtureObjective, apply_prior_correction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything a plan needs, aligned: arrays are in ``experts`` x ``categories`` order."""
+
+    table: CalibrationTable  # prior-corrected log-probs, experts in the gate's order
+    profiles: Profiles
+    gate: OnnxGate
+    gate_logits: np.ndarray  # (M, N) for every row of the table
+    latency_ms: np.ndarray  # (N, C)
+    energy_j: np.ndarray  # (N, C)
+    calibration_path: str
+    calibration_sha256: str
+    profiles_path: str
+    trained_gate: Any = None  # the TrainedGate when this run trained it (for the retrain check)
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        return self.table.experts
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.table.category_names
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_inputs(
+    calibration: str | os.PathLike[str],
+    profiles: str | os.PathLike[str],
+    gate_path: str | os.PathLike[str] | None,
+    out_dir: Path | None = None,
+    gate_config: Any = None,
+    progress: bool = False,
+) -> PlanInputs:
+    """Load and align the inputs; with no ``gate_path``, train the gate and export it to
+    ``out_dir/gate.onnx``. The table is restricted to (and ordered by) the gate's experts
+    and prior-corrected with the gate's prior.
+
+    Raises:
+        DataFormatError: a file is missing/malformed, or table, gate and profiles disagree.
+        GateError: the gate cannot be trained, exported or loaded.
+    """
+    table = load_calibration(calibration)
+    prof = load_profiles(profiles)
+    trained = None
+    if gate_path is None:
+        if out_dir is None:
+            raise DataFormatError("no gate given and no output folder to train one into")
+        from gating.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
+
+        trained = train_gate(table, gate_config or GateConfig(), progress=progress)
+        gate_path = export_gate_onnx(trained, out_dir / "gate.onnx")
+    gate = OnnxGate.load(gate_path)
+    missing = [e for e in gate.experts if e not in table.experts]
+    if missing:
+        raise DataFormatError(f"{calibration}: no calibration for the gate's experts {missing} "
+                              f"(gate {gate_path}; table has {list(table.experts)})")
+    table = table.select_experts(gate.experts)
+    if gate.prior.shape != (table.n_experts, table.n_options):
+        raise DataFormatError(f"{gate_path}: prior shape {gate.prior.shape} does not match the "
+                              f"table's (N, K) = ({table.n_experts}, {table.n_options})")
+    missing = [e for e in table.experts if e not in prof.names]
+    if missing:
+        raise DataFormatError(f"{profiles}: no profile for experts {missing} of {calibration} "
+                              f"(profiled: {list(prof.names)})")
+    missing_c = [c for c in table.category_names if c not in prof.categories]
+    if missing_c:
+        raise DataFormatError(f"{profiles}: no figures for categories {missing_c} of {calibration} "
+                              f"(profiled: {list(prof.categories)})")
+    corrected = apply_prior_correction(table.logprobs, gate.prior).astype(np.float32)
+    table = CalibrationTable(logprobs=corrected, labels=table.labels, categories=table.categories,
+                             category_names=table.category_names, experts=table.experts,
+                             embeddings=table.embeddings, split=table.split)
+    lat, en = prof.arrays(table.experts, table.category_names)
+    return PlanInputs(table=table, profiles=prof, gate=gate, gate_logits=gate.logits(table.embeddings),
+                      latency_ms=lat, energy_j=en, calibration_path=str(calibration),
+                      calibration_sha256=sha256_file(calibration), profiles_path=str(profiles),
+                      trained_gate=trained)
+
+
+def split_rows(inputs: PlanInputs, split: int) -> tuple[np.ndarray, CalibrationTable]:
+    """One split's ((M', N) gate logits, table rows)."""
+    idx = inputs.table.split == split
+    return inputs.gate_logits[idx], inputs.table.rows(idx)
+
+
+def make_objective(inputs: PlanInputs, top_k: int | None, tau: float | None,
+                   uniform: bool = False) -> MixtureObjective:
+    """F(S) = validation accuracy of the gate-masked top-k (or adaptive-tau) mixture.
+
+    Args:
+        inputs: from :func:`load_inputs`.
+        top_k / tau: the fine level inside S (give at most one).
+        uniform: uniform weights over S instead of the gate's (the "uniform" baseline).
+
+    Raises:
+        DataFormatError: the validation split is empty.
+        SelectionError: a bad top_k or tau.
+    """
+    logits, val = split_rows(inputs, VALIDATION)
+    if len(val.labels) == 0:
+        raise DataFormatError(f"{inputs.calibration_path}: the validation split (split == 1) is empty")
+    if uniform:
+        logits = np.zeros_like(logits)
+    return MixtureObjective(logits, val.logprobs, val.labels, top_k=top_k, tau=tau)
