@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 
@@ -51,6 +51,7 @@ from edge_moe.config import CoordinatorConfig, DeviceClass, FleetConfig, load_fl
 from edge_moe.energy import EnergyMeter, make_meter
 from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, RunnerError
 from edge_moe.runtime.liveness import Backoff, HeartbeatTimer, Liveness
+from edge_moe.runtime.runners import Runner
 from edge_moe.wire import (
     Error,
     ErrorCode,
@@ -70,19 +71,11 @@ _POLL_CAP_S = 0.1  # the loop wakes at least this often to notice stop()
 _ids = itertools.count()
 
 
-class Runner(Protocol):
-    """What the node needs of an expert (edge_moe.runtime.runners.OrtRunner, edge_moe.runtime.toy.ToyExpert)."""
-
-    def score_options(self, prompt: str, options: list[str], mode: str = ...) -> Any: ...
-
-    def generate(self, prompt: str, max_new_tokens: int = ...) -> Any: ...
-
-
 @dataclass(frozen=True)
 class HostedExpert:
     """An expert on this node: its runner and what READY says about it."""
 
-    runner: Any
+    runner: Runner
     runner_name: str = "onnxruntime"
     precision: str = "fp32"
 

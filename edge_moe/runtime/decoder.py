@@ -1,0 +1,353 @@
+"""The KV-cache decoder runner: option scoring and greedy generation through onnxruntime.
+
+:class:`OrtRunner` runs a decoder artifact (either exporter's graph: with or without
+``position_ids``) and implements the runner interface of :mod:`edge_moe.runtime.runners`.
+numpy, onnxruntime and `tokenizers` only (never torch or transformers).
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_moe.errors import ArtifactError, RunnerError
+from edge_moe.runtime.chat import format_chat, has_chat
+from edge_moe.runtime.manifest import load_manifest
+from edge_moe.runtime.session import ORT_DTYPES, load_tokenizer, log_softmax, make_session
+from edge_moe.wire import MODES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A greedy generation.
+
+    Attributes:
+        text: the decoded new text (stop string and EOS excluded).
+        token_ids: the new token ids (EOS excluded).
+        n_tokens: ``len(token_ids)``.
+        prefill_ms: wall time of the prompt's forward pass.
+        decode_ms: wall time of every later forward pass.
+        stop_reason: ``eos``, ``stop``, ``length`` or ``context``.
+    """
+
+    text: str
+    token_ids: list[int]
+    n_tokens: int
+    prefill_ms: float
+    decode_ms: float
+    stop_reason: str
+
+
+def _renormalise(logp: np.ndarray) -> np.ndarray:
+    m = logp.max()
+    return logp - (m + np.log(np.exp(logp - m).sum()))
+
+
+class OrtRunner:
+    """A KV-cache decoder artifact run by onnxruntime.
+
+    Args:
+        artifact_dir: folder with manifest.json, the ONNX file and tokenizer.json.
+        providers: onnxruntime providers in priority order (default CPU).
+        intra_op_threads / inter_op_threads: onnxruntime thread counts.
+        max_context: cap on prompt + generated tokens (default: the model's context).
+
+    Raises:
+        ArtifactError: missing or malformed artifact, wrong manifest version, not a
+            decoder, or graph I/O that disagrees with the manifest.
+        RunnerError: a requested provider is not available.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        artifact_dir: str | Path,
+        *,
+        providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int = 1,
+        max_context: int | None = None,
+    ) -> None:
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = load_manifest(self.artifact_dir)
+        m = self.manifest
+        if m.kind != "decoder" or m.decoder is None:
+            raise ArtifactError(f"{self.artifact_dir}: kind={m.kind!r}, OrtRunner needs a decoder")
+        self.session = make_session(
+            self.artifact_dir / m.model_file, providers, intra_op_threads, inter_op_threads
+        )
+        graph_in = [i.name for i in self.session.get_inputs()]
+        graph_out = [o.name for o in self.session.get_outputs()]
+        if graph_in != m.inputs or graph_out != m.outputs:
+            raise ArtifactError(
+                f"{self.artifact_dir}: graph I/O {graph_in[:4]}…/{graph_out[:3]}… disagrees with "
+                f"the manifest {m.inputs[:4]}…/{m.outputs[:3]}…"
+            )
+        self.tokenizer = load_tokenizer(self.artifact_dir, m)
+        self.num_layers = int(m.decoder["num_layers"])
+        self.num_kv_heads = int(m.decoder["num_kv_heads"])
+        self.head_dim = int(m.decoder["head_dim"])
+        # Graphs from the torch exporter take position_ids and honour any padding; graphs
+        # from onnxruntime-genai's builder (GroupQueryAttention) take no position_ids and
+        # derive positions from the mask, so they need right padding and one past length.
+        self.has_position_ids = "position_ids" in m.inputs
+        self._past_names = [n for n in m.inputs if n.startswith("past_key_values.")]
+        if len(self._past_names) != 2 * self.num_layers:
+            raise ArtifactError(
+                f"{self.artifact_dir}: {len(self._past_names)} past_key_values inputs for "
+                f"{self.num_layers} layers (expected {2 * self.num_layers})"
+            )
+        first_past = m.inputs.index(self._past_names[0])
+        self.kv_dtype = ORT_DTYPES.get(self.session.get_inputs()[first_past].type, np.float32)
+        self.max_context = min(int(m.decoder["max_context"]), max_context or 1 << 62)
+
+    # ---- tokens ---------------------------------------------------------------------
+
+    def format_prompt(self, prompt: str, chat: bool) -> str:
+        """The text the model sees: the chat-formatted prompt, or the prompt itself."""
+        return format_chat(self.manifest, prompt) if chat else prompt
+
+    def encode(self, text: str, *, formatted_chat: bool = False) -> list[int]:
+        """Token ids of ``text``. Chat-formatted text already holds its special tokens,
+        so the tokenizer adds none (as ``apply_chat_template`` does)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=not formatted_chat).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _check_context(self, n: int, what: str = "prompt") -> None:
+        if n == 0:
+            raise RunnerError(f"{what} is empty after tokenisation")
+        if n > self.max_context:
+            raise RunnerError(
+                f"{what} has {n} tokens, longer than {self.manifest.name}'s context of "
+                f"{self.max_context} tokens"
+            )
+
+    # ---- the graph ------------------------------------------------------------------
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        """Past KV tensors of length 0, for a prefill."""
+        shape = (batch, self.num_kv_heads, 0, self.head_dim)
+        return [np.zeros(shape, self.kv_dtype) for _ in range(2 * self.num_layers)]
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        past: list[np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One pass of the decoder graph.
+
+        Args:
+            input_ids: (B, T) int64 new tokens.
+            attention_mask: (B, P+T) 1 for real tokens, 0 for padding (default all ones).
+                Graphs without ``position_ids`` (onnxruntime-genai) accept right padding
+                only.
+            past: 2·layers arrays (B, kv_heads, P, head_dim), or None for a prefill.
+
+        Returns:
+            logits (B, T, V) float32 and the present KV arrays (B, kv_heads, P+T, head_dim).
+
+        Raises:
+            RunnerError: onnxruntime rejected the inputs.
+        """
+        ids = np.asarray(input_ids, dtype=np.int64)
+        b, t = ids.shape
+        past = past if past is not None else self.empty_past(b)
+        p = past[0].shape[2]
+        mask = (
+            np.ones((b, p + t), np.int64)
+            if attention_mask is None
+            else np.asarray(attention_mask, np.int64)
+        )
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self.has_position_ids:
+            feed["position_ids"] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, p:]  # (B, T)
+        feed.update(zip(self._past_names, past, strict=True))
+        try:
+            out = self.session.run(None, feed)
+        except Exception as exc:
+            raise RunnerError(
+                f"onnxruntime failed on input_ids {ids.shape}, past {p}: {exc}"
+            ) from exc
+        return out[0].astype(np.float32, copy=False), out[1:]
+
+    # ---- requests -------------------------------------------------------------------
+
+    def _letter_ids(
+        self, text: str, prompt_ids: list[int], k: int, formatted_chat: bool
+    ) -> list[int]:
+        """The token of each option letter right after ``text``: " A" if that is one
+        extra token, else "A"."""
+        ids = []
+        n = len(prompt_ids)
+        for letter in string.ascii_uppercase[:k]:
+            for cand in (f" {letter}", letter):
+                joint = self.encode(text + cand, formatted_chat=formatted_chat)
+                if len(joint) == n + 1 and joint[:n] == prompt_ids:
+                    ids.append(joint[-1])
+                    break
+            else:
+                raise RunnerError(
+                    f"option letter {letter!r} is not a single token after the prompt for "
+                    f"{self.manifest.name}'s tokenizer"
+                )
+        return ids
+
+    def score_options(
+        self,
+        prompt: str,
+        options: Sequence[str],
+        mode: str = "letter",
+        *,
+        chat: bool = False,
+    ) -> np.ndarray:
+        """Log-probabilities over the K options, renormalised so they logsumexp to 0.
+
+        Args:
+            prompt: the question; in ``letter`` mode it already lists the options as
+                "A. …", "B. …" and ends where the letter should follow ("Answer:").
+            options: the K option texts (in ``letter`` mode only K is used).
+            mode: ``letter`` or ``continuation``.
+            chat: wrap the prompt in the model's chat template first.
+
+        Returns:
+            (K,) float64 log-probabilities.
+
+        Raises:
+            RunnerError: empty options, K > 26 in letter mode, unknown mode, empty prompt,
+                or a prompt (plus option) longer than the context.
+        """
+        if mode not in MODES:
+            raise RunnerError(f"unknown scoring mode {mode!r}; choose one of {list(MODES)}")
+        if isinstance(options, str) or len(options) == 0:
+            raise RunnerError("options must be a non-empty list of strings (got none)")
+        if mode == "letter" and len(options) > 26:
+            raise RunnerError(f"letter mode supports at most 26 options, got {len(options)}")
+        text = self.format_prompt(prompt, chat)
+        prompt_ids = self.encode(text, formatted_chat=chat)
+        self._check_context(len(prompt_ids))
+        if mode == "letter":
+            letter_ids = self._letter_ids(text, prompt_ids, len(options), chat)
+            logits, _ = self.forward(np.array([prompt_ids]))
+            logp = log_softmax(logits[0, -1])
+            return _renormalise(logp[letter_ids])
+        return self._score_continuations(text, prompt_ids, options, chat)
+
+    def _continuation_ids(
+        self, text: str, prompt_ids: list[int], option: str, chat: bool
+    ) -> list[int]:
+        joint = self.encode(text + option, formatted_chat=chat)
+        n = len(prompt_ids)
+        if joint[:n] == prompt_ids and len(joint) > n:
+            return joint[n:]
+        # the option merges with the prompt's last token: tokenise it on its own
+        return list(self.tokenizer.encode(option, add_special_tokens=False).ids)
+
+    def _score_continuations(
+        self, text: str, prompt_ids: list[int], options: Sequence[str], chat: bool
+    ) -> np.ndarray:
+        conts = [self._continuation_ids(text, prompt_ids, o, chat) for o in options]
+        for i, c in enumerate(conts):
+            if not c:
+                raise RunnerError(f"option {i} ({options[i]!r}) has no tokens")
+            self._check_context(len(prompt_ids) + len(c), f"prompt + option {i}")
+        logits, past = self.forward(np.array([prompt_ids]))  # prefix KV, computed once
+        first = log_softmax(logits[0, -1])  # (V,) log-probs of each option's first token
+        k, n, width = len(conts), len(prompt_ids), max(len(c) for c in conts)
+        scores = np.array([first[c[0]] for c in conts])
+        if width > 1 and not self.has_position_ids:
+            # GroupQueryAttention places new tokens after sum(mask) - T: one row per call
+            for i, c in enumerate(conts):
+                if len(c) > 1:
+                    logits, _ = self.forward(np.array([c[:-1]]), None, past)
+                    logp = log_softmax(logits[0])
+                    scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
+        elif width > 1:
+            # Right-padded batch of the options' tokens after the shared prefix; a
+            # padded position only affects logits at or after itself, which are unused.
+            ids = np.zeros((k, width - 1), np.int64)
+            mask = np.ones((k, n + width - 1), np.int64)
+            for i, c in enumerate(conts):
+                ids[i, : len(c) - 1] = c[:-1]
+                mask[i, n + len(c) - 1 :] = 0
+            batch_past = [np.repeat(p, k, axis=0) for p in past]  # (K, kvH, n, hd)
+            logits, _ = self.forward(ids, mask, batch_past)  # (K, width-1, V)
+            logp = log_softmax(logits)
+            for i, c in enumerate(conts):
+                scores[i] += sum(logp[i, j, c[j + 1]] for j in range(len(c) - 1))
+        return _renormalise(scores)
+
+    def generate_ids(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None
+    ) -> Generation:
+        """Greedy decoding from token ids; see :meth:`generate`."""
+        if max_new_tokens < 1:
+            raise RunnerError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        ids = list(prompt_ids)
+        self._check_context(len(ids))
+        eos = set(self.manifest.eos_token_ids)
+        t0 = time.perf_counter()
+        logits, past = self.forward(np.array([ids]))
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        new: list[int] = []
+        text = ""
+        reason = "length"
+        t1 = time.perf_counter()
+        while True:
+            tok = int(np.argmax(logits[0, -1]))
+            if tok in eos:
+                reason = "eos"
+                break
+            new.append(tok)
+            if stop:
+                text = self.decode(new)
+                hits = [text.index(s) for s in stop if s and s in text]
+                if hits:
+                    text = text[: min(hits)]
+                    reason = "stop"
+                    break
+            if len(new) >= max_new_tokens:
+                break
+            if len(ids) + len(new) >= self.max_context:
+                reason = "context"
+                break
+            logits, past = self.forward(np.array([[tok]]), None, past)
+        decode_ms = (time.perf_counter() - t1) * 1e3
+        if reason != "stop":
+            text = self.decode(new)
+        return Generation(text, new, len(new), prefill_ms, decode_ms, reason)
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] | None = None,
+        *,
+        chat: bool | None = None,
+    ) -> Generation:
+        """Greedy generation with the KV cache.
+
+        Args:
+            prompt: the user's text.
+            max_new_tokens: at most this many new tokens.
+            stop: strings that end the generation (excluded from the text).
+            chat: apply the chat template (default: when the model has one).
+
+        Raises:
+            RunnerError: empty prompt, prompt longer than the context, bad max_new_tokens.
+        """
+        use_chat = has_chat(self.manifest) if chat is None else chat
+        text = self.format_prompt(prompt, use_chat)
+        return self.generate_ids(self.encode(text, formatted_chat=use_chat), max_new_tokens, stop)
