@@ -8,6 +8,7 @@
         demo/                        the demo's gate, calibration table and profiles
     $EDGE_MOE_STATE                 (default $EDGE_MOE_CACHE/fleet)
         <fleet>.json                 one record per deployed fleet (status, down)
+    configs/                        (in the repository) fleets, device classes, category maps
 
 Every function reads the environment when called, so a test may point it elsewhere with
 ``monkeypatch.setenv``.
@@ -19,6 +20,8 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "EDGE_MOE_CACHE"
+# the repository's configs/ (fleets, device classes, category maps): the CLI's defaults
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STATE_ENV = "EDGE_MOE_STATE"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -33,8 +32,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
 
 
 def handles_errors(fn: F) -> F:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from edge_moe.cli.common import CONFIGS, app, handles_errors
+from edge_moe.cli.common import app, handles_errors
+from edge_moe.paths import CONFIGS
 
 
 @app.command()

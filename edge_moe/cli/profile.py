@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edge_moe.cli.common import CONFIGS, app, console, handles_errors
+from edge_moe.cli.common import app, console, handles_errors
 from edge_moe.errors import ConfigError
+from edge_moe.paths import CONFIGS
 
 
 @app.command()

@@ -52,11 +52,11 @@ from edge_moe.calibration import (
 )
 from edge_moe.config import read_yaml
 from edge_moe.errors import ArtifactError, ConfigError, DataFormatError
+from edge_moe.paths import CONFIGS
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-CATEGORY_MAP = REPO / "configs" / "mmlu_categories.yaml"
+CATEGORY_MAP = CONFIGS / "mmlu_categories.yaml"
 LATENCY_FORMAT = "edge-moe-latency/1"
 
 

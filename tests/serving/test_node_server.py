@@ -1,10 +1,13 @@
-"""The node server against a hand-driven ROUTER: READY, TASKs, deadlines, bad frames, and
-Paranoid Pirate reconnects."""
+"""The node server against a hand-driven ROUTER: READY, TASKs, deadlines, heartbeats while
+an expert computes, bad frames, and Paranoid Pirate reconnects."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import zmq
 from edge_moe.config import CoordinatorConfig, DeviceClass, load_fleet
 from edge_moe.energy import ModelledMeter
 from edge_moe.errors import ConfigError
+from edge_moe.runtime.toy import ToyExpert
 from edge_moe.wire import (
     PROTOCOL,
     Error,
@@ -26,8 +30,8 @@ from edge_moe.wire import (
     decode,
     encode,
 )
+from nodes import server as server_mod
 from nodes.server import NodeServer, backend_endpoint, build_experts
-from edge_moe.runtime.toy import ToyExpert
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,6 +69,19 @@ class FakeCoordinator:
         self.ctx.term()
 
 
+@contextmanager
+def running(server: NodeServer) -> Iterator[NodeServer]:
+    """``server`` serving on a thread; stopped, joined and closed on exit."""
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        t.join(timeout=5)
+        server.close()
+
+
 @pytest.fixture()
 def coord():
     c = FakeCoordinator()
@@ -75,13 +92,8 @@ def coord():
 @pytest.fixture()
 def node(coord):
     experts = {"fast": ToyExpert("fast"), "slow": ToyExpert("slow", delay_ms=150)}
-    server = NodeServer("n1", coord.endpoint, experts, CPU, CFG, meter=ModelledMeter(CPU))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    yield server
-    server.stop()
-    t.join(timeout=5)
-    server.close()
+    with running(NodeServer("n1", coord.endpoint, experts, CPU, CFG, meter=ModelledMeter(CPU))) as server:
+        yield server
 
 
 def test_ready_then_result_with_logprobs_ms_and_joules(coord, node):
@@ -116,17 +128,91 @@ def test_task_past_its_deadline_is_refused_not_computed(coord, node):
     assert node.stats["results"] == 1 and node.stats["errors"] == 1
 
 
-def test_heartbeats_flow_while_an_expert_computes(coord, node):
-    identity, _ = coord.recv()
-    coord.send(identity, Task("busy", "slow", "p", 5000.0, ("a", "b")))
-    beats = 0
-    while coord.sock.poll(5000):  # count heartbeats until the RESULT of the 0.15 s task
-        _, *frames = coord.sock.recv_multipart()
+# Heartbeats while an expert computes: the check is the coordinator's own rule, never a
+# silence longer than the liveness window (heartbeat_s x liveness) between two messages
+# from the node, over a task that computes for two windows. A busy machine delays a beat
+# by tens of ms, well inside the window; a node that stops beating while it computes is
+# silent for about COMPUTE_S and fails (test_..._catches_a_node_that_stops_beating).
+HB_CFG = CoordinatorConfig(node="x", heartbeat_s=0.1, liveness=5, reconnect_min_s=0.05, reconnect_max_s=0.2)
+COMPUTE_S = 1.0
+
+
+def check_heartbeats_during_a_task(coord: FakeCoordinator, node: NodeServer, cfg: CoordinatorConfig,
+                                   compute_s: float) -> tuple[int, float, float]:
+    """Send a TASK that computes for ``compute_s``, heartbeat the node as a coordinator does,
+    and assert what a coordinator needs from TASK to RESULT: no silence longer than the
+    liveness window, heartbeats at no less than half the configured rate, no reconnect.
+
+    Returns:
+        (heartbeats received, seconds from TASK to RESULT, the longest silence in s).
+    """
+    identity, ready = coord.recv()
+    assert isinstance(ready, Ready)
+    window_s = cfg.heartbeat_s * cfg.liveness
+    sent = time.monotonic()
+    coord.send(identity, Task("busy", "slow", "p", 60_000.0, ("a", "b")))
+    signs = [sent]  # when each message from the node arrived (any message is a sign of life)
+    beat_at, end = sent + cfg.heartbeat_s, sent + compute_s + 10
+    result = None
+    while result is None:
+        now = time.monotonic()
+        assert now < end, f"no RESULT within {compute_s + 10:.0f} s"
+        if now >= beat_at:  # the coordinator's side of Paranoid Pirate, so the node stays
+            coord.send(identity, Heartbeat("coordinator"))
+            beat_at = now + cfg.heartbeat_s
+        if not coord.sock.poll(max(1, math.ceil((min(beat_at, end) - now) * 1000))):
+            continue
+        who, *frames = coord.sock.recv_multipart()
+        signs.append(time.monotonic())
+        assert who == identity, "the node reconnected while it computed"
         msg = decode(frames)
         if isinstance(msg, Result):
-            break
-        beats += isinstance(msg, Heartbeat)
-    assert isinstance(msg, Result) and beats >= 1  # 0.1 s heartbeats during a 0.15 s task
+            result = msg
+        else:
+            assert isinstance(msg, Heartbeat), msg
+    interval_s = signs[-1] - sent
+    beats = len(signs) - 2
+    gap_s = max(np.diff(signs))
+    assert result.id == "busy" and interval_s >= compute_s, (result, interval_s)
+    assert gap_s <= window_s, (f"the node was silent for {gap_s:.3f} s while it computed, longer than "
+                               f"its liveness window ({cfg.heartbeat_s} s x {cfg.liveness}); "
+                               f"{beats} heartbeats in {interval_s:.2f} s")
+    assert beats >= interval_s / (2 * cfg.heartbeat_s) - 1, (
+        f"{beats} heartbeats in {interval_s:.2f} s: under half the rate of one per {cfg.heartbeat_s} s")
+    assert node.stats["reconnects"] == 0
+    return beats, interval_s, gap_s
+
+
+def test_heartbeats_flow_while_an_expert_computes(coord):
+    experts = {"slow": ToyExpert("slow", delay_ms=COMPUTE_S * 1000)}
+    with running(NodeServer("n1", coord.endpoint, experts, CPU, HB_CFG, meter=ModelledMeter(CPU))) as node:
+        beats, interval_s, gap_s = check_heartbeats_during_a_task(coord, node, HB_CFG, COMPUTE_S)
+    print(f"{beats} heartbeats in {interval_s:.2f} s of compute, longest silence {gap_s * 1e3:.0f} ms")
+
+
+def test_the_heartbeat_check_catches_a_node_that_stops_beating_while_computing(coord, monkeypatch):
+    """The same check against a node whose heartbeats are held back while a task computes
+    (as if it computed on its I/O thread): it must fail, naming the silence."""
+    computing = threading.Event()
+    serve = NodeServer.serve
+
+    def serve_blocking_heartbeats(self, task, received):
+        computing.set()
+        try:
+            return serve(self, task, received)
+        finally:
+            computing.clear()
+
+    class MutedWhileComputing(server_mod.HeartbeatTimer):  # type: ignore[misc,name-defined]
+        def due(self, now: float) -> bool:
+            return not computing.is_set() and super().due(now)
+
+    monkeypatch.setattr(NodeServer, "serve", serve_blocking_heartbeats)
+    monkeypatch.setattr(server_mod, "HeartbeatTimer", MutedWhileComputing)
+    experts = {"slow": ToyExpert("slow", delay_ms=COMPUTE_S * 1000)}
+    with running(NodeServer("n1", coord.endpoint, experts, CPU, HB_CFG, meter=ModelledMeter(CPU))) as node:
+        with pytest.raises(AssertionError, match="the node was silent for"):
+            check_heartbeats_during_a_task(coord, node, HB_CFG, COMPUTE_S)
 
 
 def test_malformed_frames_get_errors_and_the_node_keeps_serving(coord, node):

@@ -1,0 +1,138 @@
+"""The Ray actors of a fleet: one per node (:class:`NodeActor`) and the coordinator's.
+
+Ray only *places* these processes; queries never go through it (ZeroMQ is the data path).
+Each actor builds its server in ``__init__`` and serves it on a daemon thread, so Ray's
+method calls (:meth:`NodeActor.info`, :meth:`CoordinatorActor.status`) still answer while
+it serves. Both are detached and named in the fleet's namespace (:data:`COORDINATOR_ACTOR`,
+:func:`node_actor_name`), so ``status`` and ``down`` find them from another driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from edge_moe.config import FleetConfig
+
+logger = logging.getLogger(__name__)
+
+COORDINATOR_ACTOR = "coordinator"
+
+
+def node_actor_name(node: str) -> str:
+    """The Ray actor name of fleet node ``node``."""
+    return f"node:{node}"
+
+
+class NodeActor:
+    """A fleet node inside a Ray actor: builds its runners, serves on a thread.
+
+    Constructed again by Ray after a crash or ``ray.kill(no_restart=False)``; the new
+    server connects out and sends READY, so the coordinator uses the node again.
+    """
+
+    def __init__(self, fleet: FleetConfig, node: str, endpoint: str, artifacts: str | None,
+                 toy: bool, toy_delay_ms: float, threads: int, meter: str) -> None:
+        from edge_moe.energy import make_meter
+        from nodes.server import NodeServer, build_experts
+
+        logging.basicConfig(level=logging.WARNING)
+        kwargs = {"intra_op_threads": threads} if threads and not toy else {}
+        experts = build_experts(fleet, node, artifacts, toy, toy_delay_ms, kwargs)
+        dc = fleet.device_class_of(node)
+        self.node = node
+        self.started = time.time()
+        self.server = NodeServer(node, endpoint, experts, dc, fleet.coordinator,
+                                 meter=make_meter(dc, meter))
+        self.thread = threading.Thread(target=self._serve, name=f"edge-moe-{node}", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.server.run()
+        finally:
+            self.server.close()
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"node": self.node, "pid": os.getpid(), "started": self.started,
+                "serving": self.thread.is_alive(), "experts": list(self.server.experts),
+                "stats": dict(self.server.stats), "restarted": ctx.was_current_actor_reconstructed,
+                "ray_node_id": ctx.get_node_id()}
+
+
+class CoordinatorActor:
+    """The gating coordinator inside a Ray actor; :meth:`status` reads its registry."""
+
+    def __init__(self, fleet: FleetConfig, gate: str, calibration: str, profiles: str,
+                 encoder: str | None, toy_encoder_dim: int | None, frontend: str,
+                 backend: str) -> None:
+        from gating.coordinator import Coordinator, _encoder
+        from gating.routing import load_router
+
+        logging.basicConfig(level=logging.WARNING)
+        cfg = fleet.coordinator
+        router = load_router(gate, calibration, profiles, fleet.budget, cfg.top_k, None)
+        embedder: Any
+        if toy_encoder_dim:
+            from edge_moe.runtime.toy import ToyEncoder
+
+            embedder = ToyEncoder(toy_encoder_dim)
+        else:
+            embedder = _encoder(encoder)
+        self.totals: dict[str, dict[str, float]] = {}
+        totals = self.totals
+
+        class _Counting(Coordinator):  # per-expert ms and J so far, for status()
+            def _reply(self, envelope: list[bytes], msg: Any) -> None:
+                super()._reply(envelope, msg)
+                for u in getattr(msg, "experts", ()):
+                    t = totals.setdefault(u.name, {"answers": 0, "compute_ms": 0.0, "energy_j": 0.0,
+                                                   "failures": 0})
+                    if u.status == "ok":
+                        t["answers"] += 1
+                        t["compute_ms"] += u.compute_ms
+                        t["energy_j"] += u.energy_j
+                    else:
+                        t["failures"] += 1
+
+        self.started = time.time()
+        self.coordinator = _Counting(router, embedder, cfg, frontend, backend)
+        self.thread = threading.Thread(target=self._serve, name="edge-moe-coordinator", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.coordinator.run()
+        finally:
+            self.coordinator.close()
+
+    def endpoints(self) -> tuple[str, str]:
+        return self.coordinator.frontend_endpoint, self.coordinator.backend_endpoint
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        for _ in range(5):  # the serving thread may change the registry while we copy it
+            try:
+                entries = list(self.coordinator.registry.nodes)
+                break
+            except RuntimeError:
+                time.sleep(0.001)
+        else:
+            entries = []
+        nodes = {e.name: {"experts": list(e.experts), "device_class": e.ready.device_class,
+                          "energy_source": e.ready.energy_source,
+                          "last_heartbeat_s_ago": round(now - e.liveness.last_seen, 3),
+                          "live": not e.liveness.expired(now)} for e in entries}
+        return {"pid": os.getpid(), "started": self.started, "serving": self.thread.is_alive(),
+                "frontend": self.coordinator.frontend_endpoint,
+                "backend": self.coordinator.backend_endpoint, "nodes": nodes,
+                "live_experts": list(self.coordinator.registry.live_experts),
+                "in_flight": len(self.coordinator._pending),
+                "stats": dict(self.coordinator.stats),
+                "experts_so_far": {k: dict(v) for k, v in self.totals.items()}}

@@ -1,0 +1,202 @@
+"""Launching a fleet on Ray: one detached actor per node, one for the coordinator.
+
+:func:`deploy` starts a local Ray head on loopback (:func:`edge_moe.fleet.head.start_local_head`)
+or joins ``address``. It checks that every node's custom resource (``edge_moe_node:<name>``)
+is in the cluster and free, then starts:
+
+- the coordinator as a detached :class:`~edge_moe.fleet.actors.CoordinatorActor` pinned to
+  the Ray node that holds the coordinator node's resource (node affinity, so it takes none
+  of that resource);
+- one detached :class:`~edge_moe.fleet.actors.NodeActor` per node with ``num_cpus=0`` (a
+  custom-resource actor otherwise takes a CPU, and the third of three never starts on 2
+  cores), ``resources={node.resource: 1}`` and ``max_restarts=-1``. It builds the node's
+  runners and runs :class:`nodes.server.NodeServer`, which connects *out* to the coordinator.
+
+It returns once the coordinator's registry holds every node (each sent READY), or raises
+:class:`~edge_moe.errors.FleetError` naming the nodes that did not and why, after removing
+what it started (:func:`edge_moe.fleet.ops.down`). The deployment is recorded
+(:class:`~edge_moe.fleet.state.Deployment`) before anything starts, so ``down`` can undo a
+deploy that died half way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_moe.config import FleetConfig, load_fleet
+from edge_moe.errors import FleetError
+from edge_moe.fleet.actors import COORDINATOR_ACTOR, CoordinatorActor, NodeActor, node_actor_name
+from edge_moe.fleet.driver import ensure_connected, reason
+from edge_moe.fleet.head import resolve_endpoint, start_local_head
+from edge_moe.fleet.ops import down
+from edge_moe.fleet.state import Deployment
+from edge_moe.paths import state_dir
+
+logger = logging.getLogger(__name__)
+
+
+def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.PathLike[str],
+           calibration: str | os.PathLike[str], profiles: str | os.PathLike[str],
+           encoder: str | None = None, toy_encoder_dim: int | None = None, toy: bool = False,
+           toy_delay_ms: float = 0.0, artifacts: str | None = None, threads: int = 1,
+           meter: str = "auto", num_cpus: int | None = None, object_store_mb: int = 256,
+           ready_timeout_s: float = 120.0, replace: bool = False,
+           check_artifacts: bool = True) -> Deployment:
+    """Deploy ``fleet`` and return once every node sent READY to the coordinator.
+
+    Args:
+        fleet: the loaded fleet config.
+        address: None starts a local head on loopback; ``"auto"`` or ``host:port`` (or
+            ``ray://host:port``) joins an existing cluster.
+        gate, calibration, profiles: the coordinator's inputs (paths readable where the
+            coordinator actor runs).
+        encoder / toy_encoder_dim: the MiniLM artifact folder (default in the cache), or a
+            toy encoder of that dimension (tests).
+        toy / toy_delay_ms: serve :class:`edge_moe.runtime.toy.ToyExpert` instead of artifacts.
+        artifacts: root for relative artifact paths (default ``$EDGE_MOE_CACHE/artifacts``).
+        threads: onnxruntime intra-op threads per runner.
+        num_cpus, object_store_mb: for a local head.
+        ready_timeout_s: how long to wait for every READY.
+        replace: remove a deployment of the same name first.
+        check_artifacts: with a local head, check artifact paths before starting anything
+            (nodes check them again when they build their runners).
+
+    Returns:
+        The :class:`Deployment`, also saved to the state file.
+
+    Raises:
+        FleetError: a node's resource is not in the cluster, an artifact is missing, an
+            actor failed to start, or READY did not arrive in time; it names the nodes
+            and why, and removes what this call started.
+    """
+    t0 = time.monotonic()
+    existing = state_dir() / f"{fleet.name}.json"
+    if existing.is_file():
+        if not replace:
+            raise FleetError(f"fleet '{fleet.name}' is already deployed ({existing}); "
+                             "run `edge-moe down` first")
+        down(fleet.name)
+    if address is None and not toy and check_artifacts:
+        bad = _precheck_artifacts(fleet, artifacts)
+        if bad:
+            raise FleetError("cannot deploy: " + "; ".join(f"node {n}: {why}" for n, why in bad.items()))
+    frontend = resolve_endpoint(fleet.coordinator.frontend)
+    backend = resolve_endpoint(fleet.coordinator.backend)
+    namespace = f"edge-moe-{fleet.name}"
+    if address is None:
+        addr, pgid, pids, tmpdir = start_local_head(fleet, num_cpus, object_store_mb)
+        dep = Deployment(fleet.name, fleet.path, namespace, addr, frontend, backend, True, pgid, pids,
+                         tmpdir, [n.name for n in fleet.nodes], created=time.time())
+    else:
+        dep = Deployment(fleet.name, fleet.path, namespace, address, frontend, backend, False,
+                         nodes=[n.name for n in fleet.nodes], created=time.time())
+    dep.save()  # from here on, `down` can undo whatever happens next
+    try:
+        ensure_connected(dep.address, namespace, dep.started_head)
+        _place(dep, fleet, gate, calibration, profiles, encoder, toy_encoder_dim, toy, toy_delay_ms,
+               artifacts, threads, meter, ready_timeout_s)
+    except BaseException:
+        try:
+            down(fleet.name)
+        except Exception:
+            logger.exception("cleaning up after a failed deploy")
+        raise
+    dep.deploy_s = round(time.monotonic() - t0, 2)
+    dep.save()
+    return dep
+
+
+def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, profiles: Any,
+           encoder: str | None, toy_encoder_dim: int | None, toy: bool, toy_delay_ms: float,
+           artifacts: str | None, threads: int, meter: str, ready_timeout_s: float) -> None:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    have = ray.cluster_resources()
+    missing = {n.name: n.resource for n in fleet.nodes if have.get(n.resource, 0) < 1}
+    if missing:
+        raise FleetError("cannot deploy: " + "; ".join(
+            f"node {n}: Ray resource '{r}' is not in the cluster (start its Ray node with "
+            f"--resources='{{\"{r}\": 1}}')" for n, r in missing.items()))
+    free = ray.available_resources()
+    busy = {n.name: n.resource for n in fleet.nodes if free.get(n.resource, 0) < 1}
+    if busy:
+        raise FleetError("cannot deploy: " + "; ".join(
+            f"node {n}: Ray resource '{r}' is in use (is another fleet with this node deployed "
+            "on this cluster?)" for n, r in busy.items()))
+    coord_res = fleet.node(fleet.coordinator.node).resource
+    host = next((n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(coord_res, 0) >= 1), None)
+    if host is None:
+        raise FleetError(f"cannot deploy: no live Ray node holds '{coord_res}' for the coordinator")
+    coord: Any = ray.remote(CoordinatorActor).options(  # type: ignore[attr-defined]
+        name=COORDINATOR_ACTOR, namespace=dep.namespace, lifetime="detached", num_cpus=0,
+        max_restarts=-1, max_concurrency=4,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(host["NodeID"], soft=False),
+    ).remote(fleet, str(gate), str(calibration), str(profiles), encoder, toy_encoder_dim,
+             dep.frontend, dep.backend)
+    try:
+        ray.get(coord.endpoints.remote(), timeout=ready_timeout_s)
+    except Exception as exc:
+        raise FleetError(f"the coordinator did not start on node {fleet.coordinator.node}: "
+                         f"{reason(exc)}") from exc
+    actors = {}
+    for n in fleet.nodes:
+        actors[n.name] = ray.remote(NodeActor).options(  # type: ignore[attr-defined]
+            name=node_actor_name(n.name), namespace=dep.namespace, lifetime="detached",
+            num_cpus=0, resources={n.resource: 1}, max_restarts=-1, max_concurrency=4,
+        ).remote(fleet, n.name, dep.backend, artifacts, toy, toy_delay_ms, threads, meter)
+    _wait_ready(coord, actors, ready_timeout_s)
+
+
+def _wait_ready(coord: Any, actors: dict[str, Any], timeout_s: float) -> None:
+    import ray
+
+    probes = {a.info.remote(): name for name, a in actors.items()}
+    failed: dict[str, str] = {}
+    end = time.monotonic() + timeout_s
+    ready: set[str] = set()
+    while time.monotonic() < end:
+        if probes:
+            done, _ = ray.wait(list(probes), num_returns=len(probes), timeout=0.2)
+            for ref in done:
+                name = probes.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:
+                    failed[name] = reason(exc)
+        else:
+            time.sleep(0.1)
+        ready = set(ray.get(coord.status.remote(), timeout=10)["nodes"])
+        if ready >= set(actors):
+            return
+        if failed and not probes:  # every actor is up or dead: no point waiting on
+            break
+    why = {n: failed.get(n, f"no READY within {timeout_s:.0f} s") for n in actors if n not in ready}
+    raise FleetError("nodes did not become ready: " + "; ".join(f"node {n}: {r}" for n, r in why.items()))
+
+
+def _precheck_artifacts(fleet: FleetConfig, artifacts: str | None) -> dict[str, str]:
+    """Node → why it cannot start, for artifacts missing on *this* machine (local heads)."""
+    from edge_moe.paths import artifacts_dir
+
+    root = Path(artifacts) if artifacts else artifacts_dir()
+    bad: dict[str, str] = {}
+    for e in fleet.experts:
+        if not e.artifact:
+            bad.setdefault(e.node, f"expert '{e.name}' has no artifact")
+            continue
+        p = Path(e.artifact)
+        p = p if p.is_absolute() else root / p
+        if not p.exists():
+            bad.setdefault(e.node, f"expert '{e.name}': artifact {p} does not exist "
+                                   f"(export it: `edge-moe export ...`)")
+    return bad
+
+
+def deploy_from_path(config: str | os.PathLike[str], address: str | None = None, **kw: Any) -> Deployment:
+    """:func:`deploy` for a fleet YAML path (the CLI)."""
+    return deploy(load_fleet(config), address, **kw)
