@@ -122,8 +122,8 @@ def _one(backend: str, asset: str, threads: int) -> dict:
 
 
 def _agreement(asset: str, art: Path) -> float:
-    from exporters.parity import top1_agreement
     from edge_moe.runtime.runners import OrtRunner
+    from exporters.parity import top1_agreement
 
     ref = OrtRunner(_artifact(asset, "fp32"))
     return top1_agreement(ref, OrtRunner(art), raise_on_fail=False).argmax_agreement

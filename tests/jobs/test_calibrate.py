@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from edge_moe.calibration import TEST, TRAIN, VALIDATION, load_calibration
+from edge_moe.cli import app
+from edge_moe.config import load_device_classes
+from edge_moe.errors import ConfigError, DataFormatError
 from edge_moe.jobs.calibrate import (
     WorkDir,
     calibrate,
@@ -19,12 +23,8 @@ from edge_moe.jobs.calibrate import (
     read_jsonl_dataset,
     read_mmlu,
 )
-from edge_moe.calibration import TEST, TRAIN, VALIDATION, load_calibration
-from edge_moe.cli import app
-from edge_moe.config import load_device_classes
-from edge_moe.errors import ConfigError, DataFormatError
-from edge_moe.profiles import load_profiles
 from edge_moe.jobs.profile import Placement, build_profiles
+from edge_moe.profiles import load_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 N_QUESTIONS = 30
