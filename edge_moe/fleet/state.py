@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge_moe.atomic import write_text
 from edge_moe.errors import FleetError
 from edge_moe.paths import state_dir
 
@@ -44,12 +45,7 @@ class Deployment:
         return state_dir() / f"{self.name}.json"
 
     def save(self) -> Path:
-        p = self.state_path
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(p)
-        return p
+        return write_text(self.state_path, json.dumps(asdict(self), indent=2))
 
 
 def load_deployment(name: str | None = None) -> Deployment:
