@@ -27,11 +27,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from edge_moe.atomic import atomic_path, write_text
 from edge_moe.errors import ArtifactError
 from edge_moe.paths import cache_dir
 
@@ -395,12 +395,11 @@ def _assemble(out: OutputFile, sources: list[Path], folder: Path) -> tuple[Path,
         ArtifactError: bad hash, full disk or another OS error; no partial file remains.
     """
     final = folder / out.name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     size = 0
     try:
-        with os.fdopen(fd, "wb") as dst:
+        # The hash is checked before atomic_path renames; raising leaves no file behind.
+        with atomic_path(final) as tmp, tmp.open("wb") as dst:
             for src in sources:
                 with src.open("rb") as fh:
                     while block := fh.read(_CHUNK_BYTES):
@@ -409,21 +408,18 @@ def _assemble(out: OutputFile, sources: list[Path], folder: Path) -> tuple[Path,
                         size += len(block)
             dst.flush()
             os.fsync(dst.fileno())
-        sha = digest.hexdigest()
-        if out.sha256 is not None and sha != out.sha256:
-            raise ArtifactError(
-                f"sha256 mismatch for {out.name} assembled from {len(sources)} part(s) "
-                f"({', '.join(str(s) for s in sources[:3])}{', ...' if len(sources) > 3 else ''}): "
-                f"got {sha}, expected {out.sha256}"
-            )
-        os.replace(tmp, final)
+            sha = digest.hexdigest()
+            if out.sha256 is not None and sha != out.sha256:
+                raise ArtifactError(
+                    f"sha256 mismatch for {out.name} assembled from {len(sources)} part(s) "
+                    f"({', '.join(str(s) for s in sources[:3])}{', ...' if len(sources) > 3 else ''}): "
+                    f"got {sha}, expected {out.sha256}"
+                )
         return final, sha, size
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ArtifactError(f"disk full while writing {final}; nothing was kept") from exc
         raise ArtifactError(f"could not write {final}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch_asset(name: str, *, install: bool = True, force: bool = False) -> Path:
@@ -477,20 +473,10 @@ def fetch_asset(name: str, *, install: bool = True, force: bool = False) -> Path
         path, sha, size = _assemble(out, sources, folder)
         record["files"][out.name] = {"sha256": sha, "size_bytes": size, "parts": len(sources)}
         logger.info("asset %s: %s %d bytes sha256 %s", name, path, size, sha)
-    _write_json_atomic(folder / "asset.json", record)
+    write_text(folder / "asset.json", json.dumps(record, indent=2, sort_keys=True))
     result = _cached_path(spec)
     assert result is not None
     return result
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:

@@ -6,7 +6,8 @@ The coordinator embeds prompts with it (DESIGN.md §2, the gate's input). The gr
     outputs  embeddings                                  (batch, dim) float32, unit norm
 
 This equals sentence-transformers' all-MiniLM-L6-v2 (Transformer → mean Pooling →
-Normalize). Parity: cosine ≥ 0.999 with the torch computation on fixed sentences.
+Normalize; the torch side is :mod:`exporters.pooling`). Parity: cosine ≥ 0.999 with the
+torch computation on fixed sentences (:func:`exporters.parity.check_encoder_parity`).
 """
 
 from __future__ import annotations
@@ -18,44 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError
-from edge_moe.paths import artifacts_dir, cache_dir
-from exporters.assets import REGISTRY, fetch_asset
-from exporters.llm import DEFAULT_OPSET, MODEL_FILE, _dir_sha256, save_tokenizer
-from edge_moe.runtime.manifest import MANIFEST_VERSION, METADATA_KEY, Manifest, write_manifest
+from edge_moe.runtime.manifest import MANIFEST_FILE, MANIFEST_VERSION, Manifest, write_manifest
+from exporters.artifact import DEFAULT_OPSET, MODEL_FILE, default_artifact_dir, save_program
+from exporters.assets import REGISTRY, fetch_asset, sha256_file
+from exporters.pooling import MAX_LENGTH, pooled
+from exporters.source import dir_sha256
+from exporters.tokenizer import TOKENIZER_FILE, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
-MAX_LENGTH = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUTS = ["embeddings"]
-
-
-def _pooled(model: Any) -> Any:
-    import torch
-
-    class MeanPoolNormalize(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            h = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state  # (B, T, D)
-            m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-            mean = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, D)
-            return torch.nn.functional.normalize(mean, p=2.0, dim=-1)  # (B, D)
-
-    return MeanPoolNormalize().eval()
-
-
-def embed_torch(model: Any, tok: Any, texts: list[str]) -> Any:
-    """Reference embeddings (N, D) with torch + transformers (no sentence-transformers)."""
-    import torch
-
-    b = tok(texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
-    with torch.no_grad():
-        return _pooled(model)(b["input_ids"], b["attention_mask"], b["token_type_ids"]).numpy()
 
 
 def export_encoder(
@@ -95,9 +69,9 @@ def export_encoder(
         label = name or src.name
         if not (src / "config.json").is_file():
             raise ArtifactError(f"encoder source {s!r} is neither an asset nor a checkpoint folder")
-    sha = _dir_sha256(src)
-    out = Path(out_dir) if out_dir is not None else artifacts_dir() / label / "fp32"
-    man_path = out / "manifest.json"
+    sha = dir_sha256(src)
+    out = Path(out_dir) if out_dir is not None else default_artifact_dir(label, "fp32")
+    man_path = out / MANIFEST_FILE
     if not force and man_path.is_file():
         cached = json.loads(man_path.read_text())
         if cached.get("source", {}).get("sha256") == sha and (out / MODEL_FILE).is_file():
@@ -117,7 +91,7 @@ def export_encoder(
     try:
         with torch.no_grad():
             program = torch.onnx.export(
-                _pooled(model),
+                pooled(model),
                 (ex["input_ids"], ex["attention_mask"], ex["token_type_ids"]),
                 None,
                 dynamo=True,
@@ -146,7 +120,7 @@ def export_encoder(
         "source": {"path": str(src), "format": "hf_dir", "sha256": sha},
         "inputs": INPUTS,
         "outputs": OUTPUTS,
-        "tokenizer_file": "tokenizer.json",
+        "tokenizer_file": TOKENIZER_FILE,
         "special_tokens": {"pad_token_id": tok.pad_token_id, "eos_token_ids": []},
         "encoder": {
             "embedding_dim": int(model.config.hidden_size),
@@ -156,10 +130,7 @@ def export_encoder(
         },
         "extra": {"export_s": round(export_s, 2)},
     }
-    program.model.metadata_props[METADATA_KEY] = json.dumps(data, sort_keys=True)
-    program.save(str(out / MODEL_FILE), external_data=False)
-    from exporters.assets import sha256_file
-
+    save_program(program, out / MODEL_FILE, json.dumps(data, sort_keys=True), external=False)
     data["model_sha256"] = sha256_file(out / MODEL_FILE)
     write_manifest(out, Manifest(**data))
     if parity:

@@ -3,8 +3,8 @@
 The builder (``python -m onnxruntime_genai.models.builder``) writes one decoder graph with
 fused operators (``GroupQueryAttention`` with rotary embedding inside,
 ``SkipSimplifiedLayerNormalization``, packed QKV) and, for ``int4``, ``MatMulNBits``
-weights straight from the checkpoint. Its I/O differs from :mod:`exporters.llm` in one
-way that matters to a runner::
+weights straight from the checkpoint. Its I/O differs from the torch exporter's
+(:mod:`exporters.decoder_graph`) in one way that matters to a runner::
 
     inputs   input_ids (batch, seq), attention_mask (batch, total),
              past_key_values.{i}.key ... (all keys, then all values)
@@ -34,25 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError, ConfigError
-from edge_moe.paths import artifacts_dir, cache_dir
-from exporters.assets import sha256_file
-from exporters.llm import (
-    MODEL_FILE,
-    decoder_manifest_fields,
-    kv_geometry,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_source,
-    save_tokenizer,
-)
-from exporters.quantize import set_manifest_metadata
+from edge_moe.paths import artifacts_dir
 from edge_moe.runtime.manifest import MANIFEST_FILE, Manifest, write_manifest
+from exporters.artifact import EXPORT_PRECISIONS, MODEL_FILE, set_manifest_metadata
+from exporters.assets import sha256_file
+from exporters.decoder_graph import kv_geometry, load_causal_lm
+from exporters.llm import decoder_manifest_fields
+from exporters.source import resolve_source
+from exporters.tokenizer import load_tokenizer, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
 BUILDER = "ortgenai"
 BUILDER_VERSION = 1  # bump when this module changes what it writes; invalidates caches
-PRECISIONS = ("fp32", "int8", "int4")
 LOG_FILE = "builder.log"
 # int4: k_quant with the llama.cpp mixed strategy (sensitive MatMuls 8-bit) agreed best
 # with fp32 on SmolLM2-135M among the variants tried (benchmarks/results/ortgenai.md).
@@ -170,8 +164,10 @@ def export_ortgenai(
         ArtifactError: bad source, builder failure, tokenizer mismatch.
         ParityError: the artifact disagrees with its reference beyond tolerance.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--builder ortgenai: precision {precision!r} is not one of {list(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ConfigError(
+            f"--builder ortgenai: precision {precision!r} is not one of {list(EXPORT_PRECISIONS)}"
+        )
     version = builder_available()
     if version is None:
         raise ConfigError("--builder ortgenai needs onnxruntime-genai: pip install 'edge-moe[export]'")
@@ -210,8 +206,8 @@ def export_ortgenai(
     manifest["model_sha256"] = sha256_file(work / MODEL_FILE)
     write_manifest(work, Manifest(**manifest))
     if parity:
-        from exporters.parity import check_decoder_parity, top1_agreement
         from edge_moe.runtime.runners import OrtRunner
+        from exporters.parity import check_decoder_parity, top1_agreement
 
         if precision == "fp32":
             report = check_decoder_parity(model, work, tok=tok)

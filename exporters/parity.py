@@ -400,8 +400,8 @@ def check_encoder_parity(
     Raises:
         ParityError: a cosine below :data:`ENCODER_MIN_COSINE`, or NaN/Inf.
     """
-    from exporters.encoder import embed_torch
     from edge_moe.runtime.runners import EncoderRunner
+    from exporters.pooling import embed_torch
 
     ref = embed_torch(model, tok, list(sentences)).astype(np.float64)
     cand = EncoderRunner(artifact_dir).embed(list(sentences)).astype(np.float64)

@@ -12,10 +12,10 @@ import typer
 
 from edge_moe.cli.common import app, handles_errors
 from edge_moe.errors import ConfigError
+from exporters.artifact import EXPORT_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8", "int4")
 BUILDERS = ("torch", "ortgenai")
 
 
@@ -63,8 +63,8 @@ def export_command(
     8 decode steps, a padded batch, 16 greedy tokens), int8/int4 by next-token top-1
     agreement with the fp32 artifact. The report is stored in the manifest.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r} is not one of {list(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of {list(EXPORT_PRECISIONS)}")
     if builder not in BUILDERS:
         raise ConfigError(f"--builder {builder!r} is not one of {list(BUILDERS)}")
     if builder_option and builder != "ortgenai":

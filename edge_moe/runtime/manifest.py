@@ -19,6 +19,8 @@ from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_moe.atomic import write_text
+from edge_moe.config import PRECISIONS
 from edge_moe.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,6 @@ MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 METADATA_KEY = "edge_moe.manifest"
 KINDS = ("decoder", "encoder")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 _DECODER_KEYS = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "max_context", "kv_dtype")
 _ENCODER_KEYS = ("embedding_dim", "max_length", "pooling", "normalized")
@@ -44,7 +45,7 @@ class Manifest:
         architecture: the transformers class, e.g. ``LlamaForCausalLM``.
         model_type: the transformers model type, e.g. ``llama``.
         parameter_count: parameters of the torch model (tied weights counted once).
-        precision: one of :data:`PRECISIONS`.
+        precision: one of :data:`edge_moe.config.PRECISIONS`.
         opset: the ONNX default-domain opset.
         model_file: the ONNX (or engine) file name inside the artifact folder.
         model_sha256: hex sha256 of ``model_file``.
@@ -163,9 +164,4 @@ def load_manifest(artifact_dir: str | Path) -> Manifest:
 
 def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> Path:
     """Write the JSON sidecar (atomically) and return its path."""
-    d = Path(artifact_dir)
-    path = d / MANIFEST_FILE
-    tmp = d / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(manifest.to_json())
-    tmp.replace(path)
-    return path
+    return write_text(Path(artifact_dir) / MANIFEST_FILE, manifest.to_json())

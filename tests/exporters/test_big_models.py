@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from exporters.llm import export_decoder
 from edge_moe.runtime.manifest import load_manifest
 from edge_moe.runtime.runners import OrtRunner
+from exporters.llm import export_decoder
 
 pytestmark = [
     pytest.mark.slow,

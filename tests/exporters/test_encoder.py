@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from edge_moe.errors import ArtifactError, RunnerError
-from exporters.encoder import export_encoder
 from edge_moe.runtime.manifest import load_manifest
 from edge_moe.runtime.runners import EncoderRunner, OrtRunner
+from exporters.encoder import export_encoder
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,12 @@ import onnx
 import pytest
 
 from edge_moe.errors import ParityError
-from exporters.llm import export_decoder, load_causal_lm
-from exporters.parity import check_decoder_parity, torch_continuation_scores
-from exporters.tiny import ARCHS, EOS_ID, make_tiny_checkpoint
 from edge_moe.runtime.manifest import METADATA_KEY, load_manifest
 from edge_moe.runtime.runners import OrtRunner
+from exporters.decoder_graph import load_causal_lm
+from exporters.llm import export_decoder
+from exporters.parity import check_decoder_parity, torch_continuation_scores
+from exporters.tiny import ARCHS, EOS_ID, make_tiny_checkpoint
 
 PROMPT = [5, 17, 33, 8, 91, 12, 40, 7, 3]  # longer than Gemma3's sliding window of 4
 
@@ -184,7 +185,7 @@ def test_pretranspose_tied_weights(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from exporters.llm import pretranspose_tied_weights
+    from exporters.tied_weights import pretranspose_tied_weights
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((50, 8)).astype(np.float32)  # (vocab, hidden)

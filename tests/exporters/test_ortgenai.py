@@ -13,13 +13,14 @@ import json
 import numpy as np
 import pytest
 
-from edge_moe.jobs.calibrate import resolve_expert
 from edge_moe.errors import ArtifactError, ConfigError
-from exporters.llm import load_causal_lm, resolve_source
-from exporters.parity import check_decoder_parity, torch_continuation_scores
-from exporters.tiny import make_tiny_checkpoint
+from edge_moe.jobs.calibrate import resolve_expert
 from edge_moe.runtime.manifest import METADATA_KEY, load_manifest
 from edge_moe.runtime.runners import OrtRunner
+from exporters.decoder_graph import load_causal_lm
+from exporters.parity import check_decoder_parity, torch_continuation_scores
+from exporters.source import resolve_source
+from exporters.tiny import make_tiny_checkpoint
 
 pytest.importorskip("onnxruntime_genai")
 

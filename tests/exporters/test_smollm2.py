@@ -10,10 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporters.assets import mmlu_rows
-from exporters.llm import export_decoder, load_causal_lm, load_tokenizer, resolve_source
-from exporters.parity import check_decoder_parity
+from edge_moe.calibration import letter_prompt
 from edge_moe.runtime.runners import OrtRunner
+from exporters.assets import mmlu_rows
+from exporters.decoder_graph import load_causal_lm
+from exporters.llm import export_decoder
+from exporters.parity import check_decoder_parity
+from exporters.source import resolve_source
+from exporters.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +41,8 @@ def runner(fp32):
 
 
 def mmlu_prompt(r: dict) -> str:
-    return (
-        f"The following are multiple choice questions (with answers) about {r['topic']}.\n\n"
-        f"{r['question'].strip()}\nA. {r['answer_a']}\nB. {r['answer_b']}\nC. {r['answer_c']}\n"
-        f"D. {r['answer_d']}\nAnswer:"
-    )
+    options = [r[f"answer_{x}"] for x in "abcd"]
+    return letter_prompt(r["question"], options, r["topic"])
 
 
 def fixed_mmlu(runner: OrtRunner, n: int, max_tokens: int = 160) -> list[dict]:
@@ -107,8 +108,8 @@ def test_continuation_mode_prefers_the_obvious_answer(runner):
 
 
 def test_int8_variant_agrees_with_fp32(fp32, capsys):
-    from exporters.quantize import quantize_decoder
     from edge_moe.runtime.manifest import load_manifest
+    from exporters.quantize import quantize_decoder
 
     q = quantize_decoder(fp32, "int8")
     m = load_manifest(q)
@@ -129,8 +130,8 @@ def test_int8_variant_agrees_with_fp32(fp32, capsys):
 def test_int4_variant_agrees_with_fp32(fp32, capsys):
     """MatMulNBits 4-bit (block 32, asymmetric) with the sensitive MatMuls in 8-bit
     blocks: ≥ 0.8 next-token agreement (0.825 measured; see exporters.quantize)."""
-    from exporters.quantize import quantize_decoder
     from edge_moe.runtime.manifest import load_manifest
+    from exporters.quantize import quantize_decoder
 
     q = quantize_decoder(fp32, "int4")
     m = load_manifest(q)

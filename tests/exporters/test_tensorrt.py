@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from edge_moe.errors import ArtifactError, ConfigError
+from edge_moe.runtime.manifest import MANIFEST_VERSION, Manifest
 from exporters.tensorrt import (
     AxisRange,
     DeviceInfo,
@@ -14,7 +15,6 @@ from exporters.tensorrt import (
     engine_cache_key,
     profile_shapes,
 )
-from edge_moe.runtime.manifest import MANIFEST_VERSION, Manifest
 
 L4 = DeviceInfo("NVIDIA L4", "8.9", "10.3.0")
 
