@@ -13,17 +13,9 @@ from edge_moe.calibration import TEST, TRAIN, VALIDATION, load_calibration
 from edge_moe.cli import app
 from edge_moe.config import load_device_classes
 from edge_moe.errors import ConfigError, DataFormatError
-from edge_moe.jobs.calibrate import (
-    WorkDir,
-    calibrate,
-    choose_samples,
-    latency_path,
-    load_category_map,
-    load_latency,
-    read_jsonl_dataset,
-    read_mmlu,
-)
+from edge_moe.jobs.calibrate import WorkDir, calibrate, latency_path, load_latency
 from edge_moe.jobs.profile import Placement, build_profiles
+from edge_moe.jobs.samples import choose_samples, load_category_map, read_jsonl_dataset, read_mmlu
 from edge_moe.profiles import load_profiles
 
 REPO = Path(__file__).resolve().parents[2]
