@@ -49,7 +49,8 @@ FREE_FORM = "What is the capital of France? Answer in one word."
 
 @dataclass(frozen=True)
 class Question:
-    prompt: str
+    prompt: str  # the letter prompt every expert sees (edge_moe.calibration.letter_prompt)
+    question: str  # the question alone, for the printed table
     options: tuple[str, ...]
     label: int
     category: str
@@ -73,7 +74,7 @@ def load_questions(seed: int, per_category: int, skip: int = 0) -> list[Question
         rng.shuffle(rows)
         for row in rows[skip: skip + per_category]:
             options = tuple(row["answer_" + L.lower()] for L in LETTERS)
-            out.append(Question(letter_prompt(row["question"], options, row["topic"]), options,
+            out.append(Question(letter_prompt(row["question"], options, row["topic"]), row["question"].strip(), options,
                                 LETTERS.index(row["correct_answer"]), cat, row["topic"]))
     return out
 
@@ -238,7 +239,7 @@ def ask(endpoint: str, questions: Sequence[Question], budget_set: dict[str, tupl
                                  latency_ms=None if math.isinf(latency) else latency,
                                  max_new_tokens=8, deadline_ms=60_000 if free else None)
                 row: dict[str, Any] = {"budget": level, "energy_budget_j": energy, "latency_budget_ms": latency,
-                                       "question": FREE_FORM if q is None else q.prompt.split("\n")[0][10:],
+                                       "question": FREE_FORM if q is None else q.question,
                                        "category": "free-form" if q is None else q.category}
                 if isinstance(r, Error):
                     row.update(answer=f"ERROR {r.code}: {r.message}", ok=None, experts="", ms=0.0, j=0.0,
