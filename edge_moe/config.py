@@ -74,6 +74,14 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
+    """The coordinator's endpoints, liveness and limits (the fleet YAML's ``coordinator``).
+
+    ``max_prompt_bytes``: a QUERY whose prompt is longer in UTF-8 is refused with ERROR
+    ``bad_request`` before it is embedded. ``quarantine_after`` bad RESULTs (wrong option
+    count, NaN, negative ms or J, ...) from one node within ``quarantine_s`` seconds take
+    that node out of the plans for ``quarantine_s`` seconds.
+    """
+
     node: str
     frontend: str = "tcp://127.0.0.1:5555"
     backend: str = "tcp://127.0.0.1:5556"
@@ -83,6 +91,9 @@ class CoordinatorConfig:
     reconnect_max_s: float = 8.0
     top_k: int | None = 2
     curve: bool = False
+    max_prompt_bytes: int = 65536
+    quarantine_after: int = 3
+    quarantine_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,13 @@ class FleetConfig:
 
     def experts_on(self, node: str) -> tuple[ExpertConfig, ...]:
         return tuple(e for e in self.experts if e.node == node)
+
+    def placement(self) -> dict[str, tuple[str, ...]]:
+        """Node name → the names of the experts placed on it (every node, maybe none).
+
+        The coordinator admits a READY only within this (``Coordinator(placement=...)``).
+        """
+        return {n.name: tuple(e.name for e in self.experts_on(n.name)) for n in self.nodes}
 
 
 # ---------------------------------------------------------------- schema helpers
@@ -314,7 +332,8 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
 
     r = _Reader(src, "coordinator", raw["coordinator"],
                 {"node", "frontend", "backend", "heartbeat_s", "liveness", "reconnect_min_s",
-                 "reconnect_max_s", "top_k", "curve"}, {"node"})
+                 "reconnect_max_s", "top_k", "curve", "max_prompt_bytes", "quarantine_after",
+                 "quarantine_s"}, {"node"})
     cnode = r.text("node")
     if cnode not in node_names:
         raise r.error(f"coordinator.node='{cnode}' is not a node (known: {', '.join(node_names)})")
@@ -326,6 +345,9 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
         reconnect_min_s=r.number("reconnect_min_s", 0.5, positive=True),
         reconnect_max_s=r.number("reconnect_max_s", 8.0, positive=True),
         top_k=None if top_k_raw is None else r.integer("top_k", 2), curve=r.flag("curve", False),
+        max_prompt_bytes=r.integer("max_prompt_bytes", CoordinatorConfig.max_prompt_bytes),
+        quarantine_after=r.integer("quarantine_after", CoordinatorConfig.quarantine_after),
+        quarantine_s=r.number("quarantine_s", CoordinatorConfig.quarantine_s, positive=True),
     )
     if coordinator.reconnect_max_s < coordinator.reconnect_min_s:
         raise r.error(f"coordinator.reconnect_max_s={coordinator.reconnect_max_s} must be >= "

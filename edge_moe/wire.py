@@ -26,7 +26,10 @@ The protocol's value limits live here too (:data:`MODES`, :data:`MAX_ID_CHARS`,
 QUERY breaks one (a NaN budget, top_k and tau both given, an unknown mode). The one rule
 that needs context, a category the coordinator knows, is the router's
 (:meth:`gating.routing.Router.route`, which runs :func:`check_query` first). Both are
-answered with ERROR ``bad_request``.
+answered with ERROR ``bad_request``. :func:`check_result` is the same for a RESULT, given
+the TASK it answers (K finite, normalised log-probs or a text; finite, non-negative ms
+and J; a documented energy source): the coordinator counts a RESULT that breaks it as
+that expert's error.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_EXPERT = "unknown_expert"  # a TASK named an expert the node does not host
     RUNNER = "runner"  # the expert's runner refused the task (prompt too long, bad options)
     NOT_READY = "not_ready"  # a node spoke before READY (e.g. the coordinator restarted)
+    REFUSED = "refused"  # a READY the fleet file does not allow (unknown node, unplaced expert, name taken)
     INTERNAL = "internal"  # a bug; the message says what
 
 
@@ -515,6 +519,8 @@ MAX_ID_CHARS = 256
 MAX_OPTIONS = 26  # one letter each, A..Z
 MAX_NEW_TOKENS = 4096
 MAX_DEADLINE_MS = 600_000.0
+ENERGY_SOURCES = ("modelled", "measured:nvml", "measured:rapl", "measured:jetson")
+LOGPROB_SUM_TOLERANCE = 1e-3  # |logsumexp(RESULT.logprobs)| allowed: "renormalised over the options"
 
 
 def check_query(q: Query) -> str | None:
@@ -549,6 +555,54 @@ def check_query(q: Query) -> str | None:
     return None
 
 
+def check_result(r: Result, expert: str, options: tuple[str, ...] | None) -> str | None:
+    """Why a decoded RESULT cannot answer the TASK it names, or None when it can.
+
+    Args:
+        r: the RESULT.
+        expert: the TASK's expert.
+        options: the TASK's options (None: a generation task).
+
+    Returns:
+        The problem, for the expert's ``error`` in the REPLY; None when the RESULT is sane:
+        the TASK's expert; for options exactly K = ``len(options)`` finite log-probs whose
+        probabilities sum to 1 (``|logsumexp| <= LOGPROB_SUM_TOLERANCE``) and no text; for
+        generation a text and no log-probs; finite, non-negative ``compute_ms`` and
+        ``energy_j``; ``n_tokens >= 0``; ``energy_source`` one of :data:`ENERGY_SOURCES`.
+    """
+    if r.expert != expert:
+        return f"expert={_show(r.expert)} but the TASK went to expert {expert!r}"
+    for name in ("compute_ms", "energy_j"):
+        v = getattr(r, name)
+        if not (math.isfinite(v) and v >= 0):
+            return f"{name}={v} must be a finite number >= 0"
+    if r.energy_source not in ENERGY_SOURCES:
+        return f"energy_source={_show(r.energy_source)} is not one of {list(ENERGY_SOURCES)}"
+    if r.n_tokens < 0:
+        return f"n_tokens={r.n_tokens} must be >= 0"
+    if options is None:
+        if r.text is None:
+            return "a generation TASK needs a text, got none"
+        if r.logprobs is not None:
+            return f"a generation TASK takes a text, got {len(r.logprobs)} log-probs"
+        return None
+    k = len(options)
+    if r.logprobs is None:
+        return f"an options TASK needs {k} log-probs, got none"
+    if len(r.logprobs) != k:
+        return f"got {len(r.logprobs)} log-probs for {k} options"
+    if not all(math.isfinite(x) for x in r.logprobs):
+        return f"log-probs {_show(list(r.logprobs))} must all be finite"
+    top = max(r.logprobs)
+    lse = top + math.log(math.fsum(math.exp(x - top) for x in r.logprobs))
+    if abs(lse) > LOGPROB_SUM_TOLERANCE:
+        return (f"log-probs {_show(list(r.logprobs))} are not renormalised over the options "
+                f"(logsumexp={lse:.4g}, expected 0)")
+    if r.text is not None:
+        return "an options TASK takes log-probs, got a text too"
+    return None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -576,7 +630,7 @@ __all__ = [
     "VERSION", "PROTOCOL", "MsgType", "ErrorCode", "WireBudget", "Query", "ExpertUse", "PlanInfo",
     "Reply", "Error", "ExpertInfo", "Ready", "Heartbeat", "Task", "Result", "Message", "encode",
     "decode", "to_json", "finite_or_none", "MODES", "MAX_ID_CHARS", "MAX_OPTIONS", "MAX_NEW_TOKENS",
-    "MAX_DEADLINE_MS", "check_query",
+    "MAX_DEADLINE_MS", "ENERGY_SOURCES", "LOGPROB_SUM_TOLERANCE", "check_query", "check_result",
 ]
 
 for _cls in TYPE_OF:  # compile every converter at import: a schema bug fails loudly here

@@ -23,7 +23,21 @@ Failure handling, every path answered, none blocking:
 - *infeasible budget*: a REPLY with no answer, ``plan.status == "infeasible"``, the
   binding constraint and the smallest budget a live expert fits;
 - *bad input*: undecodable frames → ERROR "protocol"; decodable but wrong values →
-  ERROR "bad_request"; the loop keeps serving.
+  ERROR "bad_request"; a prompt over ``coordinator.max_prompt_bytes`` (UTF-8) →
+  ERROR "bad_request" before it is embedded; the loop keeps serving.
+
+Nodes are peers to check, not to trust (STYLE.md: a peer's word is checked at the boundary):
+
+- *READY*: with a ``placement`` (the fleet file's node → experts), a READY from a node not
+  in the fleet, claiming an expert not placed on it, or taking over a name that is live and
+  still beating on another connection is refused with ERROR "refused" and not registered
+  (:meth:`gating.registry.Registry.refusal`); without one every READY is admitted;
+- *RESULT / ERROR*: from an identity that never sent READY → ERROR "not_ready"; for a task
+  that went to another identity → dropped and logged (the task stays open); a RESULT that
+  breaks :func:`edge_moe.wire.check_result` (K finite log-probs, a text, finite
+  non-negative ms and J) is that expert's error, never mixed, and counts a strike:
+  ``quarantine_after`` strikes within ``quarantine_s`` take the node out of the plans for
+  ``quarantine_s`` seconds.
 
 Run it::
 
@@ -39,6 +53,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +74,7 @@ from edge_moe.wire import (
     Reply,
     Result,
     Task,
+    check_result,
     decode,
     encode,
 )
@@ -70,6 +86,7 @@ from gating.routing import Embedder, Router, Status, load_router
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_MS = 30_000.0
+MAX_REFUSALS_REMEMBERED = 1024  # identities whose refused READY was logged (one warning each)
 
 
 class Coordinator:
@@ -86,6 +103,9 @@ class Coordinator:
             become CURVE servers, and a ZAP authenticator admits only the public keys in
             ``curve.authorized_dir``.
         insecure: allow binding a non-loopback address without CURVE.
+        placement: node name → the expert names the fleet places on it
+            (:meth:`edge_moe.config.FleetConfig.placement`): READYs outside it are refused.
+            None (tests, ad hoc runs) admits any READY.
 
     Raises:
         ConfigError: no embedder, a non-loopback bind without CURVE, or a bind failed.
@@ -95,13 +115,15 @@ class Coordinator:
                  frontend: str | None = None, backend: str | None = None,
                  default_deadline_ms: float = DEFAULT_DEADLINE_MS,
                  curve: ServerKeys | None = None, insecure: bool = False,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None,
+                 placement: Mapping[str, Collection[str]] | None = None) -> None:
         self.router = router if embedder is None else router.with_embedder(embedder)
         if self.router.embedder is None:
             raise ConfigError("no embedder: give the Coordinator one, or load_router(..., embedder=...)")
         self.config = config
         self.default_deadline_ms = default_deadline_ms
-        self.registry = Registry(config.heartbeat_s, config.liveness)
+        self.registry = Registry(config.heartbeat_s, config.liveness, placement,
+                                 config.quarantine_after, config.quarantine_s)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self._stopping = False
@@ -109,7 +131,10 @@ class Coordinator:
         self._task_owner: dict[str, tuple[bytes, str]] = {}
         self._task_ids = itertools.count()
         self.stats = {"queries": 0, "replies": 0, "errors": 0, "malformed_frontend": 0,
-                      "malformed_backend": 0, "degraded": 0}
+                      "malformed_backend": 0, "degraded": 0, "oversized_prompts": 0,
+                      "refused_ready": 0, "not_ready": 0, "bad_results": 0, "misrouted": 0,
+                      "quarantines": 0}
+        self._refused: set[bytes] = set()
         front, back = frontend or config.frontend, backend or config.backend
         for ep in (front, back):
             if curve is None and not insecure and not _is_loopback(ep):
@@ -183,7 +208,7 @@ class Coordinator:
                     self.backend.send_multipart([node.identity, *encode(Heartbeat("coordinator"))])
                 beats.sent(now)
             for dead in self.registry.expire(now):
-                self._on_node_lost(dead.name, dead.experts)
+                self._on_node_lost(dead.name)
             for key in [k for k, p in self._pending.items() if p.flush_at <= now]:
                 self._finish(key)
 
@@ -217,7 +242,7 @@ class Coordinator:
             return
         if not isinstance(msg, Query):
             self.stats["malformed_frontend"] += 1
-            self._reply(envelope, Error(getattr(msg, "id", ""), ErrorCode.PROTOCOL,
+            self._reply(envelope, Error(_echo_id(getattr(msg, "id", "")), ErrorCode.PROTOCOL,
                                         f"the frontend accepts QUERY, got {type(msg).__name__.upper()}"))
             return
         self.stats["queries"] += 1
@@ -225,15 +250,20 @@ class Coordinator:
 
     def _on_query(self, envelope: list[bytes], q: Query) -> None:
         t0 = time.monotonic()
+        too_big = _prompt_too_big(q.prompt, self.config.max_prompt_bytes)
+        if too_big is not None:  # before anything reads the prompt: embedding it would stall the loop
+            self.stats["oversized_prompts"] += 1
+            self._reply(envelope, Error(_echo_id(q.id), ErrorCode.BAD_REQUEST, too_big))
+            return
         key = (envelope[0], q.id)
         if key in self._pending:
-            self._reply(envelope, Error(q.id[:MAX_ID_CHARS], ErrorCode.BAD_REQUEST,
+            self._reply(envelope, Error(_echo_id(q.id), ErrorCode.BAD_REQUEST,
                                         f"query id {q.id!r} is already in flight from this client"))
             return
         try:
             d = self.router.route(q, self.registry.live_experts, self.registry.node_names)
         except EdgeMoEError as exc:
-            self._reply(envelope, Error(q.id[:MAX_ID_CHARS], ErrorCode.BAD_REQUEST, _bad_request(exc)))
+            self._reply(envelope, Error(_echo_id(q.id), ErrorCode.BAD_REQUEST, _bad_request(exc)))
             return
         decided = time.monotonic()
         if d.status == Status.NO_EXPERTS or d.plan is None:
@@ -257,6 +287,7 @@ class Coordinator:
             tid = f"t{next(self._task_ids)}"
             p.tasks[tid] = expert
             p.nodes[expert] = node.name
+            p.sent_to[tid] = node.identity
             self._task_owner[tid] = key
             timeout = (p.flush_at - time.monotonic()) * 1e3
             task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens)
@@ -275,46 +306,85 @@ class Coordinator:
             self.backend.send_multipart([identity, *encode(Error("", ErrorCode.PROTOCOL, str(exc)))])
             return
         if isinstance(msg, Ready):
-            self.registry.ready(identity, msg, now)
+            self._on_ready(identity, msg, now)
             return
         known = self.registry.beat(identity, now)
+        if isinstance(msg, Heartbeat | Result | Error) and known is None:
+            # a RESULT or ERROR from a stranger resolves nothing: no TASK went to it
+            self.stats["not_ready"] += 1
+            self.backend.send_multipart([identity, *encode(Error(
+                getattr(msg, "id", ""), ErrorCode.NOT_READY, "unknown node: send READY first"))])
+            return
         if isinstance(msg, Heartbeat):
-            if known is None:
-                self.backend.send_multipart([identity, *encode(Error(
-                    "", ErrorCode.NOT_READY, "unknown node: send READY first"))])
             return
         if isinstance(msg, Result | Error):
-            self._on_answer(msg, now)
+            assert known is not None
+            self._on_answer(identity, known.name, msg, now)
             return
         self.stats["malformed_backend"] += 1
         self.backend.send_multipart([identity, *encode(Error(
             "", ErrorCode.PROTOCOL, f"the backend accepts READY, HEARTBEAT, RESULT or ERROR, "
             f"got {type(msg).__name__.upper()}"))])
 
-    def _on_answer(self, msg: Result | Error, now: float) -> None:
-        key = self._task_owner.pop(msg.id, None)
+    def _on_ready(self, identity: bytes, msg: Ready, now: float) -> None:
+        """Admit a READY (:meth:`Registry.refusal` says whether), or refuse it with ERROR."""
+        why = self.registry.refusal(identity, msg, now)
+        if why is not None:
+            self.stats["refused_ready"] += 1
+            if identity not in self._refused:  # one warning per connection, not one per beat
+                if len(self._refused) >= MAX_REFUSALS_REMEMBERED:
+                    self._refused.clear()
+                self._refused.add(identity)
+                logger.warning("refused READY from %r: %s", identity, why)
+            self.backend.send_multipart([identity, *encode(Error("", ErrorCode.REFUSED, why))])
+            return
+        self._refused.discard(identity)
+        old = self.registry.entry(msg.node)
+        if old is not None and old.identity != identity:  # its tasks cannot come back on the new one
+            self._on_node_lost(msg.node, f"node {msg.node} reconnected; the old connection's "
+                               "tasks are lost")
+        self.registry.ready(identity, msg, now)
+
+    def _on_answer(self, identity: bytes, node: str, msg: Result | Error, now: float) -> None:
+        """A RESULT or ERROR from the live node ``node`` (at ``identity``) for a TASK."""
+        key = self._task_owner.get(msg.id)
         p = self._pending.get(key) if key is not None else None
         if p is None:
             if isinstance(msg, Error) and msg.id == "":
                 logger.warning("node error: %s: %s", msg.code, msg.message)
             return  # a late answer to a finished query
+        if p.sent_to[msg.id] != identity:
+            self.stats["misrouted"] += 1
+            logger.warning("dropped a %s for task %s from node %s (%r): that task went to node %s",
+                           type(msg).__name__.upper(), msg.id, node, identity,
+                           p.nodes[p.tasks[msg.id]])
+            return
+        del self._task_owner[msg.id]
         expert = p.tasks[msg.id]
         p.rtt_ms[expert] = (now - p.dispatched) * 1e3
-        if isinstance(msg, Result):
+        problem = check_result(msg, expert, p.query.options) if isinstance(msg, Result) else None
+        if isinstance(msg, Result) and problem is None:
             p.results[expert] = msg
             p.status[expert] = "ok"
+        elif isinstance(msg, Result):
+            self.stats["bad_results"] += 1
+            p.status[expert] = "error"
+            p.errors[expert] = f"bad RESULT: {problem}"
+            logger.warning("bad RESULT from node %s for %s: %s", node, expert, problem)
+            if self.registry.strike(node, now):
+                self.stats["quarantines"] += 1
         else:
             p.status[expert] = "error"
             p.errors[expert] = f"{msg.code}: {msg.message}"
         if not p.open:
             self._finish(key)  # type: ignore[arg-type]
 
-    def _on_node_lost(self, node: str, experts: tuple[str, ...]) -> None:
+    def _on_node_lost(self, node: str, why: str | None = None) -> None:
         for key, p in list(self._pending.items()):
             for e in p.open:
                 if p.nodes.get(e) == node:
                     p.status[e] = "lost"
-                    p.errors[e] = f"node {node} missed {self.config.liveness} heartbeats"
+                    p.errors[e] = why or f"node {node} missed {self.config.liveness} heartbeats"
             if not p.open:
                 self._finish(key)
 
@@ -372,6 +442,22 @@ def _bad_request(exc: EdgeMoEError) -> str:
     return str(exc) if isinstance(exc, SelectionError) else f"{type(exc).__name__}: {exc}"
 
 
+def _echo_id(query_id: str) -> str:
+    """The id an ERROR echoes: the QUERY's when it is valid (1..MAX_ID_CHARS), else ""."""
+    return query_id if 0 < len(query_id) <= MAX_ID_CHARS else ""
+
+
+def _prompt_too_big(prompt: str, limit: int) -> str | None:
+    """Why ``prompt`` is over ``limit`` UTF-8 bytes, or None. Cheap for prompts far below it."""
+    if len(prompt) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+        return None
+    size = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return None
+    return (f"prompt is {size} bytes (UTF-8), over the limit of {limit} bytes "
+            "(coordinator.max_prompt_bytes)")
+
+
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """(routing envelope, protocol frames): identity, plus the empty delimiter if present."""
     if len(frames) >= 2 and frames[1] == b"":
@@ -423,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             embedder = _encoder(args.encoder)
         curve = load_server_keys(args.curve_keys) if cfg.curve else None
         coordinator = Coordinator(router, embedder, cfg, args.frontend, args.backend,
-                                  curve=curve, insecure=args.insecure)
+                                  curve=curve, insecure=args.insecure, placement=fleet.placement())
     except EdgeMoEError as exc:
         print(f"{type(exc).__name__}: {exc}", flush=True)
         return 1

@@ -35,6 +35,7 @@ class Pending:
     status: dict[str, str] = field(default_factory=dict)  # expert → ok/late/lost/error
     errors: dict[str, str] = field(default_factory=dict)
     rtt_ms: dict[str, float] = field(default_factory=dict)
+    sent_to: dict[str, bytes] = field(default_factory=dict)  # task id → the node identity it went to
 
     @property
     def open(self) -> list[str]:

@@ -102,7 +102,8 @@ class CoordinatorActor:
                         t["failures"] += 1
 
         self.started = time.time()
-        self.coordinator = _Counting(router, embedder, cfg, frontend, backend)
+        self.coordinator = _Counting(router, embedder, cfg, frontend, backend,
+                                     placement=fleet.placement())
         self.thread = threading.Thread(target=self._serve, name="edge-moe-coordinator", daemon=True)
         self.thread.start()
 

@@ -76,6 +76,18 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r["budget"].update(latency_ms={"chemistry": 5}), "budget.latency_ms.chemistry is not a known field"),
         (lambda r: r["coordinator"].update(liveness=0), "coordinator.liveness=0 must be an integer >= 1"),
         (lambda r: r["coordinator"].update(node="nowhere"), "coordinator.node='nowhere' is not a node"),
+        (lambda r: r["coordinator"].update(max_prompt_bytes=0),
+         "coordinator.max_prompt_bytes=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(max_prompt_bytes="64k"),
+         "coordinator.max_prompt_bytes='64k' must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(max_prompt_bytes=1.5),
+         "coordinator.max_prompt_bytes=1.5 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(quarantine_after=0),
+         "coordinator.quarantine_after=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(quarantine_s=0), "coordinator.quarantine_s=0 must be > 0"),
+        (lambda r: r["coordinator"].update(quarantine_s=float("inf")),
+         "coordinator.quarantine_s=inf must be finite"),
+        (lambda r: r["coordinator"].update(quarantine_window_s=3), "coordinator.quarantine_window_s is not a known field"),
         (lambda r: r["device_classes"]["cpu"].update(power_busy_w=1.0), "power_busy_w=1.0 must be >= power_idle_w=5.0"),
         (lambda r: r["device_classes"]["cpu"].pop("source"), "device_classes.cpu.source is required"),
         (lambda r: r.pop("experts"), "experts is required"),
@@ -113,3 +125,20 @@ def test_coordinator_top_k_default_and_null(tmp_path: Path) -> None:
     assert fleet.coordinator.top_k == 2
     fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(top_k=None)))
     assert fleet.coordinator.top_k is None
+
+
+def test_coordinator_limits_default_and_set(tmp_path: Path) -> None:
+    cfg = load_fleet(CONFIGS / "fleet.local.yaml").coordinator
+    assert (cfg.max_prompt_bytes, cfg.quarantine_after, cfg.quarantine_s) == (65536, 3, 30.0)
+    fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(
+        max_prompt_bytes=1024, quarantine_after=5, quarantine_s=2.5)))
+    cfg = fleet.coordinator
+    assert (cfg.max_prompt_bytes, cfg.quarantine_after, cfg.quarantine_s) == (1024, 5, 2.5)
+
+
+def test_placement_lists_every_node_and_its_experts() -> None:
+    fleet = load_fleet(CONFIGS / "fleet.example.yaml")
+    placement = fleet.placement()
+    assert set(placement) == {n.name for n in fleet.nodes}
+    assert placement["orin-2"] == ("gemma3-270m", "smollm2-135m") and placement["coord"] == ()
+    assert sorted(e for es in placement.values() for e in es) == sorted(e.name for e in fleet.experts)
