@@ -23,7 +23,9 @@ expected. It never raises anything else, whatever the bytes.
 
 The protocol's value limits live here too (:data:`MODES`, :data:`MAX_ID_CHARS`,
 :data:`MAX_NEW_TOKENS`, :data:`MAX_DEADLINE_MS`): :func:`check_query` says why a decoded
-QUERY breaks one (a NaN budget, top_k and tau both given, an unknown mode). The one rule
+QUERY breaks one (a NaN budget, top_k and tau both given, an unknown mode);
+:func:`prompt_size_problem` checks the configured prompt size before anything reads the
+prompt, and :func:`echo_id` says which id an ERROR may echo. The one rule
 that needs context, a category the coordinator knows, is the router's
 (:meth:`gating.routing.Router.route`, which runs :func:`check_query` first). Both are
 answered with ERROR ``bad_request``. :func:`check_result` is the same for a RESULT, given
@@ -555,6 +557,22 @@ def check_query(q: Query) -> str | None:
     return None
 
 
+def echo_id(query_id: str) -> str:
+    """The id an ERROR echoes: the QUERY's when it is valid (1..MAX_ID_CHARS), else ""."""
+    return query_id if 0 < len(query_id) <= MAX_ID_CHARS else ""
+
+
+def prompt_size_problem(prompt: str, limit: int) -> str | None:
+    """Why ``prompt`` is over ``limit`` UTF-8 bytes, or None. Cheap for prompts far below it."""
+    if len(prompt) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+        return None
+    size = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return None
+    return (f"prompt is {size} bytes (UTF-8), over the limit of {limit} bytes "
+            "(coordinator.max_prompt_bytes)")
+
+
 def check_result(r: Result, expert: str, options: tuple[str, ...] | None) -> str | None:
     """Why a decoded RESULT cannot answer the TASK it names, or None when it can.
 
@@ -629,7 +647,7 @@ def to_json(msg: Message) -> dict[str, Any]:
 __all__ = [
     "VERSION", "PROTOCOL", "MsgType", "ErrorCode", "WireBudget", "Query", "ExpertUse", "PlanInfo",
     "Reply", "Error", "ExpertInfo", "Ready", "Heartbeat", "Task", "Result", "Message", "encode",
-    "decode", "to_json", "finite_or_none", "MODES", "MAX_ID_CHARS", "MAX_OPTIONS", "MAX_NEW_TOKENS",
+    "decode", "to_json", "finite_or_none", "echo_id", "prompt_size_problem", "MODES", "MAX_ID_CHARS", "MAX_OPTIONS", "MAX_NEW_TOKENS",
     "MAX_DEADLINE_MS", "ENERGY_SOURCES", "LOGPROB_SUM_TOLERANCE", "check_query", "check_result",
 ]
 

@@ -65,7 +65,6 @@ from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, SelectionE
 from edge_moe.runtime.liveness import HeartbeatTimer
 from edge_moe.security import ServerKeys, load_server_keys
 from edge_moe.wire import (
-    MAX_ID_CHARS,
     Error,
     ErrorCode,
     Heartbeat,
@@ -76,7 +75,9 @@ from edge_moe.wire import (
     Task,
     check_result,
     decode,
+    echo_id,
     encode,
+    prompt_size_problem,
 )
 from gating.aggregate import mix_options, vote
 from gating.registry import Registry
@@ -242,7 +243,7 @@ class Coordinator:
             return
         if not isinstance(msg, Query):
             self.stats["malformed_frontend"] += 1
-            self._reply(envelope, Error(_echo_id(getattr(msg, "id", "")), ErrorCode.PROTOCOL,
+            self._reply(envelope, Error(echo_id(getattr(msg, "id", "")), ErrorCode.PROTOCOL,
                                         f"the frontend accepts QUERY, got {type(msg).__name__.upper()}"))
             return
         self.stats["queries"] += 1
@@ -250,20 +251,20 @@ class Coordinator:
 
     def _on_query(self, envelope: list[bytes], q: Query) -> None:
         t0 = time.monotonic()
-        too_big = _prompt_too_big(q.prompt, self.config.max_prompt_bytes)
+        too_big = prompt_size_problem(q.prompt, self.config.max_prompt_bytes)
         if too_big is not None:  # before anything reads the prompt: embedding it would stall the loop
             self.stats["oversized_prompts"] += 1
-            self._reply(envelope, Error(_echo_id(q.id), ErrorCode.BAD_REQUEST, too_big))
+            self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, too_big))
             return
         key = (envelope[0], q.id)
         if key in self._pending:
-            self._reply(envelope, Error(_echo_id(q.id), ErrorCode.BAD_REQUEST,
+            self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST,
                                         f"query id {q.id!r} is already in flight from this client"))
             return
         try:
             d = self.router.route(q, self.registry.live_experts, self.registry.node_names)
         except EdgeMoEError as exc:
-            self._reply(envelope, Error(_echo_id(q.id), ErrorCode.BAD_REQUEST, _bad_request(exc)))
+            self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, _bad_request(exc)))
             return
         decided = time.monotonic()
         if d.status == Status.NO_EXPERTS or d.plan is None:
@@ -440,22 +441,6 @@ def _bad_request(exc: EdgeMoEError) -> str:
     """The ERROR bad_request text: a SelectionError is the query's own fault and says why as
     it is (the value-limit texts of edge_moe.wire.check_query); other errors are named."""
     return str(exc) if isinstance(exc, SelectionError) else f"{type(exc).__name__}: {exc}"
-
-
-def _echo_id(query_id: str) -> str:
-    """The id an ERROR echoes: the QUERY's when it is valid (1..MAX_ID_CHARS), else ""."""
-    return query_id if 0 < len(query_id) <= MAX_ID_CHARS else ""
-
-
-def _prompt_too_big(prompt: str, limit: int) -> str | None:
-    """Why ``prompt`` is over ``limit`` UTF-8 bytes, or None. Cheap for prompts far below it."""
-    if len(prompt) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
-        return None
-    size = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8", "surrogatepass"))
-    if size <= limit:
-        return None
-    return (f"prompt is {size} bytes (UTF-8), over the limit of {limit} bytes "
-            "(coordinator.max_prompt_bytes)")
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
