@@ -80,6 +80,12 @@ class CoordinatorConfig:
     ``bad_request`` before it is embedded. ``quarantine_after`` bad RESULTs (wrong option
     count, NaN, negative ms or J, ...) from one node within ``quarantine_s`` seconds take
     that node out of the plans for ``quarantine_s`` seconds.
+
+    ``load_aware``: plan against each expert's predicted completion time (its node's queue
+    wait + its profile) rather than the profile alone, and answer ERROR ``overloaded`` when
+    only load keeps a budget from being met. ``max_pending``: queries in flight (TASKs out);
+    ``max_waiting``: queries waiting for the embedding worker. Past either bound a query is
+    answered ERROR ``overloaded`` at once.
     """
 
     node: str
@@ -94,6 +100,9 @@ class CoordinatorConfig:
     max_prompt_bytes: int = 65536
     quarantine_after: int = 3
     quarantine_s: float = 30.0
+    load_aware: bool = True
+    max_pending: int = 1024
+    max_waiting: int = 256
 
 
 @dataclass(frozen=True)
@@ -333,7 +342,7 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     r = _Reader(src, "coordinator", raw["coordinator"],
                 {"node", "frontend", "backend", "heartbeat_s", "liveness", "reconnect_min_s",
                  "reconnect_max_s", "top_k", "curve", "max_prompt_bytes", "quarantine_after",
-                 "quarantine_s"}, {"node"})
+                 "quarantine_s", "load_aware", "max_pending", "max_waiting"}, {"node"})
     cnode = r.text("node")
     if cnode not in node_names:
         raise r.error(f"coordinator.node='{cnode}' is not a node (known: {', '.join(node_names)})")
@@ -348,6 +357,9 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
         max_prompt_bytes=r.integer("max_prompt_bytes", CoordinatorConfig.max_prompt_bytes),
         quarantine_after=r.integer("quarantine_after", CoordinatorConfig.quarantine_after),
         quarantine_s=r.number("quarantine_s", CoordinatorConfig.quarantine_s, positive=True),
+        load_aware=r.flag("load_aware", CoordinatorConfig.load_aware),
+        max_pending=r.integer("max_pending", CoordinatorConfig.max_pending),
+        max_waiting=r.integer("max_waiting", CoordinatorConfig.max_waiting),
     )
     if coordinator.reconnect_max_s < coordinator.reconnect_min_s:
         raise r.error(f"coordinator.reconnect_max_s={coordinator.reconnect_max_s} must be >= "

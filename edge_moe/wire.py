@@ -81,6 +81,7 @@ class ErrorCode(StrEnum):
     RUNNER = "runner"  # the expert's runner refused the task (prompt too long, bad options)
     NOT_READY = "not_ready"  # a node spoke before READY (e.g. the coordinator restarted)
     REFUSED = "refused"  # a READY the fleet file does not allow (unknown node, unplaced expert, name taken)
+    OVERLOADED = "overloaded"  # load binds: no plan meets the budget at the current queues, or a queue is full
     INTERNAL = "internal"  # a bug; the message says what
 
 
@@ -193,11 +194,16 @@ class Reply:
 
 @dataclass(frozen=True)
 class Error:
-    """ERROR: any direction. ``id`` is the QUERY's or TASK's id ("" when unknown)."""
+    """ERROR: any direction. ``id`` is the QUERY's or TASK's id ("" when unknown).
+
+    ``retry_after_ms`` (code ``overloaded`` only): when the coordinator predicts a retry
+    could be planned within the budget (the queues it waits on drained); None otherwise.
+    """
 
     id: str
     code: str
     message: str
+    retry_after_ms: float | None = None
 
 
 # --------------------------------------------------------------------------- node messages
@@ -222,9 +228,19 @@ class Ready:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """HEARTBEAT: both ways, every ``heartbeat_s`` (Paranoid Pirate)."""
+    """HEARTBEAT: both ways, every ``heartbeat_s`` (Paranoid Pirate).
+
+    From a node it also reports its load: ``queued`` TASKs received and not yet answered
+    (waiting or running), and per hosted expert its recent service times (moving averages
+    of the runner's compute ms): ``service_ms`` per option-scoring task, ``token_ms`` per
+    generated token. The coordinator's heartbeats leave them empty. The coordinator treats
+    these figures as hints from a peer: non-finite or negative values are ignored.
+    """
 
     node: str
+    queued: int = 0
+    service_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    token_ms: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -562,14 +578,21 @@ def echo_id(query_id: str) -> str:
     return query_id if 0 < len(query_id) <= MAX_ID_CHARS else ""
 
 
-def prompt_size_problem(prompt: str, limit: int) -> str | None:
-    """Why ``prompt`` is over ``limit`` UTF-8 bytes, or None. Cheap for prompts far below it."""
-    if len(prompt) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
+def prompt_size_problem(prompt: str, limit: int, options: tuple[str, ...] | None = None) -> str | None:
+    """Why ``prompt`` plus its ``options`` are over ``limit`` UTF-8 bytes, or None.
+
+    The options count because a node tokenizes them with the prompt (continuation scoring
+    runs each one). Cheap for texts far below the limit.
+    """
+    texts = (prompt, *(options or ()))
+    chars = sum(len(t) for t in texts)
+    if chars * 4 <= limit:  # UTF-8 takes at most 4 bytes a character
         return None
-    size = len(prompt) if prompt.isascii() else len(prompt.encode("utf-8", "surrogatepass"))
+    size = sum(len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass")) for t in texts)
     if size <= limit:
         return None
-    return (f"prompt is {size} bytes (UTF-8), over the limit of {limit} bytes "
+    what = "prompt and options are" if options else "prompt is"
+    return (f"{what} {size} bytes (UTF-8), over the limit of {limit} bytes "
             "(coordinator.max_prompt_bytes)")
 
 

@@ -80,8 +80,10 @@ from edge_moe.wire import (
     prompt_size_problem,
 )
 from gating.aggregate import mix_options, vote
+from gating.embedding import EmbedWorker, Scored
+from gating.load import LoadTracker
 from gating.registry import Registry
-from gating.request import Pending, deadline_ms, expert_use, plan_info
+from gating.request import Pending, Waiting, deadline_ms, expert_use, plan_info
 from gating.routing import Embedder, Router, Status, load_router
 
 logger = logging.getLogger(__name__)
@@ -134,8 +136,12 @@ class Coordinator:
         self.stats = {"queries": 0, "replies": 0, "errors": 0, "malformed_frontend": 0,
                       "malformed_backend": 0, "degraded": 0, "oversized_prompts": 0,
                       "refused_ready": 0, "not_ready": 0, "bad_results": 0, "misrouted": 0,
-                      "quarantines": 0}
+                      "quarantines": 0, "overloaded": 0, "redispatched": 0}
         self._refused: set[bytes] = set()
+        self._waiting: dict[tuple[bytes, str], Waiting] = {}
+        suspect = min(2.0, config.liveness - 0.5) * config.heartbeat_s if config.liveness > 1 else math.inf
+        self.load = LoadTracker(suspect_s=suspect)
+        self._lost_nodes: set[str] = set()
         front, back = frontend or config.frontend, backend or config.backend
         for ep in (front, back):
             if curve is None and not insecure and not _is_loopback(ep):
@@ -152,6 +158,7 @@ class Coordinator:
         self.backend = self._bind(back, curve)
         self.frontend_endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend_endpoint = self.backend.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.embedder = EmbedWorker(self.router.score, self.ctx, max_waiting=config.max_waiting)
 
     def _bind(self, endpoint: str, curve: ServerKeys | None) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -174,6 +181,7 @@ class Coordinator:
         self._stopping = True
 
     def close(self) -> None:
+        self.embedder.close()
         self.frontend.close(linger=0)
         self.backend.close(linger=0)
         if self._auth is not None:
@@ -192,15 +200,19 @@ class Coordinator:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        poller.register(self.embedder.socket, zmq.POLLIN)
         beats = HeartbeatTimer(self.config.heartbeat_s, time.monotonic())
         while not self._stopping:
             now = time.monotonic()
             wake = min([beats.next_at, self.registry.next_expiry() + 1e-3]
-                       + [p.flush_at for p in self._pending.values()])
+                       + [p.flush_at for p in self._pending.values()]
+                       + [w.flush_at for w in self._waiting.values()])
             timeout_ms = max(0.0, min(wake - now, 0.1)) * 1000
             events = dict(poller.poll(int(math.ceil(timeout_ms))))
             if self.backend in events:
                 self._drain(self.backend, self._on_backend)
+            for scored in self.embedder.done():  # also drains results that came without a wake-up
+                self._guarded(self._on_scored, scored)
             if self.frontend in events:
                 self._drain(self.frontend, self._on_frontend)
             now = time.monotonic()
@@ -212,6 +224,21 @@ class Coordinator:
                 self._on_node_lost(dead.name)
             for key in [k for k, p in self._pending.items() if p.flush_at <= now]:
                 self._finish(key)
+            for key in [k for k, w in self._waiting.items() if w.flush_at <= now]:
+                w = self._waiting.pop(key)
+                self._reply(w.envelope, Error(w.query.id, ErrorCode.DEADLINE,
+                                              "the deadline passed while the prompt waited to be "
+                                              f"embedded ({self.embedder.waiting} prompts waiting)"))
+
+    def _guarded(self, handler: Any, item: Scored) -> None:
+        try:
+            handler(item)
+        except Exception:  # a bug in one query must not stop the service
+            logger.exception("internal error deciding a query")
+            w = self._waiting.pop(item.key, None)  # type: ignore[call-overload]
+            if w is not None:
+                self._reply(w.envelope, Error(w.query.id, ErrorCode.INTERNAL,
+                                              "internal error; see the coordinator log"))
 
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         for _ in range(1000):  # bounded so one flooded socket cannot starve the other
@@ -250,50 +277,112 @@ class Coordinator:
         self._on_query(envelope, msg)
 
     def _on_query(self, envelope: list[bytes], q: Query) -> None:
+        """Check a QUERY and hand its prompt to the embedding worker; never computes."""
         t0 = time.monotonic()
-        too_big = prompt_size_problem(q.prompt, self.config.max_prompt_bytes)
+        too_big = prompt_size_problem(q.prompt, self.config.max_prompt_bytes, q.options)
         if too_big is not None:  # before anything reads the prompt: embedding it would stall the loop
             self.stats["oversized_prompts"] += 1
             self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, too_big))
             return
         key = (envelope[0], q.id)
-        if key in self._pending:
+        if key in self._pending or key in self._waiting:
             self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST,
                                         f"query id {q.id!r} is already in flight from this client"))
             return
         try:
-            d = self.router.route(q, self.registry.live_experts, self.registry.node_names)
+            self.router.prepare(q)
         except EdgeMoEError as exc:
             self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, _bad_request(exc)))
             return
-        decided = time.monotonic()
+        in_flight = len(self._pending) + len(self._waiting)
+        if in_flight >= self.config.max_pending:
+            soonest = min((p.flush_at for p in self._pending.values()), default=t0 + 0.1)
+            self._overloaded(envelope, q, f"{in_flight} queries in flight, the limit "
+                             f"(coordinator.max_pending = {self.config.max_pending})",
+                             max(1.0, (soonest - t0) * 1e3))
+            return
+        if not self.embedder.submit(key, q.prompt):
+            self._overloaded(envelope, q, f"{self.config.max_waiting} prompts are waiting to be "
+                             "embedded, the limit (coordinator.max_waiting)", 50.0)
+            return
+        budget_ms = deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
+        self._waiting[key] = Waiting(envelope, q, t0, t0 + budget_ms / 1e3)
+
+    def _overloaded(self, envelope: list[bytes], q: Query, why: str, retry_ms: float | None) -> None:
+        self.stats["overloaded"] += 1
+        self._reply(envelope, Error(echo_id(q.id), ErrorCode.OVERLOADED, f"overloaded: {why}",
+                                    None if retry_ms is None else round(retry_ms, 1)))
+
+    def _on_scored(self, s: Scored) -> None:
+        """The worker scored a prompt: plan over the live experts (with their queues), dispatch."""
+        w = self._waiting.pop(s.key, None)  # type: ignore[call-overload]
+        if w is None:
+            return  # answered meanwhile (its deadline passed while it waited)
+        envelope, q, t0 = w.envelope, w.query, w.started
+        if s.error is not None:
+            if isinstance(s.error, EdgeMoEError):
+                self._reply(envelope, Error(q.id, ErrorCode.BAD_REQUEST, _bad_request(s.error)))
+            else:
+                logger.error("scoring a prompt failed: %r", s.error)
+                self._reply(envelope, Error(q.id, ErrorCode.INTERNAL,
+                                            f"scoring the prompt failed: {type(s.error).__name__}"))
+            return
+        assert s.logits is not None
+        now = time.monotonic()
+        elapsed_ms = (now - t0) * 1e3
+        live = self.registry.live_experts
+        waits = None
+        if self.config.load_aware:
+            node_of = {e: self.registry.node_of(e).name for e in live}  # type: ignore[union-attr]
+            # time spent here beyond what the profiles' aggregation_ms allows is a wait too
+            extra = max(0.0, elapsed_ms - self.router.aggregation_ms)
+            waits = {e: x + extra for e, x in self.load.wait_ms(live, node_of, now).items()}
+        d = self.router.decide(q, s.logits, live, self.registry.node_names, waits,
+                               embed_ms=s.embed_ms, gate_ms=s.gate_ms)
+        stage = dict(d.stage_ms)
+        stage["queue"] = max(0.0, elapsed_ms - s.embed_ms - s.gate_ms)
         if d.status == Status.NO_EXPERTS or d.plan is None:
             self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS, d.message))
             return
-        plan, stage = d.plan, dict(d.stage_ms)
+        if d.status == Status.OVERLOADED:
+            self.stats["overloaded"] += 1
+            self._reply(envelope, Error(q.id, ErrorCode.OVERLOADED, d.message,
+                                        None if d.retry_after_ms is None else round(d.retry_after_ms, 1)))
+            return
+        plan = d.plan
+        decided = time.monotonic()
         if d.status == Status.INFEASIBLE:
             stage.update(fanout=0.0, aggregate=0.0, total=(decided - t0) * 1e3)
             self._reply(envelope, Reply(q.id, (), stage, stage["total"], 0.0, "", plan_info(plan),
                                         reasons=(d.message,)))
             return
-        weights = d.weights  # the experts that answer, in gate order
-        budget_ms = deadline_ms(q, plan, self.default_deadline_ms)
+        budget_ms = deadline_ms(q, plan.latency_budget_ms, self.default_deadline_ms)
         margin_ms = min(5.0, 0.1 * budget_ms)
-        p = Pending(envelope, q, plan, weights, {}, {}, t0, t0 + (budget_ms - margin_ms) / 1e3,
-                    decided, budget_ms, stage)
-        self._pending[key] = p
-        for expert in weights:
-            node = self.registry.node_of(expert)
-            assert node is not None  # the plan is over live experts
-            tid = f"t{next(self._task_ids)}"
-            p.tasks[tid] = expert
-            p.nodes[expert] = node.name
-            p.sent_to[tid] = node.identity
-            self._task_owner[tid] = key
-            timeout = (p.flush_at - time.monotonic()) * 1e3
-            task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens)
-            self.backend.send_multipart([node.identity, *encode(task)])
+        p = Pending(envelope, q, plan, dict(d.weights), {}, {}, t0,
+                    t0 + (budget_ms - margin_ms) / 1e3, decided, budget_ms, stage,
+                    logits=s.logits, predicted_ms=dict(d.predicted_ms))
+        self._pending[(envelope[0], q.id)] = p
+        for expert in d.weights:
+            self._dispatch(p, expert)
         p.dispatched = time.monotonic()
+
+    def _dispatch(self, p: Pending, expert: str) -> None:
+        """Send ``p``'s TASK for ``expert`` to its live node."""
+        node = self.registry.node_of(expert)
+        assert node is not None  # the plan is over live experts
+        q = p.query
+        now = time.monotonic()
+        tid = f"t{next(self._task_ids)}"
+        p.tasks[tid] = expert
+        p.nodes[expert] = node.name
+        p.sent_to[tid] = node.identity
+        self._task_owner[tid] = (p.envelope[0], q.id)
+        gen = None if q.options is not None else q.max_new_tokens
+        predicted = self.load.service_ms(expert, node.name, self.router.profile_ms(q, expert), gen)
+        self.load.dispatched(node.name, tid, predicted, now)
+        timeout = (p.flush_at - now) * 1e3
+        task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens)
+        self.backend.send_multipart([node.identity, *encode(task)])
 
     # ---------------------------------------------------------------- backend
 
@@ -316,10 +405,12 @@ class Coordinator:
             self.backend.send_multipart([identity, *encode(Error(
                 getattr(msg, "id", ""), ErrorCode.NOT_READY, "unknown node: send READY first"))])
             return
+        assert known is not None
         if isinstance(msg, Heartbeat):
+            self.load.heartbeat(known.name, msg, now)
             return
+        self.load.seen(known.name, now)
         if isinstance(msg, Result | Error):
-            assert known is not None
             self._on_answer(identity, known.name, msg, now)
             return
         self.stats["malformed_backend"] += 1
@@ -345,6 +436,7 @@ class Coordinator:
             self._on_node_lost(msg.node, f"node {msg.node} reconnected; the old connection's "
                                "tasks are lost")
         self.registry.ready(identity, msg, now)
+        self.load.seen(msg.node, now)
 
     def _on_answer(self, identity: bytes, node: str, msg: Result | Error, now: float) -> None:
         """A RESULT or ERROR from the live node ``node`` (at ``identity``) for a TASK."""
@@ -367,7 +459,10 @@ class Coordinator:
         if isinstance(msg, Result) and problem is None:
             p.results[expert] = msg
             p.status[expert] = "ok"
+            self.load.answered(node, msg.id, now, expert, msg.compute_ms,
+                               None if p.query.options is not None else msg.n_tokens)
         elif isinstance(msg, Result):
+            self.load.answered(node, msg.id, now)
             self.stats["bad_results"] += 1
             p.status[expert] = "error"
             p.errors[expert] = f"bad RESULT: {problem}"
@@ -375,26 +470,65 @@ class Coordinator:
             if self.registry.strike(node, now):
                 self.stats["quarantines"] += 1
         else:
+            self.load.answered(node, msg.id, now)
             p.status[expert] = "error"
             p.errors[expert] = f"{msg.code}: {msg.message}"
         if not p.open:
             self._finish(key)  # type: ignore[arg-type]
 
     def _on_node_lost(self, node: str, why: str | None = None) -> None:
+        """``node`` left the live set (or its connection was replaced): resolve its open
+        tasks at once. Each goes to a standby expert of the query's plan (the highest gate
+        weight among the plan's members not yet asked, on a live node predicted to answer
+        before the deadline), else counts as ``lost`` and the query is aggregated without it."""
+        self.load.forget(node)
+        now = time.monotonic()
         for key, p in list(self._pending.items()):
-            for e in p.open:
-                if p.nodes.get(e) == node:
-                    p.status[e] = "lost"
-                    p.errors[e] = why or f"node {node} missed {self.config.liveness} heartbeats"
+            lost = [e for e in p.open if p.nodes.get(e) == node]
+            for e in lost:
+                p.status[e] = "lost"
+                reason = why or f"node {node} missed {self.config.liveness} heartbeats"
+                stand_in = self._standby(p, node, now)
+                if stand_in is not None:
+                    self.stats["redispatched"] += 1
+                    reason += f"; re-dispatched to {stand_in}"
+                p.errors[e] = reason
+            if lost:
+                for tid in [t for t, e in p.tasks.items() if e in lost]:
+                    self._task_owner.pop(tid, None)
             if not p.open:
                 self._finish(key)
+
+    def _standby(self, p: Pending, lost_node: str, now: float) -> str | None:
+        """Dispatch ``p`` to the best standby of its plan that can still make the deadline."""
+        if p.logits is None or not p.weights:
+            return None
+        ref = next(iter(p.weights))
+        candidates = self.router.standby(p.logits, p.plan, exclude=p.weights)
+        w_s = dict(self.router.standby(p.logits, p.plan, exclude=()))
+        scale = p.weights[ref] / w_s[ref] if w_s.get(ref) else 1.0
+        left_ms = (p.flush_at - now) * 1e3
+        gen = None if p.query.options is not None else p.query.max_new_tokens
+        for expert, weight in candidates:
+            entry = self.registry.node_of(expert)
+            if entry is None or entry.name == lost_node:
+                continue
+            need = self.load.node_wait_ms(entry.name, now) + self.load.service_ms(
+                expert, entry.name, self.router.profile_ms(p.query, expert), gen)
+            if need > left_ms:
+                continue
+            p.weights[expert] = weight * scale
+            self._dispatch(p, expert)
+            return expert
+        return None
 
     # ---------------------------------------------------------------- aggregate
 
     def _finish(self, key: tuple[bytes, str]) -> None:
         p = self._pending.pop(key)
-        for tid in p.tasks:
-            self._task_owner.pop(tid, None)
+        for tid, e in p.tasks.items():
+            if self._task_owner.pop(tid, None) is not None:
+                self.load.cancelled(p.nodes[e], tid, time.monotonic())
         t_agg = time.monotonic()
         for e in p.open:
             p.status[e] = "late"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge_moe.wire import MAX_DEADLINE_MS, ExpertUse, PlanInfo, Query, Result, finite_or_none
 from gating.routing import RoutePlan
@@ -36,18 +37,30 @@ class Pending:
     errors: dict[str, str] = field(default_factory=dict)
     rtt_ms: dict[str, float] = field(default_factory=dict)
     sent_to: dict[str, bytes] = field(default_factory=dict)  # task id → the node identity it went to
+    logits: Any = None  # (N,) the prompt's gate logits (fail-over picks a standby by them)
+    predicted_ms: dict[str, float] = field(default_factory=dict)  # expert → predicted completion
 
     @property
     def open(self) -> list[str]:
         return [e for e in self.weights if e not in self.status]
 
 
-def deadline_ms(q: Query, plan: RoutePlan, default_ms: float) -> float:
+@dataclass
+class Waiting:
+    """A query whose prompt is with the embedding worker (no TASK out yet)."""
+
+    envelope: list[bytes]
+    query: Query
+    started: float
+    flush_at: float  # answer ERROR deadline if it is still waiting then
+
+
+def deadline_ms(q: Query, latency_budget_ms: float, default_ms: float) -> float:
     """The query's own deadline; else its finite latency budget (capped); else the default."""
     if q.deadline_ms is not None:
         return float(q.deadline_ms)
-    if math.isfinite(plan.latency_budget_ms) and plan.latency_budget_ms > 0:
-        return min(plan.latency_budget_ms, MAX_DEADLINE_MS)
+    if math.isfinite(latency_budget_ms) and latency_budget_ms > 0:
+        return min(latency_budget_ms, MAX_DEADLINE_MS)
     return default_ms
 
 

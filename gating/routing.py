@@ -42,8 +42,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -55,11 +55,13 @@ from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
 from edge_moe.wire import Query, check_query
 from gating.inputs import load_inputs, make_objective
 from gating.mixture import MixtureObjective, select_top_k
+from gating.problem import validate
 from gating.selector import INFEASIBLE, Budget, Selection, SelectionProblem, select_experts
 
 logger = logging.getLogger(__name__)
 
 MAX_CACHED_PLANS = 4096  # a stream of distinct budgets must not grow the cache without bound
+LOAD_STEP_MS = 10.0  # queue waits are planned rounded up to this grid, so load-aware plans cache
 
 
 class Embedder(Protocol):
@@ -74,6 +76,7 @@ class Status(StrEnum):
     OK = "ok"  # the weights say who answers
     INFEASIBLE = "infeasible"  # no plan fits the budget; ``message`` says which constraint binds
     NO_EXPERTS = "no_experts"  # no live expert the gate knows
+    OVERLOADED = "overloaded"  # a plan fits the budget on idle nodes, none at the current queues
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class RoutePlan:
     min_energy_j: float | None = None
     min_latency_ms: float | None = None
     cached: bool = False
+    wait_ms: tuple[float, ...] = ()  # per ``live`` expert: the queue wait planned with (on the grid)
+    note: str = ""  # e.g. a generation query planned without a generation model
 
     @property
     def feasible(self) -> bool:
@@ -115,6 +120,10 @@ class Decision:
         top_k / tau: the fine level used (the query's, or the router's default).
         logits: (N,) float32 gate logits for the prompt, in gate order.
         stage_ms: "embed", "gate" and "select" (plan and weights), in ms.
+        retry_after_ms: when overloaded, the predicted ms until the least loaded expert that
+            fits the budget alone would fit it at its queue; else None.
+        predicted_ms: per live expert of the plan's live set, its predicted completion
+            (queue wait + profile, worst planned category), in ms.
     """
 
     status: Status
@@ -125,6 +134,8 @@ class Decision:
     tau: float | None
     logits: np.ndarray
     stage_ms: dict[str, float]
+    retry_after_ms: float | None = None
+    predicted_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -155,7 +166,8 @@ class Router:
                  energy_j: np.ndarray, make_objective: Callable[[int | None, float | None], Any],
                  aggregation_ms: float = 0.0, default_budget: BudgetConfig | None = None,
                  top_k: int | None = 2, tau: float | None = None,
-                 embedder: Embedder | None = None) -> None:
+                 embedder: Embedder | None = None, generation: Any = None,
+                 generation_note: str = "") -> None:
         n, c = len(gate.experts), len(categories)
         if np.shape(latency_ms) != (n, c) or np.shape(energy_j) != (n, c):
             raise DataFormatError(f"profiles must be (N, C) = ({n}, {c}), got latency "
@@ -170,11 +182,15 @@ class Router:
         self.categories = tuple(categories)
         self.latency_ms = np.asarray(latency_ms, np.float64)
         self.energy_j = np.asarray(energy_j, np.float64)
+        self.generation = generation  # GenerationCosts in gate x category order, or None
+        self.generation_note = generation_note or (
+            "the profiles have no generation model: planned with option-scoring costs")
         self.aggregation_ms = float(aggregation_ms)
         self._make_objective = make_objective
         self._objectives: dict[tuple[int | None, float | None], Any] = {}
         self._plans: dict[tuple[Any, ...], RoutePlan] = {}
         self._known_live: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._gen_costs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         budget = default_budget or BudgetConfig()
         self.default_energy_j = float(budget.energy_j)
         lat = budget.latency_ms
@@ -197,18 +213,22 @@ class Router:
             self._objectives[key] = self._make_objective(top_k, tau)
         return self._objectives[key]
 
-    # ---------------------------------------------------------------- the call
+    # ---------------------------------------------------------------- the calls
 
-    def route(self, query: Query, live: Iterable[str], nodes: Sequence[str] = ()) -> Decision:
-        """Decide one query over the live experts.
+    def route(self, query: Query, live: Iterable[str], nodes: Sequence[str] = (),
+              wait_ms: Mapping[str, float] | None = None) -> Decision:
+        """Decide one query over the live experts: :meth:`prepare`, :meth:`score`, :meth:`decide`.
 
         Args:
             query: a decoded QUERY (its values are checked here).
             live: names of the live experts (names the gate lacks are ignored).
             nodes: names of the live nodes, quoted in the no_experts message.
+            wait_ms: expert → predicted queue wait (load-aware planning); None plans on
+                idle nodes.
 
         Returns:
-            The Decision; infeasible budgets and an empty live set are statuses, not errors.
+            The Decision; infeasible budgets, overload and an empty live set are statuses,
+            not errors.
 
         Raises:
             SelectionError: the query breaks a value limit (:func:`edge_moe.wire.check_query`)
@@ -216,7 +236,18 @@ class Router:
             ConfigError: the router has no embedder.
             GateError / RunnerError: the embedder or the gate failed on this prompt.
         """
-        t0 = time.perf_counter()
+        self.prepare(query)
+        logits, embed_ms, gate_ms = self.score([query.prompt])
+        return self.decide(query, logits[0], live, nodes, wait_ms, embed_ms=embed_ms, gate_ms=gate_ms)
+
+    def prepare(self, query: Query) -> None:
+        """Check the query before it is embedded (cheap; the coordinator's I/O loop runs it).
+
+        Raises:
+            SelectionError: a value limit (:func:`edge_moe.wire.check_query`) or an unknown
+                category.
+            ConfigError: the router has no embedder.
+        """
         problem = check_query(query)
         if problem is not None:
             raise SelectionError(problem)
@@ -225,29 +256,122 @@ class Router:
                                  f"(known: {', '.join(self.categories)})")
         if self.embedder is None:
             raise ConfigError("this router has no embedder: pass one to load_router or the Coordinator")
+
+    def score(self, prompts: list[str]) -> tuple[np.ndarray, float, float]:
+        """Gate logits for a batch of prompts: ``((M, N) float32, embed ms, gate ms)``.
+
+        The compute half of a decision (the coordinator runs it off its I/O loop, on
+        :class:`gating.embedding.EmbedWorker`'s thread).
+
+        Raises:
+            ConfigError: no embedder. GateError / RunnerError: the embedder or gate failed.
+        """
+        if self.embedder is None:
+            raise ConfigError("this router has no embedder: pass one to load_router or the Coordinator")
+        t0 = time.perf_counter()
+        embedding = self.embedder.embed(list(prompts))  # (M, D)
+        t1 = time.perf_counter()
+        logits = self.gate.logits(embedding)  # (M, N)
+        t2 = time.perf_counter()
+        return logits, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+    def decide(self, query: Query, logits: np.ndarray, live: Iterable[str], nodes: Sequence[str] = (),
+               wait_ms: Mapping[str, float] | None = None, *, embed_ms: float = 0.0,
+               gate_ms: float = 0.0) -> Decision:
+        """Plan and weight one (prepared) query from its gate logits; cheap, no model runs.
+
+        Args:
+            query: the QUERY (checked by :meth:`prepare`).
+            logits: (N,) its gate logits (:meth:`score`).
+            live / nodes: as in :meth:`route`.
+            wait_ms: expert → predicted ms before its node can start the query's task (the
+                coordinator's :class:`gating.load.LoadTracker`, plus the time the query has
+                already spent at the coordinator); ``inf`` for a node that went silent.
+                Added to the expert's latency profile; rounded to the
+                :data:`LOAD_STEP_MS` grid so that plans cache. None: plan on idle nodes.
+            embed_ms / gate_ms: reported in ``stage_ms``.
+
+        Returns:
+            ok / infeasible (even idle nodes could not meet the budget) / overloaded (idle
+            nodes could, these queues cannot; ``retry_after_ms`` says when one could) /
+            no_experts.
+        """
+        t2 = time.perf_counter()
         if query.top_k is None and query.tau is None:
             top_k, tau = self.top_k, self.tau
         else:
             top_k, tau = query.top_k, query.tau
-        embedding = self.embedder.embed([query.prompt])  # (1, D)
-        t1 = time.perf_counter()
-        logits = self.gate.logits(embedding)[0]  # (N,)
-        t2 = time.perf_counter()
         live_t = self._known(live)
+
+        def stages() -> dict[str, float]:
+            return {"embed": embed_ms, "gate": gate_ms, "select": (time.perf_counter() - t2) * 1e3}
+
         if not live_t:
             return Decision(Status.NO_EXPERTS, f"no live expert (live nodes: {list(nodes)}; "
                             f"the gate knows {list(self.experts)})", None, {}, top_k, tau, logits,
-                            _stages(t0, t1, t2, time.perf_counter()))
+                            stages())
         budget = query.budget
-        plan = self._plan(live_t, query.category, budget.energy_j if budget else None,
-                          budget.latency_ms if budget else None, top_k, tau)
+        energy_b = budget.energy_j if budget else None
+        latency_b = budget.latency_ms if budget else None
+        gen = None if query.options is not None else int(query.max_new_tokens)
+        # a node that went silent (infinite wait) is not planned until it is heard from again
+        responsive = (live_t if not wait_ms else
+                      tuple(e for e in live_t if math.isfinite(wait_ms.get(e, 0.0))))
+        wait = _quantise(responsive, wait_ms)
+        plan = (self._plan(responsive, query.category, energy_b, latency_b, top_k, tau, gen, wait)
+                if responsive else None)
+        retry = None
+        if plan is None or (not plan.feasible and (any(wait) or responsive != live_t)):
+            idle = self._plan(live_t, query.category, energy_b, latency_b, top_k, tau, gen, ())
+            if idle.feasible:
+                plan = plan or replace(idle, selection=_empty(idle), mask=np.zeros_like(idle.mask))
+                retry = self._retry_after(plan, gen) if responsive else None
+                predicted = self._predicted(plan, gen)
+                silent = sorted(set(live_t) - set(responsive))
+                best = min(predicted.items(), key=lambda kv: kv[1]) if predicted else None
+                msg = (f"overloaded: no plan meets the {plan.latency_budget_ms:g} ms latency "
+                       "budget at the current queues"
+                       + (f" (fastest predicted: {best[0]} {best[1]:.0f} ms = queue "
+                          f"{plan.wait_ms[plan.live.index(best[0])]:.0f} ms + profile)" if best else "")
+                       + (f"; experts {silent} are on silent nodes" if silent else "")
+                       + (f"; retry in {retry:.0f} ms" if retry is not None else "; no retry time known"))
+                return Decision(Status.OVERLOADED, msg, plan, {}, top_k, tau, logits, stages(),
+                                retry, predicted)
+            if plan is None:
+                plan = idle
+        predicted = self._predicted(plan, gen)
         if not plan.feasible:
             return Decision(Status.INFEASIBLE, plan.selection.message, plan, {}, top_k, tau, logits,
-                            _stages(t0, t1, t2, time.perf_counter()))
+                            stages(), None, predicted)
         w = self._weights(logits, plan).tolist()  # (N,) zeros outside the experts that answer
         weights = {e: x for e, x in zip(self.experts, w, strict=True) if x > 0}
-        return Decision(Status.OK, "", plan, weights, top_k, tau, logits,
-                        _stages(t0, t1, t2, time.perf_counter()))
+        return Decision(Status.OK, "", plan, weights, top_k, tau, logits, stages(), None, predicted)
+
+    def standby(self, logits: np.ndarray, plan: RoutePlan, exclude: Iterable[str]) -> list[tuple[str, float]]:
+        """Members of the plan that do not answer, by gate weight (highest first), for
+        fail-over: ``(expert, weight)`` with the weight on the scale of the answering
+        experts' (the gate softmax over S, divided by the answering experts' share)."""
+        w = masked_gate_weights(logits[None, :], plan.mask)[0]  # (N,) softmax over S
+        ex = set(exclude)
+        members = [e for e in plan.selection.experts if e not in ex]
+        return sorted(((e, float(w[self.index[e]])) for e in members), key=lambda t: -t[1])
+
+    def latency_budget_ms(self, query: Query) -> float:
+        """The latency budget the query is planned with: its own, else the default for its
+        category (the smallest over categories without one)."""
+        if query.budget is not None and query.budget.latency_ms is not None:
+            return float(query.budget.latency_ms)
+        if query.category is not None:
+            return float(self.default_latency_ms[self.categories.index(query.category)])
+        return float(self.default_latency_ms.min())
+
+    def profile_ms(self, query: Query, expert: str) -> float:
+        """The expert's profiled latency for this query (its kind, its category or the
+        worst over categories), in ms."""
+        gen = None if query.options is not None else int(query.max_new_tokens)
+        lat, _ = self._costs(gen)
+        row = lat[self.index[expert]]
+        return float(row[self.categories.index(query.category)] if query.category is not None else row.max())
 
     # ---------------------------------------------------------------- fine level
 
@@ -282,21 +406,42 @@ class Router:
             hit = self._known_live[key] = tuple(sorted(e for e in set(key) if e in self.index))
         return hit
 
+    def _costs(self, gen: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(latency_ms, energy_j), each (N, C): option scoring (``gen`` None), or a
+        generation of ``gen`` tokens from the generation model (scoring costs without one)."""
+        if gen is None or self.generation is None:
+            return self.latency_ms, self.energy_j
+        hit = self._gen_costs.get(gen)
+        if hit is None:
+            if len(self._gen_costs) > MAX_CACHED_PLANS:
+                self._gen_costs.clear()
+            hit = self._gen_costs[gen] = (np.asarray(self.generation.latency_ms(gen), np.float64),
+                                          np.asarray(self.generation.energy_j(gen), np.float64))
+        return hit
+
     def _plan(self, live: tuple[str, ...], category: str | None, energy_j: float | None,
-              latency_ms: float | None, top_k: int | None, tau: float | None) -> RoutePlan:
-        """The plan over ``live`` (sorted, known to the gate), from the cache when it is there."""
-        key = (live, category, energy_j, latency_ms, top_k, tau)
+              latency_ms: float | None, top_k: int | None, tau: float | None,
+              gen: int | None = None, wait: tuple[float, ...] = ()) -> RoutePlan:
+        """The plan over ``live`` (sorted, known to the gate), from the cache when it is there.
+
+        ``wait`` (quantised, per live expert; () for idle) is added to the latency costs.
+        Generation plans are keyed by their token count only with a generation model.
+        """
+        kind = gen if (gen is not None and self.generation is not None) else (None if gen is None else -1)
+        key = (live, category, energy_j, latency_ms, top_k, tau, kind, wait if any(wait) else ())
         hit = self._plans.get(key)
         if hit is not None:
             return hit
-        plan = self._solve(live, category, energy_j, latency_ms, top_k, tau)
+        plan = self._solve(live, category, energy_j, latency_ms, top_k, tau, gen,
+                           wait if any(wait) else ())
         if len(self._plans) > MAX_CACHED_PLANS:
             self._plans.clear()
         self._plans[key] = replace(plan, cached=True)
         return plan
 
     def _solve(self, live: tuple[str, ...], category: str | None, energy_j: float | None,
-               latency_ms: float | None, top_k: int | None, tau: float | None) -> RoutePlan:
+               latency_ms: float | None, top_k: int | None, tau: float | None,
+               gen: int | None = None, wait: tuple[float, ...] = ()) -> RoutePlan:
         cols = np.array([self.categories.index(category)] if category is not None
                         else range(len(self.categories)), dtype=np.intp)
         idx = np.array([self.index[e] for e in live], dtype=np.intp)
@@ -305,19 +450,25 @@ class Router:
                     else np.full(len(cols), float(latency_ms)))
         full = self.objective(top_k, tau)
         n = len(self.experts)
+        base_lat, base_en = self._costs(gen)
 
         def objective(mask: np.ndarray) -> float:
             m = np.zeros(n, dtype=bool)
             m[idx[mask]] = True
             return float(full(m))
 
-        en = self.energy_j[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
-        lat = self.latency_ms[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
+        en = base_en[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
+        lat = base_lat[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
+        if wait:
+            lat = lat + np.asarray(wait, np.float64)[:, None]
         problem = SelectionProblem(experts=list(live), energy_j=en, latency_ms=lat, objective=objective,
                                    top_k=None if tau is not None else top_k,
                                    aggregation_ms=self.aggregation_ms,
                                    categories=[self.categories[c] for c in cols])
-        sel = select_experts(problem, Budget(energy_j=e_budget, latency_ms=l_budget))
+        budget = Budget(energy_j=e_budget, latency_ms=l_budget)
+        sel = select_experts(problem, budget)
+        if wait and sel.status != INFEASIBLE:
+            sel = _spread(problem, budget, sel, wait)
         mask = np.zeros(n, dtype=bool)
         mask[[self.index[e] for e in sel.experts]] = True
         min_e = min_l = None
@@ -326,9 +477,92 @@ class Router:
             lat_ok = (lat + self.aggregation_ms <= l_budget[None, :]).all(axis=1)
             en_ok = (en <= e_budget).all(axis=1)
             min_e = float(need_e[lat_ok].min()) if lat_ok.any() else None
-            min_l = float((lat + self.aggregation_ms).max(axis=1)[en_ok].min()) if en_ok.any() else None
+            finite = en_ok & np.isfinite(lat).all(axis=1)
+            min_l = float((lat + self.aggregation_ms).max(axis=1)[finite].min()) if finite.any() else None
+        note = self.generation_note if gen is not None and self.generation is None else ""
         return RoutePlan(sel, mask, live, category, e_budget, float(l_budget.min()), top_k, tau,
-                         min_e, min_l)
+                         min_e, min_l, wait_ms=tuple(wait) if wait else (0.0,) * len(live), note=note)
+
+    def _slack_ms(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
+        """Per live expert that fits the energy budget alone: latency budget − (profile +
+        aggregation), the most queue wait it can take (worst planned category)."""
+        lat, en = self._costs(gen)
+        cols = (np.array([self.categories.index(plan.category)]) if plan.category is not None
+                else np.arange(len(self.categories)))
+        out = {}
+        for e in plan.live:
+            i = self.index[e]
+            if (en[i, cols] > plan.energy_budget_j * (1 + 1e-9) + 1e-9).any():
+                continue
+            out[e] = float(plan.latency_budget_ms - lat[i, cols].max() - self.aggregation_ms)
+        return out
+
+    def _retry_after(self, plan: RoutePlan, gen: int | None) -> float | None:
+        """Ms until the first expert that fits the budget alone would fit it at its queue."""
+        waits = dict(zip(plan.live, plan.wait_ms, strict=True))
+        need = [waits[e] - s for e, s in self._slack_ms(plan, gen).items()
+                if s >= 0 and math.isfinite(waits[e])]
+        return max(0.0, min(need)) if need else None
+
+    def _predicted(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
+        lat, _ = self._costs(gen)
+        cols = (np.array([self.categories.index(plan.category)]) if plan.category is not None
+                else np.arange(len(self.categories)))
+        return {e: float(w + lat[self.index[e], cols].max())
+                for e, w in zip(plan.live, plan.wait_ms, strict=True)}
+
+
+def _empty(plan: RoutePlan) -> Selection:
+    """An infeasible selection in the shape of ``plan``'s (no expert could be planned)."""
+    sel = plan.selection
+    return replace(sel, status=INFEASIBLE, experts=(), mask=np.zeros_like(sel.mask),
+                   objective=math.nan, message="no responsive expert")
+
+
+def _quantise(live: tuple[str, ...], wait_ms: Mapping[str, float] | None) -> tuple[float, ...]:
+    """Per live expert, its wait rounded to the nearest point of the :data:`LOAD_STEP_MS`
+    grid (inf stays; an error under half a step, inside the deadline's margin); () when
+    there is no load to plan with."""
+    if not wait_ms:
+        return ()
+    out = []
+    for e in live:
+        w = float(wait_ms.get(e, 0.0))
+        out.append(w if not math.isfinite(w) else round(max(0.0, w) / LOAD_STEP_MS) * LOAD_STEP_MS)
+    return tuple(out) if any(out) else ()
+
+
+def _spread(problem: SelectionProblem, budget: Budget, sel: Selection,
+            wait: tuple[float, ...]) -> Selection:
+    """Among plans of the selector's objective, prefer less loaded experts: swap a member for
+    a non-member with a smaller wait while the set stays feasible and F does not fall
+    (equivalent experts, e.g. one model on two nodes, then share the load)."""
+    inst = validate(problem, budget)
+    names = list(problem.experts)
+    pos = {e: i for i, e in enumerate(names)}
+    members = set(sel.experts)
+    best = sel.objective
+    improved = True
+    while improved:
+        improved = False
+        for m in sorted(members, key=lambda e: -wait[pos[e]]):
+            for o in sorted(set(names) - members, key=lambda e: wait[pos[e]]):
+                if wait[pos[o]] >= wait[pos[m]]:
+                    break
+                cand = (members - {m}) | {o}
+                mask = np.array([e in cand for e in names])
+                if not inst.feasible(mask):
+                    continue
+                f = problem.objective(mask)
+                if f >= best - 1e-12:
+                    members, best, improved = cand, f, True
+                    break
+            if improved:
+                break
+    if members == set(sel.experts):
+        return sel
+    mask = np.array([e in members for e in names])
+    return inst.selection(sel.status, mask, best, sel.evaluations, sel.message)
 
 
 def _stages(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:

@@ -4,8 +4,9 @@
 to the coordinator's ROUTER backend (so a board behind NAT can join), sends READY (node,
 experts with runner and precision, device class, energy source), then:
 
-- sends a HEARTBEAT every ``heartbeat_s`` and counts the coordinator dead after
-  ``liveness`` silent intervals; it then closes the socket, waits a backoff that doubles
+- sends a HEARTBEAT every ``heartbeat_s``, carrying the node's load (:class:`NodeLoad`:
+  TASKs queued, moving averages of each expert's service ms), and counts the coordinator
+  dead after ``liveness`` silent intervals; it then closes the socket, waits a backoff that doubles
   from ``reconnect_min_s`` to ``reconnect_max_s`` (:mod:`edge_moe.runtime.liveness`), reconnects
   and sends READY again. An ERROR "not_ready" (the coordinator restarted) also re-sends READY;
 - serves TASKs one at a time, in arrival order, on a worker thread, so heartbeats keep
@@ -16,7 +17,9 @@ experts with runner and precision, device class, energy source), then:
 - answers a malformed frame with ERROR "protocol" and keeps serving.
 
 Only the main thread touches the DEALER; the worker hands its replies back over an
-inproc PAIR socket, which also wakes the main thread's poller.
+inproc PAIR socket, which also wakes the main thread's poller. The main thread counts a
+TASK queued when it reads it and answered when it writes the reply, so every HEARTBEAT's
+``queued`` agrees with the TASKs and answers before it on the wire.
 
 Run one::
 
@@ -68,6 +71,10 @@ from edge_moe.wire import (
 logger = logging.getLogger(__name__)
 
 _POLL_CAP_S = 0.1  # the loop wakes at least this often to notice stop()
+# Weight of the newest sample in the service-time averages: the last 10 tasks hold ~89 % of
+# the weight (1 - 0.8**10), so the average follows a change of load within a few tasks and
+# one outlier (a page fault, a GC pause) moves it by a fifth.
+LOAD_ALPHA = 0.2
 _ids = itertools.count()
 
 
@@ -78,6 +85,61 @@ class HostedExpert:
     runner: Runner
     runner_name: str = "onnxruntime"
     precision: str = "fp32"
+
+
+class NodeLoad:
+    """The load a node reports in its HEARTBEATs; thread-safe (one lock).
+
+    - ``queued``: TASKs accepted (read off the socket for a hosted expert) and not yet
+      answered (their RESULT or ERROR not yet written to the socket), i.e. waiting or
+      running. A TASK refused at once (unknown expert) is never accepted.
+    - ``service_ms[expert]``: the exponentially weighted moving average of the runner's
+      compute ms per option-scoring task; ``token_ms[expert]``: the same of
+      ``compute_ms / max(1, n_tokens)`` per generation task. The first sample sets the
+      average; each later sample ``x`` moves it: ``avg += alpha * (x - avg)``.
+    - Only RESULTs are samples: a task answered ERROR (deadline, runner) says nothing of
+      the service time. An expert with no sample of a kind is absent from that map.
+
+    Args:
+        alpha: weight of the newest sample, in (0, 1] (1: the last sample only).
+
+    Raises:
+        ConfigError: ``alpha`` is outside (0, 1].
+    """
+
+    def __init__(self, alpha: float = LOAD_ALPHA) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ConfigError(f"load alpha={alpha} must be in (0, 1]")
+        self.alpha = alpha
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._service_ms: dict[str, float] = {}
+        self._token_ms: dict[str, float] = {}
+
+    def accepted(self) -> None:
+        """A TASK was queued for the worker."""
+        with self._lock:
+            self._queued += 1
+
+    def answered(self) -> None:
+        """A TASK's RESULT or ERROR was sent (one call per :meth:`accepted`)."""
+        with self._lock:
+            self._queued -= 1
+
+    def observe(self, task: Task, result: Result) -> None:
+        """Add ``result.compute_ms`` to the average of its expert and kind of task."""
+        if task.options is not None:
+            averages, sample = self._service_ms, result.compute_ms
+        else:
+            averages, sample = self._token_ms, result.compute_ms / max(1, result.n_tokens)
+        with self._lock:
+            old = averages.get(task.expert)
+            averages[task.expert] = sample if old is None else old + self.alpha * (sample - old)
+
+    def heartbeat(self, node: str) -> Heartbeat:
+        """The HEARTBEAT ``node`` sends now: a snapshot (copies of the maps)."""
+        with self._lock:
+            return Heartbeat(node, self._queued, dict(self._service_ms), dict(self._token_ms))
 
 
 class NodeServer:
@@ -91,13 +153,15 @@ class NodeServer:
         coordinator: heartbeat_s, liveness and reconnect backoff.
         meter: an energy meter (default :func:`edge_moe.energy.make_meter`).
         curve: optional ``(server_public, client_public, client_secret)`` Z85 keys.
+        load_alpha: the weight of the newest sample in the service-time averages
+            (:class:`NodeLoad`).
     """
 
     def __init__(self, name: str, endpoint: str, experts: Mapping[str, HostedExpert | Any],
                  device_class: DeviceClass, coordinator: CoordinatorConfig,
                  meter: EnergyMeter | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, load_alpha: float = LOAD_ALPHA) -> None:
         if not experts:
             raise ConfigError(f"node '{name}' hosts no experts")
         self.name = name
@@ -119,6 +183,7 @@ class NodeServer:
         self._sock: zmq.Socket | None = None
         self._worker = threading.Thread(target=self._work_loop, name=f"node-{name}-worker", daemon=True)
         self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0}
+        self._load = NodeLoad(load_alpha)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -144,6 +209,11 @@ class NodeServer:
         self._pair.close(linger=0)
         if self._own_context:
             self.ctx.term()
+
+    def load(self) -> Heartbeat:
+        """The node's load now, as its next HEARTBEAT would carry it (thread-safe; for
+        status displays). See :class:`NodeLoad`."""
+        return self._load.heartbeat(self.name)
 
     def ready_message(self) -> Ready:
         infos = tuple(ExpertInfo(n, e.runner_name, e.precision) for n, e in self.experts.items())
@@ -185,7 +255,7 @@ class NodeServer:
                     self._drain_worker()
                 now = time.monotonic()
                 if beat.due(now):
-                    self._sock.send_multipart(encode(Heartbeat(self.name)))
+                    self._sock.send_multipart(encode(self.load()))
                     beat.sent(now)
                 if alive.expired(now):
                     logger.warning("node %s: coordinator silent for %.1f s; reconnecting",
@@ -224,6 +294,7 @@ class NodeServer:
                                      f"(it hosts: {', '.join(self.experts)})"))
                     continue
                 self.stats["tasks"] += 1
+                self._load.accepted()
                 self._work.put((msg, now))
             elif isinstance(msg, Heartbeat):
                 pass
@@ -243,8 +314,11 @@ class NodeServer:
                 frames = self._pair.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            # Each frame set is one TASK's answer. Counted here, where it is written (not on
+            # the worker), so a HEARTBEAT never reports a task whose answer went before it.
             if self._sock is not None:
                 self._sock.send_multipart(frames)
+            self._load.answered()
 
     # ---------------------------------------------------------------- worker thread
 
@@ -259,6 +333,8 @@ class NodeServer:
                     return
                 task, received = item
                 msg = self.serve(task, received)
+                if isinstance(msg, Result):
+                    self._load.observe(task, msg)  # before the answer goes: a later beat has it
                 self.stats["results" if isinstance(msg, Result) else "errors"] += 1
                 out.send_multipart(encode(msg))
         finally:

@@ -89,15 +89,15 @@ def test_a_5mb_prompt_is_refused_fast_while_the_fleet_serves(fleet, client):
         for t in threads:
             t.start()
         time.sleep(0.3)
-        size = len(BIG.encode())
+        size = len(BIG.encode()) + sum(len(o.encode()) for o in OPTIONS)  # the options count too
         for n in range(10):
             frames = encode(Query(id=f"big-{n}", prompt=BIG, options=OPTIONS))  # encoded before timing
             t0 = time.perf_counter()
             msg = _ask(big, frames)
             latencies_ms.append((time.perf_counter() - t0) * 1e3)
             assert isinstance(msg, Error) and msg.code == ErrorCode.BAD_REQUEST and msg.id == f"big-{n}", msg
-            assert msg.message == (f"prompt is {size} bytes (UTF-8), over the limit of {LIMIT} bytes "
-                                   "(coordinator.max_prompt_bytes)")
+            assert msg.message == (f"prompt and options are {size} bytes (UTF-8), over the limit of "
+                                   f"{LIMIT} bytes (coordinator.max_prompt_bytes)")
             time.sleep(0.1)
         time.sleep(0.3)
     finally:
@@ -121,15 +121,20 @@ def test_a_5mb_prompt_is_refused_fast_while_the_fleet_serves(fleet, client):
 def test_the_limit_counts_utf8_bytes(fleet, client):
     sock = _dealer(fleet.frontend)
     try:
-        at_limit = "a" * (LIMIT - 8) + " Answer:"  # exactly LIMIT bytes: served
+        opts = sum(len(o) for o in OPTIONS)  # the options count towards the limit
+        at_limit = "a" * (LIMIT - 8 - opts) + " Answer:"  # with the options exactly LIMIT bytes: served
         msg = _ask(sock, encode(Query(id="at", prompt=at_limit, options=OPTIONS)))
         assert isinstance(msg, Reply) and msg.id == "at", msg
         euros = "€" * (LIMIT // 3 + 1)  # 21846 characters, 65538 bytes
-        msg = _ask(sock, encode(Query(id="eu", prompt=euros, options=OPTIONS)))
+        msg = _ask(sock, encode(Query(id="eu", prompt=euros)))
         assert isinstance(msg, Error) and msg.code == ErrorCode.BAD_REQUEST, msg
         assert msg.message.startswith(f"prompt is {len(euros.encode())} bytes (UTF-8), over the limit")
         msg = _ask(sock, encode(Query(id="over", prompt=at_limit + "?", options=OPTIONS)))
-        assert isinstance(msg, Error) and f"prompt is {LIMIT + 1} bytes" in msg.message, msg
+        assert isinstance(msg, Error) and f"prompt and options are {LIMIT + 1} bytes" in msg.message, msg
+        long_option = ("x" * LIMIT,) + OPTIONS[1:]  # a short prompt with one huge option
+        msg = _ask(sock, encode(Query(id="opt", prompt="Pick one.", options=long_option)))
+        assert isinstance(msg, Error) and msg.code == ErrorCode.BAD_REQUEST, msg
+        assert "prompt and options are" in msg.message and msg.id == "opt", msg
     finally:
         sock.close(linger=0)
 
@@ -179,9 +184,9 @@ def test_max_prompt_bytes_comes_from_the_config(assets):
     loop.start()
     try:
         with EdgeMoEClient(coord.frontend_endpoint, timeout_s=5, retries=0) as c:
-            r = c.query("x" * 100, OPTIONS, category="astrology")  # at the limit: the router's check
+            r = c.query("x" * 100, category="astrology")  # at the limit: the router's check
             assert isinstance(r, Error) and "unknown category" in r.message, r
-            r = c.query("x" * 101, OPTIONS, category="astrology")  # over it: refused first
+            r = c.query("x" * 101, category="astrology")  # over it: refused first
             assert isinstance(r, Error) and r.code == ErrorCode.BAD_REQUEST, r
             assert r.message == ("prompt is 101 bytes (UTF-8), over the limit of 100 bytes "
                                  "(coordinator.max_prompt_bytes)")

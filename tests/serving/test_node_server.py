@@ -1,5 +1,6 @@
 """The node server against a hand-driven ROUTER: READY, TASKs, deadlines, heartbeats while
-an expert computes, bad frames, and Paranoid Pirate reconnects."""
+an expert computes, the load its heartbeats report, bad frames, and Paranoid Pirate
+reconnects."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from edge_moe.wire import (
     encode,
 )
 from nodes import server as server_mod
-from nodes.server import NodeServer, backend_endpoint, build_experts
+from nodes.server import LOAD_ALPHA, NodeLoad, NodeServer, backend_endpoint, build_experts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -266,3 +267,125 @@ def test_build_experts_from_the_fleet_config(tmp_path):
 
     with pytest.raises(ArtifactError, match=str(tmp_path)):
         build_experts(fleet, "cpu-a", artifacts_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- the load in HEARTBEATs
+
+LOAD_CFG = CoordinatorConfig(node="x", heartbeat_s=0.05, liveness=100, reconnect_min_s=0.05,
+                             reconnect_max_s=0.2)  # beats often; 5 s of silence allowed
+SLOW_MS = 200.0
+
+
+@pytest.fixture()
+def loaded_node(coord):
+    experts = {"fast": ToyExpert("fast"), "slow": ToyExpert("slow", delay_ms=SLOW_MS)}
+    with running(NodeServer("n1", coord.endpoint, experts, CPU, LOAD_CFG, meter=ModelledMeter(CPU))) as server:
+        yield server
+
+
+def collect(coord: FakeCoordinator, n_answers: int, timeout_s: float = 20.0) -> list[object]:
+    """Every message from the node, in wire order, until ``n_answers`` RESULTs or ERRORs,
+    then up to the next HEARTBEAT (decoded from the raw frames with ``wire.decode``)."""
+    got: list[object] = []
+    end = time.monotonic() + timeout_s
+    answers = 0
+    while time.monotonic() < end:
+        if not coord.sock.poll(100):
+            continue
+        _, *frames = coord.sock.recv_multipart()
+        msg = decode(frames)
+        got.append(msg)
+        if isinstance(msg, (Result, Error)):
+            answers += 1
+        elif isinstance(msg, Heartbeat) and answers >= n_answers:
+            return got
+    raise AssertionError(f"{answers}/{n_answers} answers in {timeout_s} s: {got}")
+
+
+def test_heartbeats_count_queued_tasks_and_average_service_ms(coord, loaded_node):
+    identity, _ = coord.recv()
+    for i in range(3):  # three at once: one runs, two wait
+        coord.send(identity, Task(f"t{i}", "slow", "p q", 60_000.0, ("a", "b")))
+    got = collect(coord, 3)
+    answered, queued_while_outstanding, after_first = 0, [], []
+    for msg in got:
+        if isinstance(msg, Result):
+            answered += 1
+        else:
+            assert isinstance(msg, Heartbeat) and msg.node == "n1", msg
+            if answered < 3:
+                queued_while_outstanding.append(msg.queued)
+            # once the first RESULT is out, every TASK has been read: a beat counts exactly
+            # the tasks whose answer has not gone before it on the wire
+            if answered >= 1:
+                after_first.append((answered, msg.queued))
+            assert msg.queued <= 3 - answered, (answered, msg)
+    assert answered == 3
+    assert max(queued_while_outstanding) >= 2, queued_while_outstanding
+    assert all(q == 3 - a for a, q in after_first), after_first
+    last = got[-1]
+    assert isinstance(last, Heartbeat) and last.queued == 0
+    assert set(last.service_ms) == {"slow"} and last.token_ms == {}  # "fast" has no sample
+    assert SLOW_MS <= last.service_ms["slow"] < 2 * SLOW_MS, last
+    ms = [m.compute_ms for m in got if isinstance(m, Result)]
+    expected = ms[0]
+    for x in ms[1:]:
+        expected += LOAD_ALPHA * (x - expected)
+    assert last.service_ms["slow"] == pytest.approx(expected)
+    assert loaded_node.load() == last  # what a status display reads is what went out
+
+
+def test_heartbeats_average_token_ms_of_generations_and_skip_errors(coord, loaded_node):
+    identity, _ = coord.recv()
+    coord.send(identity, Task("g1", "slow", "Say hi", 60_000.0, None, max_new_tokens=4))
+    coord.send(identity, Task("bad", "fast", "", 60_000.0, ("a", "b")))  # ERROR runner: no sample
+    coord.send(identity, Task("late", "fast", "p", 1.0, None))  # waits > 1 ms: ERROR deadline
+    coord.send(identity, Task("u", "nobody", "p", 60_000.0, ("a",)))  # refused at once: not queued
+    got = collect(coord, 4)
+    answers = {m.id: m for m in got if isinstance(m, (Result, Error))}
+    assert isinstance(answers["g1"], Result) and answers["g1"].n_tokens == 1
+    assert [answers[k].code for k in ("bad", "late", "u")] == ["runner", "deadline", "unknown_expert"]
+    last = got[-1]
+    assert isinstance(last, Heartbeat) and last.queued == 0
+    assert last.service_ms == {} and set(last.token_ms) == {"slow"}
+    assert last.token_ms["slow"] == pytest.approx(answers["g1"].compute_ms)  # 1 token: ms / 1
+    assert SLOW_MS <= last.token_ms["slow"] < 2 * SLOW_MS
+
+
+def test_node_load_moving_averages_by_hand():
+    load = NodeLoad(alpha=0.5)
+    opt, gen = Task("a", "e", "p", 1.0, ("x", "y")), Task("b", "e", "p", 1.0, None)
+    assert load.heartbeat("n") == Heartbeat("n", 0, {}, {})
+    load.observe(opt, Result("a", "e", 100.0, 0.0, "modelled", (0.0,)))
+    load.observe(opt, Result("a", "e", 200.0, 0.0, "modelled", (0.0,)))
+    load.observe(gen, Result("b", "e", 90.0, 0.0, "modelled", None, "t", 3))
+    load.observe(gen, Result("b", "e", 10.0, 0.0, "modelled", None, "", 0))  # 0 tokens: ms / 1
+    hb = load.heartbeat("n")
+    assert hb.service_ms == {"e": 150.0} and hb.token_ms == {"e": 20.0}
+    hb.service_ms["e"] = -1.0  # a snapshot: the node's figures are not shared
+    assert load.heartbeat("n").service_ms == {"e": 150.0}
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ConfigError, match="alpha"):
+            NodeLoad(bad)
+
+
+def test_node_load_counts_across_threads():
+    load = NodeLoad()
+    n = 20_000
+
+    def accept() -> None:
+        for _ in range(n):
+            load.accepted()
+
+    def answer() -> None:
+        for _ in range(n):
+            load.answered()
+
+    threads = [threading.Thread(target=f) for f in (accept, answer, accept, answer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert load.heartbeat("n").queued == 0
+    accept()
+    assert load.heartbeat("n").queued == n
