@@ -84,7 +84,7 @@ from gating.embedding import EmbedWorker, Scored
 from gating.load import LoadTracker
 from gating.registry import Registry
 from gating.request import Pending, Waiting, deadline_ms, expert_use, plan_info
-from gating.routing import Embedder, Router, Status, load_router
+from gating.routing import LOAD_STEP_MS, Embedder, Router, Status, load_router
 
 logger = logging.getLogger(__name__)
 
@@ -333,10 +333,7 @@ class Coordinator:
         live = self.registry.live_experts
         waits = None
         if self.config.load_aware:
-            node_of = {e: self.registry.node_of(e).name for e in live}  # type: ignore[union-attr]
-            # time spent here beyond what the profiles' aggregation_ms allows is a wait too
-            extra = max(0.0, elapsed_ms - self.router.aggregation_ms)
-            waits = {e: x + extra for e, x in self.load.wait_ms(live, node_of, now).items()}
+            waits = self._waits(q, live, now, elapsed_ms)
         d = self.router.decide(q, s.logits, live, self.registry.node_names, waits,
                                embed_ms=s.embed_ms, gate_ms=s.gate_ms)
         stage = dict(d.stage_ms)
@@ -365,6 +362,27 @@ class Coordinator:
         for expert in d.weights:
             self._dispatch(p, expert)
         p.dispatched = time.monotonic()
+
+    def _waits(self, q: Query, live: tuple[str, ...], now: float, elapsed_ms: float) -> dict[str, float]:
+        """Per live expert, what a new task would wait beyond its profile (load-aware plans):
+        its node's backlog (:class:`gating.load.LoadTracker`), the time the query already spent
+        here beyond the profiles' ``aggregation_ms``, and how much slower than its profile the
+        expert has lately been (measured compute ms − profile, when positive)."""
+        node_of = {e: self.registry.node_of(e).name for e in live}  # type: ignore[union-attr]
+        extra = max(0.0, elapsed_ms - self.router.aggregation_ms)
+        gen = None if q.options is not None else q.max_new_tokens
+        margin = min(5.0, 0.1 * deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms))
+        out = {}
+        for e, backlog in self.load.wait_ms(live, node_of, now).items():
+            if e not in self.router.index:
+                continue
+            profile = self.router.profile_ms(q, e)
+            slower = max(0.0, self.load.service_ms(e, node_of[e], profile, gen) - profile)
+            # behind a queue, the answer must also beat the early flush (the deadline's margin)
+            # and the grid must not round the wait down
+            queued = margin + LOAD_STEP_MS / 2 if backlog > 0 else 0.0
+            out[e] = backlog + extra + slower + queued
+        return out
 
     def _dispatch(self, p: Pending, expert: str) -> None:
         """Send ``p``'s TASK for ``expert`` to its live node."""

@@ -15,10 +15,14 @@ The model of a node: it serves its TASKs one at a time, in arrival order (``node
   token (``token_ms``, whose average over a task's tokens carries its prefill) ×
   ``max_new_tokens`` (an upper bound: generation may stop early), else the fallback.
 - **Backlog of a node** (:meth:`LoadTracker.wait_ms`): the TASKs this coordinator sent it and
-  has not heard back about, each with the service time predicted at dispatch. When an answer
-  arrives the node has just finished a task, so the backlog restarts at
-  ``now + Σ (predicted ms of the tasks still out)``; between answers it drains with time
-  (never below 0).
+  has not heard back about, each with the service time predicted at dispatch plus the node's
+  per-task overhead. When an answer arrives the node has just finished a task, so the backlog
+  restarts at ``now + Σ (predicted ms + overhead of the tasks still out)``; between answers it
+  drains with time (never below 0).
+- **Per-task overhead of a node** (what a task costs beyond its ``compute_ms``: decoding,
+  queue hand-off, encoding, the wire): while a node stays busy, the gap between two of its
+  answers is the service time of the second task, so ``gap − compute_ms`` is a sample; its
+  moving average is the overhead (0 before any sample).
 - **Tasks from elsewhere.** A node's HEARTBEAT says how many TASKs it holds (``queued``). When
   that is more than this coordinator has out on it (another coordinator, or tasks from before
   a reconnect), the extra count × the node's mean service time is added to the wait, until
@@ -63,6 +67,8 @@ class _Node:
     service_ms: dict[str, float] = field(default_factory=dict)  # from its HEARTBEAT
     token_ms: dict[str, float] = field(default_factory=dict)
     last_seen: float = 0.0
+    last_answer: float | None = None  # when its previous answer arrived, if it was busy then
+    overhead_ms: float = 0.0  # moving average of (gap between busy answers − compute_ms)
 
 
 class LoadTracker:
@@ -106,7 +112,7 @@ class LoadTracker:
         """A TASK went to ``node``, predicted to take ``predicted_ms`` once it starts."""
         n = self._node(node)
         n.out[task_id] = predicted_ms
-        n.free_at = max(n.free_at, now) + predicted_ms / 1e3
+        n.free_at = max(n.free_at, now) + (predicted_ms + n.overhead_ms) / 1e3
 
     def answered(self, node: str, task_id: str, now: float, expert: str | None = None,
                  compute_ms: float | None = None, n_tokens: int | None = None) -> None:
@@ -115,8 +121,14 @@ class LoadTracker:
         n = self._nodes.get(node)
         if n is None or n.out.pop(task_id, None) is None:
             return
-        n.free_at = now + sum(n.out.values()) / 1e3
-        if expert is not None and compute_ms is not None and math.isfinite(compute_ms) and compute_ms >= 0:
+        sane = compute_ms is not None and math.isfinite(compute_ms) and compute_ms >= 0
+        if sane and n.last_answer is not None:  # busy since the previous answer: the gap is this task's
+            gap_ms = (now - n.last_answer) * 1e3
+            n.overhead_ms = _ewma(n.overhead_ms if n.overhead_ms else None,
+                                  max(0.0, gap_ms - float(compute_ms)))  # type: ignore[arg-type]
+        n.last_answer = now if n.out else None
+        n.free_at = now + (sum(n.out.values()) + len(n.out) * n.overhead_ms) / 1e3
+        if expert is not None and compute_ms is not None and sane:
             if n_tokens is None:
                 self._score_ms[expert] = _ewma(self._score_ms.get(expert), compute_ms)
             else:
@@ -129,6 +141,7 @@ class LoadTracker:
         n = self._nodes.get(node)
         if n is not None:
             n.out.pop(task_id, None)
+            n.last_answer = None  # the next gap may include a task nobody waits for
 
     def forget(self, node: str) -> None:
         """``node`` left the live set (or reconnected): drop its backlog."""
@@ -174,6 +187,11 @@ class LoadTracker:
                 memo[node] = self.node_wait_ms(node, now)
             out[e] = memo[node]
         return out
+
+    def overhead_ms(self, node: str) -> float:
+        """The node's measured per-task overhead beyond compute_ms (0 before a sample)."""
+        n = self._nodes.get(node)
+        return n.overhead_ms if n is not None else 0.0
 
     def outstanding(self, node: str) -> int:
         """TASKs this coordinator has out on ``node``."""
