@@ -3,8 +3,13 @@
 :func:`load_inputs` reads the calibration table and the profiles, gets the gate (loads a
 given ``gate.onnx``, or trains one and exports it), restricts and orders the table by the
 gate's experts, applies the gate's option-prior correction, and checks that the three
-files agree. :func:`make_objective` builds F(S) from them: the validation accuracy of the
-gate-masked top-k (or adaptive-τ) mixture (:class:`gating.mixture.MixtureObjective`).
+files agree. The profiles give the scoring costs ``latency_ms`` / ``energy_j`` and, where
+every expert has one, the generation cost model ``generation``
+(:class:`edge_moe.profiles.GenerationCosts`), all in the gate's expert order x the table's
+category order; ``generation_missing`` names the experts without one (``generation`` is
+then None and ``generation_message`` says so). :func:`make_objective` builds F(S) from
+them: the validation accuracy of the gate-masked top-k (or adaptive-τ) mixture
+(:class:`gating.mixture.MixtureObjective`).
 
 Both the offline planner (:mod:`gating.planner`) and the live router
 (:mod:`gating.routing`) use them, so the router does not import the planner.
@@ -23,7 +28,7 @@ import numpy as np
 
 from edge_moe.calibration import VALIDATION, CalibrationTable, load_calibration
 from edge_moe.errors import DataFormatError
-from edge_moe.profiles import Profiles, load_profiles
+from edge_moe.profiles import GenerationCosts, Profiles, load_profiles
 from edge_moe.runtime.gate import OnnxGate
 from gating.mixture import MixtureObjective, apply_prior_correction
 
@@ -44,10 +49,21 @@ class PlanInputs:
     calibration_sha256: str
     profiles_path: str
     trained_gate: Any = None  # the TrainedGate when this run trained it (for the retrain check)
+    generation: GenerationCosts | None = None  # (N, C) generation costs; None: some expert lacks them
+    generation_missing: tuple[str, ...] = ()  # the experts without a generation model
 
     @property
     def experts(self) -> tuple[str, ...]:
         return self.table.experts
+
+    @property
+    def generation_message(self) -> str:
+        """Why ``generation`` is None ("" when it is not)."""
+        if not self.generation_missing:
+            return ""
+        return (f"{self.profiles_path}: experts {list(self.generation_missing)} lack a generation cost model "
+                f"for some or all of the categories {list(self.categories)} (profiles written before it existed, "
+                "or calibrated without timing generation; rerun `edge-moe calibrate` and `edge-moe profile`)")
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -110,10 +126,15 @@ def load_inputs(
                              category_names=table.category_names, experts=table.experts,
                              embeddings=table.embeddings, split=table.split)
     lat, en = prof.arrays(table.experts, table.category_names)
-    return PlanInputs(table=table, profiles=prof, gate=gate, gate_logits=gate.logits(table.embeddings),
-                      latency_ms=lat, energy_j=en, calibration_path=str(calibration),
-                      calibration_sha256=sha256_file(calibration), profiles_path=str(profiles),
-                      trained_gate=trained)
+    gen_missing = tuple(prof.generation_missing(table.experts, table.category_names))
+    inputs = PlanInputs(table=table, profiles=prof, gate=gate, gate_logits=gate.logits(table.embeddings),
+                        latency_ms=lat, energy_j=en, calibration_path=str(calibration),
+                        calibration_sha256=sha256_file(calibration), profiles_path=str(profiles),
+                        trained_gate=trained, generation=prof.generation_arrays(table.experts, table.category_names),
+                        generation_missing=gen_missing)
+    if gen_missing:
+        logger.info("%s", inputs.generation_message)
+    return inputs
 
 
 def split_rows(inputs: PlanInputs, split: int) -> tuple[np.ndarray, CalibrationTable]:

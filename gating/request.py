@@ -66,7 +66,8 @@ def deadline_ms(q: Query, latency_budget_ms: float, default_ms: float) -> float:
 
 def plan_info(plan: RoutePlan) -> PlanInfo:
     sel = plan.selection
-    return PlanInfo(tuple(sel.experts), sel.status, finite_or_none(sel.objective), sel.message,
+    message = "; ".join(m for m in (sel.message, plan.note) if m)
+    return PlanInfo(tuple(sel.experts), sel.status, finite_or_none(sel.objective), message,
                     plan.live, plan.category, plan.energy_budget_j, plan.latency_budget_ms,
                     plan.cached, plan.min_energy_j, plan.min_latency_ms)
 

@@ -21,7 +21,16 @@ counts decisions/s). It reads a clock only to report its stage ms. In order:
      top-k (or adaptive-τ) mixture restricted to S (:func:`gating.inputs.make_objective`),
      over the calibration table's validation split with the gate's prior correction applied.
      Restricted to the live set L, F is evaluated on masks that are zero outside L.
-   - Costs are the profiles' p95 ``latency_ms[n, c]`` and ``energy_j[n, c]`` (N × C).
+   - Costs are the profiles' p95 ``latency_ms[n, c]`` and ``energy_j[n, c]`` (N × C) for an
+     options query; for a generation query of ``max_new_tokens`` T, the profiles' generation
+     model: ``prefill_ms + T·per_token_ms`` and ``prefill_j + T·j_per_token``
+     (:class:`edge_moe.profiles.GenerationCosts`). Profiles without one plan generation with
+     the scoring costs, and the plan's ``note`` (in ``plan.message``) says so.
+   - Load (:meth:`Router.decide`'s ``wait_ms``): each expert's predicted queue wait is added
+     to its latency costs, rounded to a :data:`LOAD_STEP_MS` grid (the cache key holds the
+     grid values). Idle plans fit but loaded ones do not: status ``overloaded`` and
+     ``retry_after_ms``. Among plans of the same F, a member is swapped for a less loaded
+     non-member when the set stays feasible (:func:`_spread`).
    - Category given: only its column constrains the plan. Not given: every column (the
      worst case over categories).
    - With τ (adaptive k) any member of S may be active, so energy is the sum over all of S
@@ -31,8 +40,11 @@ counts decisions/s). It reads a clock only to report its stage ms. In order:
    mass ≥ τ) renormalised (:func:`gating.mixture.select_top_k`; ties: lower gate index).
 
 The outcome is a status: ``ok`` (the weights of the experts that answer), ``infeasible``
-(no plan fits the budget: an answer, not an error) or ``no_experts`` (no live expert the
-gate knows). The inputs come from :mod:`gating.inputs`, as the offline planner's do.
+(no plan fits the budget even on idle nodes: an answer, not an error), ``overloaded`` (a
+plan would fit on idle nodes, none fits at the current queues) or ``no_experts`` (no live
+expert the gate knows). :meth:`Router.route` is :meth:`Router.prepare` (the checks, cheap),
+:meth:`Router.score` (embedding and gate: the compute, batched, run off the coordinator's
+loop) and :meth:`Router.decide` (plan and weights from the logits, cheap). The inputs come from :mod:`gating.inputs`, as the offline planner's do.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ import numpy as np
 
 from edge_moe.config import BudgetConfig
 from edge_moe.errors import ConfigError, DataFormatError, SelectionError
+from edge_moe.profiles import GenerationCosts
 from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
 from edge_moe.wire import Query, check_query
 from gating.inputs import load_inputs, make_objective
@@ -166,7 +179,7 @@ class Router:
                  energy_j: np.ndarray, make_objective: Callable[[int | None, float | None], Any],
                  aggregation_ms: float = 0.0, default_budget: BudgetConfig | None = None,
                  top_k: int | None = 2, tau: float | None = None,
-                 embedder: Embedder | None = None, generation: Any = None,
+                 embedder: Embedder | None = None, generation: GenerationCosts | None = None,
                  generation_note: str = "") -> None:
         n, c = len(gate.experts), len(categories)
         if np.shape(latency_ms) != (n, c) or np.shape(energy_j) != (n, c):
@@ -589,5 +602,10 @@ def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLik
     def objective(k: int | None, t: float | None) -> MixtureObjective:
         return make_objective(inputs, k, t)
 
+    note = ""
+    if inputs.generation is None:
+        note = ("the profiles have no generation model (" + inputs.generation_message
+                + "): planned with option-scoring costs")
     return Router(inputs.gate, inputs.categories, inputs.latency_ms, inputs.energy_j, objective,
-                  inputs.profiles.aggregation_ms, default_budget, top_k, tau, embedder)
+                  inputs.profiles.aggregation_ms, default_budget, top_k, tau, embedder,
+                  generation=inputs.generation, generation_note=note)

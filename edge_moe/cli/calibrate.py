@@ -35,10 +35,18 @@ def calibrate(
     progress: Annotated[bool, typer.Option(help="show progress bars with ETA")] = True,
     score: Annotated[bool, typer.Option(help="--no-score: score nothing, only assemble the table from what the "
                                              "work folder holds")] = True,
+    generation_prompts: Annotated[int, typer.Option(help="samples per category whose free-form generation is timed "
+                                                         "(at 1 token; one per category also at "
+                                                         "--generation-tokens) for the generation cost model; "
+                                                         "0: none", min=0)] = 2,
+    generation_tokens: Annotated[int, typer.Option(help="max_new_tokens of the longer timed generations",
+                                                   min=2)] = 16,
 ) -> None:
     """Score a labelled multiple-choice set with every expert's ONNX runner (letter mode), embed
     the prompts with MiniLM, split train/validation/test (seeded, stratified by category), and
-    write the calibration table plus measured p50/p95 latency per expert and category.
+    write the calibration table plus measured p50/p95 latency per expert and category, and a
+    few timed free-form generations per expert and category (for the generation cost model
+    that `edge-moe profile` fits).
 
     Resumable: each scored sample is appended to the work folder as it finishes, so rerunning
     an interrupted command continues where it stopped. The table covers the samples that every
@@ -49,15 +57,18 @@ def calibrate(
     command = "edge-moe calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
     table, lat = run(work, expert, out=out, dataset=dataset, per_topic=per_topic or None, seed=seed,
                      categories=categories, encoder=str(encoder) if encoder else None, threads=threads,
-                     limit=limit, progress=progress, command=command, score=score)
+                     limit=limit, progress=progress, command=command, score=score,
+                     generation_prompts=generation_prompts, generation_tokens=generation_tokens)
     doc = json.loads(lat.read_text())
     t = Table(title=f"calibration: {doc['n_samples']} samples scored by every expert (of {doc['n_listed']} listed)")
-    for col in ("expert", "accuracy (all splits)", "p50 ms (worst category)", "p95 ms (worst category)", "mean tokens"):
+    for col in ("expert", "accuracy (all splits)", "p50 ms (worst category)", "p95 ms (worst category)", "mean tokens",
+                "generate calls"):
         t.add_column(col, overflow="fold")
     for e, d in doc["experts"].items():
         cats = d["categories"].values()
         t.add_row(e, f"{d['accuracy_all_splits']:.3f}", f"{max(c['p50_ms'] for c in cats):.0f}",
                   f"{max(c['p95_ms'] for c in cats):.0f}",
-                  f"{sum(c['mean_tokens'] * c['n'] for c in cats) / sum(c['n'] for c in cats):.0f}")
+                  f"{sum(c['mean_tokens'] * c['n'] for c in cats) / sum(c['n'] for c in cats):.0f}",
+                  str(len(d.get("generation", {}).get("calls", [])) or "none"))
     console.print(t)
     console.print(f"wrote {table} and {lat} (work folder {work})", highlight=False)

