@@ -6,20 +6,27 @@ Two ROUTER sockets, one thread, one poller (zguide ``ppqueue.py`` for the backen
 - *backend*: nodes connect out as DEALER, send READY and heartbeats (:mod:`gating.registry`),
   receive TASKs and answer RESULT or ERROR. The coordinator heartbeats every live node.
 
-The loop owns the sockets, the clock and the bookkeeping, and decides nothing itself. Per
-query (:meth:`Coordinator._on_query`): one call, :meth:`gating.routing.Router.route`, checks
-the query, embeds the prompt, computes the gate logits, plans over the *live* experts
-(exact selector, cached) and weights the top-k (or adaptive k) inside the plan; the loop
+The loop owns the sockets, the clock and the bookkeeping, never computes, and decides
+nothing itself. Per query: :meth:`Coordinator._on_query` checks it
+(:meth:`gating.routing.Router.prepare`, the prompt size, the in-flight bounds) and hands the
+prompt to the embedding worker (:class:`gating.embedding.EmbedWorker`, its own thread, a
+bounded queue, batches); when the logits are back, :meth:`Coordinator._on_scored` asks
+:meth:`gating.routing.Router.decide` for the plan over the *live* experts, with each
+expert's predicted queue wait (:class:`gating.load.LoadTracker`) as a cost when
+``coordinator.load_aware``, and weights the top-k (or adaptive k) inside the plan; the loop
 fans the TASKs out with the deadline, then, as RESULTs arrive, aggregates
 (:mod:`gating.aggregate`) and sends a REPLY with the breakdown (the in-flight state and
-the reply parts: :mod:`gating.request`).
+the reply parts: :mod:`gating.request`). A plan that fits idle nodes but not the current
+queues is answered at once with ERROR ``overloaded`` and ``retry_after_ms``.
 
 Failure handling, every path answered, none blocking:
 
 - *deadline*: shortly before it (``min(5 ms, 10%)``), aggregate what arrived, renormalised,
   and mark the reply degraded ("late"); nothing arrived → ERROR "deadline";
-- *node loss*: a node silent for ``heartbeat_s × liveness`` leaves the live set; its
-  in-flight tasks count as stragglers ("lost"); later plans are over what is left;
+- *node loss*: a node silent for ``heartbeat_s × liveness`` leaves the live set (one
+  silent for 2 heartbeats is no longer planned); each of its in-flight tasks goes at once to
+  a standby of the query's plan that can still make the deadline, else counts as "lost" and
+  the query is aggregated without it; later plans are over what is left;
 - *infeasible budget*: a REPLY with no answer, ``plan.status == "infeasible"``, the
   binding constraint and the smallest budget a live expert fits;
 - *bad input*: undecodable frames → ERROR "protocol"; decodable but wrong values →

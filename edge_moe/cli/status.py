@@ -28,7 +28,8 @@ def status(
     coord = st["coordinator"]
     so_far = coord.get("experts_so_far", {})
     t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
-    for col in ("node", "class", "ready", "live", "last beat s", "actor pid", "experts", "answers", "ms so far", "J so far"):
+    for col in ("node", "class", "ready", "live", "last beat s", "queue", "actor pid", "experts", "answers",
+                "ms so far", "J so far"):
         t.add_column(col)
     for n, e in st["nodes"].items():
         experts = e.get("experts", [])
@@ -36,8 +37,12 @@ def status(
         ms = sum(so_far.get(x, {}).get("compute_ms", 0.0) for x in experts)
         joules = sum(so_far.get(x, {}).get("energy_j", 0.0) for x in experts)
         actor = e["actor"]
-        t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", "yes" if e.get("live") else "NO",
-                  f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-",
+        live = "yes" if e.get("live") else "NO"
+        if e.get("quarantined_s_left") is not None:
+            live = f"NO (quarantined, {e['quarantined_s_left']:g} s left)"
+        queue = (f"{e['queued']} ({e.get('predicted_wait_ms', 0):.0f} ms)" if "queued" in e else "-")
+        t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", live,
+                  f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-", queue,
                   str(actor.get("pid", actor.get("error", "-"))), ", ".join(experts) or "-", str(ans),
                   f"{ms:.0f}", f"{joules:.3g} ({e.get('energy_source', '-')})")
     console.print(t)

@@ -126,14 +126,24 @@ class CoordinatorActor:
                 time.sleep(0.001)
         else:
             entries = []
-        nodes = {e.name: {"experts": list(e.experts), "device_class": e.ready.device_class,
-                          "energy_source": e.ready.energy_source,
-                          "last_heartbeat_s_ago": round(now - e.liveness.last_seen, 3),
-                          "live": not e.liveness.expired(now)} for e in entries}
+        reg, load = self.coordinator.registry, self.coordinator.load
+        nodes = {}
+        for e in entries:
+            until = reg.quarantined_until(e.name)
+            nodes[e.name] = {
+                "experts": list(e.experts), "device_class": e.ready.device_class,
+                "energy_source": e.ready.energy_source,
+                "last_heartbeat_s_ago": round(now - e.liveness.last_seen, 3),
+                "live": not e.liveness.expired(now) and until is None,
+                "quarantined_s_left": None if until is None else round(max(0.0, until - now), 1),
+                "queued": load.reported_queue(e.name), "tasks_out": load.outstanding(e.name),
+                "predicted_wait_ms": round(min(load.node_wait_ms(e.name, now), 1e9), 1),
+            }
         return {"pid": os.getpid(), "started": self.started, "serving": self.thread.is_alive(),
                 "frontend": self.coordinator.frontend_endpoint,
                 "backend": self.coordinator.backend_endpoint, "nodes": nodes,
                 "live_experts": list(self.coordinator.registry.live_experts),
                 "in_flight": len(self.coordinator._pending),
+                "waiting_to_embed": len(self.coordinator._waiting),
                 "stats": dict(self.coordinator.stats),
                 "experts_so_far": {k: dict(v) for k, v in self.totals.items()}}
