@@ -91,7 +91,7 @@ from gating.embedding import EmbedWorker, Scored
 from gating.load import LoadTracker
 from gating.registry import Registry
 from gating.request import Pending, Waiting, deadline_ms, expert_use, plan_info
-from gating.routing import LOAD_STEP_MS, Embedder, Router, Status, load_router
+from gating.routing import LOAD_STEP_MS, Decision, Embedder, Router, Status, load_router
 
 logger = logging.getLogger(__name__)
 
@@ -308,12 +308,42 @@ class Coordinator:
                              f"(coordinator.max_pending = {self.config.max_pending})",
                              max(1.0, (soonest - t0) * 1e3))
             return
+        if self._answered_before_embedding(envelope, q, t0):
+            return
         if not self.embedder.submit(key, q.prompt):
             self._overloaded(envelope, q, f"{self.config.max_waiting} prompts are waiting to be "
                              "embedded, the limit (coordinator.max_waiting)", 50.0)
             return
         budget_ms = deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
         self._waiting[key] = Waiting(envelope, q, t0, t0 + budget_ms / 1e3)
+
+    def _answered_before_embedding(self, envelope: list[bytes], q: Query, t0: float) -> bool:
+        """Admission: the plan does not depend on the prompt, so a query that no live expert
+        can serve (none live, an infeasible budget, or, load-aware, queues too long) is
+        answered now, before it costs an embedding. True when it was answered."""
+        live = self.registry.live_experts
+        waits = self._waits(q, live, t0, 0.0) if self.config.load_aware else None
+        d = self.router.decide(q, None, live, self.registry.node_names, waits)
+        if d.status == Status.OK:
+            return False
+        self._answer_decision(envelope, q, d, t0)
+        return True
+
+    def _answer_decision(self, envelope: list[bytes], q: Query, d: Decision, t0: float,
+                         stage: dict[str, float] | None = None) -> None:
+        """The answer to a decision that sends no TASK: ERROR no_experts / overloaded, or the
+        infeasible REPLY."""
+        if d.status == Status.NO_EXPERTS or d.plan is None:
+            self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS, d.message))
+        elif d.status == Status.OVERLOADED:
+            self.stats["overloaded"] += 1
+            self._reply(envelope, Error(q.id, ErrorCode.OVERLOADED, d.message,
+                                        None if d.retry_after_ms is None else round(d.retry_after_ms, 1)))
+        else:
+            stage = dict(stage if stage is not None else d.stage_ms)
+            stage.update(fanout=0.0, aggregate=0.0, total=(time.monotonic() - t0) * 1e3)
+            self._reply(envelope, Reply(q.id, (), stage, stage["total"], 0.0, "", plan_info(d.plan),
+                                        reasons=(d.message,)))
 
     def _overloaded(self, envelope: list[bytes], q: Query, why: str, retry_ms: float | None) -> None:
         self.stats["overloaded"] += 1
@@ -345,21 +375,11 @@ class Coordinator:
                                embed_ms=s.embed_ms, gate_ms=s.gate_ms)
         stage = dict(d.stage_ms)
         stage["queue"] = max(0.0, elapsed_ms - s.embed_ms - s.gate_ms)
-        if d.status == Status.NO_EXPERTS or d.plan is None:
-            self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS, d.message))
-            return
-        if d.status == Status.OVERLOADED:
-            self.stats["overloaded"] += 1
-            self._reply(envelope, Error(q.id, ErrorCode.OVERLOADED, d.message,
-                                        None if d.retry_after_ms is None else round(d.retry_after_ms, 1)))
+        if d.status != Status.OK or d.plan is None:  # the queues grew (or nodes left) meanwhile
+            self._answer_decision(envelope, q, d, t0, stage)
             return
         plan = d.plan
         decided = time.monotonic()
-        if d.status == Status.INFEASIBLE:
-            stage.update(fanout=0.0, aggregate=0.0, total=(decided - t0) * 1e3)
-            self._reply(envelope, Reply(q.id, (), stage, stage["total"], 0.0, "", plan_info(plan),
-                                        reasons=(d.message,)))
-            return
         budget_ms = deadline_ms(q, plan.latency_budget_ms, self.default_deadline_ms)
         margin_ms = min(5.0, 0.1 * budget_ms)
         p = Pending(envelope, q, plan, dict(d.weights), {}, {}, t0,

@@ -131,7 +131,8 @@ class Decision:
         weights: expert name → weight of the experts that answer, in gate order, summing
             to 1; empty unless ok.
         top_k / tau: the fine level used (the query's, or the router's default).
-        logits: (N,) float32 gate logits for the prompt, in gate order.
+        logits: (N,) float32 gate logits for the prompt, in gate order (None when decided
+            for admission, before the prompt was embedded).
         stage_ms: "embed", "gate" and "select" (plan and weights), in ms.
         retry_after_ms: when overloaded, the predicted ms until the least loaded expert that
             fits the budget alone would fit it at its queue; else None.
@@ -145,7 +146,7 @@ class Decision:
     weights: dict[str, float]
     top_k: int | None
     tau: float | None
-    logits: np.ndarray
+    logits: np.ndarray | None
     stage_ms: dict[str, float]
     retry_after_ms: float | None = None
     predicted_ms: dict[str, float] = field(default_factory=dict)
@@ -288,14 +289,16 @@ class Router:
         t2 = time.perf_counter()
         return logits, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
-    def decide(self, query: Query, logits: np.ndarray, live: Iterable[str], nodes: Sequence[str] = (),
+    def decide(self, query: Query, logits: np.ndarray | None, live: Iterable[str], nodes: Sequence[str] = (),
                wait_ms: Mapping[str, float] | None = None, *, embed_ms: float = 0.0,
                gate_ms: float = 0.0) -> Decision:
         """Plan and weight one (prepared) query from its gate logits; cheap, no model runs.
 
         Args:
             query: the QUERY (checked by :meth:`prepare`).
-            logits: (N,) its gate logits (:meth:`score`).
+            logits: (N,) its gate logits (:meth:`score`); None for *admission*: the plan
+                (which does not depend on the prompt) and its status, with no weights, so
+                that an overloaded or infeasible query is answered before it is embedded.
             live / nodes: as in :meth:`route`.
             wait_ms: expert → predicted ms before its node can start the query's task (the
                 coordinator's :class:`gating.load.LoadTracker`, plus the time the query has
@@ -356,6 +359,8 @@ class Router:
         if not plan.feasible:
             return Decision(Status.INFEASIBLE, plan.selection.message, plan, {}, top_k, tau, logits,
                             stages(), None, predicted)
+        if logits is None:  # admission only: the plan, no weights yet
+            return Decision(Status.OK, "", plan, {}, top_k, tau, logits, stages(), None, predicted)
         w = self._weights(logits, plan).tolist()  # (N,) zeros outside the experts that answer
         weights = {e: x for e, x in zip(self.experts, w, strict=True) if x > 0}
         return Decision(Status.OK, "", plan, weights, top_k, tau, logits, stages(), None, predicted)
