@@ -323,7 +323,8 @@ class Coordinator:
         answered now, before it costs an embedding. True when it was answered."""
         live = self.registry.live_experts
         waits = self._waits(q, live, t0, 0.0) if self.config.load_aware else None
-        d = self.router.decide(q, None, live, self.registry.node_names, waits)
+        scale = self._energy_scale(q, live) if self.config.load_aware else None
+        d = self.router.decide(q, None, live, self.registry.node_names, waits, energy_scale=scale)
         if d.status == Status.OK:
             return False
         self._answer_decision(envelope, q, d, t0)
@@ -368,11 +369,12 @@ class Coordinator:
         now = time.monotonic()
         elapsed_ms = (now - t0) * 1e3
         live = self.registry.live_experts
-        waits = None
+        waits = scale = None
         if self.config.load_aware:
             waits = self._waits(q, live, now, elapsed_ms)
+            scale = self._energy_scale(q, live)
         d = self.router.decide(q, s.logits, live, self.registry.node_names, waits,
-                               embed_ms=s.embed_ms, gate_ms=s.gate_ms)
+                               embed_ms=s.embed_ms, gate_ms=s.gate_ms, energy_scale=scale)
         stage = dict(d.stage_ms)
         stage["queue"] = max(0.0, elapsed_ms - s.embed_ms - s.gate_ms)
         if d.status != Status.OK or d.plan is None:  # the queues grew (or nodes left) meanwhile
@@ -409,6 +411,21 @@ class Coordinator:
             # and the grid must not round the wait down
             queued = margin + LOAD_STEP_MS / 2 if backlog > 0 else 0.0
             out[e] = backlog + extra + slower + queued
+        return out
+
+    def _energy_scale(self, q: Query, live: tuple[str, ...]) -> dict[str, float]:
+        """Per live expert, how much slower than its profile it computes lately (measured
+        compute ms ÷ profile ms, when above 1): modelled joules are busy power × time, so its
+        energy costs grow by that factor (load-aware plans)."""
+        gen = None if q.options is not None else q.max_new_tokens
+        out = {}
+        for e in live:
+            node = self.registry.node_of(e)
+            if node is None or e not in self.router.index:
+                continue
+            profile = self.router.profile_ms(q, e)
+            if profile > 0:
+                out[e] = self.load.service_ms(e, node.name, profile, gen) / profile
         return out
 
     def _dispatch(self, p: Pending, expert: str) -> None:

@@ -74,7 +74,8 @@ from gating.selector import INFEASIBLE, Budget, Selection, SelectionProblem, sel
 logger = logging.getLogger(__name__)
 
 MAX_CACHED_PLANS = 4096  # a stream of distinct budgets must not grow the cache without bound
-LOAD_STEP_MS = 10.0  # queue waits are planned rounded up to this grid, so load-aware plans cache
+LOAD_STEP_MS = 10.0  # queue waits are planned on this grid, so load-aware plans cache
+ENERGY_SCALE_STEP = 0.05  # energy slow-down factors are planned rounded up to this grid
 
 
 class Embedder(Protocol):
@@ -230,7 +231,8 @@ class Router:
     # ---------------------------------------------------------------- the calls
 
     def route(self, query: Query, live: Iterable[str], nodes: Sequence[str] = (),
-              wait_ms: Mapping[str, float] | None = None) -> Decision:
+              wait_ms: Mapping[str, float] | None = None,
+              energy_scale: Mapping[str, float] | None = None) -> Decision:
         """Decide one query over the live experts: :meth:`prepare`, :meth:`score`, :meth:`decide`.
 
         Args:
@@ -239,6 +241,7 @@ class Router:
             nodes: names of the live nodes, quoted in the no_experts message.
             wait_ms: expert → predicted queue wait (load-aware planning); None plans on
                 idle nodes.
+            energy_scale: expert → energy factor (see :meth:`decide`).
 
         Returns:
             The Decision; infeasible budgets, overload and an empty live set are statuses,
@@ -252,7 +255,8 @@ class Router:
         """
         self.prepare(query)
         logits, embed_ms, gate_ms = self.score([query.prompt])
-        return self.decide(query, logits[0], live, nodes, wait_ms, embed_ms=embed_ms, gate_ms=gate_ms)
+        return self.decide(query, logits[0], live, nodes, wait_ms, embed_ms=embed_ms, gate_ms=gate_ms,
+                           energy_scale=energy_scale)
 
     def prepare(self, query: Query) -> None:
         """Check the query before it is embedded (cheap; the coordinator's I/O loop runs it).
@@ -291,7 +295,7 @@ class Router:
 
     def decide(self, query: Query, logits: np.ndarray | None, live: Iterable[str], nodes: Sequence[str] = (),
                wait_ms: Mapping[str, float] | None = None, *, embed_ms: float = 0.0,
-               gate_ms: float = 0.0) -> Decision:
+               gate_ms: float = 0.0, energy_scale: Mapping[str, float] | None = None) -> Decision:
         """Plan and weight one (prepared) query from its gate logits; cheap, no model runs.
 
         Args:
@@ -306,6 +310,9 @@ class Router:
                 Added to the expert's latency profile; rounded to the
                 :data:`LOAD_STEP_MS` grid so that plans cache. None: plan on idle nodes.
             embed_ms / gate_ms: reported in ``stage_ms``.
+            energy_scale: expert → factor ≥ 1 on its energy profile (a node computing slower
+                than its profile, e.g. under contention, spends more modelled joules);
+                rounded up to steps of :data:`ENERGY_SCALE_STEP`. None: the profiles as they are.
 
         Returns:
             ok / infeasible (even idle nodes could not meet the budget) / overloaded (idle
@@ -334,10 +341,11 @@ class Router:
         responsive = (live_t if not wait_ms else
                       tuple(e for e in live_t if math.isfinite(wait_ms.get(e, 0.0))))
         wait = _quantise(responsive, wait_ms)
-        plan = (self._plan(responsive, query.category, energy_b, latency_b, top_k, tau, gen, wait)
+        scale = _scales(responsive, energy_scale)
+        plan = (self._plan(responsive, query.category, energy_b, latency_b, top_k, tau, gen, wait, scale)
                 if responsive else None)
         retry = None
-        if plan is None or (not plan.feasible and (any(wait) or responsive != live_t)):
+        if plan is None or (not plan.feasible and (any(wait) or scale or responsive != live_t)):
             idle = self._plan(live_t, query.category, energy_b, latency_b, top_k, tau, gen, ())
             if idle.feasible:
                 plan = plan or replace(idle, selection=_empty(idle), mask=np.zeros_like(idle.mask))
@@ -439,19 +447,20 @@ class Router:
 
     def _plan(self, live: tuple[str, ...], category: str | None, energy_j: float | None,
               latency_ms: float | None, top_k: int | None, tau: float | None,
-              gen: int | None = None, wait: tuple[float, ...] = ()) -> RoutePlan:
+              gen: int | None = None, wait: tuple[float, ...] = (),
+              scale: tuple[float, ...] = ()) -> RoutePlan:
         """The plan over ``live`` (sorted, known to the gate), from the cache when it is there.
 
         ``wait`` (quantised, per live expert; () for idle) is added to the latency costs.
         Generation plans are keyed by their token count only with a generation model.
         """
         kind = gen if (gen is not None and self.generation is not None) else (None if gen is None else -1)
-        key = (live, category, energy_j, latency_ms, top_k, tau, kind, wait if any(wait) else ())
+        key = (live, category, energy_j, latency_ms, top_k, tau, kind, wait if any(wait) else (), scale)
         hit = self._plans.get(key)
         if hit is not None:
             return hit
         plan = self._solve(live, category, energy_j, latency_ms, top_k, tau, gen,
-                           wait if any(wait) else ())
+                           wait if any(wait) else (), scale)
         if len(self._plans) > MAX_CACHED_PLANS:
             self._plans.clear()
         self._plans[key] = replace(plan, cached=True)
@@ -459,7 +468,8 @@ class Router:
 
     def _solve(self, live: tuple[str, ...], category: str | None, energy_j: float | None,
                latency_ms: float | None, top_k: int | None, tau: float | None,
-               gen: int | None = None, wait: tuple[float, ...] = ()) -> RoutePlan:
+               gen: int | None = None, wait: tuple[float, ...] = (),
+               scale: tuple[float, ...] = ()) -> RoutePlan:
         cols = np.array([self.categories.index(category)] if category is not None
                         else range(len(self.categories)), dtype=np.intp)
         idx = np.array([self.index[e] for e in live], dtype=np.intp)
@@ -479,6 +489,8 @@ class Router:
         lat = base_lat[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
         if wait:
             lat = lat + np.asarray(wait, np.float64)[:, None]
+        if scale:
+            en = en * np.asarray(scale, np.float64)[:, None]
         problem = SelectionProblem(experts=list(live), energy_j=en, latency_ms=lat, objective=objective,
                                    top_k=None if tau is not None else top_k,
                                    aggregation_ms=self.aggregation_ms,
@@ -520,7 +532,9 @@ class Router:
         waits = dict(zip(plan.live, plan.wait_ms, strict=True))
         need = [waits[e] - s for e, s in self._slack_ms(plan, gen).items()
                 if s >= 0 and math.isfinite(waits[e])]
-        return max(0.0, min(need)) if need else None
+        if not need or min(need) <= 0:  # latency is not what binds (the energy slow-down is)
+            return None
+        return min(need)
 
     def _predicted(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
         lat, _ = self._costs(gen)
@@ -535,6 +549,19 @@ def _empty(plan: RoutePlan) -> Selection:
     sel = plan.selection
     return replace(sel, status=INFEASIBLE, experts=(), mask=np.zeros_like(sel.mask),
                    objective=math.nan, message="no responsive expert")
+
+
+def _scales(live: tuple[str, ...], energy_scale: Mapping[str, float] | None) -> tuple[float, ...]:
+    """Per live expert, its energy factor rounded *up* to :data:`ENERGY_SCALE_STEP` (at least
+    1; a non-finite factor counts as 1); () when every factor is 1."""
+    if not energy_scale:
+        return ()
+    out = []
+    for e in live:
+        f = float(energy_scale.get(e, 1.0))
+        f = f if math.isfinite(f) and f > 1.0 else 1.0
+        out.append(round(math.ceil(f / ENERGY_SCALE_STEP - 1e-9) * ENERGY_SCALE_STEP, 6))
+    return tuple(out) if any(f > 1.0 for f in out) else ()
 
 
 def _quantise(live: tuple[str, ...], wait_ms: Mapping[str, float] | None) -> tuple[float, ...]:

@@ -195,6 +195,21 @@ def test_retry_after_is_when_the_first_expert_fits_again(router):
     assert d.retry_after_ms == pytest.approx(want)
 
 
+def test_a_slow_down_scales_energy_costs(router):
+    """An expert computing 1.5x slower than its profile spends 1.5x the modelled joules."""
+    live = tuple(sorted(router.experts))
+    en = router.energy_j.max(axis=1)  # (N,) worst category, alone
+    cheapest = live[int(np.argmin([en[router.index[e]] for e in live]))]
+    budget = float(en[router.index[cheapest]]) * 1.2  # the cheapest fits alone, with 20 % to spare
+    q = Query("q", "Which colour? Answer:", OPTIONS, budget=WireBudget(budget, math.inf), top_k=1)
+    idle = router.route(q, live)
+    assert idle.status == Status.OK and cheapest in idle.plan.selection.experts
+    d = router.route(q, live, energy_scale={e: 1.5 for e in live})
+    assert d.status == Status.OVERLOADED and d.retry_after_ms is None  # waiting will not help
+    ok = router.route(q, live, energy_scale={e: 1.1 for e in live})  # within the 20 %
+    assert ok.status == Status.OK and cheapest in ok.plan.selection.experts
+
+
 def test_silent_nodes_are_not_planned_and_ties_spread_to_the_idle_expert(router):
     live = tuple(sorted(router.experts))
     q = Query("q", "Which colour? Answer:", OPTIONS, budget=WireBudget(math.inf, math.inf), top_k=1)
