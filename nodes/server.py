@@ -75,6 +75,7 @@ _POLL_CAP_S = 0.1  # the loop wakes at least this often to notice stop()
 # the weight (1 - 0.8**10), so the average follows a change of load within a few tasks and
 # one outlier (a page fault, a GC pause) moves it by a fifth.
 LOAD_ALPHA = 0.2
+MAX_QUEUE = 256  # TASKs waiting for the worker; past it a TASK is answered ERROR overloaded
 _ids = itertools.count()
 
 
@@ -153,6 +154,8 @@ class NodeServer:
         coordinator: heartbeat_s, liveness and reconnect backoff.
         meter: an energy meter (default :func:`edge_moe.energy.make_meter`).
         curve: optional ``(server_public, client_public, client_secret)`` Z85 keys.
+        max_queue: TASKs waiting for the worker at most; a TASK beyond them is answered ERROR
+            ``overloaded`` at once.
         load_alpha: the weight of the newest sample in the service-time averages
             (:class:`NodeLoad`).
     """
@@ -161,7 +164,8 @@ class NodeServer:
                  device_class: DeviceClass, coordinator: CoordinatorConfig,
                  meter: EnergyMeter | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None,
-                 context: zmq.Context | None = None, load_alpha: float = LOAD_ALPHA) -> None:
+                 context: zmq.Context | None = None, load_alpha: float = LOAD_ALPHA,
+                 max_queue: int = MAX_QUEUE) -> None:
         if not experts:
             raise ConfigError(f"node '{name}' hosts no experts")
         self.name = name
@@ -175,6 +179,7 @@ class NodeServer:
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self._stop = threading.Event()
+        self.max_queue = max_queue
         self._work: queue.Queue[tuple[Task, float] | None] = queue.Queue()
         self._inproc = f"inproc://node-{name}-{os.getpid()}-{next(_ids)}"
         self._pair = self.ctx.socket(zmq.PAIR)
@@ -182,7 +187,8 @@ class NodeServer:
         self._pair.bind(self._inproc)
         self._sock: zmq.Socket | None = None
         self._worker = threading.Thread(target=self._work_loop, name=f"node-{name}-worker", daemon=True)
-        self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0}
+        self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0,
+                      "overloaded": 0}
         self._load = NodeLoad(load_alpha)
 
     # ---------------------------------------------------------------- lifecycle
@@ -292,6 +298,11 @@ class NodeServer:
                     self._send(Error(msg.id, ErrorCode.UNKNOWN_EXPERT,
                                      f"node {self.name} does not host expert '{msg.expert}' "
                                      f"(it hosts: {', '.join(self.experts)})"))
+                    continue
+                if self._work.qsize() >= self.max_queue:  # bounded: refuse, do not pile up
+                    self.stats["overloaded"] += 1
+                    self._send(Error(msg.id, ErrorCode.OVERLOADED,
+                                     f"node {self.name}: {self.max_queue} TASKs already queued"))
                     continue
                 self.stats["tasks"] += 1
                 self._load.accepted()

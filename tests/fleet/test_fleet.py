@@ -45,6 +45,8 @@ def test_deploy_query_status_down(deployed: F.Deployment) -> None:
     for name, node in st["nodes"].items():
         assert node["ready"] and node["live"], (name, node)
         assert node["actor"]["serving"] and node["last_heartbeat_s_ago"] < HEARTBEAT_S * LIVENESS
+        assert node["quarantined_s_left"] is None and node["queued"] == 0 == node["tasks_out"], node
+        assert node["predicted_wait_ms"] == 0.0, node
     assert {n["device_class"] for n in st["nodes"].values()} == {"cpu-fast", "cpu-slow", "edge"}
     assert st["ray"]["nodes_alive"] == 1
     with EdgeMoEClient(deployed.frontend, timeout_s=5) as c:

@@ -389,3 +389,22 @@ def test_node_load_counts_across_threads():
     assert load.heartbeat("n").queued == 0
     accept()
     assert load.heartbeat("n").queued == n
+
+
+def test_the_task_queue_is_bounded_and_overflow_is_answered_overloaded(coord):
+    experts = {"slow": ToyExpert("slow", delay_ms=100)}
+    with running(NodeServer("n1", coord.endpoint, experts, CPU, CFG, meter=ModelledMeter(CPU),
+                            max_queue=2)) as server:
+        identity, _ = coord.recv()
+        for i in range(6):  # one runs, two wait, the other three are refused at once
+            coord.send(identity, Task(f"t{i}", "slow", "p", 60_000.0, ("a", "b")))
+        got = {}
+        while len(got) < 6:
+            _, msg = coord.recv(timeout_s=10)
+            if isinstance(msg, (Result, Error)):  # (a READY if the node reconnects: no coordinator beats)
+                got[msg.id] = msg
+        refused = [m for m in got.values() if isinstance(m, Error)]
+        assert len(refused) == 3 and all(m.code == ErrorCode.OVERLOADED for m in refused), got
+        assert "2 TASKs already queued" in refused[0].message
+        assert sum(isinstance(m, Result) for m in got.values()) == 3
+        assert server.stats["overloaded"] == 3 and server.load().queued == 0
