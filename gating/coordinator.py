@@ -414,18 +414,18 @@ class Coordinator:
         return out
 
     def _energy_scale(self, q: Query, live: tuple[str, ...]) -> dict[str, float]:
-        """Per live expert, how much slower than its profile it computes lately (measured
-        compute ms ÷ profile ms, when above 1): modelled joules are busy power × time, so its
-        energy costs grow by that factor (load-aware plans)."""
+        """Per live expert, how many more joules than its profile it has lately spent per
+        task (the moving average of its RESULTs' ``energy_j`` ÷ the profile's, when above 1;
+        e.g. a node slowed by contention, whose modelled J is busy power × time): its energy
+        costs grow by that factor (load-aware plans)."""
         gen = None if q.options is not None else q.max_new_tokens
         out = {}
         for e in live:
-            node = self.registry.node_of(e)
-            if node is None or e not in self.router.index:
+            if e not in self.router.index:
                 continue
-            profile = self.router.profile_ms(q, e)
+            profile = self.router.profile_energy_j(q, e)
             if profile > 0:
-                out[e] = self.load.service_ms(e, node.name, profile, gen) / profile
+                out[e] = self.load.energy_j(e, profile, gen) / profile
         return out
 
     def _dispatch(self, p: Pending, expert: str) -> None:
@@ -522,7 +522,7 @@ class Coordinator:
             p.results[expert] = msg
             p.status[expert] = "ok"
             self.load.answered(node, msg.id, now, expert, msg.compute_ms,
-                               None if p.query.options is not None else msg.n_tokens)
+                               None if p.query.options is not None else msg.n_tokens, msg.energy_j)
         elif isinstance(msg, Result):
             self.load.answered(node, msg.id, now)
             self.stats["bad_results"] += 1

@@ -310,8 +310,8 @@ class Router:
                 Added to the expert's latency profile; rounded to the
                 :data:`LOAD_STEP_MS` grid so that plans cache. None: plan on idle nodes.
             embed_ms / gate_ms: reported in ``stage_ms``.
-            energy_scale: expert → factor ≥ 1 on its energy profile (a node computing slower
-                than its profile, e.g. under contention, spends more modelled joules);
+            energy_scale: expert → factor ≥ 1 on its energy profile (its recent joules per
+                task over the profile's: a node slowed by contention spends more modelled J);
                 rounded up to steps of :data:`ENERGY_SCALE_STEP`. None: the profiles as they are.
 
         Returns:
@@ -390,6 +390,14 @@ class Router:
         if query.category is not None:
             return float(self.default_latency_ms[self.categories.index(query.category)])
         return float(self.default_latency_ms.min())
+
+    def profile_energy_j(self, query: Query, expert: str) -> float:
+        """The expert's profiled joules for this query (its kind, its category or the worst
+        over categories)."""
+        gen = None if query.options is not None else int(query.max_new_tokens)
+        _, en = self._costs(gen)
+        row = en[self.index[expert]]
+        return float(row[self.categories.index(query.category)] if query.category is not None else row.max())
 
     def profile_ms(self, query: Query, expert: str) -> float:
         """The expert's profiled latency for this query (its kind, its category or the

@@ -69,6 +69,15 @@ def test_service_times_come_from_results_then_heartbeats_then_the_profile():
     t.dispatched("a", "g", 10.0, 1.2)
     t.answered("a", "g", 1.3, expert="e", compute_ms=80.0, n_tokens=4)
     assert t.service_ms("e", "a", 70.0, max_new_tokens=10) == pytest.approx(200.0)  # 20 ms/token
+    assert t.energy_j("e", fallback_j=3.0) == 3.0  # no joules reported yet
+    t.dispatched("a", "j1", 10.0, 1.4)
+    t.answered("a", "j1", 1.5, expert="e", compute_ms=10.0, energy_j=2.0)
+    t.dispatched("a", "j2", 10.0, 1.5)
+    t.answered("a", "j2", 1.6, expert="e", compute_ms=10.0, energy_j=math.nan)  # not a sample
+    assert t.energy_j("e", 3.0) == pytest.approx(2.0)
+    t.dispatched("a", "j3", 10.0, 1.6)
+    t.answered("a", "j3", 1.7, expert="e", compute_ms=40.0, n_tokens=4, energy_j=0.8)
+    assert t.energy_j("e", 3.0, max_new_tokens=10) == pytest.approx(2.0)  # 0.2 J/token x 10
 
 
 def test_tasks_from_elsewhere_and_hostile_hints():
