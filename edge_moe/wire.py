@@ -108,6 +108,7 @@ class Query:
     ``category`` absent: plan for the worst case over categories. ``deadline_ms`` is
     relative to the coordinator's receipt; absent: the budget's latency, else 30 s.
     ``top_k`` / ``tau`` (adaptive k) override the coordinator's fine-level setting.
+    ``expert`` pins the query to that one expert (it must be live and fit the budget).
     """
 
     id: str
@@ -120,6 +121,7 @@ class Query:
     tau: float | None = None
     deadline_ms: float | None = None
     mode: str = "letter"
+    expert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class ExpertUse:
     logprobs: tuple[float, ...] | None = None
     text: str | None = None
     error: str = ""
+    n_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -565,6 +568,8 @@ def check_query(q: Query) -> str | None:
         return "give top_k or tau, not both"
     if q.deadline_ms is not None and not (0 < q.deadline_ms <= MAX_DEADLINE_MS):
         return f"deadline_ms={q.deadline_ms} must be in (0, {MAX_DEADLINE_MS:g}]"
+    if q.expert is not None and not 0 < len(q.expert) <= MAX_ID_CHARS:
+        return f"expert must be 1..{MAX_ID_CHARS} characters, got {len(q.expert)}"
     if q.budget is not None:
         for name in ("energy_j", "latency_ms"):
             v = getattr(q.budget, name)

@@ -79,4 +79,4 @@ def expert_use(expert: str, p: Pending) -> ExpertUse:
         compute_ms=r.compute_ms if r else 0.0, rtt_ms=p.rtt_ms.get(expert, 0.0),
         energy_j=r.energy_j if r else 0.0, energy_source=r.energy_source if r else "",
         logprobs=r.logprobs if r else None, text=r.text if r else None,
-        error=p.errors.get(expert, ""))
+        error=p.errors.get(expert, ""), n_tokens=r.n_tokens if r else 0)

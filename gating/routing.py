@@ -272,6 +272,8 @@ class Router:
         if query.category is not None and query.category not in self.categories:
             raise SelectionError(f"unknown category {query.category!r} "
                                  f"(known: {', '.join(self.categories)})")
+        if query.expert is not None and query.expert not in self.index:
+            raise SelectionError(f"unknown expert {query.expert!r} (known: {', '.join(self.experts)})")
         if self.embedder is None:
             raise ConfigError("this router has no embedder: pass one to load_router or the Coordinator")
 
@@ -325,6 +327,9 @@ class Router:
         else:
             top_k, tau = query.top_k, query.tau
         live_t = self._known(live)
+        if query.expert is not None:  # pinned: a plan over that expert alone
+            live_t = tuple(e for e in live_t if e == query.expert)
+            top_k, tau = 1, None
 
         def stages() -> dict[str, float]:
             return {"embed": embed_ms, "gate": gate_ms, "select": (time.perf_counter() - t2) * 1e3}

@@ -17,6 +17,7 @@ from edge_moe.cli import (  # noqa: F401  (each import registers a command)
     deploy,
     down,
     export,
+    http,
     keys,
     plan,
     profile,

@@ -1,0 +1,161 @@
+"""The OpenAI-compatible HTTP front, tested with the official ``openai`` package against a real
+fleet (coordinator and toy nodes as processes, the front as a process)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import httpx
+import openai
+import pytest
+
+from edge_moe.client import EdgeMoEClient
+from edge_moe.wire import Reply
+
+from .conftest import Proc, start_fleet
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "sk-test-edge-moe"
+OPTIONS = ["red", "green", "blue", "black"]
+
+
+@pytest.fixture(scope="module")
+def served(assets, tmp_path_factory):
+    fleet = start_fleet(assets)
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"# one per line\n{KEY}\n")
+    front = Proc(["gating.http", "--endpoint", fleet.frontend, "--listen", "127.0.0.1:0",
+                  "--config", str(assets.fleet), "--api-keys", str(keys)])
+    try:
+        url = front.expect("http front ").split()[2]
+        yield fleet, url
+    finally:
+        front.terminate()
+        fleet.stop()
+
+
+@pytest.fixture()
+def client(served):
+    _, url = served
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=30) as c:
+        yield c
+
+
+def test_chat_completion_carries_the_decision_and_matches_the_zmq_reply(served, client, assets):
+    fleet, _ = served
+    r = client.chat.completions.with_raw_response.create(
+        model="edge-moe", messages=[{"role": "user", "content": "Which colour is the sky? Answer:"}],
+        max_tokens=8, extra_body={"edge_moe": {"options": OPTIONS, "top_k": 2}})
+    c = r.parse()
+    em = c.model_extra["edge_moe"]
+    assert c.object == "chat.completion" and c.choices[0].message.role == "assistant"
+    assert c.choices[0].message.content == OPTIONS[em["answer_index"]]
+    assert math.isclose(sum(em["probabilities"]), 1.0, abs_tol=1e-6)
+    assert em["plan"]["status"] == "optimal" and len(em["experts"]) == 2
+    assert r.headers["x-edge-moe-experts"].count("=") == 2
+    assert float(r.headers["x-edge-moe-energy-j"]) == pytest.approx(em["energy_j"], rel=1e-5)
+    with EdgeMoEClient(fleet.frontend, timeout_s=10) as z:  # the same query over ZeroMQ
+        direct = z.query("Which colour is the sky? Answer:", OPTIONS, top_k=2)
+    assert isinstance(direct, Reply)
+    assert direct.answer_index == em["answer_index"]
+    assert [u.name for u in direct.experts] == [u["name"] for u in em["experts"]]
+    assert direct.probabilities == pytest.approx(em["probabilities"], abs=1e-9)
+
+
+def test_completion_generates_and_counts_tokens(client):
+    c = client.completions.create(model="edge-moe", prompt="Say one word.", max_tokens=4,
+                                  extra_body={"edge_moe": {"top_k": 1}})
+    em = c.model_extra["edge_moe"]
+    assert c.object == "text_completion" and c.choices[0].text
+    assert c.choices[0].text.strip(" .").lower() in {u["text"].strip(" .").lower() for u in em["experts"]}
+    assert c.usage.completion_tokens == sum(u["n_tokens"] for u in em["experts"] if u["status"] == "ok") >= 1
+
+
+def test_a_model_naming_an_expert_is_pinned_to_it(client, assets):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "edge-moe" and set(ids[1:]) == set(assets.experts)
+    expert = assets.experts[2]
+    c = client.chat.completions.create(model=expert, messages=[{"role": "user", "content": "Pick."}],
+                                       extra_body={"edge_moe": {"options": OPTIONS}})
+    em = c.model_extra["edge_moe"]
+    assert [u["name"] for u in em["experts"]] == [expert] and em["plan"]["live"] == [expert]
+
+
+def test_budgets_from_extra_body_and_headers_and_the_infeasible_422(client):
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        client.chat.completions.create(model="edge-moe", messages=[{"role": "user", "content": "Pick."}],
+                                       extra_body={"edge_moe": {"options": OPTIONS, "energy_j": 1e-6}})
+    body = err.value.body
+    assert body["code"] == "budget_infeasible" and body["min_energy_j"] > 1e-6
+    with pytest.raises(openai.UnprocessableEntityError):  # the same budget as a header
+        client.chat.completions.create(model="edge-moe", messages=[{"role": "user", "content": "Pick."}],
+                                       extra_body={"edge_moe": {"options": OPTIONS}},
+                                       extra_headers={"x-edge-moe-energy-j": "1e-6"})
+    ok = client.chat.completions.create(model="edge-moe", messages=[{"role": "user", "content": "Pick."}],
+                                        extra_body={"edge_moe": {"options": OPTIONS, "energy_j": 1e6}},
+                                        extra_headers={"x-edge-moe-latency-ms": "60000"})
+    assert ok.model_extra["edge_moe"]["plan"]["budget_latency_ms"] == 60000.0
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    ({"temperature": 0.7}, "temperature"), ({"n": 2}, "n"), ({"top_p": 0.5}, "top_p"),
+    ({"stop": ["\n"]}, "stop"), ({"stream": True}, "stream"),
+    ({"extra_body": {"edge_moe": {"mode": "poetry"}}}, "edge_moe.mode"),
+    ({"extra_body": {"frequency_penalty": 1.0}}, "frequency_penalty"),
+])
+def test_unsupported_parameters_are_400s_that_name_them(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="edge-moe", messages=[{"role": "user", "content": "Hi"}], **kwargs)
+    assert err.value.body["param"] == param, err.value.body
+
+
+def test_coordinator_errors_map_to_http_statuses(served, client):
+    with pytest.raises(openai.BadRequestError) as err:  # the coordinator's bad_request
+        client.chat.completions.create(model="edge-moe", messages=[{"role": "user", "content": "Hi"}],
+                                       extra_body={"edge_moe": {"category": "astrology"}})
+    assert err.value.body["code"] == "bad_request" and "unknown category" in err.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "Hi"}])
+    _, url = served
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+    assert httpx.get(f"{url}/healthz").status_code == 200  # open without a key
+    ready = httpx.get(f"{url}/readyz", headers={"Authorization": f"Bearer {KEY}"})
+    assert ready.status_code == 200 and len(ready.json()["live_experts"]) == 4
+
+
+def test_sixteen_concurrent_async_requests_and_the_metrics(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, url = served
+
+    async def run() -> list[object]:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60) as c:
+            return await asyncio.gather(*[
+                c.chat.completions.create(model="edge-moe",
+                                          messages=[{"role": "user", "content": f"Question {i}? Answer:"}],
+                                          extra_body={"edge_moe": {"options": OPTIONS}})
+                for i in range(16)])
+
+    before = _requests_ok(url, text_string_to_metric_families)
+    replies = asyncio.run(run())
+    assert len(replies) == 16 and all(r.choices[0].message.content in OPTIONS for r in replies)
+    assert _requests_ok(url, text_string_to_metric_families) - before == 16
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"edge_moe_requests", "edge_moe_request_latency_seconds", "edge_moe_stage_latency_seconds",
+            "edge_moe_expert_requests", "edge_moe_expert_energy_joules", "edge_moe_live_experts",
+            "edge_moe_inflight_requests", "edge_moe_plan_cache_hits"} <= names
+
+
+def _requests_ok(url, parse) -> float:
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    for fam in parse(text):
+        if fam.name == "edge_moe_requests":
+            return sum(s.value for s in fam.samples
+                       if s.name.endswith("_total") and s.labels.get("status") == "ok"
+                       and s.labels.get("mode") == "chat")
+    return 0.0
