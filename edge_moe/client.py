@@ -24,11 +24,12 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import zmq
 
 from edge_moe.errors import ConfigError, DeadlineError
-from edge_moe.wire import Error, Query, Reply, WireBudget, decode, encode, to_json
+from edge_moe.wire import Error, Partial, Query, Reply, WireBudget, decode, encode, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ class EdgeMoEClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, query: Query) -> Reply | Error:
+    def request(self, query: Query, on_partial: Any = None) -> Reply | Error:
         """Send a QUERY and return the REPLY or ERROR that answers it.
+
+        ``on_partial(piece)`` is called with each PARTIAL of a ``stream`` query as it arrives.
 
         Raises:
             DeadlineError: no answer after ``1 + retries`` tries of ``timeout_s`` each.
@@ -98,6 +101,11 @@ class EdgeMoEClient:
                 msg = decode(body)
                 if isinstance(msg, Reply | Error) and msg.id in (query.id, ""):
                     return msg
+                if isinstance(msg, Partial) and msg.id == query.id:
+                    if on_partial is not None:
+                        on_partial(msg)
+                    end = time.monotonic() + wait_s  # it is alive: the wait restarts
+                    continue
                 logger.debug("discarding a stale answer %r", getattr(msg, "id", None))
             logger.warning("no answer from %s in %.1f s (try %d of %d)", self.endpoint, wait_s,
                            attempt + 1, 1 + self.retries)

@@ -67,6 +67,7 @@ class MsgType(IntEnum):
     HEARTBEAT = 5
     TASK = 6
     RESULT = 7
+    PARTIAL = 8
 
 
 class ErrorCode(StrEnum):
@@ -109,6 +110,8 @@ class Query:
     relative to the coordinator's receipt; absent: the budget's latency, else 30 s.
     ``top_k`` / ``tau`` (adaptive k) override the coordinator's fine-level setting.
     ``expert`` pins the query to that one expert (it must be live and fit the budget).
+    ``stream``: for a generation answered by one expert, PARTIAL messages carry the text as
+    it is generated, before the REPLY (which holds the whole text either way).
     """
 
     id: str
@@ -122,6 +125,7 @@ class Query:
     deadline_ms: float | None = None
     mode: str = "letter"
     expert: str | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,23 @@ class Task:
     options: tuple[str, ...] | None = None
     mode: str = "letter"
     max_new_tokens: int = 32
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Partial:
+    """PARTIAL: a piece of generated text before the answer (protocol version 1, added later).
+
+    Node → coordinator for a TASK with ``stream`` (``id`` is the TASK's); coordinator → client
+    for a QUERY with ``stream`` answered by one expert (``id`` is the QUERY's). ``index``
+    counts the pieces from 0; their concatenation is a prefix of the final text (the REPLY's
+    ``text`` is authoritative). Old peers never receive one unless they asked (``stream``).
+    """
+
+    id: str
+    expert: str
+    text: str
+    index: int
 
 
 @dataclass(frozen=True)
@@ -278,7 +299,7 @@ class Result:
     n_tokens: int = 0
 
 
-Message = Union[Query, Reply, Error, Ready, Heartbeat, Task, Result]  # noqa: UP007
+Message = Union[Query, Reply, Error, Ready, Heartbeat, Task, Result, Partial]  # noqa: UP007
 
 TYPE_OF: dict[type, MsgType] = {
     Query: MsgType.QUERY,
@@ -288,6 +309,7 @@ TYPE_OF: dict[type, MsgType] = {
     Heartbeat: MsgType.HEARTBEAT,
     Task: MsgType.TASK,
     Result: MsgType.RESULT,
+    Partial: MsgType.PARTIAL,
 }
 CLASS_OF: dict[int, type] = {int(t): c for c, t in TYPE_OF.items()}
 
@@ -674,7 +696,7 @@ def to_json(msg: Message) -> dict[str, Any]:
 
 __all__ = [
     "VERSION", "PROTOCOL", "MsgType", "ErrorCode", "WireBudget", "Query", "ExpertUse", "PlanInfo",
-    "Reply", "Error", "ExpertInfo", "Ready", "Heartbeat", "Task", "Result", "Message", "encode",
+    "Reply", "Error", "ExpertInfo", "Ready", "Heartbeat", "Task", "Result", "Partial", "Message", "encode",
     "decode", "to_json", "finite_or_none", "echo_id", "prompt_size_problem", "MODES", "MAX_ID_CHARS", "MAX_OPTIONS", "MAX_NEW_TOKENS",
     "MAX_DEADLINE_MS", "ENERGY_SOURCES", "LOGPROB_SUM_TOLERANCE", "check_query", "check_result",
 ]

@@ -75,6 +75,7 @@ from edge_moe.wire import (
     Error,
     ErrorCode,
     Heartbeat,
+    Partial,
     Query,
     Ready,
     Reply,
@@ -96,6 +97,7 @@ from gating.routing import LOAD_STEP_MS, Decision, Embedder, Router, Status, loa
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_MS = 30_000.0
+MAX_PARTIAL_CHARS = 65536  # a longer PARTIAL from a node is dropped, not forwarded
 MAX_REFUSALS_REMEMBERED = 1024  # identities whose refused READY was logged (one warning each)
 
 
@@ -443,7 +445,8 @@ class Coordinator:
         predicted = self.load.service_ms(expert, node.name, self.router.profile_ms(q, expert), gen)
         self.load.dispatched(node.name, tid, predicted, now)
         timeout = (p.flush_at - now) * 1e3
-        task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens)
+        stream = q.stream and q.options is None and len(p.weights) == 1
+        task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens, stream)
         self.backend.send_multipart([node.identity, *encode(task)])
 
     # ---------------------------------------------------------------- backend
@@ -475,9 +478,12 @@ class Coordinator:
         if isinstance(msg, Result | Error):
             self._on_answer(identity, known.name, msg, now)
             return
+        if isinstance(msg, Partial):
+            self._on_partial(identity, msg)
+            return
         self.stats["malformed_backend"] += 1
         self.backend.send_multipart([identity, *encode(Error(
-            "", ErrorCode.PROTOCOL, f"the backend accepts READY, HEARTBEAT, RESULT or ERROR, "
+            "", ErrorCode.PROTOCOL, f"the backend accepts READY, HEARTBEAT, RESULT, PARTIAL or ERROR, "
             f"got {type(msg).__name__.upper()}"))])
 
     def _on_ready(self, identity: bytes, msg: Ready, now: float) -> None:
@@ -537,6 +543,19 @@ class Coordinator:
             p.errors[expert] = f"{msg.code}: {msg.message}"
         if not p.open:
             self._finish(key)  # type: ignore[arg-type]
+
+    def _on_partial(self, identity: bytes, msg: Partial) -> None:
+        """A piece of a streamed generation: forwarded to the client as the QUERY's PARTIAL
+        when the query asked for a stream and this is its only answering expert; dropped
+        otherwise (a late piece, another node's task, an over-long piece)."""
+        key = self._task_owner.get(msg.id)
+        p = self._pending.get(key) if key is not None else None
+        if (p is None or p.sent_to.get(msg.id) != identity or not p.query.stream
+                or len(p.weights) != 1 or p.tasks.get(msg.id) != msg.expert
+                or len(msg.text) > MAX_PARTIAL_CHARS):
+            return
+        self.frontend.send_multipart([*p.envelope, *encode(Partial(p.query.id, msg.expert, msg.text,
+                                                                   msg.index))])
 
     def _on_node_lost(self, node: str, why: str | None = None) -> None:
         """``node`` left the live set (or its connection was replaced): resolve its open

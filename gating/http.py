@@ -10,7 +10,12 @@ Endpoints:
   request naming an expert is pinned to it (QUERY ``expert``).
 - ``POST /v1/chat/completions`` and ``POST /v1/completions``: greedy decoding on the nodes, so
   ``temperature`` must be absent or 0, ``top_p`` absent or 1, ``n`` absent or 1, and ``stop``
-  and ``stream: true`` are refused (400 naming the parameter): never silently ignored.
+  is refused (400 naming the parameter): never silently ignored.
+- ``stream: true``: server-sent events in OpenAI's chunk format, ending with ``[DONE]``
+  (``stream_options.include_usage`` adds the usage chunk). When one expert answers a
+  generation, its text streams from the node as it is decoded (QUERY ``stream``, PARTIAL
+  messages); with k > 1, or for an options query, the text comes in one chunk once the REPLY
+  is in (a mixture or vote needs every answer). The last chunk carries ``edge_moe``.
   ``max_tokens`` / ``max_completion_tokens`` become ``max_new_tokens`` (default 32).
 - Budgets and routing per request: the body extension ``edge_moe: {energy_j, latency_ms,
   category, top_k, tau, options, mode, deadline_ms}`` (what the openai client sends with
@@ -60,7 +65,7 @@ import zmq
 import zmq.asyncio
 
 from edge_moe.errors import ConfigError, ProtocolError
-from edge_moe.wire import MODES, Error, ErrorCode, Query, Reply, WireBudget, decode, encode
+from edge_moe.wire import MODES, Error, ErrorCode, Partial, Query, Reply, WireBudget, decode, encode
 
 ENSEMBLE = "edge-moe"
 DEFAULT_MAX_TOKENS = 32
@@ -95,7 +100,7 @@ class CoordinatorLink:
         self.curve = curve
         self._sock: zmq.asyncio.Socket | None = None
         self._ctx: zmq.asyncio.Context | None = None
-        self._waiting: dict[str, asyncio.Future[Reply | Error]] = {}
+        self._waiting: dict[str, asyncio.Queue[Reply | Error | Partial]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     def _open(self) -> zmq.asyncio.Socket:
@@ -120,18 +125,30 @@ class CoordinatorLink:
                 msg = decode(body)
             except ProtocolError:
                 continue
-            fut = self._waiting.pop(getattr(msg, "id", ""), None)
-            if fut is not None and not fut.done() and isinstance(msg, Reply | Error):
-                fut.set_result(msg)
+            box = self._waiting.get(getattr(msg, "id", ""))
+            if box is not None and isinstance(msg, Reply | Error | Partial):
+                box.put_nowait(msg)
 
     async def ask(self, q: Query, timeout_s: float) -> Reply | Error:
         """Send ``q`` and wait for its answer; raises ``TimeoutError`` after ``timeout_s``."""
+        async for msg in self.stream(q, timeout_s):
+            if isinstance(msg, Reply | Error):
+                return msg
+        raise TimeoutError  # not reached: stream ends with an answer or raises
+
+    async def stream(self, q: Query, timeout_s: float) -> Any:
+        """Send ``q``; yield its PARTIALs, then its REPLY or ERROR (last). ``TimeoutError``
+        when nothing arrives for ``timeout_s``."""
         sock = self._open()
-        fut: asyncio.Future[Reply | Error] = asyncio.get_running_loop().create_future()
-        self._waiting[q.id] = fut
+        box: asyncio.Queue[Reply | Error | Partial] = asyncio.Queue()
+        self._waiting[q.id] = box
         try:
             await sock.send_multipart([b"", *encode(q)])
-            return await asyncio.wait_for(fut, timeout_s)
+            while True:
+                msg = await asyncio.wait_for(box.get(), timeout_s)
+                yield msg
+                if isinstance(msg, Reply | Error):
+                    return
         finally:
             self._waiting.pop(q.id, None)
 
@@ -236,9 +253,6 @@ def to_query(body: Any, headers: Any, chat: bool, experts: Sequence[str]) -> Que
     if model != ENSEMBLE and model not in experts:
         raise _ApiError(404, f"model {model!r} does not exist (models: {ENSEMBLE}, {', '.join(experts)})",
                        "model_not_found", "model")
-    if body.get("stream"):
-        raise _ApiError(400, "stream: true is not supported yet (replies come whole)",
-                       "unsupported_parameter", "stream")
     if body.get("n") not in (None, 1):
         raise _ApiError(400, f"n={body['n']!r}: one choice per request", "unsupported_parameter", "n")
     if body.get("temperature") not in (None, 0, 0.0):
@@ -280,7 +294,7 @@ def to_query(body: Any, headers: Any, chat: bool, experts: Sequence[str]) -> Que
                  max_new_tokens=int(max_new), top_k=_number(ext.get("top_k"), "edge_moe.top_k", integer=True),  # type: ignore[arg-type]
                  tau=_number(ext.get("tau"), "edge_moe.tau"),  # type: ignore[arg-type]
                  deadline_ms=_number(ext.get("deadline_ms"), "edge_moe.deadline_ms"),  # type: ignore[arg-type]
-                 mode=mode, expert=None if model == ENSEMBLE else model)
+                 mode=mode, expert=None if model == ENSEMBLE else model, stream=bool(body.get("stream")))
 
 
 # ---------------------------------------------------------------- REPLY → response
@@ -369,7 +383,7 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
     """The Starlette app over ``link``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     metrics = Metrics()
@@ -400,8 +414,12 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
                 raise _ApiError(400, f"the body is not JSON: {exc}", "invalid_json") from None
             q = to_query(body, request.headers, chat, experts)
             deadline_s = (q.deadline_ms or 0) / 1e3
+            wait_s = max(timeout_s, deadline_s + 5.0)
+            if q.stream:
+                status = "stream"
+                return await streamed(q, body, chat, wait_s)
             try:
-                msg = await link.ask(q, max(timeout_s, deadline_s + 5.0))
+                msg = await link.ask(q, wait_s)
             except TimeoutError:
                 raise _ApiError(504, "the coordinator did not answer in time", "deadline",
                                type_="server_error") from None
@@ -420,6 +438,78 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
             metrics.inflight.dec()
             metrics.requests.labels(status, mode).inc()
             metrics.latency.observe(time.perf_counter() - t0)
+
+    async def streamed(q: Query, body: dict[str, Any], chat: bool, wait_s: float) -> Response:
+        """Server-sent events in OpenAI's chunk format: the role first, each PARTIAL as it
+        arrives, the rest of the final text, a last chunk with finish_reason and the decision
+        (``edge_moe``), the usage chunk when ``stream_options.include_usage``, ``[DONE]``. An
+        ERROR (or an infeasible budget) before anything streamed is a plain error response."""
+        model = body.get("model", ENSEMBLE)
+        opts = body.get("stream_options") or {}
+        usage_too = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        messages = link.stream(q, wait_s)
+        try:
+            first = await messages.__anext__()
+        except TimeoutError:
+            raise _ApiError(504, "the coordinator did not answer in time", "deadline",
+                            type_="server_error") from None
+        if isinstance(first, Error):
+            await messages.aclose()
+            raise error_of(first)
+        if isinstance(first, Reply) and first.plan.status == "infeasible":
+            await messages.aclose()
+            response_body(q, first, chat, model)  # raises the 422
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+
+        def chunk(delta: str | None, finish: str | None = None, role: bool = False,
+                  **extra: Any) -> str:
+            if chat:
+                d: dict[str, Any] = {"role": "assistant"} if role else {}
+                if delta:
+                    d["content"] = delta
+                choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            out = {"id": f"edge-moe-{q.id}", "object": obj, "created": created, "model": model,
+                   "choices": [choice], **extra}
+            return f"data: {json.dumps(out)}\n\n"
+
+        async def events() -> Any:
+            sent = ""
+            msg: Reply | Error | Partial = first
+            yield chunk(None, role=True)
+            while True:
+                if isinstance(msg, Partial):
+                    sent += msg.text
+                    yield chunk(msg.text)
+                elif isinstance(msg, Error):
+                    err = error_of(msg)
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                    break
+                else:
+                    metrics.reply(msg)
+                    whole = response_body(q, msg, chat, model)
+                    text = (whole["choices"][0]["message"]["content"] if chat
+                            else whole["choices"][0]["text"])
+                    rest = text[len(sent):] if text.startswith(sent) else ""
+                    if rest:
+                        yield chunk(rest)
+                    yield chunk(None, whole["choices"][0]["finish_reason"], edge_moe=whole["edge_moe"])
+                    if usage_too:
+                        out = {"id": f"edge-moe-{q.id}", "object": obj, "created": created,
+                               "model": model, "choices": [], "usage": whole["usage"]}
+                        yield f"data: {json.dumps(out)}\n\n"
+                    break
+                try:
+                    msg = await messages.__anext__()
+                except (StopAsyncIteration, TimeoutError):
+                    yield f"data: {json.dumps(_ApiError(504, 'the coordinator stopped answering', 'deadline').body())}\n\n"
+                    break
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
 
     async def chat_route(request: Request) -> Response:
         return await completions(request, chat=True)

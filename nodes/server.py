@@ -61,6 +61,8 @@ from edge_moe.wire import (
     ExpertInfo,
     Heartbeat,
     Message,
+    MsgType,
+    Partial,
     Ready,
     Result,
     Task,
@@ -71,6 +73,7 @@ from edge_moe.wire import (
 logger = logging.getLogger(__name__)
 
 _POLL_CAP_S = 0.1  # the loop wakes at least this often to notice stop()
+_PARTIAL_TYPE = bytes([int(MsgType.PARTIAL)])
 # Weight of the newest sample in the service-time averages: the last 10 tasks hold ~89 % of
 # the weight (1 - 0.8**10), so the average follows a change of load within a few tasks and
 # one outlier (a page fault, a GC pause) moves it by a fifth.
@@ -325,11 +328,13 @@ class NodeServer:
                 frames = self._pair.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            # Each frame set is one TASK's answer. Counted here, where it is written (not on
-            # the worker), so a HEARTBEAT never reports a task whose answer went before it.
+            # Each frame set but a PARTIAL is one TASK's answer. Counted here, where it is
+            # written (not on the worker), so a HEARTBEAT never reports a task whose answer
+            # went before it.
             if self._sock is not None:
                 self._sock.send_multipart(frames)
-            self._load.answered()
+            if not (len(frames) == 3 and frames[1] == _PARTIAL_TYPE):
+                self._load.answered()
 
     # ---------------------------------------------------------------- worker thread
 
@@ -343,7 +348,12 @@ class NodeServer:
                 if item is None:
                     return
                 task, received = item
-                msg = self.serve(task, received)
+                pieces = itertools.count()
+
+                def emit(text: str, task: Task = task) -> None:
+                    out.send_multipart(encode(Partial(task.id, task.expert, text, next(pieces))))
+
+                msg = self.serve(task, received, emit if task.stream else None)
                 if isinstance(msg, Result):
                     self._load.observe(task, msg)  # before the answer goes: a later beat has it
                 self.stats["results" if isinstance(msg, Result) else "errors"] += 1
@@ -351,12 +361,15 @@ class NodeServer:
         finally:
             out.close(linger=0)
 
-    def serve(self, task: Task, received: float) -> Result | Error:
+    def serve(self, task: Task, received: float,
+              emit: Any = None) -> Result | Error:
         """Run one task (or refuse it when its deadline passed while it waited).
 
         Args:
             task: the TASK.
             received: ``time.monotonic()`` when the node read it off the socket.
+            emit: for a generation TASK with ``stream``, called with each piece of text as
+                the runner decodes it (runners with ``streams``; others answer whole).
         """
         waited_ms = (time.monotonic() - received) * 1e3
         if waited_ms > task.timeout_ms:
@@ -371,7 +384,10 @@ class NodeServer:
                 lp = runner.score_options(task.prompt, list(task.options), task.mode)
                 logprobs, text, n_tokens = tuple(float(x) for x in lp), None, 0
             else:
-                gen = runner.generate(task.prompt, task.max_new_tokens)
+                if emit is not None and getattr(runner, "streams", False):
+                    gen = runner.generate(task.prompt, task.max_new_tokens, on_text=emit)  # type: ignore[call-arg]
+                else:
+                    gen = runner.generate(task.prompt, task.max_new_tokens)
                 logprobs, text, n_tokens = None, str(gen.text), int(gen.n_tokens)
         except RunnerError as exc:
             self.meter.end(window)

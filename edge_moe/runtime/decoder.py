@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import string
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,8 +289,11 @@ class OrtRunner:
                 scores[i] += sum(logp[i, j, c[j + 1]] for j in range(len(c) - 1))
         return _renormalise(scores)
 
+    streams = True  # generate(..., on_text=...) reports text as it decodes
+
     def generate_ids(
-        self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None
+        self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Generation:
         """Greedy decoding from token ids; see :meth:`generate`."""
         if max_new_tokens < 1:
@@ -303,6 +306,7 @@ class OrtRunner:
         prefill_ms = (time.perf_counter() - t0) * 1e3
         new: list[int] = []
         text = ""
+        sent = ""  # the text reported to on_text so far
         reason = "length"
         t1 = time.perf_counter()
         while True:
@@ -318,6 +322,8 @@ class OrtRunner:
                     text = text[: min(hits)]
                     reason = "stop"
                     break
+            if on_text is not None:
+                sent = _report(self.decode(new), sent, on_text)
             if len(new) >= max_new_tokens:
                 break
             if len(ids) + len(new) >= self.max_context:
@@ -336,6 +342,7 @@ class OrtRunner:
         stop: Sequence[str] | None = None,
         *,
         chat: bool | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Generation:
         """Greedy generation with the KV cache.
 
@@ -344,10 +351,23 @@ class OrtRunner:
             max_new_tokens: at most this many new tokens.
             stop: strings that end the generation (excluded from the text).
             chat: apply the chat template (default: when the model has one).
+            on_text: called with each new piece of decoded text, as it is decoded (a piece
+                is held back while the text ends in an incomplete character, or when a later
+                token changes what was decoded before; the pieces stay a prefix).
 
         Raises:
             RunnerError: empty prompt, prompt longer than the context, bad max_new_tokens.
         """
         use_chat = has_chat(self.manifest) if chat is None else chat
         text = self.format_prompt(prompt, use_chat)
-        return self.generate_ids(self.encode(text, formatted_chat=use_chat), max_new_tokens, stop)
+        return self.generate_ids(self.encode(text, formatted_chat=use_chat), max_new_tokens, stop, on_text)
+
+
+def _report(text: str, sent: str, on_text: Callable[[str], None]) -> str:
+    """Hand ``on_text`` what ``text`` adds to ``sent``; returns what has now been sent. Nothing
+    is sent while the text ends in U+FFFD (a character cut between tokens) or no longer
+    starts with what was sent."""
+    if text.endswith("\ufffd") or not text.startswith(sent) or len(text) == len(sent):
+        return sent
+    on_text(text[len(sent):])
+    return text

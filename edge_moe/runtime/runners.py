@@ -35,7 +35,12 @@ __all__ = ["RUNNERS", "EncoderRunner", "Generation", "OrtRunner", "Runner", "Trt
 
 class Runner(Protocol):
     """What a node needs of an expert (:class:`OrtRunner`, :class:`TrtRunner`,
-    :class:`edge_moe.runtime.toy.ToyExpert`)."""
+    :class:`edge_moe.runtime.toy.ToyExpert`).
+
+    A runner whose ``streams`` attribute is true also takes ``generate(..., on_text=f)`` and
+    calls ``f(piece)`` with each new piece of text as it decodes (the pieces concatenate to
+    a prefix of the final text); the node then answers a TASK with ``stream`` by PARTIALs.
+    """
 
     def score_options(self, prompt: str, options: list[str], mode: str = ...) -> Any: ...
 

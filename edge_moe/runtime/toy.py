@@ -122,9 +122,11 @@ class ToyExpert:
         z = self._logits(prompt + " " + " ".join(options))[: len(options)]
         return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
 
+    streams = True  # generate(..., on_text=...) reports its one word
+
     def generate(self, prompt: str, max_new_tokens: int = 32,
-                 stop: Sequence[str] | None = None, **_: Any) -> Generation:
-        """One 'token': a word picked by the argmax letter."""
+                 stop: Sequence[str] | None = None, on_text: Any = None, **_: Any) -> Generation:
+        """One 'token': a word picked by the argmax letter (handed to ``on_text`` too)."""
         if max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not prompt:
@@ -134,6 +136,8 @@ class ToyExpert:
         ms = (time.perf_counter() - t0) * 1e3
         word = WORDS[idx % len(WORDS)]
         text = f"{word.capitalize()}." if idx % 2 else word  # case/punctuation vary; votes normalise
+        if on_text is not None:
+            on_text(text)
         return Generation(text, [idx], 1, ms, 0.0, "length")
 
     def letter(self, prompt: str, options: Sequence[str]) -> str:

@@ -101,7 +101,7 @@ def test_budgets_from_extra_body_and_headers_and_the_infeasible_422(client):
 
 @pytest.mark.parametrize("kwargs,param", [
     ({"temperature": 0.7}, "temperature"), ({"n": 2}, "n"), ({"top_p": 0.5}, "top_p"),
-    ({"stop": ["\n"]}, "stop"), ({"stream": True}, "stream"),
+    ({"stop": ["\n"]}, "stop"),
     ({"extra_body": {"edge_moe": {"mode": "poetry"}}}, "edge_moe.mode"),
     ({"extra_body": {"frequency_penalty": 1.0}}, "frequency_penalty"),
 ])
@@ -159,3 +159,50 @@ def _requests_ok(url, parse) -> float:
                        if s.name.endswith("_total") and s.labels.get("status") == "ok"
                        and s.labels.get("mode") == "chat")
     return 0.0
+
+
+def test_a_stream_of_one_expert_comes_in_chunks_ending_with_the_decision(client):
+    kwargs = dict(model="edge-moe", messages=[{"role": "user", "content": "Say one word."}], max_tokens=4,
+                  extra_body={"edge_moe": {"top_k": 1}})
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                                 **kwargs))
+    assert len(chunks) >= 3 and chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content  # the same greedy answer, in pieces
+    last = [c for c in chunks if c.choices][-1]
+    assert last.choices[0].finish_reason in ("stop", "length")
+    em = last.model_extra["edge_moe"]
+    assert len(em["experts"]) == 1 and em["experts"][0]["status"] == "ok"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_a_stream_of_a_mixture_sends_the_answer_once_it_is_mixed(client):
+    chunks = list(client.chat.completions.create(
+        model="edge-moe", messages=[{"role": "user", "content": "Which colour? Answer:"}], stream=True,
+        extra_body={"edge_moe": {"options": OPTIONS, "top_k": 2}}))
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(contents) == 1 and contents[0] in OPTIONS
+    em = chunks[-1].model_extra["edge_moe"]
+    assert contents[0] == OPTIONS[em["answer_index"]] and len(em["experts"]) == 2
+
+
+def test_a_stream_that_fails_first_is_a_plain_error(client):
+    with pytest.raises(openai.UnprocessableEntityError):
+        list(client.chat.completions.create(
+            model="edge-moe", messages=[{"role": "user", "content": "Hi"}], stream=True,
+            extra_body={"edge_moe": {"energy_j": 1e-9}}))
+
+
+def test_partials_reach_a_zmq_client_before_the_reply(served):
+    from edge_moe.wire import Query
+
+    fleet, _ = served
+    got = []
+    with EdgeMoEClient(fleet.frontend, timeout_s=10) as z:
+        r = z.request(Query("s1", "Say one word.", None, max_new_tokens=4, top_k=1, stream=True),
+                      on_partial=got.append)
+        plain = z.request(Query("s2", "Say one word.", None, max_new_tokens=4, top_k=1))
+    assert isinstance(r, Reply) and got and [p.index for p in got] == list(range(len(got)))
+    assert r.text.startswith("".join(p.text for p in got)) and r.text == plain.text
+    assert got[0].expert == r.experts[0].name

@@ -197,10 +197,10 @@ def test_the_heartbeat_check_catches_a_node_that_stops_beating_while_computing(c
     computing = threading.Event()
     serve = NodeServer.serve
 
-    def serve_blocking_heartbeats(self, task, received):
+    def serve_blocking_heartbeats(self, task, received, *rest):
         computing.set()
         try:
-            return serve(self, task, received)
+            return serve(self, task, received, *rest)
         finally:
             computing.clear()
 
@@ -398,6 +398,8 @@ def test_the_task_queue_is_bounded_and_overflow_is_answered_overloaded(coord):
         identity, _ = coord.recv()
         for i in range(6):  # one runs, two wait, the other three are refused at once
             coord.send(identity, Task(f"t{i}", "slow", "p", 60_000.0, ("a", "b")))
+            if i == 0:
+                time.sleep(0.05)  # the worker takes t0 off the queue (it runs 100 ms)
         got = {}
         while len(got) < 6:
             _, msg = coord.recv(timeout_s=10)
@@ -407,4 +409,7 @@ def test_the_task_queue_is_bounded_and_overflow_is_answered_overloaded(coord):
         assert len(refused) == 3 and all(m.code == ErrorCode.OVERLOADED for m in refused), got
         assert "2 TASKs already queued" in refused[0].message
         assert sum(isinstance(m, Result) for m in got.values()) == 3
+        end = time.monotonic() + 2  # the count drops just after the last answer is written
+        while server.load().queued and time.monotonic() < end:
+            time.sleep(0.01)
         assert server.stats["overloaded"] == 3 and server.load().queued == 0

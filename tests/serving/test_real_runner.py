@@ -99,3 +99,21 @@ def test_generation_through_real_ort_runners(served):
     assert isinstance(r, Reply) and r.text is not None, r
     top = max(r.experts, key=lambda u: u.weight)
     assert top.text == experts[top.name].runner.generate("w3 w4 w5", 4).text
+
+
+def test_a_real_runner_streams_its_generation_in_pieces_through_the_fleet(served):
+    """The tiny random Llama decodes 12 tokens: the node's PARTIALs reach the client one piece
+    at a time, in order, and add up to the REPLY's text (which equals a direct generate)."""
+    from edge_moe.wire import Query
+
+    client, experts, _ = served
+    direct = []
+    runner = experts[EXPERTS[0]].runner
+    gen = runner.generate("w1 w2 w3", 12, on_text=direct.append)
+    assert len(direct) >= 2 and "".join(direct) == gen.text  # pieces as decoded, then the whole
+    pieces = []
+    r = client.request(Query("st", "w1 w2 w3", None, max_new_tokens=12, top_k=1, stream=True),
+                       on_partial=pieces.append)
+    assert isinstance(r, Reply) and len(pieces) >= 2, (r, pieces)
+    assert [p.index for p in pieces] == list(range(len(pieces)))
+    assert "".join(p.text for p in pieces) == r.text

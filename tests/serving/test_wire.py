@@ -33,6 +33,7 @@ from edge_moe.wire import (
     Heartbeat,
     Message,
     MsgType,
+    Partial,
     PlanInfo,
     Query,
     Ready,
@@ -118,17 +119,22 @@ def results(draw: st.DrawFn) -> Result:
 MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     Query: queries(),
     Reply: replies(),
-    Error: st.builds(Error, id=text, code=st.sampled_from([c.value for c in ErrorCode]), message=text),
+    Error: st.builds(Error, id=text, code=st.sampled_from([c.value for c in ErrorCode]), message=text,
+                     retry_after_ms=st.none() | ms),
     Ready: st.builds(Ready, node=name,
                      experts=st.lists(st.builds(ExpertInfo, name=name,
                                                 runner=st.sampled_from(["onnxruntime", "tensorrt", "toy-onnx"]),
                                                 precision=st.sampled_from(["fp32", "bf16", "int8", "int4"])),
                                       min_size=1, max_size=3).map(tuple),
                      device_class=name, energy_source=st.sampled_from(SOURCES)),
-    Heartbeat: st.builds(Heartbeat, node=name),
+    Heartbeat: st.builds(Heartbeat, node=name, queued=st.integers(0, 10_000),
+                         service_ms=st.dictionaries(name, ms, max_size=3),
+                         token_ms=st.dictionaries(name, ms, max_size=3)),
     Task: st.builds(Task, id=name, expert=name, prompt=prompt, timeout_ms=deadline,
-                    options=st.none() | options, mode=st.sampled_from(MODES), max_new_tokens=tokens),
+                    options=st.none() | options, mode=st.sampled_from(MODES), max_new_tokens=tokens,
+                    stream=st.booleans()),
     Result: results(),
+    Partial: st.builds(Partial, id=name, expert=name, text=text, index=st.integers(0, 10**6)),
 }
 ANY_MESSAGE = st.sampled_from(list(MESSAGES)).flatmap(lambda c: MESSAGES[c])
 CLASS_OF_INV = {c: t for t, c in CLASS_OF.items()}
