@@ -350,7 +350,7 @@ class NodeServer:
                 task, received = item
                 pieces = itertools.count()
 
-                def emit(text: str, task: Task = task) -> None:
+                def emit(text: str, task: Task = task, pieces: Any = pieces) -> None:
                     out.send_multipart(encode(Partial(task.id, task.expert, text, next(pieces))))
 
                 msg = self.serve(task, received, emit if task.stream else None)
