@@ -86,6 +86,11 @@ class CoordinatorConfig:
     only load keeps a budget from being met. ``max_pending``: queries in flight (TASKs out);
     ``max_waiting``: queries waiting for the embedding worker. Past either bound a query is
     answered ERROR ``overloaded`` at once.
+
+    ``http`` (``host:port``; port 0 picks a free one): ``edge-moe deploy`` also serves the
+    OpenAI-compatible HTTP front there (:mod:`gating.http`), next to the coordinator.
+    ``http_api_keys``: a file of API keys (one per line) the front requires; a non-loopback
+    ``http`` host needs one.
     """
 
     node: str
@@ -103,6 +108,8 @@ class CoordinatorConfig:
     load_aware: bool = True
     max_pending: int = 1024
     max_waiting: int = 256
+    http: str | None = None
+    http_api_keys: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,16 @@ class FleetConfig:
 
 
 # ---------------------------------------------------------------- schema helpers
+
+
+def _http_address(r: Any, raw: Any) -> str | None:
+    """``coordinator.http``: ``host:port`` with a port in 0..65535 (0: a free one), or None."""
+    if raw is None:
+        return None
+    host, sep, port = str(raw).rpartition(":") if isinstance(raw, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise r.error(f"coordinator.http={_show(raw)} must be host:port (port 0..65535; 0 picks a free one)")
+    return str(raw)
 
 
 class _Reader:
@@ -342,7 +359,8 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     r = _Reader(src, "coordinator", raw["coordinator"],
                 {"node", "frontend", "backend", "heartbeat_s", "liveness", "reconnect_min_s",
                  "reconnect_max_s", "top_k", "curve", "max_prompt_bytes", "quarantine_after",
-                 "quarantine_s", "load_aware", "max_pending", "max_waiting"}, {"node"})
+                 "quarantine_s", "load_aware", "max_pending", "max_waiting", "http", "http_api_keys"},
+                {"node"})
     cnode = r.text("node")
     if cnode not in node_names:
         raise r.error(f"coordinator.node='{cnode}' is not a node (known: {', '.join(node_names)})")
@@ -360,7 +378,14 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
         load_aware=r.flag("load_aware", CoordinatorConfig.load_aware),
         max_pending=r.integer("max_pending", CoordinatorConfig.max_pending),
         max_waiting=r.integer("max_waiting", CoordinatorConfig.max_waiting),
+        http=_http_address(r, raw["coordinator"].get("http")),
+        http_api_keys=r.text("http_api_keys") if raw["coordinator"].get("http_api_keys") is not None else None,
     )
+    if coordinator.http and coordinator.http_api_keys is None:
+        host = coordinator.http.rpartition(":")[0]
+        if not (host in ("localhost", "::1", "[::1]") or host.startswith("127.")):
+            raise r.error(f"coordinator.http={coordinator.http!r} is not a loopback address: "
+                          "set coordinator.http_api_keys (a file of API keys) to serve it")
     if coordinator.reconnect_max_s < coordinator.reconnect_min_s:
         raise r.error(f"coordinator.reconnect_max_s={coordinator.reconnect_max_s} must be >= "
                       f"reconnect_min_s={coordinator.reconnect_min_s}")

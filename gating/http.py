@@ -569,6 +569,51 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
     return app
 
 
+def _bind(listen: str) -> Any:
+    """A listening TCP socket for ``host:port`` (port 0: a free one)."""
+    import socket
+
+    host, _, port_s = listen.rpartition(":")
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port_s)))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot serve HTTP on {listen}: {exc}") from exc
+    return sock
+
+
+class HttpThread:
+    """The front on a daemon thread (uvicorn in its own event loop), for running beside the
+    coordinator in one process (``edge-moe deploy`` with ``coordinator.http``).
+
+    Raises:
+        ConfigError: the address cannot be bound, or the key file is missing or empty.
+    """
+
+    def __init__(self, endpoint: str, listen: str, experts: Sequence[str] = (),
+                 api_keys_file: str | None = None) -> None:
+        import threading
+
+        import uvicorn
+
+        keys = load_api_keys(api_keys_file)
+        sock = _bind(listen)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        app = make_app(CoordinatorLink(endpoint), experts, keys)
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[sock])),
+                                        name="edge-moe-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+
+
 def _is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
@@ -582,8 +627,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="give up on the coordinator after this")
     args = ap.parse_args(argv)
-    import socket
-
     import uvicorn
 
     from edge_moe.config import load_fleet
@@ -591,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         host, _, port_s = args.listen.rpartition(":")
-        port = int(port_s)
+        int(port_s)  # ValueError: not host:port
         keys = load_api_keys(args.api_keys)
         if keys is None and not args.insecure and not _is_loopback(host):
             raise ConfigError(f"serving {args.listen} without API keys: give --api-keys, or --insecure")
@@ -599,9 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     except (EdgeMoEError, ValueError) as exc:
         print(f"{type(exc).__name__}: {exc}", flush=True)
         return 1
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock = _bind(args.listen)
+    except ConfigError as exc:
+        print(f"ConfigError: {exc}", flush=True)
+        return 1
     app = make_app(CoordinatorLink(args.endpoint), experts, keys, args.timeout_s)
     print(f"http front http://{host}:{sock.getsockname()[1]} -> {args.endpoint}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

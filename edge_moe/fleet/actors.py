@@ -106,6 +106,12 @@ class CoordinatorActor:
                                      placement=fleet.placement())
         self.thread = threading.Thread(target=self._serve, name="edge-moe-coordinator", daemon=True)
         self.thread.start()
+        self.http = None
+        if cfg.http:  # the OpenAI-compatible front beside it, as a client of its frontend
+            from gating.http import HttpThread
+
+            self.http = HttpThread(self.coordinator.frontend_endpoint, cfg.http,
+                                   [e.name for e in fleet.experts], cfg.http_api_keys)
 
     def _serve(self) -> None:
         try:
@@ -140,6 +146,7 @@ class CoordinatorActor:
                 "predicted_wait_ms": round(min(load.node_wait_ms(e.name, now), 1e9), 1),
             }
         return {"pid": os.getpid(), "started": self.started, "serving": self.thread.is_alive(),
+                "http": self.http.url if self.http is not None else None,
                 "frontend": self.coordinator.frontend_endpoint,
                 "backend": self.coordinator.backend_endpoint, "nodes": nodes,
                 "live_experts": list(self.coordinator.registry.live_experts),

@@ -53,6 +53,7 @@ def status(name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
     try:
         coord = ray.get_actor(COORDINATOR_ACTOR, namespace=dep.namespace)
         out["coordinator"] = ray.get(coord.status.remote(), timeout=timeout_s)
+        out["http"] = out["coordinator"].get("http")
     except Exception as exc:
         out["coordinator"] = {"error": reason(exc)}
     seen = out["coordinator"].get("nodes", {})

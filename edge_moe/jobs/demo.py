@@ -387,6 +387,8 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
                                                 for n, v in st["nodes"].items() if v.get("live")))
         rows = _step(f"ask {len(held_out)} held-out MMLU questions + 1 free-form at 3 budgets",
                      lambda: ask(dep.frontend, held_out, budget_set))
+        if st.get("http"):
+            _say(f"[demo] OpenAI-compatible front at {st['http']}/v1: " + _ask_http(st["http"]))
     finally:
         res = _step("tear down", lambda: fleet_mod.down(dep.name))
         left = fleet_mod.owned_processes(dep)
@@ -395,3 +397,27 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
     print_table(rows)
     _say(f"[demo] total {time.perf_counter() - t_all:.1f} s")
     return rows
+
+
+def _ask_http(url: str) -> str:
+    """One chat completion through the fleet's OpenAI-compatible front (stdlib HTTP, as any
+    client would send it); a line saying what came back."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"model": "edge-moe", "max_tokens": 8, "edge_moe": {"top_k": 1},
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}]}
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            out = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}: {exc.read()[:200]!r}"
+    except (urllib.error.URLError, TimeoutError) as exc:
+        return f"no answer ({exc})"
+    em = out.get("edge_moe", {})
+    experts = ", ".join(f"{u['name']} ({u['status']})" for u in em.get("experts", []))
+    return (f"{out['choices'][0]['message']['content']!r} from {experts}, "
+            f"{em.get('energy_j', 0):.3g} J ({em.get('energy_source', '-')})")

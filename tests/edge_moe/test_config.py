@@ -88,6 +88,12 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r["coordinator"].update(quarantine_s=float("inf")),
          "coordinator.quarantine_s=inf must be finite"),
         (lambda r: r["coordinator"].update(quarantine_window_s=3), "coordinator.quarantine_window_s is not a known field"),
+        (lambda r: r["coordinator"].update(http="8000"), "coordinator.http='8000' must be host:port"),
+        (lambda r: r["coordinator"].update(http="127.0.0.1:70000"), "coordinator.http='127.0.0.1:70000' must be host:port"),
+        (lambda r: r["coordinator"].update(http="0.0.0.0:8000"),
+         "coordinator.http='0.0.0.0:8000' is not a loopback address: set coordinator.http_api_keys"),
+        (lambda r: r["coordinator"].update(max_waiting=0), "coordinator.max_waiting=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(load_aware="yes"), "coordinator.load_aware='yes' must be true or false"),
         (lambda r: r["device_classes"]["cpu"].update(power_busy_w=1.0), "power_busy_w=1.0 must be >= power_idle_w=5.0"),
         (lambda r: r["device_classes"]["cpu"].pop("source"), "device_classes.cpu.source is required"),
         (lambda r: r.pop("experts"), "experts is required"),
@@ -134,6 +140,10 @@ def test_coordinator_limits_default_and_set(tmp_path: Path) -> None:
         max_prompt_bytes=1024, quarantine_after=5, quarantine_s=2.5)))
     cfg = fleet.coordinator
     assert (cfg.max_prompt_bytes, cfg.quarantine_after, cfg.quarantine_s) == (1024, 5, 2.5)
+    assert (cfg.load_aware, cfg.max_pending, cfg.max_waiting, cfg.http) == (True, 1024, 256, None)
+    cfg = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(
+        load_aware=False, http="0.0.0.0:0", http_api_keys="keys.txt"))).coordinator
+    assert (cfg.load_aware, cfg.http, cfg.http_api_keys) == (False, "0.0.0.0:0", "keys.txt")
 
 
 def test_placement_lists_every_node_and_its_experts() -> None:

@@ -53,7 +53,7 @@ def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...
         "coordinator": {"node": next(iter(nodes)), "frontend": "tcp://127.0.0.1:0",
                         "backend": "tcp://127.0.0.1:0", "heartbeat_s": HEARTBEAT_S,
                         "liveness": LIVENESS, "reconnect_min_s": 0.1, "reconnect_max_s": 0.4,
-                        "top_k": 2},
+                        "top_k": 2, "http": "127.0.0.1:0"},
     }
     path.write_text(yaml.safe_dump(fleet, sort_keys=False))
     return path

@@ -49,6 +49,16 @@ def test_deploy_query_status_down(deployed: F.Deployment) -> None:
         assert node["predicted_wait_ms"] == 0.0, node
     assert {n["device_class"] for n in st["nodes"].values()} == {"cpu-fast", "cpu-slow", "edge"}
     assert st["ray"]["nodes_alive"] == 1
+    assert st["http"].startswith("http://127.0.0.1:"), st["http"]  # coordinator.http: port 0 -> a free one
+    import httpx
+    import openai
+
+    assert httpx.get(f"{st['http']}/healthz", timeout=5).status_code == 200
+    with openai.OpenAI(base_url=f"{st['http']}/v1", api_key="-", max_retries=0, timeout=30) as oa:
+        chat = oa.chat.completions.create(model="edge-moe", messages=[{"role": "user", "content": "Pick."}],
+                                          extra_body={"edge_moe": {"options": OPTIONS}})
+        assert chat.choices[0].message.content in OPTIONS
+        assert {m.id for m in oa.models.list().data} >= {"edge-moe"}
     with EdgeMoEClient(deployed.frontend, timeout_s=5) as c:
         for i in range(10):
             r = c.query(f"question {i}: which colour?", OPTIONS, top_k=4)
