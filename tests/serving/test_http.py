@@ -206,3 +206,17 @@ def test_partials_reach_a_zmq_client_before_the_reply(served):
     assert isinstance(r, Reply) and got and [p.index for p in got] == list(range(len(got)))
     assert r.text.startswith("".join(p.text for p in got)) and r.text == plain.text
     assert got[0].expert == r.experts[0].name
+
+
+def test_the_listening_socket_is_tcp_so_replies_go_out_without_nagle():
+    """asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets; on a proto-0 socket every reply
+    waited ~40 ms for the client's delayed ACK (measured by benchmarks/http_bench.py)."""
+    import socket
+
+    from gating.http import _bind
+
+    sock = _bind("127.0.0.1:0")
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.type == socket.SOCK_STREAM
+    finally:
+        sock.close()
