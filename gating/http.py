@@ -36,8 +36,9 @@ Endpoints:
   from its plan without running anything), ``GET /metrics`` (prometheus-client text format).
 
 Security: API keys (``Authorization: Bearer <key>``, one key per line in a file); with keys
-every path but ``/healthz`` needs one. Binding a non-loopback address without keys is refused
-unless ``insecure``. The metrics count what passes through this front (ZeroMQ clients of the
+every path but ``/healthz`` needs one. TLS through uvicorn's certificate options
+(``--ssl-certfile`` / ``--ssl-keyfile``). Binding a non-loopback address without keys and TLS
+is refused unless ``--insecure``, as binding ZeroMQ off loopback without CURVE is. The metrics count what passes through this front (ZeroMQ clients of the
 same coordinator are not counted here).
 
 Run it::
@@ -627,7 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen", default="127.0.0.1:8000", help="host:port to serve HTTP on (port 0: a free one)")
     ap.add_argument("--config", help="fleet YAML: its experts are listed by /v1/models and can be pinned")
     ap.add_argument("--api-keys", help="file of API keys, one per line (Authorization: Bearer <key>)")
-    ap.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
+    ap.add_argument("--insecure", action="store_true",
+                    help="allow a non-loopback address without API keys and TLS")
+    ap.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve https")
+    ap.add_argument("--ssl-keyfile", help="TLS private key (PEM) for --ssl-certfile")
     ap.add_argument("--timeout-s", type=float, default=60.0, help="give up on the coordinator after this")
     args = ap.parse_args(argv)
     import uvicorn
@@ -639,8 +643,12 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port_s = args.listen.rpartition(":")
         int(port_s)  # ValueError: not host:port
         keys = load_api_keys(args.api_keys)
-        if keys is None and not args.insecure and not _is_loopback(host):
-            raise ConfigError(f"serving {args.listen} without API keys: give --api-keys, or --insecure")
+        tls = bool(args.ssl_certfile and args.ssl_keyfile)
+        if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+            raise ConfigError("give both --ssl-certfile and --ssl-keyfile, or neither")
+        if (keys is None or not tls) and not args.insecure and not _is_loopback(host):
+            raise ConfigError(f"serving {args.listen} off loopback needs API keys and TLS "
+                              "(--api-keys, --ssl-certfile, --ssl-keyfile), or --insecure")
         experts = [e.name for e in load_fleet(args.config).experts] if args.config else []
     except (EdgeMoEError, ValueError) as exc:
         print(f"{type(exc).__name__}: {exc}", flush=True)
@@ -651,8 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ConfigError: {exc}", flush=True)
         return 1
     app = make_app(CoordinatorLink(args.endpoint), experts, keys, args.timeout_s)
-    print(f"http front http://{host}:{sock.getsockname()[1]} -> {args.endpoint}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    scheme = "https" if tls else "http"
+    print(f"http front {scheme}://{host}:{sock.getsockname()[1]} -> {args.endpoint}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile))
     server.run(sockets=[sock])
     return 0
 

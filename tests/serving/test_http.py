@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import httpx
 import openai
@@ -220,3 +221,54 @@ def test_the_listening_socket_is_tcp_so_replies_go_out_without_nagle():
         assert sock.proto == socket.IPPROTO_TCP and sock.type == socket.SOCK_STREAM
     finally:
         sock.close()
+
+
+def test_no_experts_is_503_with_retry_after_and_a_deadline_is_504(assets):
+    """A coordinator with no node: 503 and Retry-After; then one slow node (2 s per task) and a
+    300 ms deadline: 504."""
+    import threading
+
+    from edge_moe.config import BudgetConfig, load_fleet
+    from edge_moe.runtime.toy import ToyEncoder
+    from gating.coordinator import Coordinator
+    from gating.routing import load_router
+
+    fleet = load_fleet(assets.fleet)
+    router = load_router(assets.gate, assets.calibration, assets.profiles, BudgetConfig(), top_k=1)
+    coord = Coordinator(router, ToyEncoder(16), fleet.coordinator, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    loop = threading.Thread(target=coord.run, daemon=True)
+    loop.start()
+    front = Proc(["gating.http", "--endpoint", coord.frontend_endpoint, "--listen", "127.0.0.1:0"])
+    node = None
+    try:
+        url = front.expect("http front ").split()[2]
+        body = {"model": "edge-moe", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_experts", r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+        node = Proc(["nodes.server", "--config", str(assets.fleet), "--node", "node-c", "--toy",
+                     "--toy-delay-ms", "2000", "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
+        node.expect("node node-c serving")
+        end = time.monotonic() + 10
+        while not coord.registry.live_experts and time.monotonic() < end:
+            time.sleep(0.05)
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=10,
+                       json={**body, "edge_moe": {"deadline_ms": 300}})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline", r.text
+    finally:
+        if node is not None:
+            node.terminate()
+        front.terminate()
+        coord.stop()
+        loop.join(5)
+        coord.close()
+
+
+def test_serving_off_loopback_needs_keys_and_tls():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gating.http", "--endpoint", "tcp://127.0.0.1:9",
+                          "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "needs API keys and TLS" in out.stdout, out
