@@ -90,6 +90,7 @@ from edge_moe.wire import (
 from gating.aggregate import mix_options, vote
 from gating.embedding import EmbedWorker, Scored
 from gating.load import LoadTracker
+from gating.metrics import make_metrics, mode_of
 from gating.registry import Registry
 from gating.request import Pending, Waiting, deadline_ms, expert_use, plan_info
 from gating.routing import LOAD_STEP_MS, Decision, Embedder, Router, Status, load_router
@@ -168,6 +169,8 @@ class Coordinator:
         self.frontend_endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend_endpoint = self.backend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.embedder = EmbedWorker(self.router.score, self.ctx, max_waiting=config.max_waiting)
+        self.metrics = make_metrics(inflight=lambda: len(self._pending) + len(self._waiting),
+                                    live=lambda: len(self.registry.live_experts))
 
     def _bind(self, endpoint: str, curve: ServerKeys | None) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -267,6 +270,8 @@ class Coordinator:
 
     def _reply(self, envelope: list[bytes], msg: Reply | Error) -> None:
         self.stats["replies" if isinstance(msg, Reply) else "errors"] += 1
+        if self.metrics is not None:
+            self.metrics.answered(msg, mode_of(msg))
         self.frontend.send_multipart([*envelope, *encode(msg)])
 
     def _on_frontend(self, frames: list[bytes]) -> None:

@@ -35,6 +35,9 @@ Endpoints:
   one expert is live, else 503; it asks with a zero budget, which the coordinator answers
   from its plan without running anything), ``GET /metrics`` (prometheus-client text format).
 
+Metrics (:mod:`gating.metrics`): beside the coordinator the front serves the coordinator's
+own, which count every answer (ZeroMQ clients too); on its own, what passes through it.
+
 Security: API keys (``Authorization: Bearer <key>``, one key per line in a file); with keys
 every path but ``/healthz`` needs one. TLS through uvicorn's certificate options
 (``--ssl-certfile`` / ``--ssl-keyfile``). Binding a non-loopback address without keys and TLS
@@ -67,6 +70,7 @@ import zmq.asyncio
 
 from edge_moe.errors import ConfigError, ProtocolError
 from edge_moe.wire import MODES, Error, ErrorCode, Partial, Query, Reply, WireBudget, decode, encode
+from gating.metrics import ServingMetrics
 
 ENSEMBLE = "edge-moe"
 DEFAULT_MAX_TOKENS = 32
@@ -160,40 +164,6 @@ class CoordinatorLink:
             self._sock.close(linger=0)
         if self._ctx is not None:
             self._ctx.term()
-
-
-class Metrics:
-    """The front's Prometheus metrics, in a registry of its own."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter("edge_moe_requests", "requests by outcome", ["status", "mode"], registry=r)
-        self.latency = Histogram("edge_moe_request_latency_seconds", "end-to-end seconds at the front",
-                                 registry=r, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.stage = Histogram("edge_moe_stage_latency_seconds", "coordinator stage seconds", ["stage"],
-                               registry=r, buckets=(.0005, .001, .005, .01, .05, .1, .5, 1, 5, 30))
-        self.expert_requests = Counter("edge_moe_expert_requests", "chosen experts by status",
-                                       ["expert", "status"], registry=r)
-        self.expert_energy = Counter("edge_moe_expert_energy_joules", "answering experts' joules",
-                                     ["expert", "source"], registry=r)
-        self.live = Gauge("edge_moe_live_experts", "live experts in the last plan seen", registry=r)
-        self.inflight = Gauge("edge_moe_inflight_requests", "requests in flight at the front", registry=r)
-        self.cache_hits = Counter("edge_moe_plan_cache_hits", "replies whose plan came from the cache",
-                                  registry=r)
-
-    def reply(self, r: Reply) -> None:
-        for stage, ms in r.stage_ms.items():
-            if stage != "total":
-                self.stage.labels(stage).observe(ms / 1e3)
-        for u in r.experts:
-            self.expert_requests.labels(u.name, u.status).inc()
-            if u.status == "ok":
-                self.expert_energy.labels(u.name, u.energy_source or "unknown").inc(u.energy_j)
-        self.live.set(len(r.plan.live))
-        if r.plan.cached:
-            self.cache_hits.inc()
 
 
 # ---------------------------------------------------------------- request → QUERY
@@ -380,14 +350,19 @@ def load_api_keys(path: str | os.PathLike[str] | None) -> list[str] | None:
 
 
 def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Sequence[str] | None = None,
-             timeout_s: float = 60.0) -> Any:
-    """The Starlette app over ``link``."""
+             timeout_s: float = 60.0, metrics: ServingMetrics | None = None) -> Any:
+    """The Starlette app over ``link``.
+
+    ``metrics``: the coordinator's (the front runs beside it, which counts every answer,
+    these included); None: the front counts what passes through it, in metrics of its own.
+    """
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    metrics = Metrics()
+    own = metrics is None
+    metrics = metrics if metrics is not None else ServingMetrics()
     keys = [k.encode() for k in api_keys] if api_keys else None
 
     def fail(e: _ApiError) -> JSONResponse:
@@ -402,11 +377,14 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
             raise _ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                            "invalid_api_key", type_="authentication_error")
 
+    def count(msg: Reply | Error, mode: str, t0: float) -> None:
+        if own:
+            metrics.answered(msg, mode, time.perf_counter() - t0)
+
     async def completions(request: Request, chat: bool) -> Response:
         t0 = time.perf_counter()
-        mode = "chat" if chat else "completion"
-        metrics.inflight.inc()
-        status = "error"
+        if own:
+            metrics.inflight.inc()
         try:
             check_key(request)
             try:
@@ -414,33 +392,31 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
             except json.JSONDecodeError as exc:
                 raise _ApiError(400, f"the body is not JSON: {exc}", "invalid_json") from None
             q = to_query(body, request.headers, chat, experts)
+            mode = "options" if q.options is not None else "generation"
             deadline_s = (q.deadline_ms or 0) / 1e3
             wait_s = max(timeout_s, deadline_s + 5.0)
             if q.stream:
-                status = "stream"
-                return await streamed(q, body, chat, wait_s)
+                return await streamed(q, body, chat, wait_s, lambda m: count(m, mode, t0))
             try:
                 msg = await link.ask(q, wait_s)
             except TimeoutError:
                 raise _ApiError(504, "the coordinator did not answer in time", "deadline",
                                type_="server_error") from None
+            count(msg, mode, t0)
             if isinstance(msg, Error):
                 raise error_of(msg)
-            metrics.reply(msg)
             out = response_body(q, msg, chat, body.get("model", ENSEMBLE))
-            status = "degraded" if msg.degraded else "ok"
             headers = {"x-edge-moe-experts": ",".join(f"{u.name}={u.weight:.4f}" for u in msg.experts),
                        "x-edge-moe-energy-j": f"{msg.energy_j:.6g}"}
             return JSONResponse(out, headers=headers)
         except _ApiError as e:
-            status = e.code
             return fail(e)
         finally:
-            metrics.inflight.dec()
-            metrics.requests.labels(status, mode).inc()
-            metrics.latency.observe(time.perf_counter() - t0)
+            if own:
+                metrics.inflight.dec()
 
-    async def streamed(q: Query, body: dict[str, Any], chat: bool, wait_s: float) -> Response:
+    async def streamed(q: Query, body: dict[str, Any], chat: bool, wait_s: float,
+                       counted: Any) -> Response:
         """Server-sent events in OpenAI's chunk format: the role first, each PARTIAL as it
         arrives, the rest of the final text, a last chunk with finish_reason and the decision
         (``edge_moe``), the usage chunk when ``stream_options.include_usage``, ``[DONE]``. An
@@ -454,6 +430,8 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
         except TimeoutError:
             raise _ApiError(504, "the coordinator did not answer in time", "deadline",
                             type_="server_error") from None
+        if isinstance(first, Reply | Error):
+            counted(first)
         if isinstance(first, Error):
             await messages.aclose()
             raise error_of(first)
@@ -485,11 +463,14 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
                     sent += msg.text
                     yield chunk(msg.text)
                 elif isinstance(msg, Error):
+                    if msg is not first:
+                        counted(msg)
                     err = error_of(msg)
                     yield f"data: {json.dumps(err.body())}\n\n"
                     break
                 else:
-                    metrics.reply(msg)
+                    if msg is not first:
+                        counted(msg)
                     whole = response_body(q, msg, chat, model)
                     text = (whole["choices"][0]["message"]["content"] if chat
                             else whole["choices"][0]["text"])
@@ -542,7 +523,8 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
             return JSONResponse({"ready": False, "why": "the coordinator did not answer"}, status_code=503)
         if isinstance(msg, Error):
             return JSONResponse({"ready": False, "why": f"{msg.code}: {msg.message}"}, status_code=503)
-        metrics.live.set(len(msg.plan.live))
+        if own:
+            metrics.live.set(len(msg.plan.live))
         return JSONResponse({"ready": True, "live_experts": list(msg.plan.live)})
 
     async def metrics_route(request: Request) -> Response:
@@ -598,7 +580,7 @@ class HttpThread:
     """
 
     def __init__(self, endpoint: str, listen: str, experts: Sequence[str] = (),
-                 api_keys_file: str | None = None) -> None:
+                 api_keys_file: str | None = None, metrics: ServingMetrics | None = None) -> None:
         import threading
 
         import uvicorn
@@ -607,7 +589,7 @@ class HttpThread:
         sock = _bind(listen)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        app = make_app(CoordinatorLink(endpoint), experts, keys)
+        app = make_app(CoordinatorLink(endpoint), experts, keys, metrics=metrics)
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[sock])),
                                         name="edge-moe-http", daemon=True)

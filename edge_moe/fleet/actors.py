@@ -111,7 +111,8 @@ class CoordinatorActor:
             from gating.http import HttpThread
 
             self.http = HttpThread(self.coordinator.frontend_endpoint, cfg.http,
-                                   [e.name for e in fleet.experts], cfg.http_api_keys)
+                                   [e.name for e in fleet.experts], cfg.http_api_keys,
+                                   metrics=self.coordinator.metrics)
 
     def _serve(self) -> None:
         try:

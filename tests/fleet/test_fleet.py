@@ -59,6 +59,13 @@ def test_deploy_query_status_down(deployed: F.Deployment) -> None:
                                           extra_body={"edge_moe": {"options": OPTIONS}})
         assert chat.choices[0].message.content in OPTIONS
         assert {m.id for m in oa.models.list().data} >= {"edge-moe"}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    before = _ok_answers(st["http"], text_string_to_metric_families)
+    with EdgeMoEClient(deployed.frontend, timeout_s=5) as c:  # ZeroMQ queries count too
+        for i in range(3):
+            assert isinstance(c.query(f"zmq {i}", OPTIONS), Reply)
+    assert _ok_answers(st["http"], text_string_to_metric_families) == before + 3
     with EdgeMoEClient(deployed.frontend, timeout_s=5) as c:
         for i in range(10):
             r = c.query(f"question {i}: which colour?", OPTIONS, top_k=4)
@@ -182,3 +189,11 @@ def test_fresh_machine_gets_a_ray_token_once(tmp_path, monkeypatch):
     assert len(first.strip()) >= 32
     F.ensure_auth_token(ray_cmd, str(tmp_path))
     assert token.read_text() == first  # never overwritten
+
+
+def _ok_answers(url: str, parse) -> float:  # type: ignore[no-untyped-def]
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(s.value for f in parse(text) if f.name == "edge_moe_requests" for s in f.samples
+               if s.name.endswith("_total") and s.labels.get("status") == "ok")

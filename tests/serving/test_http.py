@@ -158,7 +158,7 @@ def _requests_ok(url, parse) -> float:
         if fam.name == "edge_moe_requests":
             return sum(s.value for s in fam.samples
                        if s.name.endswith("_total") and s.labels.get("status") == "ok"
-                       and s.labels.get("mode") == "chat")
+                       and s.labels.get("mode") == "options")
     return 0.0
 
 
@@ -272,3 +272,49 @@ def test_serving_off_loopback_needs_keys_and_tls():
     out = subprocess.run([sys.executable, "-m", "gating.http", "--endpoint", "tcp://127.0.0.1:9",
                           "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "needs API keys and TLS" in out.stdout, out
+
+
+def test_the_coordinator_counts_every_answer_zeromq_clients_included(assets):
+    """The coordinator's own metrics (what a front beside it serves) count ZeroMQ queries."""
+    import threading
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge_moe.config import BudgetConfig, load_fleet
+    from edge_moe.runtime.toy import ToyEncoder
+    from gating.coordinator import Coordinator
+    from gating.routing import load_router
+
+    fleet = load_fleet(assets.fleet)
+    router = load_router(assets.gate, assets.calibration, assets.profiles, BudgetConfig(), top_k=1)
+    coord = Coordinator(router, ToyEncoder(16), fleet.coordinator, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    loop = threading.Thread(target=coord.run, daemon=True)
+    loop.start()
+    node = Proc(["nodes.server", "--config", str(assets.fleet), "--node", "node-b", "--toy",
+                 "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
+    try:
+        node.expect("node node-b serving")
+        end = time.monotonic() + 10
+        while not coord.registry.live_experts and time.monotonic() < end:
+            time.sleep(0.05)
+        with EdgeMoEClient(coord.frontend_endpoint, timeout_s=10) as z:
+            for i in range(5):
+                assert isinstance(z.query(f"q{i}? Answer:", OPTIONS), Reply)
+            assert isinstance(z.query("Say hi.", None, max_new_tokens=2), Reply)
+            z.query("q", OPTIONS, energy_j=1e-9)  # infeasible
+            z.query("q", OPTIONS, category="astrology")  # bad_request
+        fams = {f.name: f for f in text_string_to_metric_families(generate_latest(coord.metrics.registry).decode())}
+        got = {(s.labels["status"], s.labels["mode"]): s.value for s in fams["edge_moe_requests"].samples
+               if s.name.endswith("_total")}
+        assert got[("ok", "options")] == 5 and got[("ok", "generation")] == 1
+        assert got[("infeasible", "-")] == 1 and got[("bad_request", "-")] == 1
+        live = next(s.value for s in fams["edge_moe_live_experts"].samples)
+        assert live == len(coord.registry.live_experts) == 1
+        joules = sum(s.value for s in fams["edge_moe_expert_energy_joules"].samples if s.name.endswith("_total"))
+        assert joules > 0
+    finally:
+        node.terminate()
+        coord.stop()
+        loop.join(5)
+        coord.close()
