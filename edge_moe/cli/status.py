@@ -51,6 +51,8 @@ def status(
     else:
         console.print(f"coordinator: pid {coord['pid']}, in flight {coord['in_flight']}, stats {coord['stats']}",
                       highlight=False)
+    if st.get("http"):
+        console.print(f"OpenAI-compatible front: {st['http']}/v1", highlight=False)
     ray_view = st["ray"]
     console.print(f"Ray: {ray_view['nodes_alive']} node(s) alive; resources {ray_view['cluster_resources']}",
                   highlight=False)
