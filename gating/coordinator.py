@@ -422,18 +422,10 @@ class Coordinator:
 
     def _energy_scale(self, q: Query, live: tuple[str, ...]) -> dict[str, float]:
         """Per live expert, how many more joules than its profile it has lately spent per
-        task (the moving average of its RESULTs' ``energy_j`` ÷ the profile's, when above 1;
-        e.g. a node slowed by contention, whose modelled J is busy power × time): its energy
-        costs grow by that factor (load-aware plans)."""
-        gen = None if q.options is not None else q.max_new_tokens
-        out = {}
-        for e in live:
-            if e not in self.router.index:
-                continue
-            profile = self.router.profile_energy_j(q, e)
-            if profile > 0:
-                out[e] = self.load.energy_j(e, profile, gen) / profile
-        return out
+        task (the moving average of its RESULTs' ``energy_j`` ÷ the profile's, from 1; e.g. a
+        node slowed by contention, whose modelled J is busy power × time): its energy costs
+        grow by that factor when above 1 (load-aware plans)."""
+        return {e: self.load.energy_factor(e) for e in live if e in self.router.index}
 
     def _dispatch(self, p: Pending, expert: str) -> None:
         """Send ``p``'s TASK for ``expert`` to its live node."""
@@ -532,8 +524,10 @@ class Coordinator:
         if isinstance(msg, Result) and problem is None:
             p.results[expert] = msg
             p.status[expert] = "ok"
+            profile_j = self.router.profile_energy_j(p.query, expert)
             self.load.answered(node, msg.id, now, expert, msg.compute_ms,
-                               None if p.query.options is not None else msg.n_tokens, msg.energy_j)
+                               None if p.query.options is not None else msg.n_tokens,
+                               msg.energy_j / profile_j if profile_j > 0 else None)
         elif isinstance(msg, Result):
             self.load.answered(node, msg.id, now)
             self.stats["bad_results"] += 1

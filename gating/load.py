@@ -84,8 +84,7 @@ class LoadTracker:
         self._nodes: dict[str, _Node] = {}
         self._score_ms: dict[str, float] = {}  # expert -> EWMA of RESULT compute_ms (scoring)
         self._token_ms: dict[str, float] = {}  # expert -> EWMA of ms per generated token
-        self._score_j: dict[str, float] = {}  # expert -> EWMA of RESULT energy_j (scoring)
-        self._token_j: dict[str, float] = {}  # expert -> EWMA of J per generated token
+        self._energy: dict[str, float] = {}  # expert -> EWMA of RESULT J / profile J (prior 1)
 
     def _node(self, name: str) -> _Node:
         n = self._nodes.get(name)
@@ -118,10 +117,10 @@ class LoadTracker:
 
     def answered(self, node: str, task_id: str, now: float, expert: str | None = None,
                  compute_ms: float | None = None, n_tokens: int | None = None,
-                 energy_j: float | None = None) -> None:
+                 energy_ratio: float | None = None) -> None:
         """``node`` answered ``task_id`` (RESULT or ERROR); a sane RESULT's ``compute_ms``
-        and ``energy_j`` (and, for generation, ``n_tokens``) update ``expert``'s service time
-        and energy."""
+        (and, for generation, ``n_tokens``) updates ``expert``'s service time, and its
+        ``energy_ratio`` (RESULT J ÷ the profile's J for that task) its energy factor."""
         n = self._nodes.get(node)
         if n is None or n.out.pop(task_id, None) is None:
             return
@@ -137,11 +136,9 @@ class LoadTracker:
                 self._score_ms[expert] = _ewma(self._score_ms.get(expert), compute_ms)
             else:
                 self._token_ms[expert] = _ewma(self._token_ms.get(expert), compute_ms / max(1, n_tokens))
-            if energy_j is not None and math.isfinite(energy_j) and energy_j >= 0:
-                if n_tokens is None:
-                    self._score_j[expert] = _ewma(self._score_j.get(expert), energy_j)
-                else:
-                    self._token_j[expert] = _ewma(self._token_j.get(expert), energy_j / max(1, n_tokens))
+            if energy_ratio is not None and math.isfinite(energy_ratio) and energy_ratio >= 0:
+                # the prior is the profile (factor 1): one cold or noisy answer moves it by alpha
+                self._energy[expert] = _ewma(self._energy.get(expert, 1.0), energy_ratio)
 
     def cancelled(self, node: str, task_id: str, now: float) -> None:
         """A task that will not be answered (its query finished without it): its predicted
@@ -173,14 +170,10 @@ class LoadTracker:
             tok = hb.token_ms.get(expert)
         return fallback_ms if tok is None else tok * max_new_tokens
 
-    def energy_j(self, expert: str, fallback_j: float, max_new_tokens: int | None = None) -> float:
-        """The moving average of ``expert``'s joules per task in sane RESULTs (per token ×
-        ``max_new_tokens`` for generation); ``fallback_j`` (the profile) before any."""
-        if max_new_tokens is None:
-            v = self._score_j.get(expert)
-            return fallback_j if v is None else v
-        tok = self._token_j.get(expert)
-        return fallback_j if tok is None else tok * max_new_tokens
+    def energy_factor(self, expert: str) -> float:
+        """The moving average of ``expert``'s RESULT joules over its profile's, starting from
+        1 (the profile) so that a single answer moves it by :data:`EWMA_ALPHA` of its excess."""
+        return self._energy.get(expert, 1.0)
 
     def node_wait_ms(self, node: str, now: float) -> float:
         """Predicted ms before ``node`` can start a new task (inf when it is suspect)."""

@@ -350,8 +350,10 @@ class Router:
         plan = (self._plan(responsive, query.category, energy_b, latency_b, top_k, tau, gen, wait, scale)
                 if responsive else None)
         retry = None
-        if plan is None or (not plan.feasible and (any(wait) or scale or responsive != live_t)):
-            idle = self._plan(live_t, query.category, energy_b, latency_b, top_k, tau, gen, ())
+        if plan is None or (not plan.feasible and (any(wait) or responsive != live_t)):
+            # idle nodes at the costs measured lately (the energy factors kept): does load bind?
+            idle = self._plan(live_t, query.category, energy_b, latency_b, top_k, tau, gen, (),
+                              _scales(live_t, energy_scale))
             if idle.feasible:
                 plan = plan or replace(idle, selection=_empty(idle), mask=np.zeros_like(idle.mask))
                 retry = self._retry_after(plan, gen) if responsive else None
@@ -523,6 +525,9 @@ class Router:
             finite = en_ok & np.isfinite(lat).all(axis=1)
             min_l = float((lat + self.aggregation_ms).max(axis=1)[finite].min()) if finite.any() else None
         note = self.generation_note if gen is not None and self.generation is None else ""
+        if scale:
+            lately = ", ".join(f"{e} x{f:.2f}" for e, f in zip(live, scale, strict=True) if f > 1.0)
+            note = "; ".join(n for n in (note, f"energy at the joules measured lately ({lately})") if n)
         return RoutePlan(sel, mask, live, category, e_budget, float(l_budget.min()), top_k, tau,
                          min_e, min_l, wait_ms=tuple(wait) if wait else (0.0,) * len(live), note=note)
 

@@ -69,15 +69,17 @@ def test_service_times_come_from_results_then_heartbeats_then_the_profile():
     t.dispatched("a", "g", 10.0, 1.2)
     t.answered("a", "g", 1.3, expert="e", compute_ms=80.0, n_tokens=4)
     assert t.service_ms("e", "a", 70.0, max_new_tokens=10) == pytest.approx(200.0)  # 20 ms/token
-    assert t.energy_j("e", fallback_j=3.0) == 3.0  # no joules reported yet
+    assert t.energy_factor("e") == 1.0  # no joules reported yet: the profile
     t.dispatched("a", "j1", 10.0, 1.4)
-    t.answered("a", "j1", 1.5, expert="e", compute_ms=10.0, energy_j=2.0)
+    t.answered("a", "j1", 1.5, expert="e", compute_ms=10.0, energy_ratio=3.0)  # one cold answer
+    assert t.energy_factor("e") == pytest.approx(1.4)  # moves the prior by alpha = 0.2 of 2.0
     t.dispatched("a", "j2", 10.0, 1.5)
-    t.answered("a", "j2", 1.6, expert="e", compute_ms=10.0, energy_j=math.nan)  # not a sample
-    assert t.energy_j("e", 3.0) == pytest.approx(2.0)
-    t.dispatched("a", "j3", 10.0, 1.6)
-    t.answered("a", "j3", 1.7, expert="e", compute_ms=40.0, n_tokens=4, energy_j=0.8)
-    assert t.energy_j("e", 3.0, max_new_tokens=10) == pytest.approx(2.0)  # 0.2 J/token x 10
+    t.answered("a", "j2", 1.6, expert="e", compute_ms=10.0, energy_ratio=math.nan)  # not a sample
+    assert t.energy_factor("e") == pytest.approx(1.4)
+    for i in range(30):  # sustained: it converges to what the answers cost
+        t.dispatched("a", f"k{i}", 10.0, 2.0)
+        t.answered("a", f"k{i}", 2.0, expert="e", compute_ms=10.0, energy_ratio=2.0)
+    assert t.energy_factor("e") == pytest.approx(2.0, abs=0.01)
 
 
 def test_tasks_from_elsewhere_and_hostile_hints():
@@ -214,7 +216,12 @@ def test_a_slow_down_scales_energy_costs(router):
     idle = router.route(q, live)
     assert idle.status == Status.OK and cheapest in idle.plan.selection.experts
     d = router.route(q, live, energy_scale={e: 1.5 for e in live})
-    assert d.status == Status.OVERLOADED and d.retry_after_ms is None  # waiting will not help
+    # not load (no queue): infeasible at the joules measured lately, and it says so
+    assert d.status == Status.INFEASIBLE and "measured lately" in d.plan.note
+    assert d.plan.min_energy_j == pytest.approx(float(en[router.index[cheapest]]) * 1.5)
+    timed = replace(q, budget=WireBudget(budget, float(router.latency_ms.max()) + 10.0))
+    busy = router.route(timed, live, wait_ms={e: 1e6 for e in live}, energy_scale={e: 1.1 for e in live})
+    assert busy.status == Status.OVERLOADED  # the queue binds, the energy fits
     ok = router.route(q, live, energy_scale={e: 1.1 for e in live})  # within the 20 %
     assert ok.status == Status.OK and cheapest in ok.plan.selection.experts
 
