@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from edge_moe.errors import ConfigError, DeadlineError
+from edge_moe.security import connect_dealer
 from edge_moe.wire import Error, Partial, Query, Reply, WireBudget, decode, encode, to_json
 
 logger = logging.getLogger(__name__)
@@ -58,13 +59,7 @@ class EdgeMoEClient:
         self.sock = self._open()
 
     def _open(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            server_public, public, secret = self.curve
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
-        sock.connect(self.endpoint)
-        return sock
+        return connect_dealer(self.ctx, self.endpoint, self.curve)
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -19,6 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_moe.errors import ConfigError
 
@@ -93,3 +94,21 @@ def load_client_keys(directory: str | os.PathLike[str] | None,
     if secret is None:
         raise ConfigError(f"{d / (name + '.key_secret')}: has no secret key")
     return server_public, public, secret
+
+
+def connect_dealer(context: Any, endpoint: str, curve: tuple[bytes, bytes, bytes] | None = None,
+                   identity: bytes | None = None) -> Any:
+    """A DEALER on ``context`` (a ``zmq.Context`` or ``zmq.asyncio.Context``), linger 0,
+    connected to ``endpoint``; a CURVE client when ``curve`` is ``(server_public,
+    client_public, client_secret)`` (:func:`load_client_keys`)."""
+    import zmq
+
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if curve is not None:
+        server_public, public, secret = curve
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+    sock.connect(endpoint)
+    return sock

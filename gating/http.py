@@ -69,6 +69,7 @@ import zmq
 import zmq.asyncio
 
 from edge_moe.errors import ConfigError, ProtocolError
+from edge_moe.security import connect_dealer
 from edge_moe.wire import MODES, Error, ErrorCode, Partial, Query, Reply, WireBudget, decode, encode
 from gating.metrics import ServingMetrics
 
@@ -111,13 +112,7 @@ class CoordinatorLink:
     def _open(self) -> zmq.asyncio.Socket:
         if self._sock is None:
             self._ctx = zmq.asyncio.Context()
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                server_public, public, secret = self.curve
-                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
-            sock.connect(self.endpoint)
-            self._sock = sock
+            self._sock = connect_dealer(self._ctx, self.endpoint, self.curve)
             self._reader = asyncio.get_running_loop().create_task(self._read())
         return self._sock
 

@@ -55,6 +55,7 @@ from edge_moe.energy import EnergyMeter, make_meter
 from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, RunnerError
 from edge_moe.runtime.liveness import Backoff, HeartbeatTimer, Liveness
 from edge_moe.runtime.runners import Runner
+from edge_moe.security import connect_dealer
 from edge_moe.wire import (
     Error,
     ErrorCode,
@@ -231,13 +232,8 @@ class NodeServer:
     # ---------------------------------------------------------------- main loop
 
     def _connect(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, f"{self.name}-{os.getpid()}-{next(_ids)}".encode())
-        if self.curve is not None:
-            server_public, public, secret = self.curve
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
-        sock.connect(self.endpoint)
+        sock = connect_dealer(self.ctx, self.endpoint, self.curve,
+                              identity=f"{self.name}-{os.getpid()}-{next(_ids)}".encode())
         sock.send_multipart(encode(self.ready_message()))
         logger.info("node %s connected to %s with experts %s", self.name, self.endpoint, list(self.experts))
         return sock
