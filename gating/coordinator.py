@@ -584,9 +584,10 @@ class Coordinator:
         if p.logits is None or not p.weights:
             return None
         ref = next(iter(p.weights))
-        candidates = self.router.standby(p.logits, p.plan, exclude=p.weights)
-        w_s = dict(self.router.standby(p.logits, p.plan, exclude=()))
-        scale = p.weights[ref] / w_s[ref] if w_s.get(ref) else 1.0
+        ranked = self.router.standby(p.logits, p.plan)  # the gate softmax over S
+        w_s = dict(ranked)
+        scale = p.weights[ref] / w_s[ref] if w_s.get(ref) else 1.0  # to the answering experts' scale
+        candidates = [(e, w) for e, w in ranked if e not in p.weights]
         left_ms = (p.flush_at - now) * 1e3
         gen = None if p.query.options is not None else p.query.max_new_tokens
         for expert, weight in candidates:

@@ -380,14 +380,12 @@ class Router:
         weights = {e: x for e, x in zip(self.experts, w, strict=True) if x > 0}
         return Decision(Status.OK, "", plan, weights, top_k, tau, logits, stages(), None, predicted)
 
-    def standby(self, logits: np.ndarray, plan: RoutePlan, exclude: Iterable[str]) -> list[tuple[str, float]]:
-        """Members of the plan that do not answer, by gate weight (highest first), for
-        fail-over: ``(expert, weight)`` with the weight on the scale of the answering
-        experts' (the gate softmax over S, divided by the answering experts' share)."""
+    def standby(self, logits: np.ndarray, plan: RoutePlan) -> list[tuple[str, float]]:
+        """The plan's members with their gate weight (the softmax over S, before top-k),
+        highest first: fail-over picks a stand-in among those not answering yet."""
         w = masked_gate_weights(logits[None, :], plan.mask)[0]  # (N,) softmax over S
-        ex = set(exclude)
-        members = [e for e in plan.selection.experts if e not in ex]
-        return sorted(((e, float(w[self.index[e]])) for e in members), key=lambda t: -t[1])
+        return sorted(((e, float(w[self.index[e]])) for e in plan.selection.experts),
+                      key=lambda t: -t[1])
 
     def latency_budget_ms(self, query: Query) -> float:
         """The latency budget the query is planned with: its own, else the default for its
@@ -485,8 +483,7 @@ class Router:
                latency_ms: float | None, top_k: int | None, tau: float | None,
                gen: int | None = None, wait: tuple[float, ...] = (),
                scale: tuple[float, ...] = ()) -> RoutePlan:
-        cols = np.array([self.categories.index(category)] if category is not None
-                        else range(len(self.categories)), dtype=np.intp)
+        cols = self._cols(category)
         idx = np.array([self.index[e] for e in live], dtype=np.intp)
         e_budget = self.default_energy_j if energy_j is None else float(energy_j)
         l_budget = (self.default_latency_ms[cols] if latency_ms is None
@@ -531,12 +528,17 @@ class Router:
         return RoutePlan(sel, mask, live, category, e_budget, float(l_budget.min()), top_k, tau,
                          min_e, min_l, wait_ms=tuple(wait) if wait else (0.0,) * len(live), note=note)
 
+    def _cols(self, category: str | None) -> np.ndarray:
+        """The category columns a plan is made over: the category's, or every one."""
+        if category is not None:
+            return np.array([self.categories.index(category)], dtype=np.intp)
+        return np.arange(len(self.categories), dtype=np.intp)
+
     def _slack_ms(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
         """Per live expert that fits the energy budget alone: latency budget − (profile +
         aggregation), the most queue wait it can take (worst planned category)."""
         lat, en = self._costs(gen)
-        cols = (np.array([self.categories.index(plan.category)]) if plan.category is not None
-                else np.arange(len(self.categories)))
+        cols = self._cols(plan.category)
         out = {}
         for e in plan.live:
             i = self.index[e]
@@ -556,8 +558,7 @@ class Router:
 
     def _predicted(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
         lat, _ = self._costs(gen)
-        cols = (np.array([self.categories.index(plan.category)]) if plan.category is not None
-                else np.arange(len(self.categories)))
+        cols = self._cols(plan.category)
         return {e: float(w + lat[self.index[e], cols].max())
                 for e, w in zip(plan.live, plan.wait_ms, strict=True)}
 
