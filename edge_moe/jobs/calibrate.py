@@ -189,13 +189,7 @@ class WorkDir:
         p = self.generation_file(name)
         if not p.is_file():
             return None
-        try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{p}: not valid JSON ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("format") != GENERATION_FORMAT:
-            raise DataFormatError(f"{p}: format must be {GENERATION_FORMAT!r}")
-        return parse_calls(doc.get("calls"), f"{p}: calls")
+        return parse_calls(_read_doc(p, GENERATION_FORMAT).get("calls"), f"{p}: calls")
 
     def save_generation(self, name: str, calls: Sequence[GenerationCall]) -> None:
         doc = {"format": GENERATION_FORMAT, "calls": [c.to_json() for c in calls]}
@@ -351,17 +345,23 @@ def latency_path(table_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + ".latency.json")
 
 
+def _read_doc(p: Path, fmt: str) -> dict[str, Any]:
+    """The JSON object in ``p`` whose ``format`` is ``fmt``; DataFormatError naming the file."""
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{p}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise DataFormatError(f"{p}: format must be {fmt!r}")
+    return doc
+
+
 def load_latency(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A latency sidecar written by :func:`finish`, checked; errors name the file and field."""
     p = Path(path)
     if not p.is_file():
         raise DataFormatError(f"{p}: latency file not found (calibrate writes <table>.latency.json)")
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{p}: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != LATENCY_FORMAT:
-        raise DataFormatError(f"{p}: format must be {LATENCY_FORMAT!r}")
+    doc = _read_doc(p, LATENCY_FORMAT)
     experts = doc.get("experts")
     if not isinstance(experts, dict) or not experts:
         raise DataFormatError(f"{p}: 'experts' must be a non-empty object")
