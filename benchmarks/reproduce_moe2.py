@@ -20,7 +20,14 @@ measured on TEST. This is the planner's own pipeline (``gating.planner.load_inpu
    latency budgets for MoE² (fixed k, adaptive k) and the baselines, a Pareto front in
    (expected energy, accuracy), and MoE²'s best and worst margin over the best single
    expert that fits the same budget (``gating.budget_sweep``, ``gating.margins``,
-   ``gating.pareto``).
+   ``gating.pareto``). MoE² here is the planner's default: ``--objective`` (loglik), on
+   validation (or ``--folds`` k-fold CV), with the paired guard at ``--guard-confidence``.
+5. Robust selection (DESIGN.md §2.8): every objective variant (accuracy, loglik, loglik on
+   ``--cv-folds``-fold CV; each without and with the guard) against its fair baseline, the
+   single expert chosen on the same selection data by the same objective, with paired 95%
+   bootstrap intervals on test per budget point and over the grid (``gating.variants``);
+   the test-chosen single expert and fixed subset as ceilings, and the per-question oracle
+   with its random-guesser control (``gating.ceilings``).
 
 **The budget grid** (``gating.budget_grid``). Energy: ``--energy-points`` values, geometric
 from the cheapest expert alone (its worst category's J) to every expert at once (the sum of
@@ -100,16 +107,18 @@ from gating.budget_sweep import (  # noqa: E402
     energy_slice,
     latency_slice,
 )
+from gating.ceilings import oracle, subset_ceilings  # noqa: E402
 from gating.crosscheck import MAX_N, crosscheck  # noqa: E402
 from gating.evaluation import single_experts  # noqa: E402
 from gating.json_values import jsonable  # noqa: E402
 from gating.margins import compare, method_summary, per_category_margins  # noqa: E402
 from gating.pareto import pareto  # noqa: E402
 from gating.retrain_summary import retrain_gap_summary  # noqa: E402
+from gating.variants import Variant, default_variants, run_variants  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "edge-moe-moe2-report/1"
+FORMAT = "edge-moe-moe2-report/2"
 DEFAULT_OUT = Path("benchmarks/results/moe2")
 FULL = {"subsets": 30, "energy_points": 10, "latency_points": 8, "random_draws": 5}
 QUICK = {"subsets": 6, "energy_points": 5, "latency_points": 4, "random_draws": 2}
@@ -135,6 +144,10 @@ class Options:
     quick: bool = False
     progress: bool = True
     expert_budgets: bool = True
+    objective: str = "loglik"
+    folds: int = 0
+    guard_confidence: float | None = 0.95
+    cv_folds: int = 5
 
     def check(self) -> None:
         """Raises ConfigError naming the option and the rule it breaks."""
@@ -145,6 +158,11 @@ class Options:
             ("--energy-points", self.energy_points >= 1, ">= 1"),
             ("--latency-points", self.latency_points >= 1, ">= 1"),
             ("--random-draws", self.random_draws >= 1, ">= 1"),
+            ("--objective", self.objective in ("accuracy", "loglik"), "accuracy or loglik"),
+            ("--folds", self.folds == 0 or self.folds >= 2, "0 or >= 2"),
+            ("--cv-folds", self.cv_folds >= 2, ">= 2"),
+            ("--guard-confidence", self.guard_confidence is None or 0.0 < self.guard_confidence < 1.0,
+             "in (0, 1), or 0 for no guard"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -156,7 +174,9 @@ class Options:
         args = ["--table", str(self.table), "--profiles", str(self.profiles), "--out", str(self.out),
                 "--top-k", str(self.top_k or 0), "--tau", repr(self.tau), "--subsets", str(self.subsets),
                 "--seed", str(self.seed), "--energy-points", str(self.energy_points),
-                "--latency-points", str(self.latency_points), "--random-draws", str(self.random_draws)]
+                "--latency-points", str(self.latency_points), "--random-draws", str(self.random_draws),
+                "--objective", self.objective, "--folds", str(self.folds),
+                "--guard-confidence", repr(self.guard_confidence or 0.0), "--cv-folds", str(self.cv_folds)]
         if self.quick:
             args.append("--quick")
         if not self.expert_budgets:
@@ -233,6 +253,13 @@ def _tradeoffs(points: list[dict[str, Any]], categories: tuple[str, ...],
     }
 
 
+def _variants(opts: Options) -> list[Variant]:
+    """The variants section 5 compares: the defaults, plus the main sweep's own when it is not one."""
+    out = default_variants(opts.cv_folds, opts.guard_confidence or 0.95)
+    main = Variant(opts.objective, opts.folds, opts.guard_confidence)
+    return out if main in out else [*out, main]
+
+
 def _header(opts: Options, inputs: planner.PlanInputs, raw: CalibrationTable) -> dict[str, Any]:
     """What the report was computed from, and how (runtime_s is added at the end)."""
     test_cats = raw.split_rows(TEST).categories
@@ -248,6 +275,9 @@ def _header(opts: Options, inputs: planner.PlanInputs, raw: CalibrationTable) ->
         "gate": {"path": str(opts.out / "gate.onnx"), "config": asdict(gate.config),
                  "best_epoch": gate.best_epoch, "best_val_nll": gate.best_val_nll},
         "top_k": opts.top_k, "tau": opts.tau, "seed": opts.seed, "quick": opts.quick,
+        "temperature": dict(zip(inputs.experts, (float(t) for t in inputs.gate.temperature), strict=True)),
+        "selection": {"objective": opts.objective, "folds": opts.folds, "guard_confidence": opts.guard_confidence,
+                      "cv_folds": opts.cv_folds, "name": Variant(opts.objective, opts.folds, opts.guard_confidence).name},
         "random_draws": opts.random_draws, "command": opts.command(),
     }
 
@@ -276,7 +306,8 @@ def run_report(opts: Options) -> dict[str, Any]:
     """
     start = time.perf_counter()
     inputs, raw = _load(opts)
-    sweep = MethodSweep.make(inputs, opts.top_k, opts.tau, opts.seed, opts.random_draws)
+    sweep = MethodSweep.make(inputs, opts.top_k, opts.tau, opts.seed, opts.random_draws,
+                             objective=opts.objective, folds=opts.folds, guard=opts.guard_confidence)
     timing: dict[str, float] = {"load_and_train_gate": time.perf_counter() - start}
     with _timed(timing, "retrain_gap"):
         singles = single_experts(inputs, raw, sweep.evaluate, opts.top_k)
@@ -288,11 +319,15 @@ def run_report(opts: Options) -> dict[str, Any]:
         planned = _plan_grid(sweep, where, opts.progress)
     with _timed(timing, "selection_check"):
         selection = {name: _crosscheck(sweep, name, where, planned, opts) for name in MOE2}
+    with _timed(timing, "variants"):
+        variants = run_variants(inputs, _variants(opts), where, opts.top_k, opts.seed)
+        ceilings = {"subsets": subset_ceilings(inputs, where, opts.top_k), "oracle": oracle(inputs, opts.seed)}
     points = [p.record for p in planned]
     results: dict[str, Any] = {
         "format": FORMAT, "header": _header(opts, inputs, raw), "single_experts": singles,
         "claim1_retrain_gap": gap, "grid": grid.to_json(opts.expert_budgets), "claim2_selection": selection,
         "claim3_tradeoffs": _tradeoffs(points, inputs.categories, singles), "pareto": pareto(points, singles),
+        "robust_selection": variants, "ceilings": ceilings,
         "points": points,
     }
     with _timed(timing, "plots"):
@@ -345,6 +380,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--no-expert-budgets", action="store_true",
                     help="grid of exactly energy-points x latency-points; by default each expert's own J and the "
                          "latency scale where it starts to fit are added, so every single-expert regime is sampled")
+    ap.add_argument("--objective", choices=("accuracy", "loglik"), default="loglik",
+                    help="MoE²'s F(S) in sections 3-4 (default loglik)")
+    ap.add_argument("--folds", type=int, default=0, help="MoE² selects on k-fold CV over train + validation (0: validation)")
+    ap.add_argument("--guard-confidence", type=float, default=0.95,
+                    help="MoE²'s paired guard confidence (0: no guard; default 0.95)")
+    ap.add_argument("--cv-folds", type=int, default=5, help="folds of the CV variants in section 5 (default 5)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     preset = QUICK if a.quick else FULL
@@ -353,7 +394,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    energy_points=a.energy_points if a.energy_points is not None else preset["energy_points"],
                    latency_points=a.latency_points if a.latency_points is not None else preset["latency_points"],
                    random_draws=a.random_draws if a.random_draws is not None else preset["random_draws"],
-                   quick=a.quick, progress=not a.no_progress, expert_budgets=not a.no_expert_budgets)
+                   quick=a.quick, progress=not a.no_progress, expert_budgets=not a.no_expert_budgets,
+                objective=a.objective, folds=a.folds, guard_confidence=a.guard_confidence or None,
+                cv_folds=a.cv_folds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,10 @@ class NodeConfig:
     host: str = "127.0.0.1"
     ray_resource: str = ""  # custom Ray resource that pins this node's actor; default edge_moe_node:<name>
     num_gpus: float = 0.0
+    # Dynamic batching (nodes/server.py): TASKs for one expert served together, at most
+    # max_batch at once (1: one at a time), waiting at most batch_wait_ms for more.
+    max_batch: int = 8
+    batch_wait_ms: float = 5.0
 
     @property
     def resource(self) -> str:
@@ -110,6 +114,7 @@ class CoordinatorConfig:
     max_waiting: int = 256
     http: str | None = None
     http_api_keys: str | None = None
+    objective: str = "loglik"  # F(S) when the coordinator re-plans online: "loglik" or "accuracy"
 
 
 @dataclass(frozen=True)
@@ -324,7 +329,8 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
 
     nodes = []
     for i, body in enumerate(_list(src, "nodes", raw["nodes"])):
-        r = _Reader(src, f"nodes[{i}]", body, {"name", "device_class", "host", "ray_resource", "num_gpus"},
+        r = _Reader(src, f"nodes[{i}]", body, {"name", "device_class", "host", "ray_resource", "num_gpus",
+                                                "max_batch", "batch_wait_ms"},
                     {"name", "device_class"})
         dc = r.text("device_class")
         if dc not in classes:
@@ -332,7 +338,9 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
                           f"(known: {', '.join(classes)})")
         nodes.append(NodeConfig(name=r.text("name"), device_class=dc, host=r.text("host", "127.0.0.1"),
                                 ray_resource=str(body.get("ray_resource", "")),
-                                num_gpus=r.number("num_gpus", 0.0)))
+                                num_gpus=r.number("num_gpus", 0.0),
+                                max_batch=r.integer("max_batch", NodeConfig.max_batch),
+                                batch_wait_ms=r.number("batch_wait_ms", NodeConfig.batch_wait_ms)))
     _unique(src, "nodes", [n.name for n in nodes])
     node_names = [n.name for n in nodes]
 
@@ -359,7 +367,7 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     r = _Reader(src, "coordinator", raw["coordinator"],
                 {"node", "frontend", "backend", "heartbeat_s", "liveness", "reconnect_min_s",
                  "reconnect_max_s", "top_k", "curve", "max_prompt_bytes", "quarantine_after",
-                 "quarantine_s", "load_aware", "max_pending", "max_waiting", "http", "http_api_keys"},
+                 "quarantine_s", "load_aware", "max_pending", "max_waiting", "http", "http_api_keys", "objective"},
                 {"node"})
     cnode = r.text("node")
     if cnode not in node_names:
@@ -380,6 +388,7 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
         max_waiting=r.integer("max_waiting", CoordinatorConfig.max_waiting),
         http=_http_address(r, raw["coordinator"].get("http")),
         http_api_keys=r.text("http_api_keys") if raw["coordinator"].get("http_api_keys") is not None else None,
+        objective=r.choice("objective", ("accuracy", "loglik"), CoordinatorConfig.objective),
     )
     if coordinator.http and coordinator.http_api_keys is None:
         host = coordinator.http.rpartition(":")[0]

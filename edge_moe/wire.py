@@ -240,14 +240,17 @@ class Heartbeat:
     From a node it also reports its load: ``queued`` TASKs received and not yet answered
     (waiting or running), and per hosted expert its recent service times (moving averages
     of the runner's compute ms): ``service_ms`` per option-scoring task, ``token_ms`` per
-    generated token. The coordinator's heartbeats leave them empty. The coordinator treats
-    these figures as hints from a peer: non-finite or negative values are ignored.
+    generated token; ``batch``, the moving average of the tasks it serves per batch (dynamic
+    batching; 1 when it serves one at a time, 0 before its first task). The coordinator's
+    heartbeats leave them empty. The coordinator treats these figures as hints from a peer:
+    non-finite or negative values are ignored.
     """
 
     node: str
     queued: int = 0
     service_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     token_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    batch: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 - Options: ``p(k) = Σ_n w̃_n · exp(lp'_n[k])`` where ``w̃`` are the gate weights of the
   experts that *answered*, renormalised to sum to 1 (so a straggler's weight is spread
   over the others), and ``lp'`` their log-probs with the gate's per-expert prior
-  correction divided out when the gate's prior has K options (it is fitted on the
-  calibration table's K; other K are mixed uncorrected). Reuses :mod:`gating.mixture`.
+  correction divided out and then its temperature applied, when the gate's prior has K
+  options (both are fitted on the calibration table's K; other K are mixed uncorrected):
+  the same calibration the planner's F(S) mixes. Reuses :mod:`gating.mixture`.
 - Generation: each answer is normalised (case, surrounding punctuation, whitespace);
   each normalised answer scores the renormalised weight of the experts that gave it;
   the highest score wins, ties go to the group holding the top-weight expert, and the
@@ -21,6 +22,7 @@ import numpy as np
 
 from edge_moe.errors import SelectionError
 from gating.mixture import apply_prior_correction, mix
+from gating.temperature import apply_temperature
 
 _PUNCT = string.punctuation + " \t\r\n"
 
@@ -36,13 +38,16 @@ def renormalise(weights: Mapping[str, float]) -> dict[str, float]:
 
 
 def mix_options(weights: Mapping[str, float], logprobs: Mapping[str, np.ndarray],
-                prior: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, bool]:
+                prior: Mapping[str, np.ndarray] | None = None,
+                temperature: Mapping[str, float] | None = None) -> tuple[np.ndarray, bool]:
     """The gated mixture over the options.
 
     Args:
         weights: expert → gate weight (renormalised here over the experts given).
         logprobs: expert → (K,) log-probabilities; the same K for all.
         prior: expert → (K',) log option prior; applied when K' == K for every expert.
+        temperature: expert → T, applied after the prior (with it: the calibration the
+            planner's F(S) used); an expert missing from it gets T = 1.
 
     Returns:
         ((K,) float64 probabilities, whether the prior correction was applied).
@@ -63,6 +68,9 @@ def mix_options(weights: Mapping[str, float], logprobs: Mapping[str, np.ndarray]
         pr = np.stack([np.asarray(prior[n], np.float64) for n in names])  # (S, K)
         lp = apply_prior_correction(lp, pr).astype(np.float64)
         corrected = True
+        if temperature is not None:
+            t = np.array([float(temperature.get(n, 1.0)) for n in names])  # (S,)
+            lp = apply_temperature(lp, t)
     probs = mix(np.array([[w[n] for n in names]]), lp)[0]  # (K,)
     return probs, corrected
 

@@ -3,12 +3,14 @@
 The methods, in :data:`METHODS` order (the order of each point's ``methods`` record):
 
 - ``moe2``: ``select_experts`` on the planner's objective with fixed k (the constraint is the
-  k-largest energy sum); ``moe2-adaptive``: the same with adaptive k (the fewest experts with
-  gate mass ≥ τ), whose constraint is all of S, as ``gating.planner.plan_one`` does;
+  k-largest energy sum), then the paired guard when it is on (``gating.guard``), as
+  ``gating.planner.plan_one`` does; ``moe2-adaptive``: the same with adaptive k (the fewest
+  experts with gate mass ≥ τ), whose constraint is all of S;
 - ``uniform-S`` / ``uniform-S-adaptive``: equal weights over all of MoE²'s S (fixed / adaptive),
   so every member answers; its worst-case J is all of S and can break the fixed-k budget
   (``within_budget`` and ``violations`` say so);
-- ``greedy-per-joule``, ``best-single-val`` (the single expert chosen on validation),
+- ``greedy-per-joule``, ``best-single-val`` (the single expert chosen on the same selection
+  data by the same objective: the fair baseline),
   ``topk-all`` (top-k of every expert, ignoring the budget): ``gating.baselines``;
 - ``random``: the mean over ``random_draws`` seeded ``baselines.random_feasible`` subsets;
 - ``best-single-test``: the single expert with the best *test* accuracy among those that fit
@@ -31,8 +33,10 @@ import numpy as np
 from gating import baselines, planner
 from gating.budget_grid import GridPoint
 from gating.evaluation import PlanEvaluator, one_hot
+from gating.guard import DEFAULT_RESAMPLES, apply_guard
 from gating.json_values import json_number
 from gating.margins import accuracy
+from gating.mixture import MixtureObjective
 from gating.selector import (
     INFEASIBLE,
     Budget,
@@ -56,7 +60,7 @@ class PlannedPoint:
     """One grid point's plans: the JSON ``record`` and MoE²'s selections (for the cross-check)."""
 
     record: dict[str, Any]  # index, energy_j, latency_scale, latency_ms, singles_fit, methods
-    selections: dict[str, Selection]  # "moe2" and "moe2-adaptive"
+    selections: dict[str, Selection]  # "moe2" and "moe2-adaptive", the selector's (unguarded) answers
 
 
 @dataclass
@@ -74,21 +78,30 @@ class MethodSweep:
     random_draws: int
     problems: dict[str, SelectionProblem] = field(default_factory=dict)
     objectives: dict[str, Callable[[np.ndarray], float]] = field(default_factory=dict)
+    objective: str = "loglik"
+    folds: int = 0
+    guard: float | None = None  # the paired guard's confidence; None: off
 
     @classmethod
     def make(cls, inputs: planner.PlanInputs, top_k: int | None, tau: float, seed: int,
-             random_draws: int) -> MethodSweep:
-        """The sweep over ``inputs``: F on validation (fixed k and adaptive τ), a test evaluator.
+             random_draws: int, objective: str = "loglik", folds: int = 0,
+             guard: float | None = None) -> MethodSweep:
+        """The sweep over ``inputs``: F on the selection data (fixed k and adaptive τ), a test evaluator.
 
         Args:
             top_k: the fine level's k (None: all of S answers).
             tau: adaptive k's gate-mass threshold.
-            seed: seeds the random baseline (with the point's index).
+            seed: seeds the random baseline (with the point's index), the folds and the guard.
             random_draws: random feasible subsets averaged per point.
+            objective / folds: F (``gating.inputs.make_objective``).
+            guard: the paired guard's confidence for MoE²'s plans; None turns it off.
         """
-        sweep = cls(inputs, PlanEvaluator(inputs), top_k, tau, seed, random_draws)
-        sweep.objectives["moe2"] = planner.make_objective(inputs, top_k, None)
-        sweep.objectives["moe2-adaptive"] = planner.make_objective(inputs, None, tau)
+        sweep = cls(inputs, PlanEvaluator(inputs), top_k, tau, seed, random_draws,
+                    objective=objective, folds=folds, guard=guard)
+        sweep.objectives["moe2"] = planner.make_objective(inputs, top_k, None, objective=objective,
+                                                          folds=folds, seed=seed)
+        sweep.objectives["moe2-adaptive"] = planner.make_objective(inputs, None, tau, objective=objective,
+                                                                   folds=folds, seed=seed)
         sweep.problems["moe2"] = planner.make_problem(inputs, sweep.objectives["moe2"], top_k)
         # adaptive k may activate any member of S: its constraint is all of S (as plan_one)
         sweep.problems["moe2-adaptive"] = planner.make_problem(inputs, sweep.objectives["moe2-adaptive"], None)
@@ -102,12 +115,16 @@ class MethodSweep:
         all_active = validate(replace(prob_k, top_k=None), budget)  # every member of S answers
         sels = {"moe2": select_experts(prob_k, budget),
                 "moe2-adaptive": select_experts(self.problems["moe2-adaptive"], budget)}
+        plans, guards = {}, {}
+        for name in MOE2:
+            plans[name], guards[name] = self._guarded(name, budget, sels[name])
         methods = {
-            "moe2": _entry(sels["moe2"], ev(sels["moe2"].mask, k, None), message=sels["moe2"].message),
-            "moe2-adaptive": _entry(sels["moe2-adaptive"], ev(sels["moe2-adaptive"].mask, None, self.tau),
-                                    message=sels["moe2-adaptive"].message),
-            "uniform-S": self._uniform(sels["moe2"], all_active),
-            "uniform-S-adaptive": self._uniform(sels["moe2-adaptive"], all_active),
+            "moe2": _entry(plans["moe2"], ev(plans["moe2"].mask, k, None), message=plans["moe2"].message,
+                           guard=guards["moe2"]),
+            "moe2-adaptive": _entry(plans["moe2-adaptive"], ev(plans["moe2-adaptive"].mask, None, self.tau),
+                                    message=plans["moe2-adaptive"].message, guard=guards["moe2-adaptive"]),
+            "uniform-S": self._uniform(plans["moe2"], all_active),
+            "uniform-S-adaptive": self._uniform(plans["moe2-adaptive"], all_active),
         }
         sel = baselines.greedy_per_joule(prob_k, budget)
         methods["greedy-per-joule"] = _entry(sel, ev(sel.mask, k, None))
@@ -121,6 +138,15 @@ class MethodSweep:
         record = {"index": point.index, "energy_j": point.energy_j, "latency_scale": point.scale,
                   "latency_ms": [float(v) for v in point.latency_ms], "singles_fit": fits, "methods": methods}
         return PlannedPoint(record, sels)
+
+    def _guarded(self, name: str, budget: Budget, sel: Selection) -> tuple[Selection, dict[str, Any] | None]:
+        """The paired guard on one MoE² selection (unchanged when the guard is off)."""
+        if self.guard is None:
+            return sel, None
+        f = self.objectives[name]
+        assert isinstance(f, MixtureObjective)
+        plan, report = apply_guard(self.problems[name], budget, sel, f, self.guard, DEFAULT_RESAMPLES, self.seed)
+        return plan, report.to_json()
 
     def _uniform(self, sel: Selection, all_active: Instance) -> dict[str, Any]:
         """Equal weights over all of a MoE² plan's S: all of S answers, so all of S costs."""

@@ -627,7 +627,7 @@ class Coordinator:
         try:
             if q.options is not None:
                 lp = {e: np.asarray(p.results[e].logprobs or (), np.float64) for e in answered}
-                probs_arr, _ = mix_options(answered, lp, self.router.prior)
+                probs_arr, _ = mix_options(answered, lp, self.router.prior, self.router.temperature)
                 probs, index = tuple(float(x) for x in probs_arr), int(np.argmax(probs_arr))
             else:
                 text, _ = vote(answered, {e: p.results[e].text or "" for e in answered})
@@ -699,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         fleet = load_fleet(args.config)
         cfg = fleet.coordinator
         top_k = None if args.tau is not None else cfg.top_k
-        router = load_router(args.gate, args.calibration, args.profiles, fleet.budget, top_k, args.tau)
+        router = load_router(args.gate, args.calibration, args.profiles, fleet.budget, top_k, args.tau,
+                             objective=cfg.objective)
         embedder: Any
         if args.toy_encoder:
             from edge_moe.runtime.toy import ToyEncoder

@@ -134,11 +134,12 @@ def single_experts(inputs: planner.PlanInputs, raw: CalibrationTable,
     Returns:
         Per expert name, in gate order: ``node``; ``raw`` (:func:`raw_accuracy`);
         ``corrected`` (the evaluator's figures for S = {expert}); ``validation_accuracy``
-        (the planner's objective F); ``latency_ms`` and ``energy_j`` per category as the
+        and ``validation_loglik`` (the planner's two objectives F); ``latency_ms`` and ``energy_j`` per category as the
         profiles give them (value and source); ``worst_energy_j`` (J, its worst category) and
         ``worst_latency_ms`` (ms, its worst category plus aggregation).
     """
-    objective = planner.make_objective(inputs, top_k, None)
+    objective = planner.make_objective(inputs, top_k, None, objective="accuracy")
+    loglik = planner.make_objective(inputs, top_k, None, objective="loglik")
     out = {}
     for j, name in enumerate(inputs.experts):
         mask = one_hot(len(inputs.experts), j)
@@ -150,6 +151,7 @@ def single_experts(inputs: planner.PlanInputs, raw: CalibrationTable,
             "raw": raw_accuracy(raw, j, inputs.categories),
             "corrected": corrected,
             "validation_accuracy": objective(mask),
+            "validation_loglik": loglik(mask),
             "latency_ms": {c: asdict(prof.latency_ms[c]) for c in inputs.categories},
             "energy_j": {c: asdict(prof.energy_j[c]) for c in inputs.categories},
             "worst_energy_j": float(inputs.energy_j[j].max()),

@@ -1,7 +1,7 @@
 """The gate network g(x; θ): an MLP from a prompt embedding to one logit per expert.
 
 Training (DESIGN.md §2 step 1) minimises the cross-entropy of the gated mixture of the
-experts' prior-corrected option probabilities on the TRAIN split::
+experts' calibrated option probabilities on the TRAIN split::
 
     min_θ  −mean_i log Σ_{n∈S} softmax_S(g(x_i; θ))_n · p'_n(y_i | x_i)
 
@@ -9,8 +9,12 @@ computed in log space (``logsumexp(log_softmax(g) + log p')``). S is every exper
 ``experts_mask`` subset (the retrain-gap check trains on S alone). Early stopping watches
 the same loss on the VALIDATION split and restores the best weights.
 
+*Calibrated* means: each expert's option prior divided out
+(:func:`gating.mixture.fit_prior_correction`), then each expert's temperature applied
+(:func:`gating.temperature.fit_temperature`), both fitted on TRAIN before the gate is trained.
+
 The trained gate is exported to one ONNX file whose ``metadata_props`` carry its record
-(experts, prior, embedding dim, config, versions); :mod:`edge_moe.runtime.gate` serves it
+(experts, prior, temperatures, embedding dim, config, versions); :mod:`edge_moe.runtime.gate` serves it
 without torch. This module is the only one in ``gating/`` that imports torch, and it is
 used at training time only.
 """
@@ -38,6 +42,7 @@ from edge_moe.atomic import atomic_path
 from edge_moe.calibration import SPLIT_NAMES, TRAIN, VALIDATION, CalibrationTable
 from edge_moe.errors import GateError
 from gating.mixture import apply_prior_correction, fit_prior_correction
+from gating.temperature import apply_temperature, fit_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +125,14 @@ class EpochLoss(NamedTuple):
 
 @dataclass
 class TrainedGate:
-    """A trained gate over ``experts`` with the prior correction it was trained with."""
+    """A trained gate over ``experts`` with the calibration (prior, temperatures) it was trained with."""
 
     module: GateMLP
     experts: tuple[str, ...]
     prior: np.ndarray  # (N, K) log option prior per expert, fitted on TRAIN
     embedding_dim: int
     config: GateConfig
+    temperature: np.ndarray | None = None  # (N,) per-expert temperature, fitted on TRAIN; None: all 1
     history: list[EpochLoss] = field(default_factory=list)
     best_epoch: int = 0
     best_val_nll: float = math.nan
@@ -148,9 +154,12 @@ class TrainedGate:
             return self.module(torch.from_numpy(x)).numpy()  # (M, N)
 
 
-def _label_logprobs(table: CalibrationTable, prior: np.ndarray) -> torch.Tensor:
-    """(M, N) prior-corrected log p'_n(y_i | x_i) for every row of ``table``."""
+def _label_logprobs(table: CalibrationTable, prior: np.ndarray,
+                    temperature: np.ndarray | None = None) -> torch.Tensor:
+    """(M, N) calibrated log p'_n(y_i | x_i) for every row of ``table`` (prior, then T)."""
     corrected = apply_prior_correction(table.logprobs, prior)  # (M, N, K)
+    if temperature is not None:
+        corrected = apply_temperature(corrected, temperature).astype(np.float32)  # (M, N, K)
     rows = np.arange(table.n_samples)
     return torch.from_numpy(np.ascontiguousarray(corrected[rows, :, table.labels]))  # (M, N)
 
@@ -232,10 +241,11 @@ def train_gate(
     sub = table.select_experts([table.experts[j] for j in cols]) if not mask.all() else table
     train, val = sub.split_rows(TRAIN), sub.split_rows(VALIDATION)
     prior = fit_prior_correction(train.logprobs)  # (N, K) on train only
+    temperature = fit_temperature(apply_prior_correction(train.logprobs, prior), train.labels)  # (N,) train only
     x_train = torch.from_numpy(train.embeddings)  # (Mt, D)
     x_val = torch.from_numpy(val.embeddings)  # (Mv, D)
-    lp_train = _label_logprobs(train, prior)  # (Mt, N)
-    lp_val = _label_logprobs(val, prior)  # (Mv, N)
+    lp_train = _label_logprobs(train, prior, temperature)  # (Mt, N)
+    lp_val = _label_logprobs(val, prior, temperature)  # (Mv, N)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny MLP: one thread is fastest and deterministic
@@ -290,6 +300,7 @@ def train_gate(
         module=module,
         experts=sub.experts,
         prior=prior,
+        temperature=temperature,
         embedding_dim=table.embedding_dim,
         config=config,
         history=history,
@@ -343,6 +354,7 @@ def gate_manifest(gate: TrainedGate) -> dict[str, str]:
         f"{META_PREFIX}kind": "gate",
         f"{META_PREFIX}experts": json.dumps(list(gate.experts)),
         f"{META_PREFIX}prior": json.dumps(np.asarray(gate.prior, dtype=np.float64).tolist()),
+        f"{META_PREFIX}temperature": json.dumps(_temperatures(gate).tolist()),
         f"{META_PREFIX}embedding_dim": str(gate.embedding_dim),
         f"{META_PREFIX}input_name": INPUT_NAME,
         f"{META_PREFIX}output_name": OUTPUT_NAME,
@@ -352,6 +364,13 @@ def gate_manifest(gate: TrainedGate) -> dict[str, str]:
         f"{META_PREFIX}torch_version": torch.__version__,
         f"{META_PREFIX}onnx_version": onnx.__version__,
     }
+
+
+def _temperatures(gate: TrainedGate) -> np.ndarray:
+    """(N,) float64 temperatures; all 1 for a gate trained without them."""
+    if gate.temperature is None:
+        return np.ones(len(gate.experts))
+    return np.asarray(gate.temperature, dtype=np.float64)
 
 
 def export_gate_onnx(gate: TrainedGate, path: str | os.PathLike[str]) -> Path:

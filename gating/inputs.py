@@ -2,14 +2,21 @@
 
 :func:`load_inputs` reads the calibration table and the profiles, gets the gate (loads a
 given ``gate.onnx``, or trains one and exports it), restricts and orders the table by the
-gate's experts, applies the gate's option-prior correction, and checks that the three
-files agree. The profiles give the scoring costs ``latency_ms`` / ``energy_j`` and, where
+gate's experts, calibrates the experts' option log-probs with the gate's record (the
+option-prior correction, then the per-expert temperatures; T = 1 for a record without them),
+and checks that the three files agree. The profiles give the scoring costs ``latency_ms`` / ``energy_j`` and, where
 every expert has one, the generation cost model ``generation``
 (:class:`edge_moe.profiles.GenerationCosts`), all in the gate's expert order x the table's
 category order; ``generation_missing`` names the experts without one (``generation`` is
 then None and ``generation_message`` says so). :func:`make_objective` builds F(S) from
-them: the validation accuracy of the gate-masked top-k (or adaptive-τ) mixture
-(:class:`gating.mixture.MixtureObjective`).
+them (:class:`gating.mixture.MixtureObjective`), by name (:data:`OBJECTIVES`):
+
+- ``loglik`` (the default): the mean log-likelihood of the label under the gate-masked,
+  renormalised top-k (or adaptive-τ) mixture of the calibrated experts restricted to S;
+- ``accuracy``: the same mixture's accuracy;
+
+measured on the validation split, or, with ``folds`` ≥ 2, on k-fold cross-validation over
+train + validation (:mod:`gating.crossval`).
 
 Both the offline planner (:mod:`gating.planner`) and the live router
 (:mod:`gating.routing`) use them, so the router does not import the planner.
@@ -27,19 +34,24 @@ from typing import Any
 import numpy as np
 
 from edge_moe.calibration import VALIDATION, CalibrationTable, load_calibration
-from edge_moe.errors import DataFormatError
+from edge_moe.errors import ConfigError, DataFormatError
 from edge_moe.profiles import GenerationCosts, Profiles, load_profiles
 from edge_moe.runtime.gate import OnnxGate
-from gating.mixture import MixtureObjective, apply_prior_correction
+from gating.crossval import cross_validated_rows
+from gating.mixture import Metric, MixtureObjective, apply_prior_correction
+from gating.temperature import apply_temperature
 
 logger = logging.getLogger(__name__)
+
+OBJECTIVES: dict[str, Metric] = {"loglik": "neg_nll", "accuracy": "accuracy"}  # name -> mixture metric
+DEFAULT_OBJECTIVE = "loglik"
 
 
 @dataclass(frozen=True)
 class PlanInputs:
     """Everything a plan needs, aligned: arrays are in ``experts`` x ``categories`` order."""
 
-    table: CalibrationTable  # prior-corrected log-probs, experts in the gate's order
+    table: CalibrationTable  # calibrated log-probs (prior, then temperature), experts in the gate's order
     profiles: Profiles
     gate: OnnxGate
     gate_logits: np.ndarray  # (M, N) for every row of the table
@@ -51,6 +63,7 @@ class PlanInputs:
     trained_gate: Any = None  # the TrainedGate when this run trained it (for the retrain check)
     generation: GenerationCosts | None = None  # (N, C) generation costs; None: some expert lacks them
     generation_missing: tuple[str, ...] = ()  # the experts without a generation model
+    prior_corrected: np.ndarray | None = None  # (M, N, K) log-probs before the temperatures (for CV refits)
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -121,8 +134,12 @@ def load_inputs(
     if missing_c:
         raise DataFormatError(f"{profiles}: no figures for categories {missing_c} of {calibration} "
                               f"(profiled: {list(prof.categories)})")
+    if gate.temperature.shape != (table.n_experts,):
+        raise DataFormatError(f"{gate_path}: temperature shape {gate.temperature.shape} does not match the "
+                              f"gate's {table.n_experts} experts")
     corrected = apply_prior_correction(table.logprobs, gate.prior).astype(np.float32)
-    table = CalibrationTable(logprobs=corrected, labels=table.labels, categories=table.categories,
+    calibrated = apply_temperature(corrected, gate.temperature).astype(np.float32)
+    table = CalibrationTable(logprobs=calibrated, labels=table.labels, categories=table.categories,
                              category_names=table.category_names, experts=table.experts,
                              embeddings=table.embeddings, split=table.split)
     lat, en = prof.arrays(table.experts, table.category_names)
@@ -131,7 +148,7 @@ def load_inputs(
                         latency_ms=lat, energy_j=en, calibration_path=str(calibration),
                         calibration_sha256=sha256_file(calibration), profiles_path=str(profiles),
                         trained_gate=trained, generation=prof.generation_arrays(table.experts, table.category_names),
-                        generation_missing=gen_missing)
+                        generation_missing=gen_missing, prior_corrected=corrected)
     if gen_missing:
         logger.info("%s", inputs.generation_message)
     return inputs
@@ -144,21 +161,35 @@ def split_rows(inputs: PlanInputs, split: int) -> tuple[np.ndarray, CalibrationT
 
 
 def make_objective(inputs: PlanInputs, top_k: int | None, tau: float | None,
-                   uniform: bool = False) -> MixtureObjective:
-    """F(S) = validation accuracy of the gate-masked top-k (or adaptive-tau) mixture.
+                   uniform: bool = False, objective: str = DEFAULT_OBJECTIVE, folds: int = 0,
+                   seed: int = 0) -> MixtureObjective:
+    """F(S) of the gate-masked top-k (or adaptive-tau) mixture, by name, on the selection data.
 
     Args:
         inputs: from :func:`load_inputs`.
         top_k / tau: the fine level inside S (give at most one).
         uniform: uniform weights over S instead of the gate's (the "uniform" baseline).
+        objective: ``"loglik"`` (mean log p(label)) or ``"accuracy"`` (:data:`OBJECTIVES`).
+        folds: 0 selects on the validation split; k >= 2 on k-fold cross-validation over
+            train + validation, the temperatures refitted out of fold
+            (:func:`gating.crossval.cross_validated_rows`).
+        seed: the fold assignment's seed (with ``folds``).
 
     Raises:
-        DataFormatError: the validation split is empty.
+        ConfigError: an unknown objective, or folds is 1 or negative.
+        DataFormatError: the validation split is empty (or train + validation for CV).
         SelectionError: a bad top_k or tau.
     """
-    logits, val = split_rows(inputs, VALIDATION)
-    if len(val.labels) == 0:
-        raise DataFormatError(f"{inputs.calibration_path}: the validation split (split == 1) is empty")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective '{objective}'; choose one of {sorted(OBJECTIVES)}")
+    if folds:
+        logits, logprobs, labels = cross_validated_rows(inputs.gate_logits, inputs.prior_corrected, inputs.table.labels,
+                                                        inputs.table.split, folds, seed, inputs.calibration_path)
+    else:
+        logits, val = split_rows(inputs, VALIDATION)
+        if len(val.labels) == 0:
+            raise DataFormatError(f"{inputs.calibration_path}: the validation split (split == 1) is empty")
+        logprobs, labels = val.logprobs, val.labels
     if uniform:
         logits = np.zeros_like(logits)
-    return MixtureObjective(logits, val.logprobs, val.labels, top_k=top_k, tau=tau)
+    return MixtureObjective(logits, logprobs, labels, top_k=top_k, tau=tau, metric=OBJECTIVES[objective])

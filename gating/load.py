@@ -22,7 +22,10 @@ The model of a node: it serves its TASKs one at a time, in arrival order (``node
 - **Per-task overhead of a node** (what a task costs beyond its ``compute_ms``: decoding,
   queue hand-off, encoding, the wire): while a node stays busy, the gap between two of its
   answers is the service time of the second task, so ``gap − compute_ms`` is a sample; its
-  moving average is the overhead (0 before any sample).
+  moving average, floored at 0, is the overhead (0 before any sample). Samples may be
+  negative: a node that batches answers a batch's TASKs together, the first after a gap of
+  the whole batch and the rest after none, each with its share of the batch as
+  ``compute_ms``; over the batch the samples sum to the batch's true overhead.
 - **Tasks from elsewhere.** A node's HEARTBEAT says how many TASKs it holds (``queued``). When
   that is more than this coordinator has out on it (another coordinator, or tasks from before
   a reconnect), the extra count × the node's mean service time is added to the wait, until
@@ -63,12 +66,17 @@ class _Node:
     free_at: float = 0.0  # when it is predicted to have finished every task we sent it
     out: dict[str, float] = field(default_factory=dict)  # task id -> predicted service ms
     reported: int = 0  # its HEARTBEAT's queued
+    batch: float = 0.0  # its HEARTBEAT's mean tasks per batch (dynamic batching)
     foreign: int = 0  # tasks it holds beyond ours, as of its last HEARTBEAT
     service_ms: dict[str, float] = field(default_factory=dict)  # from its HEARTBEAT
     token_ms: dict[str, float] = field(default_factory=dict)
     last_seen: float = 0.0
     last_answer: float | None = None  # when its previous answer arrived, if it was busy then
-    overhead_ms: float = 0.0  # moving average of (gap between busy answers − compute_ms)
+    overhead_avg: float | None = None  # moving average of (gap between busy answers − compute_ms)
+
+    @property
+    def overhead_ms(self) -> float:
+        return max(0.0, self.overhead_avg or 0.0)
 
 
 class LoadTracker:
@@ -106,6 +114,8 @@ class LoadTracker:
         q = _hint(hb.queued)
         n.reported = int(min(q, MAX_REPORTED_QUEUE)) if q is not None else 0
         n.foreign = max(0, n.reported - len(n.out))
+        b = _hint(hb.batch)
+        n.batch = min(b, float(MAX_REPORTED_QUEUE)) if b is not None else 0.0
         n.service_ms = {e: v for e, x in dict(hb.service_ms).items() if (v := _hint(x)) is not None}
         n.token_ms = {e: v for e, x in dict(hb.token_ms).items() if (v := _hint(x)) is not None}
 
@@ -127,8 +137,7 @@ class LoadTracker:
         sane = compute_ms is not None and math.isfinite(compute_ms) and compute_ms >= 0
         if sane and n.last_answer is not None:  # busy since the previous answer: the gap is this task's
             gap_ms = (now - n.last_answer) * 1e3
-            n.overhead_ms = _ewma(n.overhead_ms if n.overhead_ms else None,
-                                  max(0.0, gap_ms - float(compute_ms)))  # type: ignore[arg-type]
+            n.overhead_avg = _ewma(n.overhead_avg, gap_ms - float(compute_ms))  # type: ignore[arg-type]
         n.last_answer = now if n.out else None
         n.free_at = now + (sum(n.out.values()) + len(n.out) * n.overhead_ms) / 1e3
         if expert is not None and compute_ms is not None and sane:
@@ -208,6 +217,11 @@ class LoadTracker:
         """TASKs this coordinator has out on ``node``."""
         n = self._nodes.get(node)
         return len(n.out) if n is not None else 0
+
+    def reported_batch(self, node: str) -> float:
+        """The node's own mean tasks per batch from its last HEARTBEAT (0: none yet)."""
+        n = self._nodes.get(node)
+        return n.batch if n is not None else 0.0
 
     def reported_queue(self, node: str) -> int:
         """The node's own ``queued`` from its last HEARTBEAT."""

@@ -364,16 +364,27 @@ class MixtureObjective:
         return value
 
     def _evaluate(self, m: np.ndarray) -> float:
-        idx = np.flatnonzero(m)
-        if idx.size == 0 or self._rows.size == 0:
+        if not m.any() or self._rows.size == 0:
             return 0.0 if self.metric == "accuracy" else LOG_PROB_FLOOR
+        return float(self.row_scores(m).mean())
+
+    def row_scores(self, mask: np.ndarray | Sequence[bool]) -> np.ndarray:
+        """(M,) per-row scores whose mean is F(S): 1.0/0.0 correct (accuracy) or log p(label).
+
+        The paired guard (:mod:`gating.guard`) bootstraps differences of these rows. The
+        empty set scores 0.0 (accuracy) or ``LOG_PROB_FLOOR`` on every row.
+        """
+        m = _as_mask(np.asarray(mask), self.n_experts)
+        idx = np.flatnonzero(m)
+        if idx.size == 0:
+            return np.full(self._rows.size, 0.0 if self.metric == "accuracy" else LOG_PROB_FLOOR)
         w = masked_gate_weights(self._logits[:, idx])  # (M, |S|) the softmax over S
         if self.top_k is not None or self.tau is not None:
             w = select_top_k(w, top_k=self.top_k, tau=self.tau, mask=np.ones(idx.size, dtype=bool))
         if self.metric == "neg_nll":
             p_label = np.einsum("ms,sm->m", w, self._p_label[idx])  # (M,)
-            return float(np.log(np.maximum(p_label, PROB_FLOOR)).mean())
+            return np.log(np.maximum(p_label, PROB_FLOOR))
         probs = np.einsum("ms,smk->mk", w, self._probs_t[idx])  # (M, K)
         p_label = probs[self._rows, self._labels]
         correct = (probs.argmax(axis=1) == self._labels) & (p_label > 0)
-        return float(correct.mean())
+        return correct.astype(np.float64)

@@ -7,9 +7,14 @@ A plan answers "which experts may answer, under this energy and latency budget?"
 2. Get the gate: train it on the table's train split (early stopping on validation) and
    export ``gate.onnx``, or load a given ``gate.onnx``. The gate carries the per-expert
    option-prior correction, which is applied to the experts' log-probs before mixing.
-3. Build the objective F(S): validation accuracy of the gate-masked, renormalised,
-   top-k mixture restricted to S (:func:`gating.inputs.make_objective`, also re-exported).
-4. Solve ``max F(S)`` under the budget with the exact selector (``gating.selector``).
+3. Build the objective F(S), by name: the mean log-likelihood (``loglik``, the default) or
+   the accuracy (``accuracy``) of the gate-masked, renormalised top-k mixture of the
+   calibrated experts restricted to S, on the validation split or on k-fold
+   cross-validation over train + validation (:func:`gating.inputs.make_objective`, also
+   re-exported).
+4. Solve ``max F(S)`` under the budget with the exact selector (``gating.selector``), then
+   the paired guard (:mod:`gating.guard`): a multi-expert S replaces the best single expert
+   that fits only when the bootstrap lower bound of its gain on the selection data is > 0.
 5. Report the chosen experts' accuracy on the *test* split, per category and overall.
 
 ``sweep`` repeats 3-5 over a budget grid for MoE² (fixed k and adaptive k) and every
@@ -32,7 +37,8 @@ from edge_moe.atomic import write_text
 from edge_moe.calibration import TEST
 from edge_moe.errors import ConfigError, DataFormatError
 from gating import baselines
-from gating.inputs import PlanInputs, make_objective, split_rows
+from gating.guard import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, apply_guard
+from gating.inputs import DEFAULT_OBJECTIVE, PlanInputs, make_objective, split_rows
 from gating.inputs import load_inputs as load_inputs  # re-exported: planner.load_inputs(...)
 from gating.mixture import evaluate_subset
 from gating.selector import Budget, Selection, SelectionProblem, brute_force, select_experts
@@ -57,6 +63,7 @@ class Plan:
     selection: Selection
     test: dict[str, Any]  # MixtureReport.to_json() on the test split, {} when infeasible
     extra: dict[str, Any] = field(default_factory=dict)
+    validation_accuracy: float | None = None  # the plan's validation accuracy (None: sel.objective is it)
 
     def to_json(self) -> dict[str, Any]:
         sel = self.selection
@@ -65,7 +72,9 @@ class Plan:
             "status": sel.status,
             "message": sel.message,
             "experts": list(sel.experts),
-            "objective_validation_accuracy": _num(sel.objective),
+            "objective_value": _num(sel.objective),  # F on the selection data (``selection`` says which)
+            "objective_validation_accuracy": _num(sel.objective if self.validation_accuracy is None
+                                                  else self.validation_accuracy),
             "worst_energy_j": _num(sel.worst_energy_j),
             "worst_latency_ms": [_num(v) for v in np.atleast_1d(sel.worst_latency_ms)],
             "evaluations": sel.evaluations,
@@ -127,7 +136,7 @@ def make_problem(inputs: PlanInputs, objective: Callable[[np.ndarray], float],
     return SelectionProblem(experts=list(inputs.experts), energy_j=inputs.energy_j,
                             latency_ms=inputs.latency_ms, objective=objective, top_k=top_k,
                             aggregation_ms=inputs.profiles.aggregation_ms,
-                            categories=list(inputs.categories))
+                            categories=list(inputs.categories), monotone=False)
 
 
 def evaluate_test(inputs: PlanInputs, mask: np.ndarray, top_k: int | None, tau: float | None,
@@ -146,19 +155,43 @@ def evaluate_test(inputs: PlanInputs, mask: np.ndarray, top_k: int | None, tau: 
 
 
 def plan_one(inputs: PlanInputs, energy_j: float, latency_ms: np.ndarray, top_k: int | None,
-             tau: float | None = None) -> Plan:
-    """The MoE² plan for one budget: exact selection on validation, evaluation on test.
+             tau: float | None = None, objective: str = DEFAULT_OBJECTIVE, folds: int = 0,
+             guard_confidence: float | None = DEFAULT_CONFIDENCE, seed: int = 0) -> Plan:
+    """The MoE² plan for one budget: exact selection on the selection data, the guard, test.
 
     With ``tau`` (adaptive k) any member of S may be active, so the constraint is the
     worst case over all of S (``top_k=None`` in the problem).
+
+    Args:
+        objective: ``"loglik"`` or ``"accuracy"`` (:func:`gating.inputs.make_objective`).
+        folds: 0 selects on validation; k >= 2 on k-fold CV over train + validation.
+        guard_confidence: the paired guard's confidence in (0, 1); None turns it off.
+        seed: the folds' and the bootstrap's seed.
+
+    The record's ``selection`` says what F was and on what data; ``guard`` what the guard did.
     """
     constraint_k = None if tau is not None else top_k
-    objective = make_objective(inputs, None if tau is not None else top_k, tau)
-    problem = make_problem(inputs, objective, constraint_k)
-    sel = select_experts(problem, Budget(energy_j=energy_j, latency_ms=latency_ms))
+    k = None if tau is not None else top_k
+    F = make_objective(inputs, k, tau, objective=objective, folds=folds, seed=seed)
+    problem = make_problem(inputs, F, constraint_k)
+    budget = Budget(energy_j=energy_j, latency_ms=latency_ms)
+    sel = select_experts(problem, budget)
+    guard: dict[str, Any] = {"enabled": False}
+    if guard_confidence is not None:
+        sel, report = apply_guard(problem, budget, sel, F, guard_confidence, DEFAULT_RESAMPLES, seed)
+        guard = {"enabled": True, **report.to_json()}
     method = "moe2-adaptive" if tau is not None else "moe2"
-    test = evaluate_test(inputs, sel.mask, None if tau is not None else top_k, tau) if sel.status == "optimal" else {}
-    return Plan(method, energy_j, latency_ms.tolist(), constraint_k, tau, sel, test)
+    test = evaluate_test(inputs, sel.mask, k, tau) if sel.status == "optimal" else {}
+    val_acc = make_objective(inputs, k, tau, objective="accuracy")(sel.mask) if sel.mask.any() else None
+    extra = {"selection": selection_record(objective, folds, seed, F.metric), "guard": guard}
+    return Plan(method, energy_j, latency_ms.tolist(), constraint_k, tau, sel, test, extra, val_acc)
+
+
+def selection_record(objective: str, folds: int, seed: int, metric: str) -> dict[str, Any]:
+    """What F was and the data it was measured on, for plan.json."""
+    data = f"{folds}-fold cross-validation over train + validation" if folds else "validation split"
+    return {"objective": objective, "metric": metric, "folds": folds, "seed": seed, "data": data,
+            "calibration": "per-expert prior correction, then per-expert temperature (gate record)"}
 
 
 def plan_record(inputs: PlanInputs, plan: Plan, gate_path: str) -> dict[str, Any]:
@@ -168,6 +201,7 @@ def plan_record(inputs: PlanInputs, plan: Plan, gate_path: str) -> dict[str, Any
         **plan.to_json(),
         "categories": list(inputs.categories),
         "gate": gate_path,
+        "temperature": [float(t) for t in inputs.gate.temperature],
         "calibration": {"path": inputs.calibration_path, "sha256": inputs.calibration_sha256},
         "profiles": {"path": inputs.profiles_path, "sources": inputs.profiles.sources(),
                      "aggregation_ms": inputs.profiles.aggregation_ms},
@@ -223,17 +257,25 @@ def budget_grid(inputs: PlanInputs, top_k: int | None, n_energy: int = 8,
 
 
 def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed: int = 0,
-          n_energy: int = 8, n_latency: int = 6, progress: bool = False) -> dict[str, Any]:
+          n_energy: int = 8, n_latency: int = 6, progress: bool = False,
+          objective: str = DEFAULT_OBJECTIVE) -> dict[str, Any]:
     """Plans for every (energy, latency) grid point: MoE² (fixed and adaptive k) and baselines.
+
+    Every method maximises the named ``objective`` on validation (no guard: this sweep
+    checks the selector); each row's ``objective_value`` is F, ``objective_validation_accuracy``
+    the plan's validation accuracy.
 
     Returns a JSON-ready document with the plan rows, the single experts, the Pareto front of
     MoE² and the selector-vs-brute-force cross-check (up to ``CROSSCHECK_MAX_N`` experts).
     """
     energies, latencies = budget_grid(inputs, top_k, n_energy, n_latency)
     n, n_cat = len(inputs.experts), len(inputs.categories)
-    obj_k = make_objective(inputs, top_k, None)
-    obj_tau = make_objective(inputs, None, tau)
-    obj_uniform = make_objective(inputs, None, None, uniform=True)
+    obj_k = make_objective(inputs, top_k, None, objective=objective)
+    obj_tau = make_objective(inputs, None, tau, objective=objective)
+    obj_uniform = make_objective(inputs, None, None, uniform=True, objective=objective)
+    acc = {(top_k, None, False): make_objective(inputs, top_k, None, objective="accuracy"),
+           (None, tau, False): make_objective(inputs, None, tau, objective="accuracy"),
+           (None, None, True): make_objective(inputs, None, None, uniform=True, objective="accuracy")}
     prob_k = make_problem(inputs, obj_k, top_k)
     prob_tau = make_problem(inputs, obj_tau, None)
     prob_uniform = make_problem(inputs, obj_uniform, None)
@@ -243,7 +285,8 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
     def add(method: str, sel: Selection, e: float, lat: np.ndarray, k: int | None, t: float | None,
             uniform: bool = False, **extra: Any) -> None:
         test = evaluate_test(inputs, sel.mask, k, t, uniform) if sel.mask.any() else {}
-        rows.append(Plan(method, e, lat.tolist(), k, t, sel, test, extra).to_json())
+        val_acc = acc[(k, t, uniform)](sel.mask) if sel.mask.any() and (k, t, uniform) in acc else None
+        rows.append(Plan(method, e, lat.tolist(), k, t, sel, test, extra, val_acc).to_json())
 
     points = [(float(e), float(lt)) for e in energies for lt in latencies]
     with _progress(progress, "sweep", len(points)) as advance:
@@ -275,7 +318,8 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
         mask[j] = True
         singles.append({"expert": name, "energy_j": float(inputs.energy_j[j].max()),
                         "latency_ms": float(inputs.latency_ms[j].max()),
-                        "validation_accuracy": obj_k(mask),
+                        "validation_accuracy": acc[(top_k, None, False)](mask),
+                        "validation_objective": obj_k(mask),
                         "test": evaluate_test(inputs, mask, top_k, None)})
     return {
         "format": PLAN_FORMAT + "/sweep",
@@ -283,6 +327,7 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
         "categories": list(inputs.categories),
         "top_k": top_k,
         "tau": tau,
+        "objective": objective,
         "energy_grid_j": energies.tolist(),
         "latency_grid_ms": latencies.tolist(),
         "plans": rows,

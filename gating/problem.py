@@ -69,6 +69,9 @@ class SelectionProblem:
             the energy constraint is the worst case over any k members.
         aggregation_ms: coordinator cost added to every non-empty plan's latency.
         categories: C category names for messages; default ``"0"``, ``"1"``, ...
+        monotone: whether F is known to be monotone non-decreasing. False (the planner's
+            gated-mixture objectives) makes the selector certify its answer by enumeration
+            when few experts fit (``gating.selector`` step 6).
     """
 
     experts: Sequence[str]
@@ -78,6 +81,7 @@ class SelectionProblem:
     top_k: int | None = None
     aggregation_ms: float = 0.0
     categories: Sequence[str] | None = None
+    monotone: bool = True
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from edge_moe.calibration import SPLIT_NAMES, TEST, CalibrationTable
 from edge_moe.errors import GateError
 from gating.gate import GateConfig, TrainedGate, train_gate
 from gating.mixture import apply_prior_correction, evaluate_subset
+from gating.temperature import apply_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +200,8 @@ def retrain_gap(
     config = config or gate.config
     masks = random_subsets(table.n_experts, n_subsets, seed, min_size)
     corrected = apply_prior_correction(rows_eval.logprobs, gate.prior)  # (M, N, K)
+    if gate.temperature is not None:  # the calibration the gate was trained on
+        corrected = apply_temperature(corrected, gate.temperature)  # (M, N, K)
     full_logits = gate.logits(rows_eval.embeddings)  # (M, N)
 
     def score(logits: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

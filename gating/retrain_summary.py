@@ -2,7 +2,8 @@
 
 MoE²'s first claim is that the gate θ* trained once on all experts, masked to a subset S and
 renormalised, is as good as a gate retrained on S alone. ``gating.retrain_gap.retrain_gap``
-measures the gap (masked − retrained: positive means retraining helps) on R random subsets;
+measures the gap on R random subsets, signed so that positive means retraining helps (NLL:
+masked − retrained; accuracy: retrained − masked);
 :func:`retrain_gap_summary` runs it and adds, beside ``GapReport``'s own means and maxima,
 the minimum gaps, how many subsets retraining helped (NLL gap > 0) and the subset with the
 largest NLL gap. Too few experts for a proper subset of size ≥ 2 is an

@@ -17,9 +17,10 @@ counts decisions/s). It reads a clock only to report its stage ms. In order:
    table is only valid for the set it was swept on; the exact selector takes well under a
    millisecond for a handful of experts, and the cache makes repeats a dict lookup.
 
-   - F(S) is the planner's objective: validation accuracy of the gate-masked, renormalised
-     top-k (or adaptive-τ) mixture restricted to S (:func:`gating.inputs.make_objective`),
-     over the calibration table's validation split with the gate's prior correction applied.
+   - F(S) is the planner's objective (``load_router(objective=...)``, the coordinator config's
+     ``objective``; default the mean log-likelihood): of the gate-masked, renormalised top-k
+     (or adaptive-τ) mixture restricted to S (:func:`gating.inputs.make_objective`), over the
+     calibration table's validation split with the gate's calibration (prior, temperatures) applied.
      Restricted to the live set L, F is evaluated on masks that are zero outside L.
    - Costs are the profiles' p95 ``latency_ms[n, c]`` and ``energy_j[n, c]`` (N × C) for an
      options query; for a generation query of ``max_new_tokens`` T, the profiles' generation
@@ -66,7 +67,7 @@ from edge_moe.errors import ConfigError, DataFormatError, SelectionError
 from edge_moe.profiles import GenerationCosts
 from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
 from edge_moe.wire import Query, check_query
-from gating.inputs import load_inputs, make_objective
+from gating.inputs import DEFAULT_OBJECTIVE, load_inputs, make_objective
 from gating.mixture import MixtureObjective, select_top_k
 from gating.problem import validate
 from gating.selector import INFEASIBLE, Budget, Selection, SelectionProblem, select_experts
@@ -194,6 +195,7 @@ class Router:
         self.experts = tuple(gate.experts)
         self.index = {e: i for i, e in enumerate(self.experts)}
         self.prior = {e: gate.prior[i] for i, e in enumerate(self.experts)}  # (K,) each, for aggregation
+        self.temperature = {e: float(gate.temperature[i]) for i, e in enumerate(self.experts)}  # after the prior
         self.categories = tuple(categories)
         self.latency_ms = np.asarray(latency_ms, np.float64)
         self.energy_j = np.asarray(energy_j, np.float64)
@@ -506,7 +508,7 @@ class Router:
         problem = SelectionProblem(experts=list(live), energy_j=en, latency_ms=lat, objective=objective,
                                    top_k=None if tau is not None else top_k,
                                    aggregation_ms=self.aggregation_ms,
-                                   categories=[self.categories[c] for c in cols])
+                                   categories=[self.categories[c] for c in cols], monotone=False)
         budget = Budget(energy_j=e_budget, latency_ms=l_budget)
         sel = select_experts(problem, budget)
         if wait and sel.status != INFEASIBLE:
@@ -636,11 +638,12 @@ def _stages(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
 def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLike[str],
                 profiles: str | os.PathLike[str], default_budget: BudgetConfig | None = None,
                 top_k: int | None = 2, tau: float | None = None,
-                embedder: Embedder | None = None) -> Router:
+                embedder: Embedder | None = None, objective: str = DEFAULT_OBJECTIVE) -> Router:
     """A Router from the planner's inputs: gate.onnx, calibration table, profiles.
 
     Uses :func:`gating.inputs.load_inputs` with the given gate (no torch): the table is
-    reordered to the gate's experts, prior-corrected, and its validation split scores F(S).
+    reordered to the gate's experts, calibrated (prior, then temperatures), and its validation
+    split scores F(S), the named ``objective`` (``"loglik"`` or ``"accuracy"``).
 
     Raises:
         GateError / DataFormatError: a file is missing or the three disagree.
@@ -650,13 +653,13 @@ def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLik
         raise ConfigError(f"give top_k or tau, not both (got top_k={top_k}, tau={tau})")
     inputs = load_inputs(calibration, profiles, gate_path)
 
-    def objective(k: int | None, t: float | None) -> MixtureObjective:
-        return make_objective(inputs, k, t)
+    def objective_for(k: int | None, t: float | None) -> MixtureObjective:
+        return make_objective(inputs, k, t, objective=objective)
 
     note = ""
     if inputs.generation is None:
         note = ("the profiles have no generation model (" + inputs.generation_message
                 + "): planned with option-scoring costs")
-    return Router(inputs.gate, inputs.categories, inputs.latency_ms, inputs.energy_j, objective,
+    return Router(inputs.gate, inputs.categories, inputs.latency_ms, inputs.energy_j, objective_for,
                   inputs.profiles.aggregation_ms, default_budget, top_k, tau, embedder,
                   generation=inputs.generation, generation_note=note)

@@ -27,6 +27,11 @@ node is (I, U): I is included (and feasible), U undecided; the excluded rest is 
    swap moves that keep the set feasible; if F was seen to fall on a superset, climb from
    the two runners-up too. For a monotone F this changes nothing and costs one
    neighbourhood of evaluations.
+6. *Certify* (for an F that is not monotone: declared so by ``problem.monotone=False``, as
+   the planner's gated-mixture objectives are, or seen to fall on a superset): when at most
+   :data:`EXACT_MAX_CANDIDATES` experts fit alone, evaluate every feasible subset of them
+   (memoised, so the sets already seen cost nothing). The answer is then the exact optimum
+   whatever F is.
 
 Refinements, measured on the benchmark's N = 40 mean-max-p problem (``benchmarks/selector_bench.py``):
 
@@ -51,11 +56,13 @@ Refinements, measured on the benchmark's N = 40 mean-max-p problem (``benchmarks
   feasible, with status "infeasible".
 - If F is monotone non-decreasing: F of the returned set equals ``max F(S)`` over the
   feasible family (the brute-force optimum, :func:`brute_force`), status "optimal".
-- If F is not monotone (the true gated top-k mixture accuracy is only nearly so), steps 2
-  and 3 can skip the optimum, and step 5 only reaches a local optimum: "optimal" then
-  means "optimal if F were monotone". ``message`` says so when the search *saw* F fall on
-  a superset (silence is no proof of monotonicity). How often it still matches brute force
-  is measured by the benchmark, not promised.
+- If F is not monotone (the gated top-k mixture's accuracy and log-likelihood are only
+  nearly so), steps 2 and 3 can skip the optimum and step 5 only reaches a local optimum.
+  When F is declared non-monotone or the search *saw* it fall on a superset, and at most
+  :data:`EXACT_MAX_CANDIDATES` experts fit alone, step 6 makes the answer exact
+  (``message`` says "certified by enumeration"). Otherwise "optimal" means "optimal if F were monotone", and ``message``
+  says so when the search saw F fall (silence is no proof of monotonicity). How often it
+  still matches brute force is measured by the benchmark, not promised.
 
 Budgets are compared with a tolerance of 1e-9, relative above 1 and absolute below
 (:data:`REL_TOL`), so floating-point summation order never flips a feasibility decision
@@ -97,8 +104,9 @@ logger = logging.getLogger(__name__)
 
 _MONOTONE_TOL = 1e-12  # a child above its parent's bound by more than this is a violation
 _POLISH_STARTS = 3  # step 5 may climb from the incumbent and its runners-up: this many sets
+EXACT_MAX_CANDIDATES = 12  # step 6 enumerates the feasible subsets of at most this many experts (4096 sets)
 
-__all__ = ["BRUTE_FORCE_MAX_N", "FEASIBLE", "INFEASIBLE", "OPTIMAL", "REL_TOL", "VIOLATES", "Budget",
+__all__ = ["BRUTE_FORCE_MAX_N", "EXACT_MAX_CANDIDATES", "FEASIBLE", "INFEASIBLE", "OPTIMAL", "REL_TOL", "VIOLATES", "Budget",
            "Evaluator", "Instance", "Objective", "Selection", "SelectionProblem", "brute_force", "greedy",
            "select_experts", "validate"]
 
@@ -302,7 +310,14 @@ def select_experts(problem: SelectionProblem, budget: Budget) -> Selection:
     nodes = _branch_and_bound(inst, evaluate, order, incumbent)
     moves = _polish(inst, evaluate, incumbent, candidates)
     message = f"{OPTIMAL}: {int(incumbent.mask.sum())} experts, F={incumbent.value:.6g}; {nodes} nodes"
-    if evaluate.violations:
+    if (evaluate.violations or not problem.monotone) and candidates.size <= EXACT_MAX_CANDIDATES:
+        _certify(inst, evaluate, incumbent, candidates)
+        message = f"{OPTIMAL}: {int(incumbent.mask.sum())} experts, F={incumbent.value:.6g}; {nodes} nodes"
+        why = (f"F scored {evaluate.violations} sets above a superset, so F is not monotone"
+               if evaluate.violations else "F is declared not monotone")
+        message += (f"; {why}: certified by enumeration of the feasible subsets of the {candidates.size} "
+                    f"experts that fit (local search made {moves} improving moves)")
+    elif evaluate.violations:
         message += (f"; F scored {evaluate.violations} sets above a superset, so F is not "
                     f"monotone: the set is feasible but may not be optimal (local search made "
                     f"{moves} improving moves)")
@@ -386,6 +401,15 @@ def _polish(inst: Instance, evaluate: Evaluator, incumbent: _Incumbent, candidat
     if evaluate.violations == 0:
         return moves
     return moves + sum(_climb(inst, evaluate, incumbent, mask, value, candidates) for value, mask in runners_up)
+
+
+def _certify(inst: Instance, evaluate: Evaluator, incumbent: _Incumbent, candidates: np.ndarray) -> None:
+    """Step 6: offer every feasible subset of ``candidates`` (memoised F), in binary order."""
+    for bits in range(1, 1 << candidates.size):
+        mask = np.zeros(inst.n, dtype=bool)
+        mask[candidates[[j for j in range(candidates.size) if (bits >> j) & 1]]] = True
+        if inst.feasible(mask):
+            incumbent.offer(mask, evaluate(mask))
 
 
 def _climb(inst: Instance, evaluate: Evaluator, incumbent: _Incumbent, mask: np.ndarray,

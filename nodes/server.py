@@ -38,11 +38,11 @@ import itertools
 import logging
 import math
 import os
-import queue
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from edge_moe import paths
 from edge_moe.config import CoordinatorConfig, DeviceClass, FleetConfig, load_fleet
 from edge_moe.energy import EnergyMeter, make_meter
 from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, RunnerError
+from edge_moe.runtime.batch import GenRequest, Outcome, ScoreRequest
 from edge_moe.runtime.liveness import Backoff, HeartbeatTimer, Liveness
 from edge_moe.runtime.runners import Runner
 from edge_moe.security import connect_dealer
@@ -102,6 +103,8 @@ class NodeLoad:
       compute ms per option-scoring task; ``token_ms[expert]``: the same of
       ``compute_ms / max(1, n_tokens)`` per generation task. The first sample sets the
       average; each later sample ``x`` moves it: ``avg += alpha * (x - avg)``.
+    - ``batch``: the same average of the tasks per batch the worker ran (for a generation
+      batch, the mean number of sequences per decode step); 0 before the first.
     - Only RESULTs are samples: a task answered ERROR (deadline, runner) says nothing of
       the service time. An expert with no sample of a kind is absent from that map.
 
@@ -120,6 +123,12 @@ class NodeLoad:
         self._queued = 0
         self._service_ms: dict[str, float] = {}
         self._token_ms: dict[str, float] = {}
+        self._batch: float = 0.0
+
+    def batched(self, size: float) -> None:
+        """A batch of ``size`` tasks ran (for generation: the mean live sequences per step)."""
+        with self._lock:
+            self._batch = size if self._batch == 0.0 else self._batch + self.alpha * (size - self._batch)
 
     def accepted(self) -> None:
         """A TASK was queued for the worker."""
@@ -144,7 +153,8 @@ class NodeLoad:
     def heartbeat(self, node: str) -> Heartbeat:
         """The HEARTBEAT ``node`` sends now: a snapshot (copies of the maps)."""
         with self._lock:
-            return Heartbeat(node, self._queued, dict(self._service_ms), dict(self._token_ms))
+            return Heartbeat(node, self._queued, dict(self._service_ms), dict(self._token_ms),
+                             round(self._batch, 3))
 
 
 class NodeServer:
@@ -162,6 +172,8 @@ class NodeServer:
             ``overloaded`` at once.
         load_alpha: the weight of the newest sample in the service-time averages
             (:class:`NodeLoad`).
+        max_batch / batch_wait_ms: dynamic batching (see :meth:`_take`); ``max_batch=1``
+            serves one TASK at a time.
     """
 
     def __init__(self, name: str, endpoint: str, experts: Mapping[str, HostedExpert | Any],
@@ -169,9 +181,13 @@ class NodeServer:
                  meter: EnergyMeter | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None,
                  context: zmq.Context | None = None, load_alpha: float = LOAD_ALPHA,
-                 max_queue: int = MAX_QUEUE) -> None:
+                 max_queue: int = MAX_QUEUE, max_batch: int = 8, batch_wait_ms: float = 5.0) -> None:
         if not experts:
             raise ConfigError(f"node '{name}' hosts no experts")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"node '{name}': max_batch={max_batch!r} must be an integer >= 1")
+        if not (isinstance(batch_wait_ms, (int, float)) and math.isfinite(batch_wait_ms) and batch_wait_ms >= 0):
+            raise ConfigError(f"node '{name}': batch_wait_ms={batch_wait_ms!r} must be a finite number >= 0")
         self.name = name
         self.endpoint = endpoint
         self.experts = {k: v if isinstance(v, HostedExpert) else HostedExpert(v, getattr(v, "runner", "custom"))
@@ -184,7 +200,12 @@ class NodeServer:
         self.ctx = context or zmq.Context()
         self._stop = threading.Event()
         self.max_queue = max_queue
-        self._work: queue.Queue[tuple[Task, float] | None] = queue.Queue()
+        self.max_batch = max_batch
+        self.batch_wait_ms = float(batch_wait_ms)
+        # TASKs waiting for the worker, with their receipt time; guarded by _cv.
+        self._waiting: deque[tuple[Task, float]] = deque()
+        self._cv = threading.Condition()
+        self._closing = False
         self._inproc = f"inproc://node-{name}-{os.getpid()}-{next(_ids)}"
         self._pair = self.ctx.socket(zmq.PAIR)
         self._pair.setsockopt(zmq.LINGER, 0)
@@ -192,7 +213,7 @@ class NodeServer:
         self._sock: zmq.Socket | None = None
         self._worker = threading.Thread(target=self._work_loop, name=f"node-{name}-worker", daemon=True)
         self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0,
-                      "overloaded": 0}
+                      "overloaded": 0, "batches": 0, "batched_tasks": 0}
         self._load = NodeLoad(load_alpha)
 
     # ---------------------------------------------------------------- lifecycle
@@ -210,7 +231,9 @@ class NodeServer:
 
     def close(self) -> None:
         """Close the sockets (and the context, if this object made it)."""
-        self._work.put(None)
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=5)
         if self._sock is not None:
@@ -298,14 +321,17 @@ class NodeServer:
                                      f"node {self.name} does not host expert '{msg.expert}' "
                                      f"(it hosts: {', '.join(self.experts)})"))
                     continue
-                if self._work.qsize() >= self.max_queue:  # bounded: refuse, do not pile up
+                with self._cv:
+                    full = len(self._waiting) >= self.max_queue
+                    if not full:
+                        self.stats["tasks"] += 1
+                        self._load.accepted()
+                        self._waiting.append((msg, now))
+                        self._cv.notify()
+                if full:  # bounded: refuse, do not pile up
                     self.stats["overloaded"] += 1
                     self._send(Error(msg.id, ErrorCode.OVERLOADED,
                                      f"node {self.name}: {self.max_queue} TASKs already queued"))
-                    continue
-                self.stats["tasks"] += 1
-                self._load.accepted()
-                self._work.put((msg, now))
             elif isinstance(msg, Heartbeat):
                 pass
             elif isinstance(msg, Error):
@@ -339,23 +365,214 @@ class NodeServer:
         out.setsockopt(zmq.LINGER, 0)
         out.connect(self._inproc)
         try:
-            while True:
-                item = self._work.get()
-                if item is None:
-                    return
-                task, received = item
-                pieces = itertools.count()
-
-                def emit(text: str, task: Task = task, pieces: Any = pieces) -> None:
-                    out.send_multipart(encode(Partial(task.id, task.expert, text, next(pieces))))
-
-                msg = self.serve(task, received, emit if task.stream else None)
-                if isinstance(msg, Result):
-                    self._load.observe(task, msg)  # before the answer goes: a later beat has it
-                self.stats["results" if isinstance(msg, Result) else "errors"] += 1
-                out.send_multipart(encode(msg))
+            while (batch := self._take()) is not None:
+                self._serve_batch(batch, out)
+                if len(batch) > 1 and not self._waiting:
+                    _trim_heap()
         finally:
             out.close(linger=0)
+
+    # ---- dynamic batching
+
+    def _batchable(self, task: Task) -> bool:
+        runner = self.experts[task.expert].runner
+        if not getattr(runner, "batches", False):
+            return False
+        if task.options is not None:
+            return hasattr(runner, "score_batch")
+        return bool(getattr(runner, "batches_generation", False)) and hasattr(runner, "decode_batch")
+
+    def _compatible(self, first: Task) -> Callable[[Task], bool]:
+        gen = first.options is None
+        return lambda t: t.expert == first.expert and (t.options is None) == gen
+
+    def _collect(self, batch: list[tuple[Task, float]], fits: Callable[[Task], bool], limit: int,
+                 front_only: bool = False) -> None:
+        """Move waiting TASKs that ``fits`` into ``batch`` (caller holds ``_cv``), up to
+        ``limit``, oldest first; the others keep their order. ``front_only``: stop at the
+        first that does not fit (a join must not overtake a TASK of another kind)."""
+        keep: deque[tuple[Task, float]] = deque()
+        while self._waiting and len(batch) < limit:
+            item = self._waiting.popleft()
+            if fits(item[0]):
+                batch.append(item)
+            elif front_only:
+                self._waiting.appendleft(item)
+                break
+            else:
+                keep.append(item)
+        keep.extend(self._waiting)
+        self._waiting = keep
+
+    def _take(self) -> list[tuple[Task, float]] | None:
+        """The next batch: the oldest waiting TASK and up to ``max_batch - 1`` more for the
+        same expert and kind (option scoring, or generation), oldest first.
+
+        When the batch is short, the worker waits up to ``batch_wait_ms`` for more, but only
+        under concurrent load (at least two fitting TASKs were already waiting): a lone
+        request never pays the wait, and a queue that already holds a full batch is served
+        at once. Returns None when the node closes."""
+        with self._cv:
+            while not self._waiting and not self._closing:
+                self._cv.wait()
+            if self._closing:
+                return None
+            first = self._waiting.popleft()
+            batch = [first]
+            if self.max_batch == 1 or not self._batchable(first[0]):
+                return batch
+            fits = self._compatible(first[0])
+            self._collect(batch, fits, self.max_batch)
+            if 1 < len(batch) < self.max_batch and self.batch_wait_ms > 0:
+                until = time.monotonic() + self.batch_wait_ms / 1e3
+                while len(batch) < self.max_batch and not self._closing:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                    self._collect(batch, fits, self.max_batch)
+            return batch
+
+    def _join(self, first: Task, room: int) -> list[tuple[Task, float]]:
+        """TASKs that may join a running generation batch between decode steps: those at the
+        front of the queue that fit it, up to ``room``."""
+        got: list[tuple[Task, float]] = []
+        if room > 0:
+            with self._cv:
+                self._collect(got, self._compatible(first), room, front_only=True)
+        return got
+
+    def _answer(self, out: zmq.Socket, task: Task, msg: Result | Error) -> None:
+        if isinstance(msg, Result):
+            self._load.observe(task, msg)  # before the answer goes: a later beat has it
+        self.stats["results" if isinstance(msg, Result) else "errors"] += 1
+        out.send_multipart(encode(msg))
+
+    def _emitter(self, out: zmq.Socket, task: Task) -> Callable[[str], None] | None:
+        if not task.stream:
+            return None
+        pieces = itertools.count()
+
+        def emit(text: str) -> None:
+            out.send_multipart(encode(Partial(task.id, task.expert, text, next(pieces))))
+
+        return emit
+
+    def _serve_batch(self, batch: list[tuple[Task, float]], out: zmq.Socket) -> None:
+        live: list[tuple[Task, float]] = []
+        for task, received in batch:
+            late = self._late(task, received)
+            if late is not None:
+                self._answer(out, task, late)
+            else:
+                live.append((task, received))
+        if not live:
+            return
+        if len(live) == 1 and (self.max_batch == 1 or live[0][0].options is not None
+                               or not self._batchable(live[0][0])):
+            task, received = live[0]
+            self._load.batched(1)
+            self._answer(out, task, self.serve(task, received, self._emitter(out, task)))
+            return
+        self.stats["batches"] += 1
+        self.stats["batched_tasks"] += len(live)
+        if live[0][0].options is not None:
+            self._score_batch([t for t, _ in live], out)
+        else:
+            self._generate_batch(live, out)
+
+    def _late(self, task: Task, received: float) -> Error | None:
+        waited_ms = (time.monotonic() - received) * 1e3
+        if waited_ms > task.timeout_ms:
+            return Error(task.id, ErrorCode.DEADLINE,
+                         f"task waited {waited_ms:.1f} ms on node {self.name}, past its "
+                         f"{task.timeout_ms:.1f} ms deadline; not computed")
+        return None
+
+    def _outcome_message(self, task: Task, o: Outcome, energy_j: float, source: str) -> Result | Error:
+        if o.error is not None:
+            return Error(task.id, ErrorCode.RUNNER, f"{task.expert} on {self.name}: {o.error}")
+        if task.options is not None:
+            return Result(task.id, task.expert, o.compute_ms, energy_j, source,
+                          tuple(float(x) for x in o.value))
+        return Result(task.id, task.expert, o.compute_ms, energy_j, source, None,
+                      str(o.value.text), int(o.value.n_tokens))
+
+    def _score_batch(self, tasks: list[Task], out: zmq.Socket) -> None:
+        runner: Any = self.experts[tasks[0].expert].runner
+        reqs = [ScoreRequest(t.prompt, tuple(t.options or ()), t.mode) for t in tasks]
+        window = self.meter.begin()
+        try:
+            outcomes = runner.score_batch(reqs)
+        except Exception as exc:  # a runner bug must not kill the node
+            self.meter.end(window)
+            logger.exception("expert %s failed on a batch of %d", tasks[0].expert, len(tasks))
+            for t in tasks:
+                self._answer(out, t, Error(t.id, ErrorCode.INTERNAL, f"{t.expert} on {self.name}: "
+                                           f"{type(exc).__name__}: {exc}"))
+            return
+        reading = self.meter.end(window)
+        self._load.batched(len(tasks))
+        total = sum(o.compute_ms for o in outcomes) or 1.0
+        for t, o in zip(tasks, outcomes, strict=True):
+            self._answer(out, t, self._outcome_message(t, o, reading.energy_j * o.compute_ms / total,
+                                                       reading.source))
+
+    def _generate_batch(self, live: list[tuple[Task, float]], out: zmq.Socket) -> None:
+        """Continuous batching: one decode step for every live sequence at a time; a TASK
+        waiting at the front of the queue for the same expert joins between steps. Each
+        step's joules go to the sequences in it by their share of its compute ms."""
+        first = live[0][0]
+        runner: Any = self.experts[first.expert].runner
+        batch = runner.decode_batch()
+        tasks: dict[str, Task] = {}
+        energy: dict[str, float] = {}
+        steps = sizes = 0
+
+        def metered(call: Callable[[], list[tuple[Any, Outcome]]]) -> None:
+            before = {s.key: s.outcome.compute_ms for s in batch.seqs}
+            window = self.meter.begin()
+            ended = call()
+            reading = self.meter.end(window)
+            now = {s.key: s.outcome.compute_ms for s in batch.seqs} | {k: o.compute_ms for k, o in ended}
+            delta = {k: v - before.get(k, 0.0) for k, v in now.items()}
+            total = sum(delta.values()) or 1.0
+            for k, d in delta.items():
+                energy[k] = energy.get(k, 0.0) + reading.energy_j * d / total
+            for k, o in ended:
+                t = tasks.pop(k)
+                self._answer(out, t, self._outcome_message(t, o, energy.pop(k, 0.0), reading.source))
+
+        def admit(items: list[tuple[Task, float]]) -> None:
+            reqs = []
+            for t, received in items:
+                late = self._late(t, received)
+                if late is not None:
+                    self._answer(out, t, late)
+                    continue
+                try:
+                    ids = runner.encode(runner.format_prompt(t.prompt, _chat(runner)), formatted_chat=_chat(runner))
+                except Exception as exc:
+                    self._answer(out, t, Error(t.id, ErrorCode.RUNNER, f"{t.expert} on {self.name}: {exc}"))
+                    continue
+                tasks[t.id] = t
+                reqs.append((t.id, GenRequest(tuple(ids), t.max_new_tokens, self._emitter(out, t))))
+            if reqs:
+                metered(lambda: batch.add(reqs))
+
+        try:
+            admit(live)
+            while batch.active:
+                steps += 1
+                sizes += batch.active
+                metered(batch.step)
+                admit(self._join(first, self.max_batch - batch.active))
+        except Exception as exc:  # a runner bug must not kill the node
+            logger.exception("expert %s failed in a generation batch", first.expert)
+            for t in tasks.values():
+                self._answer(out, t, Error(t.id, ErrorCode.INTERNAL, f"{t.expert} on {self.name}: "
+                                           f"{type(exc).__name__}: {exc}"))
+        self._load.batched(sizes / steps if steps else 1.0)
 
     def serve(self, task: Task, received: float,
               emit: Any = None) -> Result | Error:
@@ -367,11 +584,9 @@ class NodeServer:
             emit: for a generation TASK with ``stream``, called with each piece of text as
                 the runner decodes it (runners with ``streams``; others answer whole).
         """
-        waited_ms = (time.monotonic() - received) * 1e3
-        if waited_ms > task.timeout_ms:
-            return Error(task.id, ErrorCode.DEADLINE,
-                         f"task waited {waited_ms:.1f} ms on node {self.name}, past its "
-                         f"{task.timeout_ms:.1f} ms deadline; not computed")
+        late = self._late(task, received)
+        if late is not None:
+            return late
         runner = self.experts[task.expert].runner
         window = self.meter.begin()
         t0 = time.perf_counter()
@@ -401,6 +616,35 @@ class NodeServer:
         reading = self.meter.end(window)
         return Result(task.id, task.expert, compute_ms, reading.energy_j, reading.source,
                       logprobs, text, n_tokens)
+
+
+def _trim_heap() -> None:
+    """Hand the freed heap back to the OS (glibc ``malloc_trim``) once a batch is done and
+    nothing waits. A batch's buffers (padded prefill activations, logits) are freed in
+    pieces below glibc's mmap threshold, which the heap keeps: without this a node idles
+    at the RSS of its largest batch (measured in ``benchmarks/batching_bench.py``)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def _chat(runner: Any) -> bool:
+    """Whether ``runner.generate`` would apply the chat template (its default)."""
+    from edge_moe.runtime.chat import has_chat
+
+    return bool(has_chat(runner.manifest))
 
 
 # ---------------------------------------------------------------- from a fleet config
@@ -476,8 +720,10 @@ def main(argv: list[str] | None = None) -> int:
             from edge_moe.security import load_client_keys
 
             curve = load_client_keys(args.curve_keys, args.key_name)
+        spec = fleet.node(args.node)
         server = NodeServer(args.node, args.endpoint or backend_endpoint(fleet), experts, dc,
-                            fleet.coordinator, meter=make_meter(dc, args.meter), curve=curve)
+                            fleet.coordinator, meter=make_meter(dc, args.meter), curve=curve,
+                            max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)
     except EdgeMoEError as exc:
         print(f"{type(exc).__name__}: {exc}", flush=True)
         return 1

@@ -20,11 +20,11 @@ def check_config(path: Annotated[Path, typer.Argument(help="fleet YAML")]) -> No
 
     fleet = load_fleet(path)
     t = Table(title=f"fleet '{fleet.name}' ({path})")
-    for col in ("node", "device class", "busy W", "experts"):
+    for col in ("node", "device class", "busy W", "max batch (wait ms)", "experts"):
         t.add_column(col)
     for n in fleet.nodes:
         dc = fleet.device_classes[n.device_class]
-        t.add_row(n.name, n.device_class, f"{dc.power_busy_w:g}",
+        t.add_row(n.name, n.device_class, f"{dc.power_busy_w:g}", f"{n.max_batch} ({n.batch_wait_ms:g})",
                   ", ".join(f"{e.name} ({e.precision}, {e.runner})" for e in fleet.experts_on(n.name)))
     console.print(t)
     console.print(json.dumps({"categories": list(fleet.categories), "coordinator": fleet.coordinator.node}))

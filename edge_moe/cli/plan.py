@@ -24,17 +24,28 @@ def plan(
     out: Annotated[Path, typer.Option(help="output directory for plan.json (and the sweep files)")] = Path("plans"),
     sweep: Annotated[bool, typer.Option("--sweep", help="also plan a budget grid: plan table, Pareto front, PNG plot")] = False,
     retrain_check: Annotated[int, typer.Option(min=0, help="also measure the optimality-preserving gap on R random subsets")] = 0,
-    seed: Annotated[int, typer.Option(help="seed for gate training and random baselines")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for gate training, folds, the guard's bootstrap and random baselines")] = 0,
+    objective: Annotated[str, typer.Option(help="F(S) to maximise: loglik (mean log-likelihood of the mixture) or accuracy")] = "loglik",
+    folds: Annotated[int, typer.Option(min=0, help="select on k-fold cross-validation over train + validation (k >= 2); 0 = the validation split")] = 0,
+    guard_confidence: Annotated[float, typer.Option(help="paired guard: a multi-expert plan replaces the best single expert only when the bootstrap lower bound of its gain is > 0 at this confidence; 0 = no guard")] = 0.95,
 ) -> None:
     """Plan which experts may answer under an energy and latency budget.
 
     Trains the gate on the table's train split (or loads --gate), selects the subset on the
-    validation split with the exact discrete monotonic optimiser, and reports accuracy on the
-    test split. Writes OUT/plan.json. An infeasible budget exits 0 and says which budget binds.
+    validation split (or k-fold CV) with the exact selector, keeps a multi-expert plan only
+    when the paired guard admits it, and reports accuracy on the test split. Writes
+    OUT/plan.json. An infeasible budget exits 0 and says which budget binds.
     """
     if tau is not None and not (0.0 < tau <= 1.0):
         raise ConfigError(f"--tau={tau} must be in (0, 1]")
+    if objective not in ("loglik", "accuracy"):
+        raise ConfigError(f"--objective={objective!r}: choose one of ['accuracy', 'loglik']")
+    if folds == 1:
+        raise ConfigError("--folds=1 cannot cross-validate: give 0 (the validation split) or k >= 2")
+    if not 0.0 <= guard_confidence < 1.0:
+        raise ConfigError(f"--guard-confidence={guard_confidence} must be in [0, 1) (0: no guard)")
     from edge_moe.jobs.plan import run_plan
 
     run_plan(calibration, profiles, budget_number("--energy-j", energy_j), parse_latency(latency_ms),
-             None if top_k == 0 else top_k, tau, gate, out, sweep, retrain_check, seed)
+             None if top_k == 0 else top_k, tau, gate, out, sweep, retrain_check, seed,
+             objective=objective, folds=folds, guard_confidence=guard_confidence or None)

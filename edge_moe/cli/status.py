@@ -28,7 +28,7 @@ def status(
     coord = st["coordinator"]
     so_far = coord.get("experts_so_far", {})
     t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
-    for col in ("node", "class", "ready", "live", "last beat s", "queue", "actor pid", "experts", "answers",
+    for col in ("node", "class", "ready", "live", "last beat s", "queue", "batch", "actor pid", "experts", "answers",
                 "ms so far", "J so far"):
         t.add_column(col)
     for n, e in st["nodes"].items():
@@ -43,6 +43,7 @@ def status(
         queue = (f"{e['queued']} ({e.get('predicted_wait_ms', 0):.0f} ms)" if "queued" in e else "-")
         t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", live,
                   f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-", queue,
+                  f"{e['batch']:.1f}/{e.get('max_batch', '-')}" if e.get("batch") else "-",
                   str(actor.get("pid", actor.get("error", "-"))), ", ".join(experts) or "-", str(ans),
                   f"{ms:.0f}", f"{joules:.3g} ({e.get('energy_source', '-')})")
     console.print(t)

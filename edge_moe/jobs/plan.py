@@ -34,17 +34,27 @@ def print_plan(record: dict[str, Any]) -> None:
               str(record["test"]["n"]), "")
     console.print(t)
     src = record["profiles"]["sources"]
+    sel = record.get("selection", {})
     console.print(
-        f"validation accuracy (objective) {float(record['objective_validation_accuracy']):.3f}; "
+        f"objective {sel.get('objective', '?')} on the {sel.get('data', 'validation split')}: "
+        f"{float(record['objective_value']):.4f}; validation accuracy "
+        f"{float(record['objective_validation_accuracy']):.3f}; "
         f"worst-case energy {float(record['worst_energy_j']):.3f} J ({'/'.join(src['energy_j'])}); "
         f"selector evaluations {record['evaluations']}; gate {record['gate']}",
         highlight=False,
     )
+    guard = record.get("guard", {})
+    if guard.get("enabled") and guard.get("gain") is not None:
+        verdict = "kept the single expert" if guard["replaced"] else "kept the mixture"
+        console.print(f"guard ({guard['confidence']:g}): {list(guard['candidate'])} vs {list(guard['single'])}, "
+                      f"gain {guard['gain']:+.4f}, lower bound {guard['lower_bound']:+.4f}: {verdict}",
+                      highlight=False)
 
 
 def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float | dict[str, float],
              top_k: int | None, tau: float | None, gate: Path | None, out: Path, sweep: bool,
-             retrain_check: int, seed: int, progress: bool = True) -> dict[str, Any]:
+             retrain_check: int, seed: int, progress: bool = True, objective: str = "loglik",
+             folds: int = 0, guard_confidence: float | None = 0.95) -> dict[str, Any]:
     """The work behind ``edge-moe plan``: one plan, then the optional sweep and retrain check.
 
     Args:
@@ -54,6 +64,9 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
         top_k / tau: the fine level (give one).
         out: folder for plan.json and the sweep's plans.json, pareto.json, tradeoffs.png.
         sweep: also plan a budget grid; retrain_check: measure the claim-1 gap on R subsets.
+        objective: ``"loglik"`` or ``"accuracy"``; folds: 0 selects on validation, k >= 2 on
+            k-fold CV over train + validation; guard_confidence: the paired guard's
+            confidence (None: no guard). All three are recorded in plan.json.
 
     Returns:
         The plan record written to ``out/plan.json``.
@@ -68,24 +81,26 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
     console.print(f"loading {calibration} and {profiles}" + ("" if gate else "; training the gate"))
     inputs = planner.load_inputs(calibration, profiles, gate, out, GateConfig(seed=seed), progress=progress)
     gate_path = str(gate) if gate else str(out / "gate.onnx")
-    plan = planner.plan_one(inputs, energy_j, planner.latency_budget(inputs, latency), top_k, tau)
+    plan = planner.plan_one(inputs, energy_j, planner.latency_budget(inputs, latency), top_k, tau,
+                            objective=objective, folds=folds, guard_confidence=guard_confidence, seed=seed)
     record = planner.plan_record(inputs, plan, gate_path)
     planner.write_json(out / "plan.json", record)
     print_plan(record)
     console.print(f"wrote {out / 'plan.json'}")
     if sweep:
-        _sweep(inputs, top_k, out, calibration.name, seed, progress)
+        _sweep(inputs, top_k, out, calibration.name, seed, progress, objective)
     if retrain_check > 0:
         _retrain_check(inputs, calibration, out, retrain_check, seed, progress)
     return record
 
 
-def _sweep(inputs: Any, top_k: int | None, out: Path, title: str, seed: int, progress: bool) -> None:
+def _sweep(inputs: Any, top_k: int | None, out: Path, title: str, seed: int, progress: bool,
+           objective: str) -> None:
     """A budget grid: the plan table, its Pareto front and the trade-off plot."""
     from gating import planner
     from gating.plot import plot_sweep
 
-    doc = planner.sweep(inputs, top_k, seed=seed, progress=progress)
+    doc = planner.sweep(inputs, top_k, seed=seed, progress=progress, objective=objective)
     planner.write_json(out / "plans.json", doc)
     planner.write_json(out / "pareto.json", doc["pareto_front"])
     png = plot_sweep(doc, out / "tradeoffs.png", title=title)

@@ -11,45 +11,28 @@ import logging
 import string
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_moe.errors import ArtifactError, RunnerError
+from edge_moe.runtime.batch import (
+    MAX_BATCH_TOKENS,
+    DecodeBatch,
+    Generation,
+    Outcome,
+    ScoreRequest,
+    _renormalise,
+    _report,
+    score_batch,
+)
 from edge_moe.runtime.chat import format_chat, has_chat
 from edge_moe.runtime.manifest import load_manifest
 from edge_moe.runtime.session import ORT_DTYPES, load_tokenizer, log_softmax, make_session
 from edge_moe.wire import MODES
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A greedy generation.
-
-    Attributes:
-        text: the decoded new text (stop string and EOS excluded).
-        token_ids: the new token ids (EOS excluded).
-        n_tokens: ``len(token_ids)``.
-        prefill_ms: wall time of the prompt's forward pass.
-        decode_ms: wall time of every later forward pass.
-        stop_reason: ``eos``, ``stop``, ``length`` or ``context``.
-    """
-
-    text: str
-    token_ids: list[int]
-    n_tokens: int
-    prefill_ms: float
-    decode_ms: float
-    stop_reason: str
-
-
-def _renormalise(logp: np.ndarray) -> np.ndarray:
-    m = logp.max()
-    return logp - (m + np.log(np.exp(logp - m).sum()))
 
 
 class OrtRunner:
@@ -60,6 +43,8 @@ class OrtRunner:
         providers: onnxruntime providers in priority order (default CPU).
         intra_op_threads / inter_op_threads: onnxruntime thread counts.
         max_context: cap on prompt + generated tokens (default: the model's context).
+        max_batch_tokens: padded tokens per batched prefill pass (:mod:`edge_moe.runtime.batch`).
+        prepack / arena: onnxruntime memory settings (:func:`edge_moe.runtime.session.make_session`).
 
     Raises:
         ArtifactError: missing or malformed artifact, wrong manifest version, not a
@@ -77,6 +62,9 @@ class OrtRunner:
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
         max_context: int | None = None,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
+        prepack: bool = True,
+        arena: bool = True,
     ) -> None:
         self.artifact_dir = Path(artifact_dir)
         self.manifest = load_manifest(self.artifact_dir)
@@ -84,7 +72,8 @@ class OrtRunner:
         if m.kind != "decoder" or m.decoder is None:
             raise ArtifactError(f"{self.artifact_dir}: kind={m.kind!r}, OrtRunner needs a decoder")
         self.session = make_session(
-            self.artifact_dir / m.model_file, providers, intra_op_threads, inter_op_threads
+            self.artifact_dir / m.model_file, providers, intra_op_threads, inter_op_threads,
+            prepack=prepack, arena=arena,
         )
         graph_in = [i.name for i in self.session.get_inputs()]
         graph_out = [o.name for o in self.session.get_outputs()]
@@ -110,6 +99,7 @@ class OrtRunner:
         first_past = m.inputs.index(self._past_names[0])
         self.kv_dtype = ORT_DTYPES.get(self.session.get_inputs()[first_past].type, np.float32)
         self.max_context = min(int(m.decoder["max_context"]), max_context or 1 << 62)
+        self.max_batch_tokens = int(max_batch_tokens)
 
     # ---- tokens ---------------------------------------------------------------------
 
@@ -125,7 +115,8 @@ class OrtRunner:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def _check_context(self, n: int, what: str = "prompt") -> None:
+    def check_context(self, n: int, what: str = "prompt") -> None:
+        """Raises RunnerError when ``n`` tokens are none or more than the context."""
         if n == 0:
             raise RunnerError(f"{what} is empty after tokenisation")
         if n > self.max_context:
@@ -205,6 +196,33 @@ class OrtRunner:
                 )
         return ids
 
+    def prepare_score(
+        self, prompt: str, options: Sequence[str], mode: str = "letter", *, chat: bool = False
+    ) -> tuple[list[int], list[int] | None, list[list[int]] | None]:
+        """Check a scoring request and tokenise it: the prompt's ids, and the option
+        letters' token ids (``letter``) or each option's tokens (``continuation``).
+
+        Raises:
+            RunnerError: as :meth:`score_options`.
+        """
+        if mode not in MODES:
+            raise RunnerError(f"unknown scoring mode {mode!r}; choose one of {list(MODES)}")
+        if isinstance(options, str) or len(options) == 0:
+            raise RunnerError("options must be a non-empty list of strings (got none)")
+        if mode == "letter" and len(options) > 26:
+            raise RunnerError(f"letter mode supports at most 26 options, got {len(options)}")
+        text = self.format_prompt(prompt, chat)
+        prompt_ids = self.encode(text, formatted_chat=chat)
+        self.check_context(len(prompt_ids))
+        if mode == "letter":
+            return prompt_ids, self._letter_ids(text, prompt_ids, len(options), chat), None
+        conts = [self._continuation_ids(text, prompt_ids, o, chat) for o in options]
+        for i, c in enumerate(conts):
+            if not c:
+                raise RunnerError(f"option {i} ({options[i]!r}) has no tokens")
+            self.check_context(len(prompt_ids) + len(c), f"prompt + option {i}")
+        return prompt_ids, None, conts
+
     def score_options(
         self,
         prompt: str,
@@ -229,21 +247,36 @@ class OrtRunner:
             RunnerError: empty options, K > 26 in letter mode, unknown mode, empty prompt,
                 or a prompt (plus option) longer than the context.
         """
-        if mode not in MODES:
-            raise RunnerError(f"unknown scoring mode {mode!r}; choose one of {list(MODES)}")
-        if isinstance(options, str) or len(options) == 0:
-            raise RunnerError("options must be a non-empty list of strings (got none)")
-        if mode == "letter" and len(options) > 26:
-            raise RunnerError(f"letter mode supports at most 26 options, got {len(options)}")
-        text = self.format_prompt(prompt, chat)
-        prompt_ids = self.encode(text, formatted_chat=chat)
-        self._check_context(len(prompt_ids))
-        if mode == "letter":
-            letter_ids = self._letter_ids(text, prompt_ids, len(options), chat)
-            logits, _ = self.forward(np.array([prompt_ids]))
-            logp = log_softmax(logits[0, -1])
-            return _renormalise(logp[letter_ids])
-        return self._score_continuations(text, prompt_ids, options, chat)
+        (out,) = self.score_batch([ScoreRequest(prompt, tuple(options), mode, chat)])
+        if out.error is not None:
+            raise out.error
+        return np.asarray(out.value)
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[Outcome]:
+        """Score many requests in padded batches (:func:`edge_moe.runtime.batch.score_batch`):
+        each gets its log-probs or its own error, and its share of the compute ms."""
+        return score_batch(self, requests, self.max_batch_tokens)
+
+    def decode_batch(self) -> DecodeBatch:
+        """An empty :class:`edge_moe.runtime.batch.DecodeBatch` over this runner (needs
+        :attr:`batches_generation`)."""
+        return DecodeBatch(self, self.max_batch_tokens)
+
+    @property
+    def batches(self) -> bool:
+        """Whether a batch gives each request what it would get alone (within float
+        rounding). Not for ``quantize_dynamic`` int8 graphs: their activation scales are
+        computed over the whole input tensor, so one row's log-probs depend on the other
+        rows of its batch (measured on SmolLM2 int8: up to 2.0 nats apart, and different
+        greedy tokens). A node serves such an expert one task at a time."""
+        quant = self.manifest.extra.get("quantization") or {}
+        return not (isinstance(quant, dict) and quant.get("method") == "quantize_dynamic")
+
+    @property
+    def batches_generation(self) -> bool:
+        """Whether :meth:`decode_batch` works: graphs with ``position_ids`` (see
+        :mod:`edge_moe.runtime.batch`) that :attr:`batches`."""
+        return self.has_position_ids and self.batches
 
     def _continuation_ids(
         self, text: str, prompt_ids: list[int], option: str, chat: bool
@@ -255,38 +288,18 @@ class OrtRunner:
         # the option merges with the prompt's last token: tokenise it on its own
         return list(self.tokenizer.encode(option, add_special_tokens=False).ids)
 
-    def _score_continuations(
-        self, text: str, prompt_ids: list[int], options: Sequence[str], chat: bool
-    ) -> np.ndarray:
-        conts = [self._continuation_ids(text, prompt_ids, o, chat) for o in options]
-        for i, c in enumerate(conts):
-            if not c:
-                raise RunnerError(f"option {i} ({options[i]!r}) has no tokens")
-            self._check_context(len(prompt_ids) + len(c), f"prompt + option {i}")
+    def continuation_scores(self, prompt_ids: list[int], conts: list[list[int]]) -> np.ndarray:
+        """One request's continuation scores, one option per pass on the prompt's KV cache
+        (for graphs without ``position_ids``: GroupQueryAttention places new tokens after
+        sum(mask) - T, so their cache cannot hold padding)."""
         logits, past = self.forward(np.array([prompt_ids]))  # prefix KV, computed once
         first = log_softmax(logits[0, -1])  # (V,) log-probs of each option's first token
-        k, n, width = len(conts), len(prompt_ids), max(len(c) for c in conts)
         scores = np.array([first[c[0]] for c in conts])
-        if width > 1 and not self.has_position_ids:
-            # GroupQueryAttention places new tokens after sum(mask) - T: one row per call
-            for i, c in enumerate(conts):
-                if len(c) > 1:
-                    logits, _ = self.forward(np.array([c[:-1]]), None, past)
-                    logp = log_softmax(logits[0])
-                    scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
-        elif width > 1:
-            # Right-padded batch of the options' tokens after the shared prefix; a
-            # padded position only affects logits at or after itself, which are unused.
-            ids = np.zeros((k, width - 1), np.int64)
-            mask = np.ones((k, n + width - 1), np.int64)
-            for i, c in enumerate(conts):
-                ids[i, : len(c) - 1] = c[:-1]
-                mask[i, n + len(c) - 1 :] = 0
-            batch_past = [np.repeat(p, k, axis=0) for p in past]  # (K, kvH, n, hd)
-            logits, _ = self.forward(ids, mask, batch_past)  # (K, width-1, V)
-            logp = log_softmax(logits)
-            for i, c in enumerate(conts):
-                scores[i] += sum(logp[i, j, c[j + 1]] for j in range(len(c) - 1))
+        for i, c in enumerate(conts):
+            if len(c) > 1:
+                logits, _ = self.forward(np.array([c[:-1]]), None, past)
+                logp = log_softmax(logits[0])
+                scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
         return _renormalise(scores)
 
     streams = True  # generate(..., on_text=...) reports text as it decodes
@@ -299,7 +312,7 @@ class OrtRunner:
         if max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
         ids = list(prompt_ids)
-        self._check_context(len(ids))
+        self.check_context(len(ids))
         eos = set(self.manifest.eos_token_ids)
         t0 = time.perf_counter()
         logits, past = self.forward(np.array([ids]))
@@ -361,13 +374,3 @@ class OrtRunner:
         use_chat = has_chat(self.manifest) if chat is None else chat
         text = self.format_prompt(prompt, use_chat)
         return self.generate_ids(self.encode(text, formatted_chat=use_chat), max_new_tokens, stop, on_text)
-
-
-def _report(text: str, sent: str, on_text: Callable[[str], None]) -> str:
-    """Hand ``on_text`` what ``text`` adds to ``sent``; returns what has now been sent. Nothing
-    is sent while the text ends in U+FFFD (a character cut between tokens) or no longer
-    starts with what was sent."""
-    if text.endswith("\ufffd") or not text.startswith(sent) or len(text) == len(sent):
-        return sent
-    on_text(text[len(sent):])
-    return text

@@ -2,15 +2,21 @@
 
 :class:`OnnxGate` loads a ``gate.onnx`` written by :func:`gating.gate.export_gate_onnx`,
 rebuilds the gate's record from the ONNX ``metadata_props`` (experts, option prior,
-embedding dim) and computes gate logits and masked weights for the coordinator::
+per-expert temperatures, embedding dim) and computes gate logits and masked weights for
+the coordinator::
 
     gate = OnnxGate.load("artifacts/gate.onnx")
     w = gate.weights(embeddings, mask)                     # (M, N), zeros outside S
-    lp = apply_prior_correction(expert_logprobs, gate.prior)
+    lp = apply_temperature(apply_prior_correction(expert_logprobs, gate.prior), gate.temperature)
+
+``edge_moe.temperature`` (a JSON list, one positive T per expert) is optional: a record
+written before temperatures existed loads with T = 1 for every expert, which leaves the
+prior-corrected log-probs as they were.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -93,6 +99,7 @@ class OnnxGate:
     session: Any  # ort.InferenceSession
     input_name: str
     output_name: str
+    temperature: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(0))  # (N,); ones when the record has none
 
     @property
     def n_experts(self) -> int:
@@ -146,11 +153,19 @@ class OnnxGate:
             experts = tuple(str(e) for e in json.loads(field("experts")))
             prior = np.asarray(json.loads(field("prior")), dtype=np.float64)
             embedding_dim = int(field("embedding_dim"))
+            raw_t = meta.get(META_PREFIX + "temperature")  # optional: older records have none
+            temperature = (np.ones(len(experts)) if raw_t is None
+                           else np.asarray(json.loads(raw_t), dtype=np.float64))
         except (ValueError, TypeError) as exc:
             raise GateError(f"{p}: malformed gate manifest ({type(exc).__name__}: {exc})") from exc
         if prior.ndim != 2 or prior.shape[0] != len(experts):
             raise GateError(
                 f"{p}: {META_PREFIX}prior has shape {prior.shape}, expected ({len(experts)}, K) for the experts"
+            )
+        if temperature.shape != (len(experts),) or not (np.isfinite(temperature).all() and (temperature > 0).all()):
+            raise GateError(
+                f"{p}: {META_PREFIX}temperature must be {len(experts)} positive finite numbers, "
+                f"got {temperature.tolist()}"
             )
         inputs, outputs = session.get_inputs(), session.get_outputs()
         input_name, output_name = field("input_name"), field("output_name")
@@ -174,6 +189,7 @@ class OnnxGate:
             session=session,
             input_name=input_name,
             output_name=output_name,
+            temperature=temperature,
         )
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:

@@ -22,6 +22,9 @@ def make_session(
     providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
     intra_op_threads: int | None = None,
     inter_op_threads: int = 1,
+    *,
+    prepack: bool = True,
+    arena: bool = True,
 ) -> Any:
     """An onnxruntime InferenceSession with explicit providers and threads.
 
@@ -30,6 +33,10 @@ def make_session(
         providers: provider names (or ``(name, options)``), in priority order; default CPU.
         intra_op_threads: threads inside one op (None: onnxruntime's default, all cores).
         inter_op_threads: threads across ops.
+        prepack: let MLAS keep a packed copy of the MatMul weights (faster GEMMs; the
+            copy costs about as much memory again as the fp32 weights it packs).
+        arena: onnxruntime's CPU memory arena (keeps the peak of intermediate buffers
+            allocated between runs).
 
     Raises:
         RunnerError: a provider is not available here (the message lists those that are).
@@ -51,6 +58,9 @@ def make_session(
     opts.inter_op_num_threads = int(inter_op_threads)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = bool(arena)
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     try:
         return ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors

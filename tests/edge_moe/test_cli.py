@@ -78,7 +78,7 @@ def test_plan_reuses_gate_and_sweeps(trained: Path, tmp_path: Path) -> None:
     for p in doc["plans"]:
         if p["status"] == "optimal" and p["method"] in ("moe2", "best-single", "random", "greedy-per-joule"):
             key = (p["budget"]["energy_j"], p["budget"]["latency_ms"][0])
-            by_point.setdefault(key, {})[p["method"]] = float(p["objective_validation_accuracy"])
+            by_point.setdefault(key, {})[p["method"]] = float(p["objective_value"])
     assert by_point
     for vals in by_point.values():
         for method, v in vals.items():

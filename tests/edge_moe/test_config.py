@@ -66,6 +66,10 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r["experts"][1].update(node="orin-9"),
          "experts[1].node='orin-9' is not a node (known: cpu-a, cpu-b, cpu-c)"),
         (lambda r: r["nodes"][0].update(colour="red"), "nodes[0].colour is not a known field"),
+        (lambda r: r["nodes"][0].update(max_batch=0), "nodes[0].max_batch=0 must be an integer >= 1"),
+        (lambda r: r["nodes"][1].update(max_batch=2.5), "nodes[1].max_batch=2.5 must be an integer >= 1"),
+        (lambda r: r["nodes"][1].update(batch_wait_ms=-1), "nodes[1].batch_wait_ms=-1 must be >= 0"),
+        (lambda r: r["nodes"][2].update(batch_wait_ms=float("nan")), "nodes[2].batch_wait_ms=nan must be finite"),
         (lambda r: r.update(extra=1), "extra is not a known field"),
         (lambda r: r["nodes"][2].update(device_class="tpu"), "nodes[2].device_class='tpu' is not a device class"),
         (lambda r: r["nodes"].append({"name": "cpu-a", "device_class": "cpu"}), "nodes[3].name='cpu-a' is a duplicate"),
@@ -152,3 +156,10 @@ def test_placement_lists_every_node_and_its_experts() -> None:
     assert set(placement) == {n.name for n in fleet.nodes}
     assert placement["orin-2"] == ("gemma3-270m", "smollm2-135m") and placement["coord"] == ()
     assert sorted(e for es in placement.values() for e in es) == sorted(e.name for e in fleet.experts)
+
+
+def test_node_batching_defaults_and_set(tmp_path: Path) -> None:
+    fleet = load_fleet(_write(tmp_path, lambda r: r["nodes"][1].update(max_batch=1, batch_wait_ms=0)))
+    a, b = fleet.node("cpu-a"), fleet.node("cpu-b")
+    assert (a.max_batch, a.batch_wait_ms) == (8, 5.0)
+    assert (b.max_batch, b.batch_wait_ms) == (1, 0.0)

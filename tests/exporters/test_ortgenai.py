@@ -179,3 +179,20 @@ def test_smollm2_fp32_matches_torch_and_answers(tmp_path_factory):
     cont = r.score_options(prompt, options, mode="continuation")
     assert int(np.argmax(cont)) == 0
     assert np.abs(cont - torch_continuation_scores(model, r.encode, prompt, options)).max() < 1e-3
+
+
+def test_batched_scoring_equals_one_at_a_time(tiny):
+    """GroupQueryAttention graphs batch letter scoring with right padding and score
+    continuations one request at a time; generation is not batched (node batching)."""
+    from edge_moe.runtime.batch import ScoreRequest
+
+    _, _, art = tiny
+    runner = OrtRunner(art)
+    prompts = ["Hi", "The capital of France is", "one two three four five six seven eight nine ten"]
+    reqs = [ScoreRequest(p, ("A", "B", "C"), "letter") for p in prompts] + [
+        ScoreRequest(p, (" yes", " no way", " 42"), "continuation") for p in prompts]
+    batch = runner.score_batch(reqs)
+    for r, o in zip(reqs, batch, strict=True):
+        assert o.error is None
+        np.testing.assert_allclose(o.value, runner.score_options(r.prompt, r.options, r.mode), atol=1e-5)
+    assert runner.batches and not runner.batches_generation

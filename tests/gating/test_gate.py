@@ -35,6 +35,7 @@ from gating.mixture import (
     uniform_logits,
 )
 from gating.synthetic import make_synthetic_table
+from gating.temperature import apply_temperature, fit_temperature
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = GateConfig(max_epochs=150)  # defaults otherwise; ~0.5 s per training here
@@ -56,6 +57,12 @@ def onnx_path(gate: TrainedGate, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return export_gate_onnx(gate, tmp_path_factory.mktemp("gate") / "gate.onnx")
 
 
+def _calibrated(logprobs: np.ndarray, gate: TrainedGate) -> np.ndarray:
+    """The gate's calibration: its prior divided out, then its temperatures."""
+    assert gate.temperature is not None
+    return apply_temperature(apply_prior_correction(logprobs, gate.prior), gate.temperature)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -63,7 +70,7 @@ def test_trained_gate_beats_uniform_on_synthetic_test_split(
     table: CalibrationTable, gate: TrainedGate
 ) -> None:
     test = table.split_rows(TEST)
-    lp = apply_prior_correction(test.logprobs, gate.prior)
+    lp = _calibrated(test.logprobs, gate)
     args = (lp, test.labels, test.categories, test.category_names)
     trained = evaluate_subset(gate.logits(test.embeddings), *args)
     uniform = evaluate_subset(uniform_logits(test.n_samples, table.n_experts), *args)
@@ -85,9 +92,13 @@ def test_history_and_best_epoch_are_consistent(gate: TrainedGate) -> None:
 def test_prior_is_fitted_on_train_and_val_loss_is_the_mixture_nll(
     table: CalibrationTable, gate: TrainedGate
 ) -> None:
-    assert np.array_equal(gate.prior, fit_prior_correction(table.split_rows(TRAIN).logprobs))
+    train = table.split_rows(TRAIN)
+    assert np.array_equal(gate.prior, fit_prior_correction(train.logprobs))
+    assert gate.temperature is not None
+    assert np.array_equal(gate.temperature,
+                          fit_temperature(apply_prior_correction(train.logprobs, gate.prior), train.labels))
     val = table.split_rows(VALIDATION)
-    lp = apply_prior_correction(val.logprobs, gate.prior)
+    lp = _calibrated(val.logprobs, gate)
     r = evaluate_subset(
         gate.logits(val.embeddings), lp, val.labels, val.categories, val.category_names
     )
@@ -163,6 +174,7 @@ def test_manifest_round_trips(gate: TrainedGate, onnx_path: Path) -> None:
     runtime = OnnxGate.load(onnx_path, intra_op_num_threads=2)
     assert runtime.experts == gate.experts
     assert np.array_equal(runtime.prior, gate.prior)  # JSON floats round-trip exactly
+    assert gate.temperature is not None and np.array_equal(runtime.temperature, gate.temperature)
     assert runtime.embedding_dim == gate.embedding_dim
     assert json.loads(runtime.manifest[META_PREFIX + "gate_config"]) == dataclasses.asdict(
         gate.config
@@ -220,8 +232,30 @@ def test_runtime_load_errors_name_the_file(onnx_path: Path, tmp_path: Path) -> N
         OnnxGate.load(future)
 
 
+def test_old_records_without_temperatures_load_with_t_1(onnx_path: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key != META_PREFIX + "temperature"]
+    assert len(kept) == len(model.metadata_props) - 1  # the new record has the key
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    runtime = OnnxGate.load(old)
+    assert np.array_equal(runtime.temperature, np.ones(runtime.n_experts))
+
+    for bad in ("[1.0, 2.0]", "[1, 1, 1, 1, 0]", '"x"', "[1, 1, 1, 1, NaN]"):
+        model = onnx.load(str(onnx_path))
+        for p in model.metadata_props:
+            if p.key == META_PREFIX + "temperature":
+                p.value = bad
+        broken = tmp_path / "broken.onnx"
+        onnx.save(model, str(broken))
+        with pytest.raises(GateError, match=r"broken\.onnx: .*(temperature|malformed)"):
+            OnnxGate.load(broken)
+
+
 def test_serving_modules_do_not_import_torch() -> None:
-    code = "import edge_moe.runtime.gate, gating.mixture, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import edge_moe.runtime.gate, gating.mixture, gating.temperature, gating.guard, gating.aggregate, sys; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
@@ -237,8 +271,8 @@ def test_masked_training_loss_equals_numpy_subset_nll(table: CalibrationTable, g
 
     val = table.split_rows(VALIDATION)
     logits = gate.logits(val.embeddings)
-    lp = apply_prior_correction(val.logprobs, gate.prior)
-    label_lp = _label_logprobs(val, gate.prior)
+    lp = _calibrated(val.logprobs, gate)
+    label_lp = _label_logprobs(val, gate.prior, gate.temperature)
     for s in ([0, 2], [1], [0, 1, 3, 4]):
         mask = np.zeros(table.n_experts, dtype=bool)
         mask[s] = True

@@ -45,3 +45,86 @@ def test_generation_costs_in_gate_and_table_order(tmp_path: Path) -> None:
     inputs = load_inputs(cal, prof, gate)
     assert inputs.generation is None and inputs.generation_missing == (table.experts[1],)
     assert repr([table.experts[1]]) in inputs.generation_message
+
+
+# --------------------------------------------------------------------------- calibration and objectives
+
+
+def _with_temperature(gate: Path, out: Path, temperature: list[float] | None) -> Path:
+    """A copy of a gate.onnx whose record carries these temperatures (None: no key, an old record)."""
+    import onnx
+
+    model = onnx.load(str(gate))
+    kept = [p for p in model.metadata_props if p.key != "edge_moe.temperature"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if temperature is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "edge_moe.temperature", json.dumps(temperature)
+    onnx.save(model, str(out))
+    return out
+
+
+def test_inputs_apply_the_records_prior_then_temperature(tmp_path: Path) -> None:
+    from gating.mixture import apply_prior_correction
+    from gating.temperature import apply_temperature
+
+    table, cal, prof, gate = write_toy_inputs(tmp_path, n_experts=3, embedding_dim=8, seed=2, n_samples=150,
+                                              n_categories=2)
+    old = load_inputs(cal, prof, _with_temperature(gate, tmp_path / "old.onnx", None))
+    assert np.array_equal(old.gate.temperature, np.ones(3))
+    raw = table.select_experts(list(old.experts)).logprobs
+    corrected = apply_prior_correction(raw, old.gate.prior)
+    np.testing.assert_allclose(old.table.logprobs, corrected, atol=1e-6)  # T = 1 changes nothing
+    t = [2.0, 0.5, 1.0]
+    new = load_inputs(cal, prof, _with_temperature(gate, tmp_path / "new.onnx", t))
+    assert new.prior_corrected is not None
+    np.testing.assert_allclose(new.prior_corrected, corrected, atol=1e-6)
+    np.testing.assert_allclose(new.table.logprobs, apply_temperature(corrected, np.array(t)), atol=1e-5)
+    assert not np.allclose(new.table.logprobs, old.table.logprobs)
+
+
+def test_make_objective_by_name_and_on_folds(tmp_path: Path) -> None:
+    import pytest
+
+    from edge_moe.calibration import TRAIN, VALIDATION
+    from edge_moe.errors import ConfigError
+    from gating.crossval import cross_validated_rows, fold_ids
+    from gating.inputs import make_objective
+    from gating.mixture import masked_gate_weights, select_top_k
+    from gating.temperature import apply_temperature, fit_temperature
+
+    _, cal, prof, gate = write_toy_inputs(tmp_path, n_experts=3, embedding_dim=8, seed=4, n_samples=200,
+                                          n_categories=2)
+    inputs = load_inputs(cal, prof, gate)
+    val = inputs.table.split == VALIDATION
+    mask = np.array([True, False, True])
+    w = select_top_k(masked_gate_weights(inputs.gate_logits[val], mask), top_k=1, mask=mask)  # (M, N)
+    lp = inputs.table.logprobs[val].astype(np.float64)
+    probs = np.einsum("mn,mnk->mk", w, np.exp(lp))  # (M, K) the mixture, by its definition
+    labels = inputs.table.labels[val]
+    want_ll = float(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)).mean())
+    want_acc = float((probs.argmax(axis=1) == labels).mean())
+    assert make_objective(inputs, 1, None)(mask) == pytest.approx(want_ll)  # loglik is the default
+    assert make_objective(inputs, 1, None, objective="accuracy")(mask) == pytest.approx(want_acc)
+    with pytest.raises(ConfigError, match="unknown objective 'nll'"):
+        make_objective(inputs, 1, None, objective="nll")
+    with pytest.raises(ConfigError, match="folds=1"):
+        make_objective(inputs, 1, None, folds=1)
+
+    # k-fold CV: every train + validation row once, calibrated by temperatures fitted out of its fold
+    rows = np.flatnonzero((inputs.table.split == TRAIN) | val)
+    ids = fold_ids(rows.size, 3, seed=7)
+    assert np.bincount(ids).max() - np.bincount(ids).min() <= 1
+    logits, cv_lp, cv_labels = cross_validated_rows(inputs.gate_logits, inputs.prior_corrected, inputs.table.labels,
+                                                    inputs.table.split, 3, seed=7)
+    assert cv_lp.shape[0] == rows.size and np.array_equal(cv_labels, inputs.table.labels[rows])
+    assert inputs.prior_corrected is not None
+    pc = inputs.prior_corrected[rows].astype(np.float64)
+    for f in range(3):
+        held = ids == f
+        t = fit_temperature(pc[~held], cv_labels[~held])
+        np.testing.assert_allclose(cv_lp[held], apply_temperature(pc[held], t), atol=1e-5)
+    f_cv = make_objective(inputs, 1, None, folds=3, seed=7)
+    assert f_cv.row_scores(mask).shape == (rows.size,)
+    assert f_cv(mask) == pytest.approx(float(f_cv.row_scores(mask).mean()))

@@ -15,6 +15,7 @@ from gating.gate import GateConfig, TrainedGate, train_gate
 from gating.mixture import apply_prior_correction, evaluate_subset
 from gating.retrain_gap import GapReport, random_subsets, retrain_gap
 from gating.synthetic import make_synthetic_table
+from gating.temperature import apply_temperature
 
 CONFIG = GateConfig(hidden_dim=32, max_epochs=60)
 
@@ -62,7 +63,8 @@ def test_retrain_gap_rows_are_finite_and_match_the_subsets(
     masks = random_subsets(table.n_experts, 3, seed=11)
     assert len(report.rows) == 3
     test = table.split_rows(TEST)
-    lp = apply_prior_correction(test.logprobs, gate.prior)
+    assert gate.temperature is not None
+    lp = apply_temperature(apply_prior_correction(test.logprobs, gate.prior), gate.temperature)
     logits = gate.logits(test.embeddings)
     for row, mask in zip(report.rows, masks, strict=True):
         assert row.experts == tuple(table.experts[j] for j in np.flatnonzero(mask))
@@ -85,7 +87,9 @@ def test_retrained_side_equals_a_direct_subset_gate(
     mask = random_subsets(table.n_experts, 3, seed=11)[0]
     sub = train_gate(table, gate.config, experts_mask=mask)
     test = table.split_rows(TEST)
-    lp = apply_prior_correction(test.logprobs[:, mask], sub.prior)
+    assert sub.temperature is not None and gate.temperature is not None
+    assert np.allclose(sub.temperature, gate.temperature[mask])  # per expert, fitted on TRAIN
+    lp = apply_temperature(apply_prior_correction(test.logprobs[:, mask], sub.prior), sub.temperature)
     r = evaluate_subset(
         sub.logits(test.embeddings), lp, test.labels, test.categories, test.category_names
     )

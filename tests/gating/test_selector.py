@@ -436,3 +436,53 @@ def test_selection_is_frozen_and_json_plain() -> None:
     assert len(doc["worst_latency_ms"]) == np.shape(problem.energy_j)[1]
     empty = select_experts(_two_experts(), Budget(energy_j=0.1))
     assert json.loads(json.dumps(empty.to_json(), allow_nan=False))["objective"] is None
+
+
+# --------------------------------------------------------------------------- the planner's objectives
+
+
+@pytest.mark.parametrize("top_k", [None, 1, 2], ids=lambda k: f"k={k}")
+@pytest.mark.parametrize("metric", ["accuracy", "neg_nll"])
+def test_selector_matches_brute_force_on_gated_mixture_objectives(metric: str, top_k: int | None) -> None:
+    """The planner's F (accuracy or log-likelihood of the gated mixture) is not monotone: the
+    selector must still equal brute force on every instance (step 6 certifies it)."""
+    mixture = pytest.importorskip("gating.mixture")
+    seen_non_monotone = 0
+    for seed in range(40):
+        rng = np.random.default_rng(1000 + seed)
+        m, n, k = int(rng.integers(20, 80)), int(rng.integers(2, 9)), 4
+        logprobs = np.log(rng.dirichlet(np.full(k, 0.5), size=(m, n))).astype(np.float32)  # (M, N, K)
+        labels = rng.integers(0, k, m)
+        f = mixture.MixtureObjective(rng.normal(size=(m, n)) * 2, logprobs, labels, top_k=top_k, metric=metric)
+        e = rng.uniform(1, 10, (n, 2))
+        problem = SelectionProblem([f"e{i}" for i in range(n)], e, rng.uniform(1, 5, (n, 2)), f, top_k=top_k,
+                                   monotone=False)
+        k_eff = n if top_k is None else min(top_k, n)
+        frac = rng.uniform(0.2, 1.05)
+        budget = Budget(energy_j=frac * float(np.sort(e, axis=0)[-k_eff:].sum(axis=0).max()),
+                        latency_ms=float(rng.uniform(2, 6)))
+        sel, ref = select_experts(problem, budget), brute_force(problem, budget)
+        check_selection(sel, problem, budget)
+        assert sel.status == ref.status, (seed, sel.message)
+        if ref.status == "optimal":
+            assert sel.objective == pytest.approx(ref.objective, abs=1e-12), (seed, sel.message, ref.experts)
+        seen_non_monotone += "F scored" in sel.message
+    assert seen_non_monotone > 0  # some instances show their non-monotonicity to the search
+
+
+def test_certify_step_is_what_makes_non_monotone_f_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without step 6 the search misses this optimum; with it, it does not."""
+    def f(mask: np.ndarray) -> float:  # the pair {a, b} scores best; every other set grows with size
+        if tuple(np.flatnonzero(mask)) == (0, 1):
+            return 10.0
+        return float(mask.sum()) + 0.1 * float(mask[3])
+
+    problem = SelectionProblem(list("abcd"), np.ones((4, 1)), np.ones((4, 1)), f, monotone=False)
+    budget = Budget(energy_j=4.0)  # everyone fits: the union closes the search at once
+    ref = brute_force(problem, budget)
+    assert ref.experts == ("a", "b")
+    sel = select_experts(problem, budget)
+    assert sel.experts == ("a", "b") and "declared not monotone: certified by enumeration" in sel.message
+    assert select_experts(dataclasses.replace(problem, monotone=True), budget).experts != ("a", "b")
+    monkeypatch.setattr(selector, "EXACT_MAX_CANDIDATES", 0)
+    assert select_experts(problem, budget).experts != ("a", "b")

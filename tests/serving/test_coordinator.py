@@ -24,6 +24,7 @@ from gating.coordinator import Coordinator
 from gating.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
 from gating.routing import load_router
 from gating.selector import Budget, SelectionProblem, select_experts
+from gating.temperature import apply_temperature
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,13 +104,13 @@ def _independent_problem(assets, top_k: int) -> SelectionProblem:
     gate = OnnxGate.load(assets.gate)
     table = load_calibration(assets.calibration).select_experts(gate.experts)
     val = table.split_rows(VALIDATION)
-    objective = MixtureObjective(gate.logits(val.embeddings),
-                                 apply_prior_correction(val.logprobs, gate.prior), val.labels,
-                                 top_k=top_k)
+    calibrated = apply_temperature(apply_prior_correction(val.logprobs, gate.prior), gate.temperature)
+    objective = MixtureObjective(gate.logits(val.embeddings), calibrated, val.labels,
+                                 top_k=top_k, metric="neg_nll")  # the coordinator's default objective: loglik
     prof = load_profiles(assets.profiles)
     lat, en = prof.arrays(gate.experts, table.category_names)
     return SelectionProblem(list(gate.experts), en, lat, objective, top_k=top_k,
-                            aggregation_ms=prof.aggregation_ms, categories=table.category_names)
+                            aggregation_ms=prof.aggregation_ms, categories=table.category_names, monotone=False)
 
 
 def test_per_request_budget_changes_the_subset_as_select_experts_says(client, assets):

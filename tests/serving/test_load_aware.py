@@ -110,6 +110,25 @@ def test_per_task_overhead_is_learnt_from_the_gaps_between_busy_answers():
     assert t.overhead_ms("a") == pytest.approx(10.0)
 
 
+def test_a_batching_node_is_not_charged_its_batches_twice():
+    """A node that batches answers a batch's TASKs together: the first after the whole
+    batch's wall time, the rest after no gap, each with its share as compute_ms. The
+    overhead learnt must stay near 0, not 7/8 of a batch per task."""
+    t = LoadTracker()
+    now, wall = 0.0, 0.4  # s per batch of 8; shares of 50 ms
+    for i in range(8):
+        t.dispatched("a", f"b0-{i}", 50.0, now=now)
+    for b in range(1, 7):  # the next batch is queued while this one runs
+        for i in range(8):
+            t.dispatched("a", f"b{b}-{i}", 50.0, now=now)
+        now += wall
+        for i in range(8):
+            t.answered("a", f"b{b - 1}-{i}", now, "e", compute_ms=50.0)
+    assert t.overhead_ms("a") < 10.0
+    # 8 TASKs (one batch) still out: about one batch's wall time, not twice that
+    assert t.node_wait_ms("a", now) < 1.2 * wall * 1e3
+
+
 def test_a_silent_node_gets_an_infinite_wait_and_forget_clears_it():
     t = LoadTracker(suspect_s=0.4)
     t.seen("a", 1.0)

@@ -22,6 +22,7 @@ from gating.coordinator import Coordinator
 from gating.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
 from gating.routing import Status, load_router
 from gating.selector import Budget, SelectionProblem, select_experts
+from gating.temperature import apply_temperature
 
 PROMPTS = ["Which planet is largest? Answer:", "hello world", "Is water wet? A. yes B. no Answer:"]
 
@@ -49,12 +50,13 @@ def by_hand(assets):
     gate = OnnxGate.load(assets.gate)
     table = load_calibration(assets.calibration).select_experts(gate.experts)
     val = table.split_rows(VALIDATION)
-    logits, lp = gate.logits(val.embeddings), apply_prior_correction(val.logprobs, gate.prior)
+    logits = gate.logits(val.embeddings)
+    lp = apply_temperature(apply_prior_correction(val.logprobs, gate.prior), gate.temperature)
     prof = load_profiles(assets.profiles)
     lat, en = prof.arrays(gate.experts, table.category_names)
 
     def objective(top_k, tau):
-        return MixtureObjective(logits, lp, val.labels, top_k=top_k, tau=tau)
+        return MixtureObjective(logits, lp, val.labels, top_k=top_k, tau=tau, metric="neg_nll")  # default: loglik
 
     return gate, objective, en, lat, prof.aggregation_ms, table.category_names
 
@@ -73,7 +75,7 @@ def plan_by_hand(by_hand, live, category, energy, latency, top_k, tau):
 
     problem = SelectionProblem(list(live), en[np.ix_(idx, cols)], lat[np.ix_(idx, cols)], f,
                                top_k=None if tau is not None else top_k, aggregation_ms=agg,
-                               categories=[cats[c] for c in cols])
+                               categories=[cats[c] for c in cols], monotone=False)
     return select_experts(problem, Budget(energy_j=energy, latency_ms=np.full(len(cols), latency)))
 
 
