@@ -14,8 +14,11 @@ read). The arms:
 
 - ``serial``: ``max_batch: 1`` (one TASK at a time, as before batching);
 - ``batch8``: ``max_batch: 8``, ``batch_wait_ms: 5``;
-- ``batch8-lean`` (``--lean``): ``batch8`` with onnxruntime's weight prepacking and CPU arena
-  off (the node-memory settings; see ``benchmarks/node_memory.py``).
+- ``batch8-noprepack`` (``--lean``): ``batch8`` with onnxruntime's weight prepacking off (MLAS
+  then keeps no packed second copy of the MatMul weights: less memory, slower GEMMs).
+
+Every arm runs with the runtime's memory defaults otherwise (CPU arena off; the node trims
+its heap after loading and after each batch when idle).
 
 Each node's RSS (VmRSS) is read after load and after the run (idle), divided by the
 artifact's bytes on disk, with its peak (VmHWM).
@@ -64,7 +67,7 @@ def _node_main(endpoint: str, artifact: str, max_batch: int, lean: bool) -> None
     from nodes.server import HostedExpert, NodeServer
 
     logging.basicConfig(level=logging.WARNING)
-    runner = OrtRunner(artifact, intra_op_threads=2, prepack=not lean, arena=not lean)
+    runner = OrtRunner(artifact, intra_op_threads=2, prepack=not lean)
     cfg = CoordinatorConfig(node="bench", heartbeat_s=1.0, liveness=1000)
     server = NodeServer("bench", endpoint, {"e": HostedExpert(runner)}, DeviceClass("cpu", 5.0, 15.0, "bench"),
                         cfg, max_batch=max_batch, batch_wait_ms=5.0)
@@ -158,7 +161,7 @@ def _tasks(kind: str, n: int, tag: str, mmlu: list[str], max_new: int) -> list[A
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--artifact", help="decoder artifact (default: SmolLM2 fp32 in the cache)")
-    ap.add_argument("--lean", action="store_true", help="add the batch8-lean arm")
+    ap.add_argument("--lean", action="store_true", help="add the batch8-noprepack arm")
     ap.add_argument("--concurrency", default="1,4,8,16")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="requests per cell = rounds × max(c, 4)")
@@ -172,7 +175,7 @@ def main() -> int:
     artifact = Path(args.artifact or artifacts_dir() / "smollm2-135m-instruct" / "fp32")
     rows = mmlu_rows()[::97][:64]
     mmlu = [letter_prompt(r["question"], [r[f"answer_{c}"] for c in "abcd"], r["topic"]) for r in rows]
-    arms = [("serial", 1, False), ("batch8", 8, False)] + ([("batch8-lean", 8, True)] if args.lean else [])
+    arms = [("serial", 1, False), ("batch8", 8, False)] + ([("batch8-noprepack", 8, True)] if args.lean else [])
     ctx = mp.get_context("spawn")
     drivers: dict[str, Driver] = {}
     procs: dict[str, Any] = {}

@@ -215,6 +215,7 @@ class NodeServer:
         self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0,
                       "overloaded": 0, "batches": 0, "batched_tasks": 0}
         self._load = NodeLoad(load_alpha)
+        _trim_heap()  # loading (weight prepacking) leaves freed heap behind
 
     # ---------------------------------------------------------------- lifecycle
 

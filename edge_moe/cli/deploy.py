@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edge_moe.cli.common import app, console, handles_errors
 from edge_moe.errors import ConfigError
 from edge_moe.paths import demo_dir
+
+if TYPE_CHECKING:
+    from edge_moe.fleet.ship import ShipEvent
 
 
 @app.command()
@@ -25,6 +29,12 @@ def deploy(
     toy: Annotated[bool, typer.Option("--toy", help="serve trivial ONNX experts (smoke runs)")] = False,
     toy_encoder: Annotated[int | None, typer.Option(help="toy encoder of this dimension instead of MiniLM")] = None,
     timeout_s: Annotated[float, typer.Option(help="how long to wait for every node's READY")] = 120.0,
+    ship: Annotated[str, typer.Option(help="artifacts: 'ray' ships them to each node's host (sha256-addressed, "
+                                           "verified, cached there), 'path' loads the same path on every host, "
+                                           "'auto': ray with --address, else path")] = "auto",
+    verify_cached: Annotated[bool, typer.Option(help="re-hash artifacts a host already has (default: sizes)")] = False,
+    curve_keys: Annotated[Path | None, typer.Option(help="CURVE keys folder from `edge-moe keys` "
+                                                         "(needed when coordinator.curve is on)")] = None,
 ) -> None:
     """Deploy a fleet through Ray: one detached actor per node, the coordinator, READY from all."""
     from edge_moe import fleet as fleet_mod
@@ -42,7 +52,32 @@ def deploy(
     dep = fleet_mod.deploy(fl, address, gate=inputs["gate"], calibration=inputs["calibration"],
                            profiles=inputs["profiles"], encoder=str(encoder) if encoder else None,
                            toy_encoder_dim=toy_encoder, toy=toy,
-                           artifacts=str(artifacts) if artifacts else None, ready_timeout_s=timeout_s)
+                           artifacts=str(artifacts) if artifacts else None, ready_timeout_s=timeout_s,
+                           ship=ship, verify_cached=verify_cached,
+                           curve_keys=str(curve_keys) if curve_keys else None, progress=_progress())
     fleet_mod.disconnect()
+    for rec in dep.shipped:
+        console.print(f"  {rec['expert']} on {rec['node']}: "
+                      + ("this host: loads the source path" if rec.get("local") else
+                         f"already there ({rec['digest'][:12]}, checked in {rec['seconds']:.1f} s)" if rec["skipped"]
+                         else f"shipped {rec['bytes'] / 1e6:.0f} MB in {rec['seconds']:.1f} s "
+                              f"({rec['bytes'] / 1e6 / max(rec['seconds'], 1e-3):.0f} MB/s)"), highlight=False)
     console.print(f"fleet '{dep.name}' ready in {dep.deploy_s:.1f} s: nodes {', '.join(dep.nodes)}; "
                   f"query it at {dep.frontend} (edge-moe query --endpoint {dep.frontend} ...)", highlight=False)
+
+
+def _progress() -> Callable[[ShipEvent], None]:
+    """Print each artifact's start, every quarter of its bytes, and its end."""
+    shown: dict[tuple[str, str], int] = {}
+
+    def show(ev: ShipEvent) -> None:
+        key = (ev.node, ev.expert)
+        quarter = 4 * ev.done_bytes // max(ev.total_bytes, 1)
+        if ev.state == "sending" and shown.get(key, -1) >= quarter:
+            return
+        shown[key] = quarter
+        what = {"skipped": "already there", "done": "verified"}.get(ev.state, f"{100 * quarter // 4}%")
+        console.print(f"  ship {ev.expert} → {ev.node} ({ev.digest[:12]}, {ev.total_bytes / 1e6:.0f} MB): "
+                      f"{what} [{ev.seconds:.1f} s]", highlight=False)
+
+    return show

@@ -16,7 +16,10 @@ The modules, one concept each:
   only its own process group;
 - :mod:`.driver`: this process as a Ray driver (Ray's environment before the import);
 - :mod:`.actors`: the node and coordinator actors;
-- :mod:`.launch` and :mod:`.ops`: deploy; status, kill and down.
+- :mod:`.launch` and :mod:`.ops`: deploy; status, kill and down;
+- :mod:`.ship`: artifacts shipped to the nodes' hosts through Ray (sha256-addressed,
+  chunked, verified, cached on the host, skipped when there);
+- :mod:`.remote`: runners on the deployed fleet, for ``calibrate --fleet``.
 
 This package is the only importer of ``ray``, and it does so lazily (inside functions):
 Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported, and a driver for a
@@ -39,13 +42,16 @@ from edge_moe.fleet.head import (
 )
 from edge_moe.fleet.launch import deploy, deploy_from_path
 from edge_moe.fleet.ops import connect, down, kill_node, node_actor, status
+from edge_moe.fleet.remote import FleetRunner, fleet_runners
+from edge_moe.fleet.ship import ArtifactStore, Listing, ShipEvent, Shipped, list_artifact
 from edge_moe.fleet.state import STATE_FORMAT, Deployment, load_deployment
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "COORDINATOR_ACTOR", "STATE_FORMAT", "CoordinatorActor", "Deployment", "FleetError", "NodeActor",
-    "connect", "deploy", "deploy_from_path", "disconnect", "down", "ensure_auth_token", "kill_node",
-    "load_deployment", "node_actor", "node_actor_name", "owned_processes", "ray_env",
-    "resolve_endpoint", "start_local_head", "status",
+    "COORDINATOR_ACTOR", "STATE_FORMAT", "ArtifactStore", "CoordinatorActor", "Deployment", "FleetError",
+    "FleetRunner", "Listing", "NodeActor", "ShipEvent", "Shipped",
+    "connect", "deploy", "deploy_from_path", "disconnect", "down", "ensure_auth_token", "fleet_runners",
+    "kill_node", "list_artifact", "load_deployment", "node_actor", "node_actor_name", "owned_processes",
+    "ray_env", "resolve_endpoint", "start_local_head", "status",
 ]

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from edge_moe.config import FleetConfig
@@ -35,18 +36,29 @@ class NodeActor:
     """
 
     def __init__(self, fleet: FleetConfig, node: str, endpoint: str, artifacts: str | None,
-                 toy: bool, toy_delay_ms: float, threads: int, meter: str) -> None:
+                 toy: bool, toy_delay_ms: float, threads: int, meter: str,
+                 artifact_paths: dict[str, str] | None = None,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
+        """``artifact_paths``: expert → the path of its shipped artifact on this host
+        (:mod:`edge_moe.fleet.ship`), in place of the fleet file's; ``curve``: this node's
+        CURVE client keys ``(server_public, public, secret)``."""
         from edge_moe.energy import make_meter
         from nodes.server import NodeServer, build_experts
 
         logging.basicConfig(level=logging.WARNING)
+        if artifact_paths:
+            fleet = replace(fleet, experts=tuple(replace(e, artifact=artifact_paths.get(e.name, e.artifact))
+                                                 for e in fleet.experts))
         kwargs = {"intra_op_threads": threads} if threads and not toy else {}
         experts = build_experts(fleet, node, artifacts, toy, toy_delay_ms, kwargs)
         dc = fleet.device_class_of(node)
         self.node = node
         self.started = time.time()
+        self.artifact_paths = dict(artifact_paths or {})
+        spec = fleet.node(node)
         self.server = NodeServer(node, endpoint, experts, dc, fleet.coordinator,
-                                 meter=make_meter(dc, meter))
+                                 meter=make_meter(dc, meter), curve=curve,
+                                 max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)
         self.thread = threading.Thread(target=self._serve, name=f"edge-moe-{node}", daemon=True)
         self.thread.start()
 
@@ -56,6 +68,30 @@ class NodeActor:
         finally:
             self.server.close()
 
+    def score_timed(self, expert: str, prompt: str, options: list[str], mode: str = "letter"
+                    ) -> tuple[list[float], float, int]:
+        """Score with the runner this node serves, timed here: (log-probs, ms, prompt tokens)."""
+        runner = self._runner(expert)
+        t0 = time.perf_counter()
+        lp = runner.score_options(prompt, options, mode)
+        ms = (time.perf_counter() - t0) * 1e3
+        tokens = len(runner.encode(prompt)) if hasattr(runner, "encode") else len(prompt.split())
+        return [float(x) for x in lp], ms, tokens
+
+    def measure_generation(self, expert: str, plan: list[Any]) -> list[Any]:
+        """:func:`edge_moe.jobs.generation.measure_generation` with this node's runner."""
+        from edge_moe.jobs.generation import measure_generation
+
+        return measure_generation(self._runner(expert), plan)
+
+    def _runner(self, expert: str) -> Any:
+        from edge_moe.errors import ConfigError
+
+        if expert not in self.server.experts:
+            raise ConfigError(f"node {self.node} does not host expert '{expert}' "
+                              f"(it hosts {sorted(self.server.experts)})")
+        return self.server.experts[expert].runner
+
     def info(self) -> dict[str, Any]:
         import ray
 
@@ -63,7 +99,21 @@ class NodeActor:
         return {"node": self.node, "pid": os.getpid(), "started": self.started,
                 "serving": self.thread.is_alive(), "experts": list(self.server.experts),
                 "stats": dict(self.server.stats), "restarted": ctx.was_current_actor_reconstructed,
-                "ray_node_id": ctx.get_node_id()}
+                "ray_node_id": ctx.get_node_id(), "artifacts": self.artifact_paths,
+                "max_batch": self.server.max_batch, "batch_wait_ms": self.server.batch_wait_ms}
+
+
+def _server_keys(curve: dict[str, Any]) -> Any:
+    """:class:`edge_moe.security.ServerKeys` from key bytes, the allow-list in a 0700 folder."""
+    import tempfile
+    from pathlib import Path
+
+    from edge_moe.security import ServerKeys
+
+    d = Path(tempfile.mkdtemp(prefix="edge-moe-zap-"))  # mkdtemp: mode 0700
+    for name, text in curve["authorized"].items():
+        (d / f"{Path(name).name}.key").write_text(text)
+    return ServerKeys(curve["public"], curve["secret"], d)
 
 
 class CoordinatorActor:
@@ -71,13 +121,17 @@ class CoordinatorActor:
 
     def __init__(self, fleet: FleetConfig, gate: str, calibration: str, profiles: str,
                  encoder: str | None, toy_encoder_dim: int | None, frontend: str,
-                 backend: str) -> None:
+                 backend: str, curve: dict[str, Any] | None = None) -> None:
+        """``curve``: the coordinator's CURVE keys, ``{"public", "secret", "authorized":
+        {name: public key file text}}``; the allow-list is written to a private folder on
+        this host for ZAP."""
         from gating.coordinator import Coordinator, _encoder
         from gating.routing import load_router
 
         logging.basicConfig(level=logging.WARNING)
+        server_keys = _server_keys(curve) if curve else None
         cfg = fleet.coordinator
-        router = load_router(gate, calibration, profiles, fleet.budget, cfg.top_k, None)
+        router = load_router(gate, calibration, profiles, fleet.budget, cfg.top_k, None, objective=cfg.objective)
         embedder: Any
         if toy_encoder_dim:
             from edge_moe.runtime.toy import ToyEncoder
@@ -103,7 +157,7 @@ class CoordinatorActor:
 
         self.started = time.time()
         self.coordinator = _Counting(router, embedder, cfg, frontend, backend,
-                                     placement=fleet.placement())
+                                     placement=fleet.placement(), curve=server_keys)
         self.thread = threading.Thread(target=self._serve, name="edge-moe-coordinator", daemon=True)
         self.thread.start()
         self.http = None
@@ -144,6 +198,7 @@ class CoordinatorActor:
                 "live": not e.liveness.expired(now) and until is None,
                 "quarantined_s_left": None if until is None else round(max(0.0, until - now), 1),
                 "queued": load.reported_queue(e.name), "tasks_out": load.outstanding(e.name),
+                "batch": load.reported_batch(e.name),
                 "predicted_wait_ms": round(min(load.node_wait_ms(e.name, now), 1e9), 1),
             }
         return {"pid": os.getpid(), "started": self.started, "serving": self.thread.is_alive(),

@@ -36,8 +36,9 @@ def ensure_connected(address: str, namespace: str, local: bool = True) -> None:
         FleetError: nothing answers at ``host:port`` (checked in 2 s, not after
             ``ray.init``'s long retries).
     """
-    if local and "ray" not in sys.modules:  # see the module docstring
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if "ray" not in sys.modules:  # see the module docstring
+        if local:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # the head's token (~/.ray/auth_token)
     import ray

@@ -2,7 +2,11 @@
 
 :func:`deploy` starts a local Ray head on loopback (:func:`edge_moe.fleet.head.start_local_head`)
 or joins ``address``. It checks that every node's custom resource (``edge_moe_node:<name>``)
-is in the cluster and free, then starts:
+is in the cluster and free. When shipping (``ship="ray"``, the default when joining a
+cluster) it then sends each expert's artifact to its node's host (:mod:`edge_moe.fleet.ship`:
+sha256-addressed, verified, cached there, skipped when there) and hands each node actor the
+path of its verified copy. With ``coordinator.curve`` it reads the keys folder here and hands
+each actor its keys. Then it starts:
 
 - the coordinator as a detached :class:`~edge_moe.fleet.actors.CoordinatorActor` pinned to
   the Ray node that holds the coordinator node's resource (node affinity, so it takes none
@@ -24,15 +28,19 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_moe.config import FleetConfig, load_fleet
-from edge_moe.errors import FleetError
+from edge_moe.errors import ArtifactError, FleetError
 from edge_moe.fleet.actors import COORDINATOR_ACTOR, CoordinatorActor, NodeActor, node_actor_name
 from edge_moe.fleet.driver import ensure_connected, reason
 from edge_moe.fleet.head import resolve_endpoint, start_local_head
 from edge_moe.fleet.ops import down
+from edge_moe.fleet.ship import SHIP_MODES, Listing, RayChannel, ShipEvent, list_artifact
+from edge_moe.fleet.ship import ship as ship_one
 from edge_moe.fleet.state import Deployment
 from edge_moe.paths import state_dir
 
@@ -45,7 +53,9 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
            toy_delay_ms: float = 0.0, artifacts: str | None = None, threads: int = 1,
            meter: str = "auto", num_cpus: int | None = None, object_store_mb: int = 256,
            ready_timeout_s: float = 120.0, replace: bool = False,
-           check_artifacts: bool = True) -> Deployment:
+           check_artifacts: bool = True, ship: str = "auto", verify_cached: bool = False,
+           curve_keys: str | os.PathLike[str] | None = None,
+           progress: Callable[[ShipEvent], None] | None = None) -> Deployment:
     """Deploy ``fleet`` and return once every node sent READY to the coordinator.
 
     Args:
@@ -62,8 +72,21 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
         num_cpus, object_store_mb: for a local head.
         ready_timeout_s: how long to wait for every READY.
         replace: remove a deployment of the same name first.
-        check_artifacts: with a local head, check artifact paths before starting anything
-            (nodes check them again when they build their runners).
+        check_artifacts: check artifact paths on this machine before starting anything
+            (with a local head, or when shipping; nodes check them again when they build
+            their runners).
+        ship: ``"ray"`` ships each expert's artifact from this machine to its node's host
+            through Ray (:mod:`edge_moe.fleet.ship`: sha256-addressed, verified, cached in
+            that host's ``$EDGE_MOE_CACHE/artifacts/<sha256>/``, skipped when there);
+            ``"path"`` has every node load the fleet file's path on its own disk (the same
+            path mode); ``"auto"``: ``"ray"`` when joining a cluster (``address``), else
+            ``"path"``.
+        verify_cached: re-hash artifacts a host already has (default: sizes only).
+        curve_keys: the folder from ``edge-moe keys``, read here, when
+            ``coordinator.curve`` is on: the coordinator gets ``server.key_secret`` and
+            ``authorized/``, each node ``server.key`` and its key pair (``<node>.key_secret``,
+            else ``client.key_secret``). They travel in Ray's actor arguments.
+        progress: called with each :class:`~edge_moe.fleet.ship.ShipEvent`.
 
     Returns:
         The :class:`Deployment`, also saved to the state file.
@@ -80,10 +103,14 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
             raise FleetError(f"fleet '{fleet.name}' is already deployed ({existing}); "
                              "run `edge-moe down` first")
         down(fleet.name)
-    if address is None and not toy and check_artifacts:
+    if ship not in SHIP_MODES:
+        raise FleetError(f"unknown ship mode '{ship}'; choose one of {list(SHIP_MODES)}")
+    mode = ("ray" if address is not None else "path") if ship == "auto" else ship
+    if not toy and check_artifacts and (address is None or mode == "ray"):
         bad = _precheck_artifacts(fleet, artifacts)
         if bad:
             raise FleetError("cannot deploy: " + "; ".join(f"node {n}: {why}" for n, why in bad.items()))
+    keys = _curve_bundle(fleet, curve_keys) if fleet.coordinator.curve else None
     frontend = resolve_endpoint(fleet.coordinator.frontend)
     backend = resolve_endpoint(fleet.coordinator.backend)
     namespace = f"edge-moe-{fleet.name}"
@@ -98,7 +125,8 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
     try:
         ensure_connected(dep.address, namespace, dep.started_head)
         _place(dep, fleet, gate, calibration, profiles, encoder, toy_encoder_dim, toy, toy_delay_ms,
-               artifacts, threads, meter, ready_timeout_s)
+               artifacts, threads, meter, ready_timeout_s,
+               _Shipping(mode == "ray" and not toy, verify_cached, progress), keys)
     except BaseException:
         try:
             down(fleet.name)
@@ -110,9 +138,17 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
     return dep
 
 
+@dataclass(frozen=True)
+class _Shipping:
+    on: bool
+    verify_cached: bool
+    progress: Callable[[ShipEvent], None] | None
+
+
 def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, profiles: Any,
            encoder: str | None, toy_encoder_dim: int | None, toy: bool, toy_delay_ms: float,
-           artifacts: str | None, threads: int, meter: str, ready_timeout_s: float) -> None:
+           artifacts: str | None, threads: int, meter: str, ready_timeout_s: float,
+           shipping: _Shipping, keys: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -128,16 +164,26 @@ def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, pro
         raise FleetError("cannot deploy: " + "; ".join(
             f"node {n}: Ray resource '{r}' is in use (is another fleet with this node deployed "
             "on this cluster?)" for n, r in busy.items()))
+    hosts = {n.name: next((r for r in ray.nodes() if r.get("Alive") and r["Resources"].get(n.resource, 0) >= 1),
+                          None) for n in fleet.nodes}
     coord_res = fleet.node(fleet.coordinator.node).resource
-    host = next((n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(coord_res, 0) >= 1), None)
+    host = hosts[fleet.coordinator.node]
     if host is None:
         raise FleetError(f"cannot deploy: no live Ray node holds '{coord_res}' for the coordinator")
+    paths: dict[str, dict[str, str]] = {}
+    if shipping.on:
+        dep.shipped = _ship_all(dep, fleet, artifacts, {k: v["NodeID"] for k, v in hosts.items() if v},
+                                shipping)
+        for rec in dep.shipped:
+            paths.setdefault(rec["node"], {})[rec["expert"]] = rec["path"]
+        dep.save()
+    coord_keys, node_keys = keys if keys else (None, {})
     coord: Any = ray.remote(CoordinatorActor).options(  # type: ignore[attr-defined]
         name=COORDINATOR_ACTOR, namespace=dep.namespace, lifetime="detached", num_cpus=0,
         max_restarts=-1, max_concurrency=4,
         scheduling_strategy=NodeAffinitySchedulingStrategy(host["NodeID"], soft=False),
     ).remote(fleet, str(gate), str(calibration), str(profiles), encoder, toy_encoder_dim,
-             dep.frontend, dep.backend)
+             dep.frontend, dep.backend, coord_keys)
     try:
         ray.get(coord.endpoints.remote(), timeout=ready_timeout_s)
     except Exception as exc:
@@ -148,7 +194,8 @@ def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, pro
         actors[n.name] = ray.remote(NodeActor).options(  # type: ignore[attr-defined]
             name=node_actor_name(n.name), namespace=dep.namespace, lifetime="detached",
             num_cpus=0, resources={n.resource: 1}, max_restarts=-1, max_concurrency=4,
-        ).remote(fleet, n.name, dep.backend, artifacts, toy, toy_delay_ms, threads, meter)
+        ).remote(fleet, n.name, dep.backend, artifacts, toy, toy_delay_ms, threads, meter,
+                 paths.get(n.name), node_keys.get(n.name))
     _wait_ready(coord, actors, ready_timeout_s)
 
 
@@ -177,6 +224,70 @@ def _wait_ready(coord: Any, actors: dict[str, Any], timeout_s: float) -> None:
             break
     why = {n: failed.get(n, f"no READY within {timeout_s:.0f} s") for n in actors if n not in ready}
     raise FleetError("nodes did not become ready: " + "; ".join(f"node {n}: {r}" for n, r in why.items()))
+
+
+def _ship_all(dep: Deployment, fleet: FleetConfig, artifacts: str | None, ray_nodes: dict[str, str],
+              shipping: _Shipping) -> list[dict[str, Any]]:
+    """Ship every expert's artifact to its node's Ray node; one record per expert.
+
+    Each artifact is hashed once here, however many nodes take it; one receiver actor
+    per Ray node, removed afterwards. A node on this driver's own Ray node (this host's
+    disk) loads the source path: ``local`` in its record.
+    """
+    import ray
+
+    from edge_moe.paths import artifacts_dir
+
+    root = Path(artifacts) if artifacts else artifacts_dir()
+    listings: dict[str, Listing] = {}
+    channels: dict[str, RayChannel] = {}
+    out: list[dict[str, Any]] = []
+    here = ray.get_runtime_context().get_node_id()
+    try:
+        for e in fleet.experts:
+            src = Path(e.artifact) if Path(e.artifact).is_absolute() else root / e.artifact
+            key = str(src)
+            t0 = time.monotonic()
+            if key not in listings:
+                listings[key] = list_artifact(src)
+            hash_s = time.monotonic() - t0
+            rid = ray_nodes[e.node]
+            if rid == here:
+                out.append({"node": e.node, "expert": e.name, "digest": listings[key].digest, "path": key,
+                            "bytes": listings[key].total_bytes, "skipped": False, "local": True,
+                            "seconds": 0.0, "hash_s": round(hash_s, 3)})
+                continue
+            if rid not in channels:
+                channels[rid] = RayChannel(rid, dep.namespace)
+            rec = ship_one(channels[rid], e.node, e.name, src, listing=listings[key],
+                           verify_cached=shipping.verify_cached, progress=shipping.progress)
+            out.append({**asdict(rec), "local": False, "hash_s": round(hash_s, 3)})
+    except ArtifactError as exc:
+        raise FleetError(f"cannot deploy: {exc}") from exc
+    finally:
+        for ch in channels.values():
+            ch.close()
+    return out
+
+
+def _curve_bundle(fleet: FleetConfig, directory: str | os.PathLike[str] | None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The coordinator's keys and each node's, read from ``edge-moe keys``' folder here."""
+    from edge_moe.security import load_client_keys, load_server_keys
+
+    if directory is None:
+        raise FleetError(f"{fleet.path}: coordinator.curve is on: give the keys folder (--curve-keys)")
+    server = load_server_keys(directory)
+    authorized = {p.stem: p.read_text() for p in sorted(server.authorized_dir.glob("*.key"))}
+    coord = {"public": server.public, "secret": server.secret, "authorized": authorized}
+    nodes = {}
+    for n in fleet.nodes:
+        name = n.name if (Path(directory) / f"{n.name}.key_secret").is_file() else "client"
+        if name not in authorized:
+            raise FleetError(f"{directory}: node {n.name}'s key '{name}.key' is not in authorized/ "
+                             f"(run `edge-moe keys --client {n.name}`)")
+        nodes[n.name] = load_client_keys(directory, name)
+    return coord, nodes
 
 
 def _precheck_artifacts(fleet: FleetConfig, artifacts: str | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge_moe.atomic import write_text
 from edge_moe.errors import FleetError
@@ -38,6 +39,7 @@ class Deployment:
     nodes: list[str] = field(default_factory=list)
     deploy_s: float = 0.0
     created: float = 0.0
+    shipped: list[dict[str, Any]] = field(default_factory=list)  # edge_moe.fleet.ship.Shipped, per expert
     format: str = STATE_FORMAT
 
     @property

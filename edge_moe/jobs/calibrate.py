@@ -35,7 +35,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -223,13 +223,17 @@ def score_expert(work: WorkDir, name: str, runner: Any, *, limit: int | None = N
     try:
         for i in todo:
             s = samples[i]
-            t0 = time.perf_counter()
-            lp = runner.score_options(s.prompt, list(s.options), "letter")
-            ms = (time.perf_counter() - t0) * 1e3
+            if hasattr(runner, "score_timed"):  # a runner on a fleet node times itself there
+                lp, ms, tokens = runner.score_timed(s.prompt, list(s.options), "letter")
+            else:
+                t0 = time.perf_counter()
+                lp = runner.score_options(s.prompt, list(s.options), "letter")
+                ms = (time.perf_counter() - t0) * 1e3
+                tokens = len(runner.encode(s.prompt))
             lp = np.asarray(lp, np.float64)
             if lp.shape != (len(s.options),) or not np.isfinite(lp).all():
                 raise ArtifactError(f"expert {name!r} returned log-probs {lp!r} for sample {i} ({s.id})")
-            work.append(name, ScoredRow(i, tuple(float(x) for x in lp), ms, len(runner.encode(s.prompt))))
+            work.append(name, ScoredRow(i, tuple(float(x) for x in lp), ms, tokens))
             n += 1
             bar.update(1)
             if on_row is not None:
@@ -250,7 +254,10 @@ def time_generation(work: WorkDir, name: str, runner: Any, *, per_category: int 
         mine = prompts.setdefault(s.category, [])
         if len(mine) < per_category:
             mine.append(s.prompt)
-    calls = measure_generation(runner, generation_plan(prompts, max_new_tokens))
+    plan = generation_plan(prompts, max_new_tokens)
+    # a runner on a fleet node times its generate calls there (edge_moe.fleet.remote)
+    calls = runner.measure_generation(plan) if hasattr(runner, "measure_generation") else \
+        measure_generation(runner, plan)
     work.save_generation(name, calls)
     return len(calls)
 
@@ -279,9 +286,13 @@ def embed_samples(work: WorkDir, encoder: Any, batch: int = 32, progress: bool =
 
 def finish(work: WorkDir, experts: Sequence[str], out: str | os.PathLike[str],
            embeddings: np.ndarray | None = None, *, threads: int | None = None,
-           command: str = "") -> tuple[Path, Path]:
+           command: str = "", measured_on: dict[str, dict[str, str]] | None = None) -> tuple[Path, Path]:
     """Write the calibration table over the samples every expert finished, and the latency
     sidecar ``<out stem>.latency.json``. Returns both paths.
+
+    ``measured_on``: expert → ``{"node", "device_class"}`` where it was scored and timed
+    (``calibrate --fleet``); recorded in the sidecar, so ``edge-moe profile`` treats each
+    expert's figures as measured on its own device class.
 
     Raises:
         DataFormatError: no sample is finished by every expert.
@@ -320,6 +331,9 @@ def finish(work: WorkDir, experts: Sequence[str], out: str | os.PathLike[str],
         "n_samples": len(common), "n_listed": len(samples), "command": command,
         "experts": {},
     }
+    if measured_on:
+        lat["what"] += ", timed on the expert's own fleet node (the Ray round trip excluded)"
+        lat["measured_on"] = {e: dict(measured_on[e]) for e in experts if e in measured_on}
     for j, e in enumerate(experts):
         per: dict[str, Any] = {}
         for c in cats:
@@ -425,17 +439,24 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
               threads: int | None = None, limit: int | None = None, progress: bool = True,
               command: str = "", score: bool = True, on_row: Callable[[str, int], None] | None = None,
               runner_factory: Callable[[Path, int | None], Any] | None = None,
-              generation_prompts: int = 2, generation_tokens: int = 16) -> tuple[Path, Path]:
+              generation_prompts: int = 2, generation_tokens: int = 16,
+              remote: Mapping[str, Any] | None = None, embedder: Any | None = None) -> tuple[Path, Path]:
     """The whole ``edge-moe calibrate``: choose samples, score each expert (resuming), time
     its generate calls, embed, and write the table and latency sidecar. Returns their paths.
 
     With ``score=False`` nothing is scored or timed: the table is assembled from what the
     work folder already holds (the samples every expert finished). ``generation_prompts``
     samples per category are generated at 1 token, one per category again at
-    ``generation_tokens`` (0 prompts: no generation timing)."""
+    ``generation_tokens`` (0 prompts: no generation timing).
+
+    ``remote``: expert name → a runner on its fleet node (:func:`edge_moe.fleet.remote.fleet_runners`,
+    ``calibrate --fleet``); then ``experts`` is unused, every expert is scored and timed
+    on its node, and the sidecar records where (``measured_on``). ``embedder``: an object
+    with ``embed(texts)`` instead of the MiniLM runner (tests)."""
     from edge_moe.runtime.runners import EncoderRunner, OrtRunner
 
-    resolved = [resolve_expert(e) for e in experts]
+    resolved: list[tuple[str, Path | None]] = (
+        [(n, None) for n in remote] if remote is not None else list(resolve_expert(e) for e in experts))
     names = [n for n, _ in resolved]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -448,7 +469,7 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
     samples = wd.init(choose_samples(pool, per_topic, seed))
     make = runner_factory or (lambda p, t: OrtRunner(p, intra_op_threads=t))
     for name, path in resolved if score else []:
-        runner = make(path, threads)
+        runner = remote[name] if remote is not None else make(path, threads)  # type: ignore[arg-type]
         row_cb: Callable[[int], None] | None = None
         if on_row is not None:
             row_cb = functools.partial(on_row, name)
@@ -458,10 +479,13 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
         if timed:
             logger.info("%s: timed %d generate calls", name, timed)
         del runner
-    enc_path = Path(encoder) if encoder else _default_encoder()
-    emb = embed_samples(wd, EncoderRunner(enc_path, intra_op_threads=threads), progress=progress)
+    if embedder is None:
+        embedder = EncoderRunner(Path(encoder) if encoder else _default_encoder(), intra_op_threads=threads)
+    emb = embed_samples(wd, embedder, progress=progress)
     logger.info("calibrated %d samples x %d experts", len(samples), len(names))
-    return finish(wd, names, out, emb, threads=threads, command=command)
+    measured_on = {n: {"node": r.node, "device_class": r.device_class} for n, r in remote.items()} \
+        if remote is not None else None
+    return finish(wd, names, out, emb, threads=threads, command=command, measured_on=measured_on)
 
 
 def _default_encoder() -> Path:

@@ -6,6 +6,8 @@ Every figure carries its source (:mod:`edge_moe.profiles`):
   the measured p95, ``measured``;
 - energy there: the class's busy power × the measured mean busy time, ``modelled``
   (no energy counter on this machine; DESIGN.md §4);
+- a document from ``calibrate --fleet`` says where each expert was timed (``measured_on``:
+  its node and device class): each expert's figures are measured on its own class;
 - on another class: latency ÷ (its ``throughput_factor`` / the host class's), and energy =
   its busy power × the rescaled mean time, both ``projected``. The factors and their
   sources live in ``configs/device_classes.yaml``.
@@ -77,7 +79,13 @@ def build_profiles(latency: Mapping[str, Any], placements: Mapping[str, Placemen
         elif sorted(per) != sorted(cats):
             raise DataFormatError(f"{latency_file}: expert {name} has categories {sorted(per)}, "
                                   f"others have {sorted(cats)}")
-        same = dc.name == host.name
+        # calibrate --fleet timed each expert on its own node: measured on its own class
+        on = latency.get("measured_on", {}).get(name, {})
+        same = dc.name == on.get("device_class", host.name)
+        if not same and on:
+            raise ConfigError(f"{latency_file}: expert {name} was timed on node {on.get('node')} "
+                              f"({on.get('device_class')}), but is placed on {pl.node} ({dc.name}): "
+                              "calibrate --fleet again on the fleet that will serve it")
         if not same and (dc.throughput_factor == host.throughput_factor or not dc.throughput_source):
             raise ConfigError(
                 f"device class {dc.name!r} has no cited throughput_factor relative to {host.name!r} "
@@ -98,6 +106,8 @@ def build_profiles(latency: Mapping[str, Any], placements: Mapping[str, Placemen
             scoring_only.append(name)
         out.append(ExpertProfile(name, pl.node, lat, en, gen))
     classes = sorted({p.device_class.name for p in placements.values()})
+    if latency.get("measured_on"):
+        host = DeviceClass("each expert's own node", 0.0, 0.0, "calibrate --fleet")
     q = QUANTILES[statistic]
     margin = "no latency margin" if q is None else (f"latency x the p{q:g} of measured/fitted ms, at least the "
                                                      f"category's scoring p{q:g}/mean")

@@ -64,7 +64,7 @@ class OrtRunner:
         max_context: int | None = None,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         prepack: bool = True,
-        arena: bool = True,
+        arena: bool = False,
     ) -> None:
         self.artifact_dir = Path(artifact_dir)
         self.manifest = load_manifest(self.artifact_dir)

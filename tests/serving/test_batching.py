@@ -34,15 +34,31 @@ PROMPTS = [
 OPTIONS = (" Paris", " London is big", " no", " four")
 
 
+_RUNNERS: dict[str, OrtRunner] = {}
+
+
+def _tiny(arch: str, tmp_path_factory) -> OrtRunner:
+    if arch not in _RUNNERS:
+        from exporters.llm import export_decoder
+        from exporters.tiny import make_tiny_checkpoint
+
+        root = tmp_path_factory.mktemp(f"batch-{arch}")
+        ckpt = make_tiny_checkpoint(arch, root / "ckpt", max_context=128)
+        _RUNNERS[arch] = OrtRunner(export_decoder(ckpt, root / "artifact", name=f"tiny-{arch}"),
+                                   intra_op_threads=1)
+    return _RUNNERS[arch]
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3"])
 def tiny(request, tmp_path_factory) -> OrtRunner:
-    from exporters.llm import export_decoder
-    from exporters.tiny import make_tiny_checkpoint
+    """Each tiny architecture (for the runner's parity tests)."""
+    return _tiny(request.param, tmp_path_factory)
 
-    root = tmp_path_factory.mktemp(f"batch-{request.param}")
-    ckpt = make_tiny_checkpoint(request.param, root / "ckpt", max_context=128)
-    return OrtRunner(export_decoder(ckpt, root / "artifact", name=f"tiny-{request.param}"),
-                     intra_op_threads=1)
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> OrtRunner:
+    """One tiny architecture (for the node's batcher: its logic does not depend on it)."""
+    return _tiny("llama", tmp_path_factory)
 
 
 def _requests() -> list[ScoreRequest]:
@@ -103,27 +119,27 @@ def test_tiny_sequences_joining_between_steps_equal_one_at_a_time(tiny):
     assert [got[k].value.token_ids for k in range(len(ids))] == alone
 
 
-def test_a_bad_request_fails_alone(tiny):
+def test_a_bad_request_fails_alone(llama):
     reqs = [ScoreRequest("Hi", ("A", "B")), ScoreRequest("x " * 500, ("A", "B")),
             ScoreRequest("Hi", ("A", "B"), "sideways"), ScoreRequest("The sky is", OPTIONS, "continuation")]
-    out = tiny.score_batch(reqs)
+    out = llama.score_batch(reqs)
     assert out[0].error is None and out[3].error is None
     assert isinstance(out[1].error, RunnerError) and "context" in str(out[1].error)
     assert isinstance(out[2].error, RunnerError) and "sideways" in str(out[2].error)
-    np.testing.assert_allclose(out[0].value, tiny.score_options("Hi", ["A", "B"]), atol=1e-5)
-    gen = generate_batch(tiny, [GenRequest((), 4), GenRequest((1, 2, 3), 0), GenRequest((1, 2, 3), 2)])
+    np.testing.assert_allclose(out[0].value, llama.score_options("Hi", ["A", "B"]), atol=1e-5)
+    gen = generate_batch(llama, [GenRequest((), 4), GenRequest((1, 2, 3), 0), GenRequest((1, 2, 3), 2)])
     assert "empty" in str(gen[0].error) and "max_new_tokens" in str(gen[1].error)
     assert gen[2].error is None and gen[2].value.n_tokens <= 2
 
 
-def test_int8_dynamic_quantisation_is_not_batched(tiny, tmp_path):
+def test_int8_dynamic_quantisation_is_not_batched(llama, tmp_path):
     """quantize_dynamic computes activation scales over the whole batch, so such a graph
     must be served one request at a time; int4 (MatMulNBits) batches."""
     from exporters.quantize import quantize_decoder
 
-    q8 = OrtRunner(quantize_decoder(tiny.artifact_dir, "int8", tmp_path / "int8", check=False))
+    q8 = OrtRunner(quantize_decoder(llama.artifact_dir, "int8", tmp_path / "int8", check=False))
     assert not q8.batches and not q8.batches_generation
-    q4 = OrtRunner(quantize_decoder(tiny.artifact_dir, "int4", tmp_path / "int4", check=False))
+    q4 = OrtRunner(quantize_decoder(llama.artifact_dir, "int4", tmp_path / "int4", check=False))
     assert q4.batches and q4.batches_generation
     _check_scores(q4, atol=1e-4)
 
@@ -153,10 +169,10 @@ def _answers(coord: FakeCoordinator, n: int, timeout_s: float = 60.0) -> dict[st
     return got
 
 
-def test_node_batches_concurrent_scoring_tasks(tiny):
+def test_node_batches_concurrent_scoring_tasks(llama):
     coord = FakeCoordinator()
     try:
-        with running(_node(tiny, coord.endpoint, max_batch=8, batch_wait_ms=50)) as node:
+        with running(_node(llama, coord.endpoint, max_batch=8, batch_wait_ms=50)) as node:
             ident, _ = coord.recv()  # READY
             reqs = _requests()
             for i, r in enumerate(reqs):
@@ -168,16 +184,16 @@ def test_node_batches_concurrent_scoring_tasks(tiny):
         for i, r in enumerate(reqs):
             res = got[f"t{i}"]
             assert isinstance(res, Result), res
-            np.testing.assert_allclose(res.logprobs, tiny.score_options(r.prompt, r.options, r.mode), atol=1e-5)
+            np.testing.assert_allclose(res.logprobs, llama.score_options(r.prompt, r.options, r.mode), atol=1e-5)
             assert res.compute_ms > 0 and res.energy_j > 0
     finally:
         coord.close()
 
 
-def test_node_batches_generation_and_keeps_deadlines(tiny):
+def test_node_batches_generation_and_keeps_deadlines(llama):
     coord = FakeCoordinator()
     try:
-        with running(_node(tiny, coord.endpoint, max_batch=4, batch_wait_ms=20)) as node:
+        with running(_node(llama, coord.endpoint, max_batch=4, batch_wait_ms=20)) as node:
             ident, _ = coord.recv()
             for i, p in enumerate(PROMPTS):
                 coord.send(ident, Task(f"g{i}", "e", p, 60_000, None, max_new_tokens=6 + 2 * i))
@@ -187,7 +203,7 @@ def test_node_batches_generation_and_keeps_deadlines(tiny):
         for i, p in enumerate(PROMPTS):
             res = got[f"g{i}"]
             assert isinstance(res, Result), res
-            alone = tiny.generate(p, 6 + 2 * i)
+            alone = llama.generate(p, 6 + 2 * i)
             assert res.text == alone.text and res.n_tokens == alone.n_tokens
         late = got["late"]
         assert isinstance(late, Error) and late.code == ErrorCode.DEADLINE
@@ -195,12 +211,12 @@ def test_node_batches_generation_and_keeps_deadlines(tiny):
         coord.close()
 
 
-def test_a_lone_request_does_not_wait_for_a_batch(tiny):
+def test_a_lone_request_does_not_wait_for_a_batch(llama):
     """batch_wait_ms applies only under concurrent load: one request at a time answers far
     sooner than the (deliberately huge) wait."""
     coord = FakeCoordinator()
     try:
-        with running(_node(tiny, coord.endpoint, max_batch=8, batch_wait_ms=3000)):
+        with running(_node(llama, coord.endpoint, max_batch=8, batch_wait_ms=3000)):
             ident, _ = coord.recv()
             for i in range(3):
                 t0 = time.monotonic()
@@ -212,10 +228,10 @@ def test_a_lone_request_does_not_wait_for_a_batch(tiny):
         coord.close()
 
 
-def test_max_batch_one_serves_one_at_a_time(tiny):
+def test_max_batch_one_serves_one_at_a_time(llama):
     coord = FakeCoordinator()
     try:
-        with running(_node(tiny, coord.endpoint, max_batch=1)) as node:
+        with running(_node(llama, coord.endpoint, max_batch=1)) as node:
             ident, _ = coord.recv()
             for i, p in enumerate(PROMPTS):
                 coord.send(ident, Task(f"t{i}", "e", p, 60_000, ("A", "B")))

@@ -420,8 +420,9 @@ def test_load_aware_plans_keep_the_budget_that_load_blind_plans_break(assets, fl
     assert blind["late"] + blind["breach"] >= 3 * max(1, aware["late"] + aware["breach"]), (aware, blind)
     assert aware["ok"] >= 0.5 * aware["n"], aware
     over_ms = sorted(ms for ms, _ in aware["overloaded"])
-    if over_ms:  # refused at once, not after a wait
-        assert over_ms[len(over_ms) // 2] < 50.0, over_ms
+    if over_ms:  # refused at once, not after a wait (the deadlines here are seconds; the
+        # bound leaves room for a loaded 2-core CI machine; load_bench measures the real figure)
+        assert over_ms[len(over_ms) // 2] < 250.0, over_ms
 
 
 def test_heartbeats_flow_while_prompts_are_slow_to_embed(assets, flat_profiles):
