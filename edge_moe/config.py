@@ -53,6 +53,9 @@ class NodeConfig:
     # max_batch at once (1: one at a time), waiting at most batch_wait_ms for more.
     max_batch: int = 8
     batch_wait_ms: float = 5.0
+    # onnxruntime weight prepacking on this node's CPU runners (faster GEMMs, a second copy
+    # of the MatMul weights in memory; see benchmarks/batching_bench.py).
+    prepack: bool = True
 
     @property
     def resource(self) -> str:
@@ -330,7 +333,7 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     nodes = []
     for i, body in enumerate(_list(src, "nodes", raw["nodes"])):
         r = _Reader(src, f"nodes[{i}]", body, {"name", "device_class", "host", "ray_resource", "num_gpus",
-                                                "max_batch", "batch_wait_ms"},
+                                                "max_batch", "batch_wait_ms", "prepack"},
                     {"name", "device_class"})
         dc = r.text("device_class")
         if dc not in classes:
@@ -340,7 +343,8 @@ def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
                                 ray_resource=str(body.get("ray_resource", "")),
                                 num_gpus=r.number("num_gpus", 0.0),
                                 max_batch=r.integer("max_batch", NodeConfig.max_batch),
-                                batch_wait_ms=r.number("batch_wait_ms", NodeConfig.batch_wait_ms)))
+                                batch_wait_ms=r.number("batch_wait_ms", NodeConfig.batch_wait_ms),
+                                prepack=r.flag("prepack", NodeConfig.prepack)))
     _unique(src, "nodes", [n.name for n in nodes])
     node_names = [n.name for n in nodes]
 

@@ -476,8 +476,8 @@ class NodeServer:
             self._answer(out, task, self.serve(task, received, self._emitter(out, task)))
             return
         self.stats["batches"] += 1
-        self.stats["batched_tasks"] += len(live)
         if live[0][0].options is not None:
+            self.stats["batched_tasks"] += len(live)
             self._score_batch([t for t, _ in live], out)
         else:
             self._generate_batch(live, out)
@@ -558,6 +558,7 @@ class NodeServer:
                     continue
                 tasks[t.id] = t
                 reqs.append((t.id, GenRequest(tuple(ids), t.max_new_tokens, self._emitter(out, t))))
+            self.stats["batched_tasks"] += len(reqs)
             if reqs:
                 metered(lambda: batch.add(reqs))
 
@@ -688,7 +689,10 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
             raise ConfigError(f"{fleet.path}: expert '{e.name}' has no artifact (needed to serve it)")
         path = Path(e.artifact)
         path = path if path.is_absolute() else root / path
-        runner = make_runner(e.runner, path, **dict(runner_kwargs or {}))
+        kwargs = dict(runner_kwargs or {})
+        if e.runner == "onnxruntime":
+            kwargs.setdefault("prepack", fleet.node(node).prepack)
+        runner = make_runner(e.runner, path, **kwargs)
         out[e.name] = HostedExpert(runner, e.runner, e.precision)
     return out
 

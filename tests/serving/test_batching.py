@@ -199,7 +199,8 @@ def test_node_batches_generation_and_keeps_deadlines(llama):
                 coord.send(ident, Task(f"g{i}", "e", p, 60_000, None, max_new_tokens=6 + 2 * i))
             coord.send(ident, Task("late", "e", "Hi", 0.001, ("A", "B")))  # expires while it waits
             got = _answers(coord, len(PROMPTS) + 1)
-            assert node.stats["batched_tasks"] >= 2
+            # some decode batch held two sequences or more (at the start or by joining)
+            assert node.stats["batched_tasks"] > node.stats["batches"], node.stats
         for i, p in enumerate(PROMPTS):
             res = got[f"g{i}"]
             assert isinstance(res, Result), res

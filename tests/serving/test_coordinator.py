@@ -122,8 +122,15 @@ def test_per_request_budget_changes_the_subset_as_select_experts_says(client, as
     seen = set()
     for energy, latency in budgets:
         want = select_experts(problem, Budget(energy_j=energy, latency_ms=latency))
-        r = client.query(QUESTION, OPTIONS, energy_j=energy, latency_ms=latency, deadline_ms=3000)
-        assert isinstance(r, Reply), r
+        # The coordinator plans against load: a node whose heartbeat is late (a loaded CI
+        # machine) is briefly predicted slow and left out. That is transient; a wrong plan
+        # is not, so a mismatch must persist over three tries to fail.
+        for _ in range(3):
+            r = client.query(QUESTION, OPTIONS, energy_j=energy, latency_ms=latency, deadline_ms=3000)
+            assert isinstance(r, Reply), r
+            if r.plan.experts == want.experts:
+                break
+            time.sleep(0.5)
         assert r.plan.status == want.status
         assert r.plan.experts == want.experts, (energy, latency)
         if want.status == "optimal":
