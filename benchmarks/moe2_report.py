@@ -354,10 +354,11 @@ def robust(h: Doc, r: Doc | None, ceilings: Doc | None) -> list[str]:
 def _targets(s: Doc, name: str) -> list[str]:
     ok = [s["mean_test_accuracy"] >= 0.29, s["below_minus_1"] == 0, s["significantly_below"] == 0]
     word = ["met" if x else "**not met**" for x in ok]
-    return [f"\nTargets for the headline variant `{name}`: mean MMLU test accuracy over the grid ≥ 29% — "
-            f"{_pct(s['mean_test_accuracy'])}%, {word[0]}; at every point ≥ fair baseline − 1 point — worst "
+    return [f"\nTargets for the headline variant `{name}`: at every point ≥ fair baseline − 1 point — worst "
             f"{_pts(s['min_diff_points'])}, {word[1]}; never significantly below it — {s['significantly_below']} points, "
-            f"{word[2]}. Mean difference {_pts(s['mean_diff_points'])} points {_ci(s['mean_diff_ci_points'])}."]
+            f"{word[2]}. Mean difference {_pts(s['mean_diff_points'])} points {_ci(s['mean_diff_ci_points'])}. "
+            f"Mean test accuracy over the grid {_pct(s['mean_test_accuracy'])}% (issue 14's target of ≥ 29% is for "
+            f"the MMLU table: {word[0]} if this is it)."]
 
 
 def _ceilings(c: Doc, variants: Doc) -> list[str]:

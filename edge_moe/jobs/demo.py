@@ -26,7 +26,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEMO_FLEET = CONFIGS / "fleet.demo.yaml"
+DEMO_REAL_FLEET = CONFIGS / "fleet.demo.real.yaml"
+FLEET_KINDS = {"smollm2": DEMO_FLEET, "real": DEMO_REAL_FLEET}
 CATEGORY_MAP = CONFIGS / "mmlu_categories.yaml"
 COMMITTED_TABLE = CONFIGS / "calibration.mmlu.npz"
 COMMITTED_GATE = CONFIGS / "gate.mmlu.onnx"
@@ -355,12 +358,50 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------- the job
 
 
-def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recalibrate: bool = False,
-             config: Path = DEMO_FLEET, plan_dir: Path = Path("out/demo")) -> list[dict[str, Any]]:
-    """Run the main job; returns the printed rows. Tears the fleet down whatever happens."""
+@contextmanager
+def deployed(fleet: FleetConfig, gate: Path, cal: Path, prof: Path, encoder: Path, threads: int) -> Iterator[Any]:
+    """The demo fleet on embedded Ray, torn down (its Ray head included) whatever happens."""
     from edge_moe import fleet as fleet_mod
 
+    try:  # a leftover demo fleet (an interrupted run) is replaced
+        fleet_mod.down(fleet.name)
+        _say("[demo] removed a leftover demo fleet")
+    except fleet_mod.FleetError:
+        pass
+    dep = _step(f"deploy {len(fleet.nodes)} nodes ({', '.join(n.name + ':' + n.device_class for n in fleet.nodes)}) "
+                "on embedded Ray",
+                lambda: fleet_mod.deploy(fleet, gate=gate, calibration=cal, profiles=prof,
+                                         encoder=str(encoder), threads=threads, num_cpus=2,
+                                         object_store_mb=128))
+    try:
+        _say(f"[demo] fleet ready in {dep.deploy_s:.1f} s; coordinator at {dep.frontend}")
+        st = fleet_mod.status(dep.name)
+        _say("[demo] live nodes: " + ", ".join(f"{n} ({v.get('device_class')}: {', '.join(v.get('experts', []))})"
+                                                for n, v in st["nodes"].items() if v.get("live")))
+        yield dep, st
+    finally:
+        res = _step("tear down", lambda: fleet_mod.down(dep.name))
+        left = fleet_mod.owned_processes(dep)
+        _say(f"[demo] killed {len(res['actors_killed'])} actors, stopped the Ray head; "
+             f"processes left: {len(left)}")
+
+
+def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recalibrate: bool = False,
+             config: Path | None = None, plan_dir: Path = Path("out/demo"), fleet_kind: str = "smollm2",
+             threads: int | None = None) -> list[dict[str, Any]]:
+    """Run the main job; returns the printed rows. Tears the fleet down whatever happens.
+
+    ``fleet_kind``: ``"smollm2"`` (one 135M model in three precisions, the CI-sized fleet) or
+    ``"real"`` (three model families, :mod:`edge_moe.jobs.demo_real`; there ``n_questions``
+    is the held-out questions per category and per tier).
+    """
+    if fleet_kind not in FLEET_KINDS:
+        raise ConfigError(f"unknown demo fleet '{fleet_kind}'; choose one of {list(FLEET_KINDS)}")
+    if fleet_kind == "real":
+        return run_real_demo(per_category=n_questions, seed=seed, config=config or FLEET_KINDS["real"],
+                             threads=threads or 2)
     t_all = time.perf_counter()
+    config = config or DEMO_FLEET
     fleet = load_fleet(config)
     if len(fleet.nodes) < 3:
         raise ConfigError(f"{config}: the demo needs >= 3 nodes")
@@ -370,33 +411,55 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
     _step("plan budgets offline (sweep, Pareto front, plot)", lambda: plan_offline(cal, prof, gate, plan_dir))
     held_out = load_questions(seed + 1, 1, skip=per_category)[: max(1, n_questions)]
     budget_set = budgets(prof)
-    try:  # a leftover demo fleet (an interrupted run) is replaced
-        fleet_mod.down(fleet.name)
-        _say("[demo] removed a leftover demo fleet")
-    except fleet_mod.FleetError:
-        pass
-    dep = _step(f"deploy {len(fleet.nodes)} nodes ({', '.join(n.name + ':' + n.device_class for n in fleet.nodes)}) "
-                "on embedded Ray",
-                lambda: fleet_mod.deploy(fleet, gate=gate, calibration=cal, profiles=prof,
-                                         encoder=str(artifacts["encoder"]), threads=1, num_cpus=2,
-                                         object_store_mb=128))
-    try:
-        _say(f"[demo] fleet ready in {dep.deploy_s:.1f} s; coordinator at {dep.frontend}")
-        st = fleet_mod.status(dep.name)
-        _say("[demo] live nodes: " + ", ".join(f"{n} ({v.get('device_class')}: {', '.join(v.get('experts', []))})"
-                                                for n, v in st["nodes"].items() if v.get("live")))
+    with deployed(fleet, gate, cal, prof, artifacts["encoder"], threads or 1) as (dep, st):
         rows = _step(f"ask {len(held_out)} held-out MMLU questions + 1 free-form at 3 budgets",
                      lambda: ask(dep.frontend, held_out, budget_set))
         if st.get("http"):
             _say(f"[demo] OpenAI-compatible front at {st['http']}/v1: " + _ask_http(st["http"]))
-    finally:
-        res = _step("tear down", lambda: fleet_mod.down(dep.name))
-        left = fleet_mod.owned_processes(dep)
-        _say(f"[demo] killed {len(res['actors_killed'])} actors, stopped the Ray head; "
-             f"processes left: {len(left)}")
     print_table(rows)
     _say(f"[demo] total {time.perf_counter() - t_all:.1f} s")
     return rows
+
+
+def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REAL_FLEET,
+                  threads: int = 2, in_flight: int = 1) -> list[dict[str, Any]]:
+    """The heterogeneous fleet: prepare (:func:`edge_moe.jobs.demo_real.prepare`), plan three
+    energy tiers with the guard, deploy, ask ``per_category`` x 4 held-out test questions per
+    tier (a progress bar each) and one question through the HTTP front, tear down, print.
+
+    Returns the per-tier summary rows (accuracy with its Wilson CI, ms, modelled J)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edge_moe.jobs import demo_real
+
+    t_all = time.perf_counter()
+    fleet = load_fleet(config)
+    if len(fleet.nodes) < 3:
+        raise ConfigError(f"{config}: the demo needs >= 3 nodes")
+    top_k = fleet.coordinator.top_k or 2
+    inputs = demo_real.prepare(fleet, seed, per_category, threads, _step)
+    tiers = _step("plan three energy tiers (loglik objective, paired guard at 0.95)",
+                  lambda: demo_real.plan_tiers(inputs.calibration, inputs.profiles, inputs.gate, top_k, seed))
+    for tr in tiers:
+        _say(f"[demo]   {tr.name}: <= {tr.energy_j:.3g} J -> {' + '.join(tr.experts)}")
+    if len({tr.experts for tr in tiers}) < len(tiers):
+        _say("[demo]   (two tiers share a plan: the experts' modelled J are too close to separate them)")
+    rows: list[dict[str, Any]] = []
+    with deployed(fleet, inputs.gate, inputs.calibration, inputs.profiles, inputs.encoder, threads) as (dep, st):
+        t0 = time.perf_counter()
+        with Progress(TextColumn("[demo] ask {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), transient=False) as bar:
+            for tr in tiers:
+                task = bar.add_task(f"{tr.name:<6}", total=len(inputs.held_out))
+                rows += demo_real.ask_tier(dep.frontend, tr, inputs.held_out, top_k, in_flight,
+                                           lambda task=task: bar.advance(task))  # type: ignore[misc]
+        _say(f"[demo] asked {len(inputs.held_out)} held-out questions x {len(tiers)} tiers in "
+             f"{time.perf_counter() - t0:.1f} s ({in_flight} in flight)")
+        if st.get("http"):
+            _say(f"[demo] OpenAI-compatible front at {st['http']}/v1: " + _ask_http(st["http"]))
+    summary = demo_real.print_tiers(tiers, rows, inputs.fidelity)
+    _say(f"[demo] total {time.perf_counter() - t_all:.1f} s")
+    return summary
 
 
 def _ask_http(url: str) -> str:
