@@ -552,7 +552,7 @@ class NodeServer:
                     self._answer(out, t, late)
                     continue
                 try:
-                    ids = runner.encode(runner.format_prompt(t.prompt, _chat(runner)), formatted_chat=_chat(runner))
+                    ids = runner.prompt_ids(t.prompt)
                 except Exception as exc:
                     self._answer(out, t, Error(t.id, ErrorCode.RUNNER, f"{t.expert} on {self.name}: {exc}"))
                     continue
@@ -640,13 +640,6 @@ def _trim_heap() -> None:
 
 
 _LIBC: Any = None
-
-
-def _chat(runner: Any) -> bool:
-    """Whether ``runner.generate`` would apply the chat template (its default)."""
-    from edge_moe.runtime.chat import has_chat
-
-    return bool(has_chat(runner.manifest))
 
 
 # ---------------------------------------------------------------- from a fleet config

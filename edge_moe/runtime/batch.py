@@ -263,6 +263,33 @@ class _Seq:
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
 
+    def take(self, tok: int, eos: set[int], decode: Callable[[Sequence[int]], str],
+             max_context: int) -> str | None:
+        """Add the greedy token ``tok``; returns why the sequence ends (``eos``, ``stop``,
+        ``length``, ``context``) or None when it goes on. The one decision rule of serial
+        (``OrtRunner.generate_ids``) and batched decoding."""
+        if tok in eos:
+            return "eos"
+        self.new.append(tok)
+        req = self.request
+        if req.stop:
+            self.text = decode(self.new)
+            hits = [self.text.index(x) for x in req.stop if x and x in self.text]
+            if hits:
+                self.text = self.text[: min(hits)]
+                return "stop"
+        if req.on_text is not None:
+            self.sent = _report(decode(self.new), self.sent, req.on_text)
+        if len(self.new) >= req.max_new_tokens:
+            return "length"
+        if len(req.prompt_ids) + len(self.new) >= max_context:
+            return "context"
+        return None
+
+    def result(self, reason: str, decode: Callable[[Sequence[int]], str]) -> Generation:
+        text = self.text if reason == "stop" else decode(self.new)
+        return Generation(text, list(self.new), len(self.new), self.prefill_ms, self.decode_ms, reason)
+
 
 def _left_pad(arrays: list[np.ndarray], mask: np.ndarray, to: int) -> tuple[list[np.ndarray], np.ndarray]:
     n = to - mask.shape[1]
@@ -356,28 +383,12 @@ class DecodeBatch:
         tokens: list[int] = []
         for b, s in enumerate(seqs):
             tok = int(np.argmax(logits[b]))
-            reason = None
-            if tok in self.eos:
-                reason = "eos"
-            else:
-                s.new.append(tok)
-                if s.request.stop:
-                    s.text = self.runner.decode(s.new)
-                    hits = [s.text.index(x) for x in s.request.stop if x and x in s.text]
-                    if hits:
-                        s.text, reason = s.text[: min(hits)], "stop"
-                if reason is None and s.request.on_text is not None:
-                    s.sent = _report(self.runner.decode(s.new), s.sent, s.request.on_text)
-                if reason is None and len(s.new) >= s.request.max_new_tokens:
-                    reason = "length"
-                elif reason is None and len(s.request.prompt_ids) + len(s.new) >= self.runner.max_context:
-                    reason = "context"
+            reason = s.take(tok, self.eos, self.runner.decode, self.runner.max_context)
             if reason is None:
                 keep.append(b)
                 tokens.append(tok)
                 continue
-            text = s.text if reason == "stop" else self.runner.decode(s.new)
-            s.outcome.value = Generation(text, list(s.new), len(s.new), s.prefill_ms, s.decode_ms, reason)
+            s.outcome.value = s.result(reason, self.runner.decode)
             done.append((s.key, s.outcome))
         return done, keep, tokens
 

@@ -21,10 +21,11 @@ from edge_moe.runtime.batch import (
     MAX_BATCH_TOKENS,
     DecodeBatch,
     Generation,
+    GenRequest,
     Outcome,
     ScoreRequest,
     _renormalise,
-    _report,
+    _Seq,
     score_batch,
 )
 from edge_moe.runtime.chat import format_chat, has_chat
@@ -314,39 +315,19 @@ class OrtRunner:
         ids = list(prompt_ids)
         self.check_context(len(ids))
         eos = set(self.manifest.eos_token_ids)
+        seq = _Seq(None, GenRequest(tuple(ids), max_new_tokens, on_text, tuple(stop or ())), Outcome())
         t0 = time.perf_counter()
         logits, past = self.forward(np.array([ids]))
-        prefill_ms = (time.perf_counter() - t0) * 1e3
-        new: list[int] = []
-        text = ""
-        sent = ""  # the text reported to on_text so far
-        reason = "length"
+        seq.prefill_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         while True:
             tok = int(np.argmax(logits[0, -1]))
-            if tok in eos:
-                reason = "eos"
-                break
-            new.append(tok)
-            if stop:
-                text = self.decode(new)
-                hits = [text.index(s) for s in stop if s and s in text]
-                if hits:
-                    text = text[: min(hits)]
-                    reason = "stop"
-                    break
-            if on_text is not None:
-                sent = _report(self.decode(new), sent, on_text)
-            if len(new) >= max_new_tokens:
-                break
-            if len(ids) + len(new) >= self.max_context:
-                reason = "context"
+            reason = seq.take(tok, eos, self.decode, self.max_context)
+            if reason is not None:
                 break
             logits, past = self.forward(np.array([[tok]]), None, past)
-        decode_ms = (time.perf_counter() - t1) * 1e3
-        if reason != "stop":
-            text = self.decode(new)
-        return Generation(text, new, len(new), prefill_ms, decode_ms, reason)
+        seq.decode_ms = (time.perf_counter() - t1) * 1e3
+        return seq.result(reason, self.decode)
 
     def generate(
         self,
@@ -371,6 +352,10 @@ class OrtRunner:
         Raises:
             RunnerError: empty prompt, prompt longer than the context, bad max_new_tokens.
         """
+        return self.generate_ids(self.prompt_ids(prompt, chat), max_new_tokens, stop, on_text)
+
+    def prompt_ids(self, prompt: str, chat: bool | None = None) -> list[int]:
+        """The token ids :meth:`generate` decodes from: the prompt, chat-formatted when
+        ``chat`` (default: when the model has a chat template)."""
         use_chat = has_chat(self.manifest) if chat is None else chat
-        text = self.format_prompt(prompt, use_chat)
-        return self.generate_ids(self.encode(text, formatted_chat=use_chat), max_new_tokens, stop, on_text)
+        return self.encode(self.format_prompt(prompt, use_chat), formatted_chat=use_chat)
