@@ -124,6 +124,12 @@ class Int4Options:
 
 
 DEFAULT_INT4 = Int4Options()
+# The fastest int4 on x86 CPUs without VNNI (AVX2 only, like this project's machines): every
+# weight MatMul 4-bit, int8 activations inside the kernel. There, 4-bit MatMulNBits runs at
+# fp32 GEMM speed (~140 GFLOPS on 2 cores) and 8-bit blocks at 0.67x (accuracy_level 4) or
+# 0.2x (fp32 activations). On Qwen2.5-Coder-1.5B it keeps the fp32 accuracy
+# (benchmarks/results/qwen15_variants.md); the real demo serves it.
+FAST_CPU_INT4 = Int4Options(symmetric=False, accuracy_level=4, sensitive_bits=4)
 
 
 def _quantize_int4(

@@ -56,6 +56,15 @@ def export_command(
             "e.g. algo_config=k_quant_mixed, accuracy_level=4, block_size=32",
         ),
     ] = None,
+    int4_from_fp32: Annotated[
+        bool,
+        typer.Option(
+            "--int4-from-fp32",
+            help="with --builder ortgenai --precision int4: build fp32, then quantise it with "
+            "onnxruntime's MatMulNBits (asymmetric 4-bit blocks of 32, int8 activations) into "
+            "ortgenai-fp32-int4; under half the builder's peak memory (Qwen-1.5B: 9.4 vs 21.7 GB)",
+        ),
+    ] = False,
 ) -> None:
     """Export a model to an ONNX artifact with its manifest; print the folder.
 
@@ -73,6 +82,9 @@ def export_command(
         raise ConfigError("--builder ortgenai builds decoders; export the encoder with --builder torch")
     if encoder and precision != "fp32":
         raise ConfigError("the encoder is exported in fp32 only")
+    if int4_from_fp32 and (builder != "ortgenai" or precision != "int4" or builder_option):
+        raise ConfigError("--int4-from-fp32 applies to --builder ortgenai --precision int4, "
+                          "without --builder-option")
     options = None
     if builder_option:
         bad = [o for o in builder_option if "=" not in o or not o.split("=", 1)[0]]
@@ -81,6 +93,10 @@ def export_command(
         options = dict(o.split("=", 1) for o in builder_option)
 
     def job() -> Path:
+        if int4_from_fp32:
+            from exporters.ortgenai import export_ortgenai_int4
+
+            return export_ortgenai_int4(source, out, name=name, parity=parity, force=force)
         if builder == "ortgenai":
             from exporters.ortgenai import export_ortgenai
 

@@ -146,6 +146,8 @@ def test_bad_precision_and_cli_options(tmp_path):
     assert res.exit_code == 1 and "--builder 'tensorflow'" in res.output
     res = CliRunner().invoke(app, ["export", "x", "--encoder", "--precision", "int8"])
     assert res.exit_code == 1 and "fp32 only" in res.output
+    res = CliRunner().invoke(app, ["export", "x", "--int4-from-fp32", "--precision", "int4"])  # torch builder
+    assert res.exit_code == 1 and "--int4-from-fp32 applies to --builder ortgenai" in res.output
     # the happy path prints the artifact folder
     ckpt = make_tiny_checkpoint("qwen2", tmp_path / "ckpt", head_dim=16)
     res = CliRunner().invoke(app, ["export", str(ckpt), "--builder", "ortgenai", "--out",
@@ -196,3 +198,53 @@ def test_batched_scoring_equals_one_at_a_time(tiny):
         assert o.error is None
         np.testing.assert_allclose(o.value, runner.score_options(r.prompt, r.options, r.mode), atol=1e-5)
     assert runner.batches and not runner.batches_generation
+
+
+def test_demo_int4_recipe_on_a_builder_artifact(tiny, tmp_path):
+    """The real demo's 1.5B recipe (fp32 build -> weight-only int4, every MatMul 4-bit, int8
+    activations in the kernel) keeps the builder's graph contract and its scores."""
+    import onnx
+
+    from exporters.ortgenai import export_ortgenai_int4
+
+    arch, _, art = tiny
+    if arch != "qwen2":
+        pytest.skip("one architecture suffices")
+    ckpt = tiny[1]
+    q = export_ortgenai_int4(ckpt, tmp_path / "int4", fp32_dir=art, name="tiny-qwen2")
+    assert load_manifest(q).extra["parity"]["passed"]  # top-1 agreement with the fp32 build
+    m = load_manifest(q)
+    assert m.precision == "int4" and m.extra["builder"] == "ortgenai" and m.decoder["padding"] == "right"
+    assert m.extra["parent_sha256"] == load_manifest(art).model_sha256
+    graph = onnx.load(str(q / m.model_file), load_external_data=False).graph
+    attrs = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+    assert attrs and all(a["bits"] == 4 and a["accuracy_level"] == 4 and a["block_size"] == 32 for a in attrs)
+    assert not [n for n in graph.node if n.op_type == "MatMul"]  # nothing left in fp32
+    fp, qq = OrtRunner(art), OrtRunner(q)
+    a, _ = fp.forward(np.array([PROMPT]))
+    b, _ = qq.forward(np.array([PROMPT]))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
+    # batched letter scoring (right padding) equals one at a time on the int4 graph too
+    reqs = ["Q: 1+1?\nA. 2\nB. 3\nAnswer:", "Q: a much longer question about nothing at all?\nA. x\nB. y\nAnswer:"]
+    one = [qq.score_options(p, ["a", "b"]) for p in reqs]
+    from edge_moe.runtime.batch import ScoreRequest
+
+    both = qq.score_batch([ScoreRequest(p, ("a", "b"), "letter", False) for p in reqs])
+    for o, x in zip(one, both, strict=True):
+        np.testing.assert_allclose(np.asarray(x.value), o, atol=1e-4)
+
+
+def test_builds_run_in_a_spawned_process_quietly_and_keep_their_typed_errors(tiny, tmp_path, capfd):
+    from edge_moe.jobs.demo_real import _in_subprocess
+    from exporters.quantize import quantize_decoder
+
+    arch, _, art = tiny
+    if arch != "qwen2":
+        pytest.skip("one architecture suffices")
+    capfd.readouterr()
+    q = _in_subprocess(quantize_decoder, art, "int4", tmp_path / "q", check=False)
+    assert load_manifest(q).precision == "int4"
+    printed = capfd.readouterr()
+    assert "[INFO]" not in printed.out + printed.err  # the quantizer logs a line per MatMul otherwise
+    with pytest.raises(ArtifactError, match=str(tmp_path / "none")):
+        _in_subprocess(quantize_decoder, tmp_path / "none", "int4")
