@@ -1,4 +1,6 @@
-"""The main job (``make demo``): real experts on a local Ray fleet, queried at three budgets.
+"""The main job (``make demo`` runs ``--fleet real``, :func:`run_real_demo`; ``--fleet smollm2``
+is :func:`run_demo`'s small fleet described here): real experts on a local Ray fleet,
+queried at three budgets.
 
 Steps, each printed with its time:
 
