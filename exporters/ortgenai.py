@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_moe.errors import ArtifactError, ConfigError
 from edge_moe.paths import artifacts_dir
@@ -42,6 +42,9 @@ from exporters.decoder_graph import kv_geometry, load_causal_lm
 from exporters.llm import decoder_manifest_fields
 from exporters.source import resolve_source
 from exporters.tokenizer import load_tokenizer, save_tokenizer
+
+if TYPE_CHECKING:
+    from exporters.quantize import Int4Options
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +238,7 @@ def export_ortgenai_int4(
     name: str | None = None,
     parity: bool = True,
     force: bool = False,
-    int4: Any = None,
+    int4: Int4Options | None = None,
 ) -> Path:
     """The low-memory int4 route: the builder's fp32 artifact (cached), then weight-only
     ``MatMulNBits`` by :func:`exporters.quantize.quantize_decoder` (default

@@ -388,6 +388,13 @@ def deployed(fleet: FleetConfig, gate: Path, cal: Path, prof: Path, encoder: Pat
              f"processes left: {len(left)}")
 
 
+def _demo_fleet(config: Path) -> FleetConfig:
+    fleet = load_fleet(config)
+    if len(fleet.nodes) < 3:
+        raise ConfigError(f"{config}: the demo needs >= 3 nodes")
+    return fleet
+
+
 def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recalibrate: bool = False,
              config: Path | None = None, plan_dir: Path = Path("out/demo"), fleet_kind: str = "smollm2",
              threads: int | None = None) -> list[dict[str, Any]]:
@@ -403,10 +410,7 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
         return run_real_demo(per_category=n_questions, seed=seed, config=config or FLEET_KINDS["real"],
                              threads=threads or 2)
     t_all = time.perf_counter()
-    config = config or DEMO_FLEET
-    fleet = load_fleet(config)
-    if len(fleet.nodes) < 3:
-        raise ConfigError(f"{config}: the demo needs >= 3 nodes")
+    fleet = _demo_fleet(config or DEMO_FLEET)
     out = demo_dir()
     artifacts = _step("export SmolLM2-135M fp32/int8/int4 and MiniLM (cached)", export_all)
     cal, gate, prof = calibration_inputs(fleet, artifacts, out, seed, per_category, recalibrate)
@@ -435,9 +439,7 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
     from edge_moe.jobs import demo_real
 
     t_all = time.perf_counter()
-    fleet = load_fleet(config)
-    if len(fleet.nodes) < 3:
-        raise ConfigError(f"{config}: the demo needs >= 3 nodes")
+    fleet = _demo_fleet(config)
     top_k = fleet.coordinator.top_k or 2
     inputs = demo_real.prepare(fleet, seed, per_category, threads, _step)
     tiers = _step("plan three energy tiers (loglik objective, paired guard at 0.95)",

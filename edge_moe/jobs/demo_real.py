@@ -95,6 +95,7 @@ class Sample:
     options: tuple[str, ...]
     label: int
     category: str
+    split: int  # TRAIN / VALIDATION / TEST of the committed table
 
 
 @dataclass(frozen=True)
@@ -166,17 +167,27 @@ def _in_subprocess(fn: Callable[..., Path], *args: Any, **kwargs: Any) -> Path:
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def _quiet_child() -> None:
-    """The spawned process starts with default logging: keep third-party INFO lines (the
-    quantizer logs one per MatMul) and warnings out of the demo's output."""
+# third-party loggers the demo silences (ours print the status lines)
+THIRD_PARTY_LOGGERS = ("ray", "transformers", "torch", "onnxruntime", "onnxscript", "onnx_ir", "urllib3")
+
+
+def quiet_loggers() -> None:
+    """Third-party loggers to ERROR and warnings off, in this process (the demo's, or a
+    build process it spawns)."""
     import warnings
 
     warnings.filterwarnings("ignore")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _quiet_child() -> None:
+    """The spawned process starts with default logging: keep third-party INFO lines (the
+    quantizer logs one per MatMul) and warnings out of the demo's output."""
     # a root handler at WARNING first: onnxruntime.quantization's import-time basicConfig(INFO)
     # then does nothing, and the demo's process prints the status lines
     logging.basicConfig(level=logging.WARNING)
-    for name in ("onnxruntime", "onnxscript", "onnx_ir", "transformers", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_loggers()
 
 
 # ---------------------------------------------------------------- 2. the planning table
@@ -193,7 +204,8 @@ def load_samples() -> list[Sample]:
         for i, line in enumerate(fh):
             s = json.loads(line)
             q = s["prompt"].split("\n\n", 1)[-1].split("\nA. ", 1)[0]
-            out.append(Sample(i, s["prompt"], q.strip(), tuple(s["options"]), int(s["label"]), s["category"]))
+            out.append(Sample(i, s["prompt"], q.strip(), tuple(s["options"]), int(s["label"]), s["category"],
+                              int(table.split[i]) if i < table.n_samples else -1))
     if len(out) != table.n_samples or any(
             s.label != table.labels[s.row] or s.category != table.category_names[table.categories[s.row]]
             for s in out):
@@ -215,20 +227,10 @@ def pick(samples: list[Sample], split: int, per_category: int, seed: int) -> lis
     rng = np.random.default_rng(seed)
     out: list[Sample] = []
     for cat in sorted({s.category for s in samples}):
-        rows = [s for s in samples if s.category == cat and _split_of(s) == split]
+        rows = [s for s in samples if s.category == cat and s.split == split]
         idx = rng.permutation(len(rows))[:per_category]
         out += [rows[i] for i in sorted(idx)]
     return out
-
-
-_SPLIT: dict[int, int] = {}
-
-
-def _split_of(s: Sample) -> int:
-    if not _SPLIT:
-        table = load_calibration(COMMITTED_TABLE)
-        _SPLIT.update({i: int(v) for i, v in enumerate(table.split)})
-    return _SPLIT[s.row]
 
 
 # ---------------------------------------------------------------- 3-4. fidelity and profiles
