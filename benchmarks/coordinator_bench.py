@@ -6,7 +6,7 @@ process, it prints:
 
 1. the coordinator's overhead per options query at k = 3: client-measured end-to-end time
    minus the slowest chosen expert's compute ms (as the node reported it), p50 and p99;
-2. routing decisions per second with the embedding excluded: :meth:`gating.routing.Router.route`
+2. routing decisions per second with the embedding excluded: :meth:`gating.coordinator.routing.Router.route`
    (the query checks, gate logits (ORT), the cached plan over the live set and the top-k
    weights) with an embedder that hands back prepared embeddings;
 3. the same 3-way fan-out as Ray actor calls from one driver (``ray.get`` of three
@@ -43,8 +43,8 @@ from edge_moe.client import EdgeMoEClient  # noqa: E402
 from edge_moe.config import BudgetConfig  # noqa: E402
 from edge_moe.runtime.toy import ToyEncoder, ToyExpert  # noqa: E402
 from edge_moe.wire import Query, Reply  # noqa: E402
-from gating.routing import Status, load_router  # noqa: E402
-from gating.synthetic import write_toy_inputs  # noqa: E402
+from gating.coordinator.routing import Status, load_router  # noqa: E402
+from gating.offline.synthetic import write_toy_inputs  # noqa: E402
 
 DIM = 16
 OPTIONS = ["red", "green", "blue", "black"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fleet"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "fleet"))
 
 from edge_moe import fleet as F  # noqa: E402
 from edge_moe.client import EdgeMoEClient  # noqa: E402
@@ -38,9 +38,9 @@ OPTIONS = ["red", "green", "blue", "yellow"]
 
 def make_assets(d: Path) -> tuple[Path, dict[str, object]]:
     """The fleet tests' toy inputs (synthetic table, fitted linear gate, 3-node YAML)."""
-    from conftest import DIM, write_fleet  # tests/fleet/conftest.py
+    from conftest import DIM, write_fleet  # tests/integration/fleet/conftest.py
 
-    from gating.synthetic import write_toy_inputs
+    from gating.offline.synthetic import write_toy_inputs
 
     table, cal, prof, gate = write_toy_inputs(d, n_experts=4, embedding_dim=DIM, seed=5, n_samples=400)
     fleet = write_fleet(d / "fleet.yaml", table.experts, table.category_names, "fleet-bench")

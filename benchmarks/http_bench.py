@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_moe.client import EdgeMoEClient  # noqa: E402
 from edge_moe.wire import Reply  # noqa: E402
-from gating.synthetic import write_toy_inputs  # noqa: E402
+from gating.offline.synthetic import write_toy_inputs  # noqa: E402
 
 DIM = 16
 NODES = {"node-a": [0, 1], "node-b": [2], "node-c": [3]}

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.moe2_report import LABELS
-from gating.budget_grid import BudgetGrid
-from gating.budget_sweep import METHODS
-from gating.margins import accuracy
+from gating.offline.budget_grid import BudgetGrid
+from gating.offline.budget_sweep import METHODS
+from gating.offline.margins import accuracy
 
 PNGS = ("accuracy_vs_energy.png", "accuracy_vs_latency.png", "pareto.png")
 STYLE: dict[str, tuple[str, str, float]] = {  # method -> (colour, marker, line width)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gating.budget_sweep import METHODS, MOE2
+from gating.offline.budget_sweep import METHODS, MOE2
 
 Doc = dict[str, Any]
 

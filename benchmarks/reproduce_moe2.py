@@ -2,34 +2,34 @@
 
 The gate is trained on the table's TRAIN split (early stopping on VALIDATION) and exported to
 ``OUT/gate.onnx``; every subset S is chosen on VALIDATION; every accuracy in the report is
-measured on TEST. This is the planner's own pipeline (``gating.planner.load_inputs``,
+measured on TEST. This is the planner's own pipeline (``gating.planning.planner.load_inputs``,
 ``make_objective``, ``make_problem``, ``evaluate_test``), so the report measures what
 ``edge-moe plan`` ships. Sections of ``OUT/REPORT.md``:
 
 1. Single experts: test accuracy per category (argmax of the raw log-probs, and after the
    per-expert prior correction the mixture uses), with each expert's latency and energy per
    category from the profiles, each figure tagged with its source.
-2. Claim 1, optimality-preserving gate: ``gating.retrain_gap`` over R random subsets
+2. Claim 1, optimality-preserving gate: ``gating.offline.retrain_gap`` over R random subsets
    (masked θ* against a gate retrained on S alone; test NLL in nats, accuracy in points),
-   summarised by ``gating.retrain_summary``.
+   summarised by ``gating.offline.retrain_summary``.
 3. Claim 2, exact selection: ``select_experts`` against ``brute_force`` on the real objective
    at every point of the budget grid, for fixed k and adaptive k; evaluation counts; how often
    F is not monotone and whether that changed the best plan (definitions below;
-   ``gating.crosscheck``, ``gating.enumeration``).
+   ``gating.offline.crosscheck``, ``gating.offline.enumeration``).
 4. Claim 3, trade-offs: test accuracy against the energy budget and against per-category
    latency budgets for MoE² (fixed k, adaptive k) and the baselines, a Pareto front in
    (expected energy, accuracy), and MoE²'s best and worst margin over the best single
-   expert that fits the same budget (``gating.budget_sweep``, ``gating.margins``,
-   ``gating.pareto``). MoE² here is the planner's default: ``--objective`` (loglik), on
+   expert that fits the same budget (``gating.offline.budget_sweep``, ``gating.offline.margins``,
+   ``gating.offline.pareto``). MoE² here is the planner's default: ``--objective`` (loglik), on
    validation (or ``--folds`` k-fold CV), with the paired guard at ``--guard-confidence``.
 5. Robust selection (DESIGN.md §2.8): every objective variant (accuracy, loglik, loglik on
    ``--cv-folds``-fold CV; each without and with the guard) against its fair baseline, the
    single expert chosen on the same selection data by the same objective, with paired 95%
-   bootstrap intervals on test per budget point and over the grid (``gating.variants``);
+   bootstrap intervals on test per budget point and over the grid (``gating.offline.variants``);
    the test-chosen single expert and fixed subset as ceilings, and the per-question oracle
-   with its random-guesser control (``gating.ceilings``).
+   with its random-guesser control (``gating.offline.ceilings``).
 
-**The budget grid** (``gating.budget_grid``). Energy: ``--energy-points`` values, geometric
+**The budget grid** (``gating.offline.budget_grid``). Energy: ``--energy-points`` values, geometric
 from the cheapest expert alone (its worst category's J) to every expert at once (the sum of
 each expert's worst category: then every subset fits, even with all of S active). Latency: one scale s in [0, 1]
 per ``--latency-points`` value and, per category c, ``T_c(s) = lo_c · (hi_c / lo_c)^s`` with
@@ -60,7 +60,7 @@ the slice at the largest energy budget.
   validation (``baselines.best_single``), as a deployable baseline would, is reported too.
 - *Expected energy / latency* of a plan: the mean over test samples of the J (sum) and ms (max
   plus aggregation) of the experts that actually answer the sample (top-k or adaptive k of S),
-  at the sample's category (``gating.evaluation``). Worst-case energy is what the budget
+  at the sample's category (``gating.offline.evaluation``). Worst-case energy is what the budget
   constrains.
 
 This script is the driver: options, the order of the steps, timing, the files. The numbers
@@ -97,9 +97,9 @@ from benchmarks.moe2_report import render  # noqa: E402
 from edge_moe.calibration import SPLIT_NAMES, TEST, CalibrationTable, load_calibration  # noqa: E402
 from edge_moe.errors import ConfigError, EdgeMoEError  # noqa: E402
 from edge_moe.profiles import load_profiles  # noqa: E402
-from gating import planner  # noqa: E402
-from gating.budget_grid import BudgetGrid, GridPoint  # noqa: E402
-from gating.budget_sweep import (  # noqa: E402
+from gating.planning import planner# noqa: E402
+from gating.offline.budget_grid import BudgetGrid, GridPoint  # noqa: E402
+from gating.offline.budget_sweep import (  # noqa: E402
     METHODS,
     MOE2,
     MethodSweep,
@@ -107,14 +107,14 @@ from gating.budget_sweep import (  # noqa: E402
     energy_slice,
     latency_slice,
 )
-from gating.ceilings import oracle, subset_ceilings  # noqa: E402
-from gating.crosscheck import MAX_N, crosscheck  # noqa: E402
-from gating.evaluation import single_experts  # noqa: E402
-from gating.json_values import jsonable  # noqa: E402
-from gating.margins import compare, method_summary, per_category_margins  # noqa: E402
-from gating.pareto import pareto  # noqa: E402
-from gating.retrain_summary import retrain_gap_summary  # noqa: E402
-from gating.variants import Variant, default_variants, run_variants  # noqa: E402
+from gating.offline.ceilings import oracle, subset_ceilings  # noqa: E402
+from gating.offline.crosscheck import MAX_N, crosscheck  # noqa: E402
+from gating.offline.evaluation import single_experts  # noqa: E402
+from gating.offline.json_values import jsonable  # noqa: E402
+from gating.offline.margins import compare, method_summary, per_category_margins  # noqa: E402
+from gating.offline.pareto import pareto  # noqa: E402
+from gating.offline.retrain_summary import retrain_gap_summary  # noqa: E402
+from gating.offline.variants import Variant, default_variants, run_variants  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Options:
 
 def gate_config(opts: Options) -> Any:
     """The gate's training config: the library default, or a small fast one with ``quick``."""
-    from gating.gate import GateConfig  # torch: only when a gate is trained
+    from gating.planning.gate import GateConfig  # torch: only when a gate is trained
 
     if opts.quick:
         return GateConfig(hidden_dim=32, max_epochs=60, patience=10, seed=opts.seed)

@@ -1,14 +1,14 @@
 """Selector benchmark (not a test): exact B&B vs brute force, in F evaluations and seconds.
 
 For N = 8, 12, 16, 20, 24, 40 experts it builds a seeded synthetic calibration table and
-profiles (``gating.synthetic``), trains the gate on the table's train split
-(``gating.gate.train_gate``; with ``--gate category`` or without torch, a category-prior
+profiles (``gating.offline.synthetic``), trains the gate on the table's train split
+(``gating.planning.gate.train_gate``; with ``--gate category`` or without torch, a category-prior
 gate: logits = 8 x each expert's train accuracy in the sample's category), corrects the
-experts' letter priors, and times :func:`gating.selector.select_experts` against
-:func:`gating.selector.brute_force` (up to ``--brute-max-n``, default 20) on three objectives:
+experts' letter priors, and times :func:`gating.planning.selector.select_experts` against
+:func:`gating.planning.selector.brute_force` (up to ``--brute-max-n``, default 20) on three objectives:
 
 - ``mix-acc k=2``: validation accuracy of the gate-masked, renormalised top-2 mixture
-  (``gating.mixture.MixtureObjective``), constraint top_k=2: the planner's objective. It is
+  (``gating.planning.mixture.MixtureObjective``), constraint top_k=2: the planner's objective. It is
   not monotone, so the selector is not guaranteed exact here; the table says when it matched.
 - ``mix-acc all``: the same mixture over all of S (no top-k), constraint over all of S.
 - ``max-p (mono)``: ``mean_i max_{n∈S} p_n(y_i)``, the soft accuracy of a perfect router
@@ -42,9 +42,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from edge_moe.calibration import TRAIN, VALIDATION, CalibrationTable  # noqa: E402
-from gating.mixture import MixtureObjective, apply_prior_correction, fit_prior_correction  # noqa: E402
-from gating.selector import Budget, Selection, SelectionProblem, brute_force, select_experts  # noqa: E402
-from gating.synthetic import make_synthetic_profiles, make_synthetic_table  # noqa: E402
+from gating.planning.mixture import MixtureObjective, apply_prior_correction, fit_prior_correction  # noqa: E402
+from gating.planning.selector import Budget, Selection, SelectionProblem, brute_force, select_experts  # noqa: E402
+from gating.offline.synthetic import make_synthetic_profiles, make_synthetic_table  # noqa: E402
 
 FRACTIONS = {"tight": 0.15, "medium": 0.35, "loose": 0.60}
 Objective = Callable[[np.ndarray], float]
@@ -55,7 +55,7 @@ def gate_logits(table: CalibrationTable, kind: str) -> tuple[np.ndarray, np.ndar
     val = table.split_rows(VALIDATION)
     if kind == "trained":
         try:
-            from gating.gate import GateConfig, train_gate
+            from gating.planning.gate import GateConfig, train_gate
         except ImportError:  # no torch: fall back, and say so in the table
             kind = "category"
         else:

@@ -27,7 +27,7 @@ QUERY breaks one (a NaN budget, top_k and tau both given, an unknown mode);
 :func:`prompt_size_problem` checks the configured prompt size before anything reads the
 prompt, and :func:`echo_id` says which id an ERROR may echo. The one rule
 that needs context, a category the coordinator knows, is the router's
-(:meth:`gating.routing.Router.route`, which runs :func:`check_query` first). Both are
+(:meth:`gating.coordinator.routing.Router.route`, which runs :func:`check_query` first). Both are
 answered with ERROR ``bad_request``. :func:`check_result` is the same for a RESULT, given
 the TASK it answers (K finite, normalised log-probs or a text; finite, non-negative ms
 and J; a documented energy source): the coordinator counts a RESULT that breaks it as

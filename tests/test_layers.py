@@ -231,13 +231,13 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     ("gating/coordinator.py", "from nodes.server import X\n", "gating may not import nodes"),
     ("gating/coordinator.py", "def f():\n    import exporters.llm\n", "a lazy import counts"),
     ("exporters/llm.py", "from nodes import server\n", "exporters may not import nodes"),
-    ("edge_moe/wire.py", "from gating.routing import Router\n", "the base imports no role"),
+    ("edge_moe/wire.py", "from gating.coordinator.routing import Router\n", "the base imports no role"),
     ("edge_moe/runtime/runners.py", "from edge_moe.jobs import demo\n", "the base imports no apex"),
     ("nodes/server.py", "from edge_moe.fleet import deploy\n", "a role imports no apex"),
     ("nodes/server.py", "from ..gating import routing\n", "relative imports resolve"),
 ])
 def test_checker_flags_a_forbidden_import(tmp_path: Path, src: str, code: str, why: str) -> None:
-    files = dict.fromkeys(["nodes/server.py", "gating/routing.py", "exporters/llm.py",
+    files = dict.fromkeys(["nodes/server.py", "gating/coordinator/routing.py", "exporters/llm.py",
                            "edge_moe/jobs/demo.py", "edge_moe/fleet/__init__.py", "edge_moe/wire.py"], "")
     files[src] = code  # the importer, and every module it names, exist
     root = _tree(tmp_path, files)
@@ -248,9 +248,9 @@ def test_checker_allows_the_table(tmp_path: Path) -> None:
     root = _tree(tmp_path, {
         "edge_moe/wire.py": "from edge_moe.errors import E\nfrom edge_moe.runtime import gate\n",
         "edge_moe/errors.py": "", "edge_moe/runtime/__init__.py": "", "edge_moe/runtime/gate.py": "",
-        "gating/routing.py": "from edge_moe.runtime.gate import G\nfrom . import mixture\n",
-        "gating/mixture.py": "import numpy\n",
-        "edge_moe/cli/__init__.py": "from gating.routing import R\nfrom nodes import server\n",
+        "gating/coordinator/routing.py": "from edge_moe.runtime.gate import G\nfrom . import mixture\n",
+        "gating/planning/mixture.py": "import numpy\n",
+        "edge_moe/cli/__init__.py": "from gating.coordinator.routing import R\nfrom nodes import server\n",
         "nodes/server.py": "from edge_moe.wire import encode\n",
     })
     assert violations(all_edges(root)) == []

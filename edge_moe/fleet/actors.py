@@ -126,7 +126,7 @@ class CoordinatorActor:
         {name: public key file text}}``; the allow-list is written to a private folder on
         this host for ZAP."""
         from gating.coordinator import Coordinator, _encoder
-        from gating.routing import load_router
+        from gating.coordinator.routing import load_router
 
         logging.basicConfig(level=logging.WARNING)
         server_keys = _server_keys(curve) if curve else None

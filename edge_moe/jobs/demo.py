@@ -182,7 +182,7 @@ def calibrate(fleet: FleetConfig, artifacts: dict[str, Path], out: Path, seed: i
     from edge_moe.paths import artifacts_dir
     from edge_moe.profiles import ExpertProfile, Figure, Profiles, save_profiles
     from edge_moe.runtime.runners import EncoderRunner, OrtRunner
-    from gating.gate import GateConfig, export_gate_onnx, train_gate
+    from gating.planning.gate import GateConfig, export_gate_onnx, train_gate
 
     questions = load_questions(seed, per_category)
     cats = list(fleet.categories)
@@ -260,8 +260,8 @@ def calibration_inputs(fleet: FleetConfig, artifacts: dict[str, Path], out: Path
 
 def plan_offline(cal: Path, prof: Path, gate: Path, out_dir: Path) -> Path:
     """The offline planner on the demo's own table: budget sweep, Pareto front, plot."""
-    from gating import planner
-    from gating.plot import plot_sweep
+    from gating.planning import planner
+    from gating.offline.plot import plot_sweep
 
     inputs = planner.load_inputs(cal, prof, gate)
     doc = planner.sweep(inputs, top_k=2)

@@ -328,7 +328,7 @@ def measure(fleet: FleetConfig, artifacts: dict[str, Path], samples: list[Sample
 def prepare(fleet: FleetConfig, seed: int, per_category: int, threads: int,
             step: Callable[[str, Callable[[], Any]], Any]) -> RealInputs:
     """Exports, table, gate, fidelity, profiles and held-out questions (each cached)."""
-    from gating.gate import GateConfig, export_gate_onnx, train_gate
+    from gating.planning.gate import GateConfig, export_gate_onnx, train_gate
 
     out = demo_dir() / "real"
     out.mkdir(parents=True, exist_ok=True)
@@ -378,8 +378,8 @@ def plan_tiers(cal: Path, prof: Path, gate: Path, top_k: int, seed: int,
                confidence: float = 0.95) -> list[Tier]:
     """Three energy tiers placed between the experts' worst-case modelled J, so that the
     plan changes: tight fits only the cheapest expert, medium the two cheapest (as a pair
-    when k >= 2), loose everything. Each is planned by :func:`gating.planner.plan_one`."""
-    from gating import planner
+    when k >= 2), loose everything. Each is planned by :func:`gating.planning.planner.plan_one`."""
+    from gating.planning import planner
 
     inputs = planner.load_inputs(cal, prof, gate)
     worst = inputs.energy_j.max(axis=1)  # (N,) worst-case J over categories

@@ -74,8 +74,8 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
     Raises:
         DataFormatError / GateError: an input file is missing or the inputs disagree.
     """
-    from gating import planner
-    from gating.gate import GateConfig
+    from gating.planning import planner
+    from gating.planning.gate import GateConfig
 
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"loading {calibration} and {profiles}" + ("" if gate else "; training the gate"))
@@ -97,8 +97,8 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
 def _sweep(inputs: Any, top_k: int | None, out: Path, title: str, seed: int, progress: bool,
            objective: str) -> None:
     """A budget grid: the plan table, its Pareto front and the trade-off plot."""
-    from gating import planner
-    from gating.plot import plot_sweep
+    from gating.planning import planner
+    from gating.offline.plot import plot_sweep
 
     doc = planner.sweep(inputs, top_k, seed=seed, progress=progress, objective=objective)
     planner.write_json(out / "plans.json", doc)
@@ -119,9 +119,9 @@ def _sweep(inputs: Any, top_k: int | None, out: Path, title: str, seed: int, pro
 def _retrain_check(inputs: Any, calibration: Path, out: Path, n_subsets: int, seed: int,
                    progress: bool) -> None:
     """Claim 1: the masked full-set gate against a gate retrained on each random subset."""
-    from gating import planner
-    from gating.gate import GateConfig, train_gate
-    from gating.retrain_gap import retrain_gap
+    from gating.planning import planner
+    from gating.planning.gate import GateConfig, train_gate
+    from gating.offline.retrain_gap import retrain_gap
 
     console.print(f"retrain check: {n_subsets} random subsets (masked θ* vs gate retrained on S)")
     raw = load_calibration(calibration)

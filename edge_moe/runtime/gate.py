@@ -1,6 +1,6 @@
 """The exported gate at serving time: onnxruntime + numpy, no torch.
 
-:class:`OnnxGate` loads a ``gate.onnx`` written by :func:`gating.gate.export_gate_onnx`,
+:class:`OnnxGate` loads a ``gate.onnx`` written by :func:`gating.planning.gate.export_gate_onnx`,
 rebuilds the gate's record from the ONNX ``metadata_props`` (experts, option prior,
 per-expert temperatures, embedding dim) and computes gate logits and masked weights for
 the coordinator::
@@ -47,8 +47,8 @@ def masked_gate_weights(
 ) -> np.ndarray:
     """Softmax of the gate logits over the experts in S, zeros outside S.
 
-    The one implementation: :mod:`gating.mixture` (and so the planner's F(S)) and the
-    router's per-query weights (:mod:`gating.routing`) call it.
+    The one implementation: :mod:`gating.planning.mixture` (and so the planner's F(S)) and the
+    router's per-query weights (:mod:`gating.coordinator.routing`) call it.
 
     Args:
         gate_logits: (M, N) gate logits.
@@ -73,7 +73,7 @@ def masked_gate_weights(
     w[:, members] = sub / sub.sum(axis=1, keepdims=True)
     return w
 
-# Mirrors gating.gate (which imports torch, so it is not imported here).
+# Mirrors gating.planning.gate (which imports torch, so it is not imported here).
 GATE_FORMAT_VERSION = 1
 META_PREFIX = "edge_moe."
 _REQUIRED_KEYS = (
@@ -136,7 +136,7 @@ class OnnxGate:
         if missing:
             raise GateError(
                 f"{p}: gate manifest lacks metadata_props keys {[META_PREFIX + k for k in missing]}"
-                " (was it written by gating.gate.export_gate_onnx?)"
+                " (was it written by gating.planning.gate.export_gate_onnx?)"
             )
 
         def field(key: str) -> str:

@@ -1,0 +1,1 @@
+"""``edge-moe coordinator``: filled in by the one-CLI work (issue 22)."""

@@ -1,0 +1,1 @@
+"""``edge-moe node``: filled in by the one-CLI work (issue 22)."""

@@ -1,0 +1,3 @@
+from gating.coordinator.loop import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from gating.http import main
+
+raise SystemExit(main())

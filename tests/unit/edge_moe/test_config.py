@@ -1,0 +1,167 @@
+"""Fleet YAML loader: every file in configs/ loads; every rule names file, field and value."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge_moe.config import load_device_classes, load_fleet
+from edge_moe.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIGS = REPO / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("fleet*.yaml")))
+def test_every_fleet_in_configs_loads(name: str) -> None:
+    fleet = load_fleet(CONFIGS / name)
+    assert fleet.nodes and fleet.experts and fleet.categories
+    for e in fleet.experts:
+        assert fleet.node(e.node).name == e.node
+        assert fleet.device_class_of(e.node).power_busy_w > 0
+
+
+def test_fleet_files_exist() -> None:
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {"fleet.local.yaml", "fleet.example.yaml", "device_classes.yaml"} <= names
+
+
+def test_device_classes_cite_sources() -> None:
+    classes = load_device_classes(CONFIGS / "device_classes.yaml")
+    assert {"cpu", "jetson-agx-orin", "rtx-4090"} <= set(classes)
+    for dc in classes.values():
+        assert len(dc.source) > 20, dc.name
+        assert dc.power_busy_w >= dc.power_idle_w
+
+
+def test_local_fleet_shape() -> None:
+    fleet = load_fleet(CONFIGS / "fleet.local.yaml")
+    assert len(fleet.nodes) >= 3
+    assert fleet.coordinator.node in {n.name for n in fleet.nodes}
+    assert fleet.node("cpu-a").resource == "edge_moe_node:cpu-a"
+
+
+def test_example_fleet_per_category_budget() -> None:
+    fleet = load_fleet(CONFIGS / "fleet.example.yaml")
+    assert isinstance(fleet.budget.latency_ms, dict)
+    assert set(fleet.budget.latency_ms) == set(fleet.categories)
+    assert {n.device_class for n in fleet.nodes} >= {"jetson-agx-orin", "rtx-4090"}
+
+
+def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
+    raw = yaml.safe_load((CONFIGS / "fleet.local.yaml").read_text())
+    raw["device_classes"] = yaml.safe_load((CONFIGS / "device_classes.yaml").read_text())
+    mutate(raw)
+    p = tmp_path / "fleet.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda r: r["experts"][1].update(node="orin-9"),
+         "experts[1].node='orin-9' is not a node (known: cpu-a, cpu-b, cpu-c)"),
+        (lambda r: r["nodes"][0].update(colour="red"), "nodes[0].colour is not a known field"),
+        (lambda r: r["nodes"][0].update(max_batch=0), "nodes[0].max_batch=0 must be an integer >= 1"),
+        (lambda r: r["nodes"][1].update(max_batch=2.5), "nodes[1].max_batch=2.5 must be an integer >= 1"),
+        (lambda r: r["nodes"][1].update(batch_wait_ms=-1), "nodes[1].batch_wait_ms=-1 must be >= 0"),
+        (lambda r: r["nodes"][2].update(batch_wait_ms=float("nan")), "nodes[2].batch_wait_ms=nan must be finite"),
+        (lambda r: r["nodes"][0].update(prepack="no"), "nodes[0].prepack='no' must be true or false"),
+        (lambda r: r.update(extra=1), "extra is not a known field"),
+        (lambda r: r["nodes"][2].update(device_class="tpu"), "nodes[2].device_class='tpu' is not a device class"),
+        (lambda r: r["nodes"].append({"name": "cpu-a", "device_class": "cpu"}), "nodes[3].name='cpu-a' is a duplicate"),
+        (lambda r: r["experts"][0].update(runner="trt"), "experts[0].runner='trt' is not one of ['onnxruntime', 'tensorrt']"),
+        (lambda r: r["budget"].update(energy_j=float("nan")), "budget.energy_j=nan must be finite"),
+        (lambda r: r["budget"].update(energy_j=-1), "budget.energy_j=-1 must be >= 0"),
+        (lambda r: r["budget"].update(latency_ms={"stem": 5}), "budget.latency_ms lacks categories"),
+        (lambda r: r["budget"].update(latency_ms={"chemistry": 5}), "budget.latency_ms.chemistry is not a known field"),
+        (lambda r: r["coordinator"].update(liveness=0), "coordinator.liveness=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(node="nowhere"), "coordinator.node='nowhere' is not a node"),
+        (lambda r: r["coordinator"].update(max_prompt_bytes=0),
+         "coordinator.max_prompt_bytes=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(max_prompt_bytes="64k"),
+         "coordinator.max_prompt_bytes='64k' must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(max_prompt_bytes=1.5),
+         "coordinator.max_prompt_bytes=1.5 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(quarantine_after=0),
+         "coordinator.quarantine_after=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(quarantine_s=0), "coordinator.quarantine_s=0 must be > 0"),
+        (lambda r: r["coordinator"].update(quarantine_s=float("inf")),
+         "coordinator.quarantine_s=inf must be finite"),
+        (lambda r: r["coordinator"].update(quarantine_window_s=3), "coordinator.quarantine_window_s is not a known field"),
+        (lambda r: r["coordinator"].update(http="8000"), "coordinator.http='8000' must be host:port"),
+        (lambda r: r["coordinator"].update(http="127.0.0.1:70000"), "coordinator.http='127.0.0.1:70000' must be host:port"),
+        (lambda r: r["coordinator"].update(http="0.0.0.0:8000"),
+         "coordinator.http='0.0.0.0:8000' is not a loopback address: set coordinator.http_api_keys"),
+        (lambda r: r["coordinator"].update(max_waiting=0), "coordinator.max_waiting=0 must be an integer >= 1"),
+        (lambda r: r["coordinator"].update(load_aware="yes"), "coordinator.load_aware='yes' must be true or false"),
+        (lambda r: r["device_classes"]["cpu"].update(power_busy_w=1.0), "power_busy_w=1.0 must be >= power_idle_w=5.0"),
+        (lambda r: r["device_classes"]["cpu"].pop("source"), "device_classes.cpu.source is required"),
+        (lambda r: r.pop("experts"), "experts is required"),
+        (lambda r: r.update(categories=[]), "categories must be a non-empty list"),
+    ],
+)
+def test_bad_fleet_names_file_field_value(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
+    p = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError) as exc:
+        load_fleet(p)
+    assert str(exc.value).startswith(str(p) + ": "), str(exc.value)
+    assert expected in str(exc.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_fleet(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_fleet(bad)
+    ref = _write(tmp_path, lambda r: r.update(device_classes="missing.yaml"))
+    with pytest.raises(ConfigError, match="device_classes='missing.yaml' is not a file"):
+        load_fleet(ref)
+
+
+def test_inf_budget_and_defaults(tmp_path: Path) -> None:
+    p = _write(tmp_path, lambda r: r.pop("budget"))
+    fleet = load_fleet(p)
+    assert math.isinf(fleet.budget.energy_j) and math.isinf(fleet.budget.latency_ms)  # type: ignore[arg-type]
+
+
+def test_coordinator_top_k_default_and_null(tmp_path: Path) -> None:
+    fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].pop("top_k")))
+    assert fleet.coordinator.top_k == 2
+    fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(top_k=None)))
+    assert fleet.coordinator.top_k is None
+
+
+def test_coordinator_limits_default_and_set(tmp_path: Path) -> None:
+    cfg = load_fleet(CONFIGS / "fleet.local.yaml").coordinator
+    assert (cfg.max_prompt_bytes, cfg.quarantine_after, cfg.quarantine_s) == (65536, 3, 30.0)
+    fleet = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(
+        max_prompt_bytes=1024, quarantine_after=5, quarantine_s=2.5)))
+    cfg = fleet.coordinator
+    assert (cfg.max_prompt_bytes, cfg.quarantine_after, cfg.quarantine_s) == (1024, 5, 2.5)
+    assert (cfg.load_aware, cfg.max_pending, cfg.max_waiting, cfg.http) == (True, 1024, 256, None)
+    cfg = load_fleet(_write(tmp_path, lambda r: r["coordinator"].update(
+        load_aware=False, http="0.0.0.0:0", http_api_keys="keys.txt"))).coordinator
+    assert (cfg.load_aware, cfg.http, cfg.http_api_keys) == (False, "0.0.0.0:0", "keys.txt")
+
+
+def test_placement_lists_every_node_and_its_experts() -> None:
+    fleet = load_fleet(CONFIGS / "fleet.example.yaml")
+    placement = fleet.placement()
+    assert set(placement) == {n.name for n in fleet.nodes}
+    assert placement["orin-2"] == ("gemma3-270m", "smollm2-135m") and placement["coord"] == ()
+    assert sorted(e for es in placement.values() for e in es) == sorted(e.name for e in fleet.experts)
+
+
+def test_node_batching_defaults_and_set(tmp_path: Path) -> None:
+    fleet = load_fleet(_write(tmp_path, lambda r: r["nodes"][1].update(max_batch=1, batch_wait_ms=0)))
+    a, b = fleet.node("cpu-a"), fleet.node("cpu-b")
+    assert (a.max_batch, a.batch_wait_ms) == (8, 5.0)
+    assert (b.max_batch, b.batch_wait_ms) == (1, 0.0)
+    assert a.prepack and b.prepack
