@@ -79,7 +79,7 @@ def pct(xs: list[float]) -> dict[str, float]:
 def bench_zmq(d: Path, n_queries: int) -> dict:
     cal, prof, gate, fleet, experts = make_assets(d)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    coord = subprocess.Popen([sys.executable, "-m", "gating.coordinator", "--config", str(fleet),
+    coord = subprocess.Popen([sys.executable, "-m", "edge_moe.cli", "coordinator", "--config", str(fleet),
                               "--gate", str(gate), "--calibration", str(cal), "--profiles", str(prof),
                               "--toy-encoder", str(DIM), "--frontend", "tcp://127.0.0.1:*",
                               "--backend", "tcp://127.0.0.1:*"],
@@ -91,7 +91,7 @@ def bench_zmq(d: Path, n_queries: int) -> dict:
         frontend, backend = words[2], words[4]
         for i in range(3):
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "nodes.server", "--config", str(fleet), "--node", f"node-{i}",
+                [sys.executable, "-m", "edge_moe.cli", "node", "--config", str(fleet), "--node", f"node-{i}",
                  "--toy", "--endpoint", backend, "--meter", "modelled"],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL))
         with EdgeMoEClient(frontend, timeout_s=5) as client:

@@ -3,7 +3,7 @@ and through the ZeroMQ client, side by side in one run; the latency the front ad
 
 Starts, as real processes on loopback: the coordinator (toy encoder), three toy-expert nodes
 (no compute delay, so the coordinator path dominates) and the HTTP front
-(``python -m gating.http``). Then, alternating one query over ZeroMQ (``EdgeMoEClient``) and
+(``edge-moe http``). Then, alternating one query over ZeroMQ (``EdgeMoEClient``) and
 the same query over HTTP (``httpx`` with keep-alive, the body the openai client sends), it
 measures end-to-end ms at the client for ``--n`` pairs, for an options query (top-2 mixture)
 and a generation (top-1). It prints p50 / p99 per path and the added ms (HTTP − ZeroMQ), and
@@ -87,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                  "coordinator": {"node": "node-a", "heartbeat_s": 0.5, "liveness": 4, "top_k": 2}}
         (d / "fleet.yaml").write_text(yaml.safe_dump(fleet))
         try:
-            coord = Proc(["gating.coordinator", "--config", str(d / "fleet.yaml"), "--gate", str(gate),
+            coord = Proc(["edge_moe.cli", "coordinator", "--config", str(d / "fleet.yaml"), "--gate", str(gate),
                           "--calibration", str(cal), "--profiles", str(prof), "--toy-encoder", str(DIM),
                           "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
                          "coordinator frontend")
             procs.append(coord)
             frontend, backend = coord.line.split()[2], coord.line.split()[4]
             for n in NODES:
-                procs.append(Proc(["nodes.server", "--config", str(d / "fleet.yaml"), "--node", n, "--toy",
+                procs.append(Proc(["edge_moe.cli", "node", "--config", str(d / "fleet.yaml"), "--node", n, "--toy",
                                    "--endpoint", backend, "--meter", "modelled"], f"node {n} serving"))
-            front = Proc(["gating.http", "--endpoint", frontend, "--listen", "127.0.0.1:0",
+            front = Proc(["edge_moe.cli", "http", "--endpoint", frontend, "--listen", "127.0.0.1:0",
                           "--config", str(d / "fleet.yaml")], "http front ")
             procs.append(front)
             url = front.line.split()[2]

@@ -88,7 +88,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_moe.errors import ConfigError, FleetError, ProtocolError  # noqa: E402
 from edge_moe.paths import CONFIGS, demo_dir  # noqa: E402
-from edge_moe.wire import Error, Query, Reply, WireBudget, decode, encode  # noqa: E402
+from edge_moe.wire import Error, Query, Reply, WireBudget, decode, encode, json_safe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "load_bench"
 DEMO_FLEET = CONFIGS / "fleet.demo.yaml"
@@ -813,17 +813,6 @@ def markdown(doc: dict[str, Any], lines: list[str]) -> str:
     return "\n".join(md)
 
 
-def plain(x: Any) -> Any:
-    """JSON-safe: infinite budgets as the string "inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else ("-inf" if x < 0 else None)
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [plain(v) for v in x]
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0, help="arrival window per rate (default 20)")
@@ -938,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"[load] nothing ran; no results written ({doc['total_s']:.0f} s)")
         return status
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(plain(doc), indent=1, default=str, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(json_safe(doc, nan_as_null=True), indent=1, default=str, allow_nan=False) + "\n")
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown(doc, lines))
     say(f"[load] total {doc['total_s']:.0f} s; wrote {json_path} and {md_path}")

@@ -96,8 +96,10 @@ from benchmarks.moe2_figures import PNGS, plot_all  # noqa: E402
 from benchmarks.moe2_report import render  # noqa: E402
 from edge_moe.calibration import SPLIT_NAMES, TEST, CalibrationTable, load_calibration  # noqa: E402
 from edge_moe.errors import ConfigError, EdgeMoEError  # noqa: E402
+from edge_moe.jobs.logs import configure_logging  # noqa: E402
+from edge_moe.jobs.progress_bar import progress_bar  # noqa: E402
 from edge_moe.profiles import load_profiles  # noqa: E402
-from gating.planning import planner# noqa: E402
+from edge_moe.progress import reporter  # noqa: E402
 from gating.offline.budget_grid import BudgetGrid, GridPoint  # noqa: E402
 from gating.offline.budget_sweep import (  # noqa: E402
     METHODS,
@@ -115,6 +117,7 @@ from gating.offline.margins import compare, method_summary, per_category_margins
 from gating.offline.pareto import pareto  # noqa: E402
 from gating.offline.retrain_summary import retrain_gap_summary  # noqa: E402
 from gating.offline.variants import Variant, default_variants, run_variants  # noqa: E402
+from gating.planning import planner  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +201,17 @@ def gate_config(opts: Options) -> Any:
 
 @contextmanager
 def _bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar's advance(), or a no-op when disabled."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    """An advance() for one bar of :func:`~edge_moe.jobs.progress_bar.progress_bar`, or a
+    no-op when disabled (for callers that count one step at a time)."""
+    with progress_bar(enabled) as bar:
+        tell, done = reporter(bar), [0]
+        tell(label, 0, total)
 
-    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
-    task = bar.add_task(label, total=total)
-    with bar:
-        yield lambda: bar.advance(task)
+        def advance() -> None:
+            done[0] += 1
+            tell(label, done[0], total)
+
+        yield advance
 
 
 @contextmanager
@@ -288,8 +291,9 @@ def _load(opts: Options) -> tuple[planner.PlanInputs, CalibrationTable]:
     load_calibration(opts.table)  # fail fast, before any training, naming the file
     load_profiles(opts.profiles)
     opts.out.mkdir(parents=True, exist_ok=True)
-    inputs = planner.load_inputs(opts.table, opts.profiles, None, opts.out, gate_config(opts),
-                                 progress=opts.progress)
+    with progress_bar(opts.progress) as bar:
+        inputs = planner.load_inputs(opts.table, opts.profiles, None, opts.out, gate_config(opts),
+                                     progress=bar)
     raw = load_calibration(opts.table).select_experts(list(inputs.experts))  # uncorrected, gate order
     if opts.top_k is not None and opts.top_k > len(inputs.experts):
         logger.warning("--top-k %d > %d experts: every member of S answers", opts.top_k, len(inputs.experts))
@@ -311,7 +315,8 @@ def run_report(opts: Options) -> dict[str, Any]:
     timing: dict[str, float] = {"load_and_train_gate": time.perf_counter() - start}
     with _timed(timing, "retrain_gap"):
         singles = single_experts(inputs, raw, sweep.evaluate, opts.top_k)
-        gap = retrain_gap_summary(raw, inputs.trained_gate, opts.subsets, opts.seed, progress=opts.progress)
+        with progress_bar(opts.progress) as bar:
+            gap = retrain_gap_summary(raw, inputs.trained_gate, opts.subsets, opts.seed, progress=bar)
     with _timed(timing, "plans"):
         grid = BudgetGrid.make(inputs.energy_j, inputs.latency_ms, inputs.profiles.aggregation_ms,
                                opts.energy_points, opts.latency_points, opts.expert_budgets)
@@ -400,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         opts = parse_args(argv)
         results = run_report(opts)

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_moe.calibration import load_calibration  # noqa: E402
-from gating.planning.gate import GateConfig, train_gate  # noqa: E402
 from gating.offline.retrain_gap import retrain_gap  # noqa: E402
+from gating.planning.gate import GateConfig, train_gate  # noqa: E402
 
 
 def main() -> None:

@@ -42,9 +42,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from edge_moe.calibration import TRAIN, VALIDATION, CalibrationTable  # noqa: E402
-from gating.planning.mixture import MixtureObjective, apply_prior_correction, fit_prior_correction  # noqa: E402
-from gating.planning.selector import Budget, Selection, SelectionProblem, brute_force, select_experts  # noqa: E402
 from gating.offline.synthetic import make_synthetic_profiles, make_synthetic_table  # noqa: E402
+from gating.planning.mixture import MixtureObjective, apply_prior_correction, fit_prior_correction  # noqa: E402
+from gating.planning.selector import (  # noqa: E402
+    Budget,
+    Selection,
+    SelectionProblem,
+    brute_force,
+    select_experts,
+)
 
 FRACTIONS = {"tight": 0.15, "medium": 0.35, "loose": 0.60}
 Objective = Callable[[np.ndarray], float]

@@ -43,7 +43,8 @@ class Assets:
 
 def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...], name: str,
                 nodes: dict[str, list[int]] = NODES, classes: dict[str, str] | None = None,
-                artifacts: dict[str, str] | None = None, http: str | None = None) -> Path:
+                artifacts: dict[str, str] | None = None, http: str | None = None,
+                **coordinator: object) -> Path:
     """Write the toy fleet YAML.
 
     Args:
@@ -51,13 +52,15 @@ def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...
         classes: node name → device class (:data:`CLASSES`); None puts every node on "cpu".
         artifacts: expert → artifact path, in place of ``toy/<expert>``.
         http: the coordinator's OpenAI front address, or None for no front.
+        coordinator: other ``coordinator`` settings (e.g. ``heartbeat_s``, ``liveness``).
     """
     class_of = {n: (classes or {}).get(n, "cpu") for n in nodes}
-    coordinator = {"node": next(iter(nodes)), "frontend": "tcp://127.0.0.1:0",
-                   "backend": "tcp://127.0.0.1:0", "heartbeat_s": HEARTBEAT_S,
-                   "liveness": LIVENESS, "reconnect_min_s": 0.1, "reconnect_max_s": 0.4, "top_k": 2}
+    coord = {"node": next(iter(nodes)), "frontend": "tcp://127.0.0.1:0",
+             "backend": "tcp://127.0.0.1:0", "heartbeat_s": HEARTBEAT_S,
+             "liveness": LIVENESS, "reconnect_min_s": 0.1, "reconnect_max_s": 0.4, "top_k": 2,
+             **coordinator}
     if http is not None:
-        coordinator["http"] = http
+        coord["http"] = http
     fleet = {
         "name": name,
         "device_classes": {k: {"power_idle_w": CLASSES[k][0], "power_busy_w": CLASSES[k][1],
@@ -67,7 +70,7 @@ def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...
                      "artifact": (artifacts or {}).get(experts[i], f"toy/{experts[i]}")}
                     for n, idx in nodes.items() for i in idx],
         "categories": list(categories),
-        "coordinator": coordinator,
+        "coordinator": coord,
     }
     path.write_text(yaml.safe_dump(fleet, sort_keys=False))
     return path

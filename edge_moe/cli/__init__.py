@@ -6,9 +6,6 @@ package imports them all (``--help`` lists them by name).
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from edge_moe.cli import (  # noqa: F401  (each import registers a command)
     assets,
     calibrate,
@@ -32,5 +29,4 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    app()  # logging is set up by the app's callback (edge_moe.cli.common.setup)

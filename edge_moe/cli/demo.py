@@ -12,16 +12,16 @@ from edge_moe.cli.common import app, handles_errors
 
 def quiet_third_party() -> None:
     """Filter third-party warnings and progress bars (here and in the processes the demo
-    starts, which inherit the environment); the demo prints its own status lines and bars."""
+    starts, which inherit the environment); the demo prints its own status lines and bars.
+    The third-party loggers are already quiet (the ``edge-moe`` callback, below ``-vv``)."""
     import os
+    import warnings
 
     for key, value in {"PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1",
                        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "ORT_LOGGING_LEVEL": "3", "RAY_DEDUP_LOGS": "1",
                        "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
-    from edge_moe.jobs.demo_real import quiet_loggers
-
-    quiet_loggers()
+    warnings.filterwarnings("ignore")
 
 
 @app.command()

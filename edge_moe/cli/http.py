@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from edge_moe.cli.common import app
+from edge_moe.cli.common import app, handles_errors
 
 
 @app.command()
+@handles_errors
 def http(
     endpoint: Annotated[str, typer.Option(help="the coordinator's frontend (edge-moe status shows it)")],
     listen: Annotated[str, typer.Option(help="host:port to serve on (port 0 picks a free one)")] = "127.0.0.1:8000",
@@ -18,15 +19,12 @@ def http(
     insecure: Annotated[bool, typer.Option(help="allow a non-loopback address without API keys and TLS")] = False,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM): serve https")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM)")] = None,
+    timeout_s: Annotated[float, typer.Option(help="give up on the coordinator after this many seconds")] = 60.0,
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/models, /healthz, /readyz and /metrics
-    for any OpenAI client; every request becomes one QUERY to the coordinator."""
-    from gating.http import main
+    for any OpenAI client; every request becomes one QUERY to the coordinator. Prints
+    ``http front <url> -> <endpoint>`` once listening."""
+    from gating.http import serve_http
 
-    argv = ["--endpoint", endpoint, "--listen", listen]
-    argv += ["--config", config] if config else []
-    argv += ["--api-keys", api_keys] if api_keys else []
-    argv += ["--insecure"] if insecure else []
-    argv += ["--ssl-certfile", ssl_certfile] if ssl_certfile else []
-    argv += ["--ssl-keyfile", ssl_keyfile] if ssl_keyfile else []
-    raise typer.Exit(main(argv))
+    serve_http(endpoint, listen, config=config, api_keys=api_keys, insecure=insecure,
+               ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_s=timeout_s)

@@ -125,48 +125,39 @@ class CoordinatorActor:
         """``curve``: the coordinator's CURVE keys, ``{"public", "secret", "authorized":
         {name: public key file text}}``; the allow-list is written to a private folder on
         this host for ZAP."""
-        from gating.coordinator import Coordinator, _encoder
-        from gating.coordinator.routing import load_router
+        from gating.coordinator import build_coordinator
 
         logging.basicConfig(level=logging.WARNING)
-        server_keys = _server_keys(curve) if curve else None
-        cfg = fleet.coordinator
-        router = load_router(gate, calibration, profiles, fleet.budget, cfg.top_k, None, objective=cfg.objective)
-        embedder: Any
-        if toy_encoder_dim:
-            from edge_moe.runtime.toy import ToyEncoder
-
-            embedder = ToyEncoder(toy_encoder_dim)
-        else:
-            embedder = _encoder(encoder)
-        self.totals: dict[str, dict[str, float]] = {}
-        totals = self.totals
-
-        class _Counting(Coordinator):  # per-expert ms and J so far, for status()
-            def _reply(self, envelope: list[bytes], msg: Any) -> None:
-                super()._reply(envelope, msg)
-                for u in getattr(msg, "experts", ()):
-                    t = totals.setdefault(u.name, {"answers": 0, "compute_ms": 0.0, "energy_j": 0.0,
-                                                   "failures": 0})
-                    if u.status == "ok":
-                        t["answers"] += 1
-                        t["compute_ms"] += u.compute_ms
-                        t["energy_j"] += u.energy_j
-                    else:
-                        t["failures"] += 1
-
+        self.totals: dict[str, dict[str, float]] = {}  # per expert: answers, ms and J so far
+        self._totals_lock = threading.Lock()
         self.started = time.time()
-        self.coordinator = _Counting(router, embedder, cfg, frontend, backend,
-                                     placement=fleet.placement(), curve=server_keys)
+        self.coordinator = build_coordinator(
+            fleet, gate, calibration, profiles, encoder=encoder, toy_encoder_dim=toy_encoder_dim,
+            frontend=frontend, backend=backend, curve=_server_keys(curve) if curve else None,
+            on_reply=self._count)
         self.thread = threading.Thread(target=self._serve, name="edge-moe-coordinator", daemon=True)
         self.thread.start()
         self.http = None
+        cfg = fleet.coordinator
         if cfg.http:  # the OpenAI-compatible front beside it, as a client of its frontend
             from gating.http import HttpThread
 
             self.http = HttpThread(self.coordinator.frontend_endpoint, cfg.http,
                                    [e.name for e in fleet.experts], cfg.http_api_keys,
                                    metrics=self.coordinator.metrics)
+
+    def _count(self, msg: Any) -> None:
+        """The coordinator's ``on_reply`` hook (its loop thread): per-expert totals."""
+        with self._totals_lock:
+            for u in getattr(msg, "experts", ()):
+                t = self.totals.setdefault(u.name, {"answers": 0, "compute_ms": 0.0, "energy_j": 0.0,
+                                                    "failures": 0})
+                if u.status == "ok":
+                    t["answers"] += 1
+                    t["compute_ms"] += u.compute_ms
+                    t["energy_j"] += u.energy_j
+                else:
+                    t["failures"] += 1
 
     def _serve(self) -> None:
         try:
@@ -178,35 +169,11 @@ class CoordinatorActor:
         return self.coordinator.frontend_endpoint, self.coordinator.backend_endpoint
 
     def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        for _ in range(5):  # the serving thread may change the registry while we copy it
-            try:
-                entries = list(self.coordinator.registry.nodes)
-                break
-            except RuntimeError:
-                time.sleep(0.001)
-        else:
-            entries = []
-        reg, load = self.coordinator.registry, self.coordinator.load
-        nodes = {}
-        for e in entries:
-            until = reg.quarantined_until(e.name)
-            nodes[e.name] = {
-                "experts": list(e.experts), "device_class": e.ready.device_class,
-                "energy_source": e.ready.energy_source,
-                "last_heartbeat_s_ago": round(now - e.liveness.last_seen, 3),
-                "live": not e.liveness.expired(now) and until is None,
-                "quarantined_s_left": None if until is None else round(max(0.0, until - now), 1),
-                "queued": load.reported_queue(e.name), "tasks_out": load.outstanding(e.name),
-                "batch": load.reported_batch(e.name),
-                "predicted_wait_ms": round(min(load.node_wait_ms(e.name, now), 1e9), 1),
-            }
+        """The coordinator's :meth:`~gating.coordinator.Coordinator.snapshot` (read on its
+        loop thread), with this actor's process, the HTTP front and the per-expert totals."""
+        snap = self.coordinator.snapshot()
+        with self._totals_lock:
+            totals = {k: dict(v) for k, v in self.totals.items()}
         return {"pid": os.getpid(), "started": self.started, "serving": self.thread.is_alive(),
-                "http": self.http.url if self.http is not None else None,
-                "frontend": self.coordinator.frontend_endpoint,
-                "backend": self.coordinator.backend_endpoint, "nodes": nodes,
-                "live_experts": list(self.coordinator.registry.live_experts),
-                "in_flight": len(self.coordinator._pending),
-                "waiting_to_embed": len(self.coordinator._waiting),
-                "stats": dict(self.coordinator.stats),
-                "experts_so_far": {k: dict(v) for k, v in self.totals.items()}}
+                "http": self.http.url if self.http is not None else None, **snap,
+                "experts_so_far": totals}

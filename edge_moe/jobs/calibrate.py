@@ -54,6 +54,7 @@ from edge_moe.jobs.generation import (
     measure_generation,
     parse_calls,
 )
+from edge_moe.jobs.progress_bar import progress_bar
 from edge_moe.jobs.samples import (
     CATEGORY_MAP,
     Sample,
@@ -63,6 +64,7 @@ from edge_moe.jobs.samples import (
     read_mmlu,
     row_error,
 )
+from edge_moe.progress import ProgressCallback, reporter
 
 logger = logging.getLogger(__name__)
 
@@ -199,47 +201,40 @@ class WorkDir:
 # ---------------------------------------------------------------- scoring
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="q", disable=not enabled,
-                dynamic_ncols=True, smoothing=0.05)
-
-
 def score_expert(work: WorkDir, name: str, runner: Any, *, limit: int | None = None,
-                 progress: bool = True, on_row: Callable[[int], None] | None = None) -> int:
+                 progress: ProgressCallback | None = None, on_row: Callable[[int], None] | None = None) -> int:
     """Score every sample the expert has not finished yet; return how many were scored now.
 
     Args:
         limit: score only the first ``limit`` samples of the list (a partial run).
+        progress: hears ``(name, samples scored in all, samples to score in all)``, from
+            the count already in the work folder on.
         on_row: called with the number scored so far after each row (tests interrupt here).
     """
     samples = work.samples()
     todo_range = samples[:limit] if limit else samples
     done = work.scored(name, len(samples))
     todo = [i for i in range(len(todo_range)) if i not in done]
-    bar = _progress(len(todo_range), len(todo_range) - len(todo), name, progress)
+    tell, initial = reporter(progress), len(todo_range) - len(todo)
+    tell(name, initial, len(todo_range))
     n = 0
-    try:
-        for i in todo:
-            s = samples[i]
-            if hasattr(runner, "score_timed"):  # a runner on a fleet node times itself there
-                lp, ms, tokens = runner.score_timed(s.prompt, list(s.options), "letter")
-            else:
-                t0 = time.perf_counter()
-                lp = runner.score_options(s.prompt, list(s.options), "letter")
-                ms = (time.perf_counter() - t0) * 1e3
-                tokens = len(runner.encode(s.prompt))
-            lp = np.asarray(lp, np.float64)
-            if lp.shape != (len(s.options),) or not np.isfinite(lp).all():
-                raise ArtifactError(f"expert {name!r} returned log-probs {lp!r} for sample {i} ({s.id})")
-            work.append(name, ScoredRow(i, tuple(float(x) for x in lp), ms, tokens))
-            n += 1
-            bar.update(1)
-            if on_row is not None:
-                on_row(n)
-    finally:
-        bar.close()
+    for i in todo:
+        s = samples[i]
+        if hasattr(runner, "score_timed"):  # a runner on a fleet node times itself there
+            lp, ms, tokens = runner.score_timed(s.prompt, list(s.options), "letter")
+        else:
+            t0 = time.perf_counter()
+            lp = runner.score_options(s.prompt, list(s.options), "letter")
+            ms = (time.perf_counter() - t0) * 1e3
+            tokens = len(runner.encode(s.prompt))
+        lp = np.asarray(lp, np.float64)
+        if lp.shape != (len(s.options),) or not np.isfinite(lp).all():
+            raise ArtifactError(f"expert {name!r} returned log-probs {lp!r} for sample {i} ({s.id})")
+        work.append(name, ScoredRow(i, tuple(float(x) for x in lp), ms, tokens))
+        n += 1
+        tell(name, initial + n, len(todo_range))
+        if on_row is not None:
+            on_row(n)
     return n
 
 
@@ -262,19 +257,23 @@ def time_generation(work: WorkDir, name: str, runner: Any, *, per_category: int 
     return len(calls)
 
 
-def embed_samples(work: WorkDir, encoder: Any, batch: int = 32, progress: bool = True) -> np.ndarray:
-    """The prompts' sentence embeddings, computed once and kept in the work folder."""
+def embed_samples(work: WorkDir, encoder: Any, batch: int = 32,
+                  progress: ProgressCallback | None = None) -> np.ndarray:
+    """The prompts' sentence embeddings, computed once and kept in the work folder.
+
+    ``progress`` hears ``("embed (MiniLM)", batches done, batches in all)``."""
     samples = work.samples()
     f = work.embeddings_file
     if f.is_file():
         emb = np.load(f)
         if emb.shape[0] == len(samples):
             return emb
-    from tqdm import tqdm
-
+    tell, starts = reporter(progress), range(0, len(samples), batch)
     parts = []
-    for k in tqdm(range(0, len(samples), batch), desc="embed (MiniLM)", unit="batch", disable=not progress):
+    tell("embed (MiniLM)", 0, len(starts))
+    for n, k in enumerate(starts, 1):
         parts.append(np.asarray(encoder.embed([s.prompt for s in samples[k:k + batch]]), np.float32))
+        tell("embed (MiniLM)", n, len(starts))
     emb = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
     with atomic_path(f, suffix=".tmp.npy") as tmp:
         np.save(tmp, emb)
@@ -473,7 +472,8 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
         row_cb: Callable[[int], None] | None = None
         if on_row is not None:
             row_cb = functools.partial(on_row, name)
-        score_expert(wd, name, runner, limit=limit, progress=progress, on_row=row_cb)
+        with progress_bar(progress) as bar:
+            score_expert(wd, name, runner, limit=limit, progress=bar, on_row=row_cb)
         timed = time_generation(wd, name, runner, per_category=generation_prompts,
                                 max_new_tokens=generation_tokens)
         if timed:
@@ -481,7 +481,8 @@ def calibrate(work: str | os.PathLike[str], experts: Sequence[str], *, out: str 
         del runner
     if embedder is None:
         embedder = EncoderRunner(Path(encoder) if encoder else _default_encoder(), intra_op_threads=threads)
-    emb = embed_samples(wd, embedder, progress=progress)
+    with progress_bar(progress) as bar:
+        emb = embed_samples(wd, embedder, progress=bar)
     logger.info("calibrated %d samples x %d experts", len(samples), len(names))
     measured_on = {n: {"node": r.node, "device_class": r.device_class} for n, r in remote.items()} \
         if remote is not None else None

@@ -260,8 +260,8 @@ def calibration_inputs(fleet: FleetConfig, artifacts: dict[str, Path], out: Path
 
 def plan_offline(cal: Path, prof: Path, gate: Path, out_dir: Path) -> Path:
     """The offline planner on the demo's own table: budget sweep, Pareto front, plot."""
-    from gating.planning import planner
     from gating.offline.plot import plot_sweep
+    from gating.planning import planner
 
     inputs = planner.load_inputs(cal, prof, gate)
     doc = planner.sweep(inputs, top_k=2)
@@ -434,9 +434,8 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
     tier (a progress bar each) and one question through the HTTP front, tear down, print.
 
     Returns the per-tier summary rows (accuracy with its Wilson CI, ms, modelled J)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from edge_moe.jobs import demo_real
+    from edge_moe.jobs.progress_bar import progress_bar
 
     t_all = time.perf_counter()
     fleet = _demo_fleet(config)
@@ -451,12 +450,9 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
     rows: list[dict[str, Any]] = []
     with deployed(fleet, inputs.gate, inputs.calibration, inputs.profiles, inputs.encoder, threads) as (dep, st):
         t0 = time.perf_counter()
-        with Progress(TextColumn("[demo] ask {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), transient=False) as bar:
+        with progress_bar() as bar:
             for tr in tiers:
-                task = bar.add_task(f"{tr.name:<6}", total=len(inputs.held_out))
-                rows += demo_real.ask_tier(dep.frontend, tr, inputs.held_out, top_k, in_flight,
-                                           lambda task=task: bar.advance(task))  # type: ignore[misc]
+                rows += demo_real.ask_tier(dep.frontend, tr, inputs.held_out, top_k, in_flight, bar)
         _say(f"[demo] asked {len(inputs.held_out)} held-out questions x {len(tiers)} tiers in "
              f"{time.perf_counter() - t0:.1f} s ({in_flight} in flight)")
         if st.get("http"):

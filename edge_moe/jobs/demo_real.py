@@ -45,6 +45,7 @@ from edge_moe.calibration import TEST, TRAIN, CalibrationTable, load_calibration
 from edge_moe.config import FleetConfig
 from edge_moe.errors import ConfigError, DataFormatError
 from edge_moe.paths import CONFIGS, artifacts_dir, demo_dir
+from edge_moe.progress import ProgressCallback, reporter
 
 logger = logging.getLogger(__name__)
 
@@ -167,27 +168,17 @@ def _in_subprocess(fn: Callable[..., Path], *args: Any, **kwargs: Any) -> Path:
         return pool.submit(fn, *args, **kwargs).result()
 
 
-# third-party loggers the demo silences (ours print the status lines)
-THIRD_PARTY_LOGGERS = ("ray", "transformers", "torch", "onnxruntime", "onnxscript", "onnx_ir", "urllib3")
-
-
-def quiet_loggers() -> None:
-    """Third-party loggers to ERROR and warnings off, in this process (the demo's, or a
-    build process it spawns)."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def _quiet_child() -> None:
     """The spawned process starts with default logging: keep third-party INFO lines (the
     quantizer logs one per MatMul) and warnings out of the demo's output."""
+    import warnings
+
+    from edge_moe.jobs.logs import configure_logging
+
     # a root handler at WARNING first: onnxruntime.quantization's import-time basicConfig(INFO)
     # then does nothing, and the demo's process prints the status lines
-    logging.basicConfig(level=logging.WARNING)
-    quiet_loggers()
+    configure_logging(0)  # also quiets the third-party loggers
+    warnings.filterwarnings("ignore")
 
 
 # ---------------------------------------------------------------- 2. the planning table
@@ -406,13 +397,15 @@ def plan_tiers(cal: Path, prof: Path, gate: Path, top_k: int, seed: int,
 
 
 def ask_tier(endpoint: str, tier: Tier, held_out: list[Sample], top_k: int, in_flight: int = 1,
-             progress: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
+             progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """Ask every held-out question at the tier's budget, ``in_flight`` at a time (one client
     each). The demo asks one at a time: with 4 in flight the node batches them, but on 2
     cores the tiers took as long (386 s either way) and each answer's ms and J then include
     the queue. A single-expert plan is pinned
     (``Query.expert``), so the live answer follows the guarded plan; a multi-expert plan
-    goes to the coordinator's own selector (the same objective, table and gate)."""
+    goes to the coordinator's own selector (the same objective, table and gate).
+
+    ``progress`` hears ``("[demo] ask <tier>", answered, len(held_out))``."""
     import threading
     import uuid
     from concurrent.futures import ThreadPoolExecutor
@@ -425,6 +418,7 @@ def ask_tier(endpoint: str, tier: Tier, held_out: list[Sample], top_k: int, in_f
     local = threading.local()
     clients: list[Any] = []
     lock = threading.Lock()
+    tell, answered = reporter(progress), [0]
 
     def one(s: Sample) -> dict[str, Any]:
         if not hasattr(local, "client"):
@@ -442,7 +436,9 @@ def ask_tier(endpoint: str, tier: Tier, held_out: list[Sample], top_k: int, in_f
         else:
             row.update(ok=r.answer_index == s.label, error="", ms=r.total_ms, j=r.energy_j,
                        source=r.energy_source, experts=tuple(u.name for u in r.experts if u.status == "ok"))
-        progress()
+        with lock:
+            answered[0] += 1
+            tell(f"[demo] ask {tier.name:<6}", answered[0], len(held_out))
         return row
 
     try:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_moe.calibration import load_calibration
+from edge_moe.jobs.progress_bar import progress_bar
 
 console = Console(soft_wrap=True)
 
@@ -79,7 +80,8 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
 
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"loading {calibration} and {profiles}" + ("" if gate else "; training the gate"))
-    inputs = planner.load_inputs(calibration, profiles, gate, out, GateConfig(seed=seed), progress=progress)
+    with progress_bar(progress) as bar:
+        inputs = planner.load_inputs(calibration, profiles, gate, out, GateConfig(seed=seed), progress=bar)
     gate_path = str(gate) if gate else str(out / "gate.onnx")
     plan = planner.plan_one(inputs, energy_j, planner.latency_budget(inputs, latency), top_k, tau,
                             objective=objective, folds=folds, guard_confidence=guard_confidence, seed=seed)
@@ -97,10 +99,11 @@ def run_plan(calibration: Path, profiles: Path, energy_j: float, latency: float 
 def _sweep(inputs: Any, top_k: int | None, out: Path, title: str, seed: int, progress: bool,
            objective: str) -> None:
     """A budget grid: the plan table, its Pareto front and the trade-off plot."""
-    from gating.planning import planner
     from gating.offline.plot import plot_sweep
+    from gating.planning import planner
 
-    doc = planner.sweep(inputs, top_k, seed=seed, progress=progress, objective=objective)
+    with progress_bar(progress) as bar:
+        doc = planner.sweep(inputs, top_k, seed=seed, progress=bar, objective=objective)
     planner.write_json(out / "plans.json", doc)
     planner.write_json(out / "pareto.json", doc["pareto_front"])
     png = plot_sweep(doc, out / "tradeoffs.png", title=title)
@@ -119,13 +122,14 @@ def _sweep(inputs: Any, top_k: int | None, out: Path, title: str, seed: int, pro
 def _retrain_check(inputs: Any, calibration: Path, out: Path, n_subsets: int, seed: int,
                    progress: bool) -> None:
     """Claim 1: the masked full-set gate against a gate retrained on each random subset."""
+    from gating.offline.retrain_gap import retrain_gap
     from gating.planning import planner
     from gating.planning.gate import GateConfig, train_gate
-    from gating.offline.retrain_gap import retrain_gap
 
     console.print(f"retrain check: {n_subsets} random subsets (masked θ* vs gate retrained on S)")
     raw = load_calibration(calibration)
-    full = inputs.trained_gate or train_gate(raw, GateConfig(seed=seed), progress=False)
-    report = retrain_gap(raw, full, n_subsets=n_subsets, seed=seed, progress=progress)
+    full = inputs.trained_gate or train_gate(raw, GateConfig(seed=seed))
+    with progress_bar(progress) as bar:
+        report = retrain_gap(raw, full, n_subsets=n_subsets, seed=seed, progress=bar)
     planner.write_json(out / "retrain_gap.json", report.to_json())
     console.print(report.summary(), highlight=False)

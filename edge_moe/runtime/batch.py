@@ -1,6 +1,6 @@
 """Batched option scoring and batched greedy decoding over a KV-cache decoder graph.
 
-A node batches the TASKs that wait for the same expert (:mod:`nodes.server`); this module
+A node batches the TASKs that wait for the same expert (:mod:`nodes.scheduler`); this module
 runs such a batch through :class:`edge_moe.runtime.decoder.OrtRunner`'s graph:
 
 - **Scoring** (:func:`score_batch`): the prompts are sorted by length and cut into chunks of

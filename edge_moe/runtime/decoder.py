@@ -1,7 +1,7 @@
 """The KV-cache decoder runner: option scoring and greedy generation through onnxruntime.
 
 :class:`OrtRunner` runs a decoder artifact (either exporter's graph: with or without
-``position_ids``) and implements the runner interface of :mod:`edge_moe.runtime.runners`.
+``position_ids``) and implements the runner interface of :mod:`edge_moe.runtime.capabilities`.
 numpy, onnxruntime and `tokenizers` only (never torch or transformers).
 """
 
@@ -28,6 +28,7 @@ from edge_moe.runtime.batch import (
     _Seq,
     score_batch,
 )
+from edge_moe.runtime.capabilities import Capability
 from edge_moe.runtime.chat import format_chat, has_chat
 from edge_moe.runtime.manifest import load_manifest
 from edge_moe.runtime.session import ORT_DTYPES, load_tokenizer, log_softmax, make_session
@@ -54,6 +55,7 @@ class OrtRunner:
     """
 
     name = "onnxruntime"
+    runner_name = "onnxruntime"
 
     def __init__(
         self,
@@ -279,6 +281,19 @@ class OrtRunner:
         :mod:`edge_moe.runtime.batch`) that :attr:`batches`."""
         return self.has_position_ids and self.batches
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this artifact can do beyond scoring and generating one request
+        (:mod:`edge_moe.runtime.capabilities`): it always streams (``generate(..., on_text=...)``
+        reports text as it decodes); it batches as :attr:`batches` and
+        :attr:`batches_generation` say."""
+        caps = {Capability.STREAM}
+        if self.batches:
+            caps.add(Capability.BATCH_SCORE)
+        if self.batches_generation:
+            caps.add(Capability.BATCH_GENERATE)
+        return frozenset(caps)
+
     def _continuation_ids(
         self, text: str, prompt_ids: list[int], option: str, chat: bool
     ) -> list[int]:
@@ -302,8 +317,6 @@ class OrtRunner:
                 logp = log_softmax(logits[0])
                 scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
         return _renormalise(scores)
-
-    streams = True  # generate(..., on_text=...) reports text as it decodes
 
     def generate_ids(
         self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None,

@@ -12,7 +12,8 @@ has the same interface:
   cache, timed as prefill and decode.
 
 Runners are chosen by name from :data:`RUNNERS`; :class:`Runner` is the interface a node
-needs. The implementations: :class:`~edge_moe.runtime.decoder.OrtRunner` (onnxruntime),
+needs, and the optional abilities a runner declares (streaming, batching) are in
+:mod:`edge_moe.runtime.capabilities`. The implementations: :class:`~edge_moe.runtime.decoder.OrtRunner` (onnxruntime),
 :class:`TrtRunner` (TensorRT), and the sentence encoder
 :class:`~edge_moe.runtime.encoder.EncoderRunner`; sessions and tokenizers are opened by
 :mod:`edge_moe.runtime.session`. numpy, onnxruntime and `tokenizers` only: never torch or
@@ -22,29 +23,16 @@ transformers (a test checks).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edge_moe.errors import ConfigError, RunnerError
+from edge_moe.runtime.capabilities import Capability, Runner
 from edge_moe.runtime.decoder import Generation, OrtRunner
 from edge_moe.runtime.encoder import EncoderRunner
 from edge_moe.runtime.session import make_session
 
 __all__ = ["RUNNERS", "EncoderRunner", "Generation", "OrtRunner", "Runner", "TrtRunner", "make_runner",
            "make_session"]
-
-
-class Runner(Protocol):
-    """What a node needs of an expert (:class:`OrtRunner`, :class:`TrtRunner`,
-    :class:`edge_moe.runtime.toy.ToyExpert`).
-
-    A runner whose ``streams`` attribute is true also takes ``generate(..., on_text=f)`` and
-    calls ``f(piece)`` with each new piece of text as it decodes (the pieces concatenate to
-    a prefix of the final text); the node then answers a TASK with ``stream`` by PARTIALs.
-    """
-
-    def score_options(self, prompt: str, options: list[str], mode: str = ...) -> Any: ...
-
-    def generate(self, prompt: str, max_new_tokens: int = ...) -> Any: ...
 
 
 class TrtRunner:
@@ -57,6 +45,8 @@ class TrtRunner:
     """
 
     name = "tensorrt"
+    runner_name = "tensorrt"
+    capabilities: frozenset[Capability] = frozenset()  # none until engine execution exists
 
     def __init__(self, artifact_dir: str | Path, **kwargs: Any) -> None:
         try:

@@ -4,7 +4,7 @@ They are real onnxruntime sessions over tiny graphs built with ``onnx.helper`` (
 no download), so the serving path runs end to end in milliseconds:
 
 - :class:`ToyExpert`: a hashed bag of words of the prompt → one MatMul → 26 letter logits.
-  It has the runner interface (``score_options``, ``generate``) of :mod:`edge_moe.runtime.runners`,
+  It has the runner interface (``score_options``, ``generate``) of :mod:`edge_moe.runtime.capabilities`,
   is deterministic, and is seeded by its expert name, so a test can rebuild the exact
   expert a node process serves. ``delay_ms`` adds a sleep to model a slower expert.
 - :class:`ToyEncoder`: the same features → MatMul → L2 norm, the ``embed`` interface of
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge_moe.errors import RunnerError
+from edge_moe.runtime.capabilities import Capability
 from edge_moe.runtime.runners import Generation
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class ToyExpert:
         delay_ms: extra sleep per request, to model a slower expert.
     """
 
-    runner = "toy-onnx"
+    runner_name = "toy-onnx"
     precision = "fp32"
+    capabilities = frozenset({Capability.STREAM})  # generate(..., on_text=...) reports its one word
 
     def __init__(self, name: str, delay_ms: float = 0.0) -> None:
         rng = np.random.default_rng(seed_of(name))
@@ -121,8 +123,6 @@ class ToyExpert:
             raise RunnerError("prompt is empty")
         z = self._logits(prompt + " " + " ".join(options))[: len(options)]
         return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
-
-    streams = True  # generate(..., on_text=...) reports its one word
 
     def generate(self, prompt: str, max_new_tokens: int = 32,
                  stop: Sequence[str] | None = None, on_text: Any = None, **_: Any) -> Generation:

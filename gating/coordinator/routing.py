@@ -66,17 +66,28 @@ from edge_moe.config import BudgetConfig
 from edge_moe.errors import ConfigError, DataFormatError, SelectionError
 from edge_moe.profiles import GenerationCosts
 from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
-from edge_moe.wire import Query, check_query
+from edge_moe.wire import Query, check_query, k_or_tau_problem
+from gating.coordinator.plans import (
+    ENERGY_SCALE_STEP,
+    LOAD_STEP_MS,
+    PlanCosts,
+    RoutePlan,
+    empty_selection,
+    fine_weights,
+    predicted_ms,
+    quantise_waits,
+    retry_after_ms,
+    round_scales,
+    solve,
+)
 from gating.planning.inputs import DEFAULT_OBJECTIVE, load_inputs, make_objective
-from gating.planning.mixture import MixtureObjective, select_top_k
-from gating.planning.problem import validate
-from gating.planning.selector import INFEASIBLE, Budget, Selection, SelectionProblem, select_experts
+from gating.planning.mixture import MixtureObjective
 
 logger = logging.getLogger(__name__)
 
 MAX_CACHED_PLANS = 4096  # a stream of distinct budgets must not grow the cache without bound
-LOAD_STEP_MS = 10.0  # queue waits are planned on this grid, so load-aware plans cache
-ENERGY_SCALE_STEP = 0.05  # energy slow-down factors are planned rounded up to this grid
+__all__ = ["ENERGY_SCALE_STEP", "LOAD_STEP_MS", "Decision", "Embedder", "RoutePlan", "Router",
+           "Status", "load_router"]
 
 
 class Embedder(Protocol):
@@ -92,34 +103,6 @@ class Status(StrEnum):
     INFEASIBLE = "infeasible"  # no plan fits the budget; ``message`` says which constraint binds
     NO_EXPERTS = "no_experts"  # no live expert the gate knows
     OVERLOADED = "overloaded"  # a plan fits the budget on idle nodes, none at the current queues
-
-
-@dataclass(frozen=True)
-class RoutePlan:
-    """The coarse level of a decision: the selector's plan over the live experts.
-
-    ``mask`` is (N,) over the gate's experts. ``min_energy_j`` / ``min_latency_ms`` are
-    set when infeasible: the smallest budget of that kind (the other kept) that one live
-    expert fits, or None when changing that budget alone does not help.
-    """
-
-    selection: Selection
-    mask: np.ndarray
-    live: tuple[str, ...]
-    category: str | None
-    energy_budget_j: float
-    latency_budget_ms: float  # the binding one: the category's, or the smallest over categories
-    top_k: int | None
-    tau: float | None
-    min_energy_j: float | None = None
-    min_latency_ms: float | None = None
-    cached: bool = False
-    wait_ms: tuple[float, ...] = ()  # per ``live`` expert: the queue wait planned with (on the grid)
-    note: str = ""  # e.g. a generation query planned without a generation model
-
-    @property
-    def feasible(self) -> bool:
-        return self.selection.status != INFEASIBLE
 
 
 @dataclass(frozen=True)
@@ -188,8 +171,8 @@ class Router:
         if np.shape(latency_ms) != (n, c) or np.shape(energy_j) != (n, c):
             raise DataFormatError(f"profiles must be (N, C) = ({n}, {c}), got latency "
                                   f"{np.shape(latency_ms)}, energy {np.shape(energy_j)}")
-        if top_k is not None and tau is not None:
-            raise ConfigError(f"give top_k or tau, not both (got top_k={top_k}, tau={tau})")
+        if (problem := k_or_tau_problem(top_k, tau)) is not None:
+            raise ConfigError(problem)
         self.gate = gate
         self.embedder = embedder
         self.experts = tuple(gate.experts)
@@ -347,19 +330,22 @@ class Router:
         # a node that went silent (infinite wait) is not planned until it is heard from again
         responsive = (live_t if not wait_ms else
                       tuple(e for e in live_t if math.isfinite(wait_ms.get(e, 0.0))))
-        wait = _quantise(responsive, wait_ms)
-        scale = _scales(responsive, energy_scale)
+        wait = quantise_waits(responsive, wait_ms)
+        scale = round_scales(responsive, energy_scale)
         plan = (self._plan(responsive, query.category, energy_b, latency_b, top_k, tau, gen, wait, scale)
                 if responsive else None)
         retry = None
         if plan is None or (not plan.feasible and (any(wait) or responsive != live_t)):
             # idle nodes at the costs measured lately (the energy factors kept): does load bind?
             idle = self._plan(live_t, query.category, energy_b, latency_b, top_k, tau, gen, (),
-                              _scales(live_t, energy_scale))
+                              round_scales(live_t, energy_scale))
             if idle.feasible:
-                plan = plan or replace(idle, selection=_empty(idle), mask=np.zeros_like(idle.mask))
-                retry = self._retry_after(plan, gen) if responsive else None
-                predicted = self._predicted(plan, gen)
+                plan = plan or replace(idle, selection=empty_selection(idle), mask=np.zeros_like(idle.mask))
+                lat, en = self._costs(gen)
+                retry = (retry_after_ms(plan, lat, en, self._cols(plan.category), self.aggregation_ms,
+                                        self.experts)
+                         if responsive else None)
+                predicted = predicted_ms(plan, self._costs(gen)[0], self._cols(plan.category), self.experts)
                 silent = sorted(set(live_t) - set(responsive))
                 best = min(predicted.items(), key=lambda kv: kv[1]) if predicted else None
                 msg = (f"overloaded: no plan meets the {plan.latency_budget_ms:g} ms latency "
@@ -372,13 +358,13 @@ class Router:
                                 retry, predicted)
             if plan is None:
                 plan = idle
-        predicted = self._predicted(plan, gen)
+        predicted = predicted_ms(plan, self._costs(gen)[0], self._cols(plan.category), self.experts)
         if not plan.feasible:
             return Decision(Status.INFEASIBLE, plan.selection.message, plan, {}, top_k, tau, logits,
                             stages(), None, predicted)
         if logits is None:  # admission only: the plan, no weights yet
             return Decision(Status.OK, "", plan, {}, top_k, tau, logits, stages(), None, predicted)
-        w = self._weights(logits, plan).tolist()  # (N,) zeros outside the experts that answer
+        w = fine_weights(logits, plan).tolist()  # (N,) zeros outside the experts that answer
         weights = {e: x for e, x in zip(self.experts, w, strict=True) if x > 0}
         return Decision(Status.OK, "", plan, weights, top_k, tau, logits, stages(), None, predicted)
 
@@ -413,27 +399,6 @@ class Router:
         lat, _ = self._costs(gen)
         row = lat[self.index[expert]]
         return float(row[self.categories.index(query.category)] if query.category is not None else row.max())
-
-    # ---------------------------------------------------------------- fine level
-
-    @staticmethod
-    def _weights(logits: np.ndarray, plan: RoutePlan) -> np.ndarray:
-        """(N,) weights of the experts that answer: top-k / τ of the gate softmax over S.
-
-        Equals ``select_top_k(masked_gate_weights(logits, S), k, τ, S)``, and the softmax is
-        that function's (a 1-row call). Fixed k keeps the k largest here, in select_top_k's
-        order (descending weight, ties to the lower gate index), because select_top_k's
-        general (M, N) path costs several times the rest of a decision; τ goes through it.
-        """
-        w = masked_gate_weights(logits[None, :], plan.mask)  # (1, N) softmax over S, zeros outside
-        members = plan.mask.nonzero()[0]  # S in gate order
-        if plan.tau is not None or members.size == 0:
-            return select_top_k(w, top_k=None, tau=plan.tau, mask=plan.mask)[0]
-        out = w[0]  # (N,)
-        if plan.top_k is not None and plan.top_k < members.size:
-            order = np.argsort(-out[members], kind="stable")  # (|S|,) stable: lower index first on ties
-            out[members[order[plan.top_k:]]] = 0.0
-        return out / out.sum()
 
     # ---------------------------------------------------------------- coarse level
 
@@ -486,153 +451,20 @@ class Router:
                gen: int | None = None, wait: tuple[float, ...] = (),
                scale: tuple[float, ...] = ()) -> RoutePlan:
         cols = self._cols(category)
-        idx = np.array([self.index[e] for e in live], dtype=np.intp)
         e_budget = self.default_energy_j if energy_j is None else float(energy_j)
         l_budget = (self.default_latency_ms[cols] if latency_ms is None
                     else np.full(len(cols), float(latency_ms)))
-        full = self.objective(top_k, tau)
-        n = len(self.experts)
         base_lat, base_en = self._costs(gen)
-
-        def objective(mask: np.ndarray) -> float:
-            m = np.zeros(n, dtype=bool)
-            m[idx[mask]] = True
-            return float(full(m))
-
-        en = base_en[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
-        lat = base_lat[np.ix_(idx, cols)] if idx.size else np.zeros((0, len(cols)))
-        if wait:
-            lat = lat + np.asarray(wait, np.float64)[:, None]
-        if scale:
-            en = en * np.asarray(scale, np.float64)[:, None]
-        problem = SelectionProblem(experts=list(live), energy_j=en, latency_ms=lat, objective=objective,
-                                   top_k=None if tau is not None else top_k,
-                                   aggregation_ms=self.aggregation_ms,
-                                   categories=[self.categories[c] for c in cols], monotone=False)
-        budget = Budget(energy_j=e_budget, latency_ms=l_budget)
-        sel = select_experts(problem, budget)
-        if wait and sel.status != INFEASIBLE:
-            sel = _spread(problem, budget, sel, wait)
-        mask = np.zeros(n, dtype=bool)
-        mask[[self.index[e] for e in sel.experts]] = True
-        min_e = min_l = None
-        if sel.status == INFEASIBLE and idx.size:
-            need_e = en.max(axis=1)  # (L,) J each expert needs alone, worst category
-            lat_ok = (lat + self.aggregation_ms <= l_budget[None, :]).all(axis=1)
-            en_ok = (en <= e_budget).all(axis=1)
-            min_e = float(need_e[lat_ok].min()) if lat_ok.any() else None
-            finite = en_ok & np.isfinite(lat).all(axis=1)
-            min_l = float((lat + self.aggregation_ms).max(axis=1)[finite].min()) if finite.any() else None
         note = self.generation_note if gen is not None and self.generation is None else ""
-        if scale:
-            lately = ", ".join(f"{e} x{f:.2f}" for e, f in zip(live, scale, strict=True) if f > 1.0)
-            note = "; ".join(n for n in (note, f"energy at the joules measured lately ({lately})") if n)
-        return RoutePlan(sel, mask, live, category, e_budget, float(l_budget.min()), top_k, tau,
-                         min_e, min_l, wait_ms=tuple(wait) if wait else (0.0,) * len(live), note=note)
+        return solve(PlanCosts(self.experts, self.categories, base_lat, base_en, self.aggregation_ms),
+                     self.objective(top_k, tau), live, category, cols, e_budget, l_budget, top_k,
+                     tau, wait, scale, note)
 
     def _cols(self, category: str | None) -> np.ndarray:
         """The category columns a plan is made over: the category's, or every one."""
         if category is not None:
             return np.array([self.categories.index(category)], dtype=np.intp)
         return np.arange(len(self.categories), dtype=np.intp)
-
-    def _slack_ms(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
-        """Per live expert that fits the energy budget alone: latency budget − (profile +
-        aggregation), the most queue wait it can take (worst planned category)."""
-        lat, en = self._costs(gen)
-        cols = self._cols(plan.category)
-        out = {}
-        for e in plan.live:
-            i = self.index[e]
-            if (en[i, cols] > plan.energy_budget_j * (1 + 1e-9) + 1e-9).any():
-                continue
-            out[e] = float(plan.latency_budget_ms - lat[i, cols].max() - self.aggregation_ms)
-        return out
-
-    def _retry_after(self, plan: RoutePlan, gen: int | None) -> float | None:
-        """Ms until the first expert that fits the budget alone would fit it at its queue."""
-        waits = dict(zip(plan.live, plan.wait_ms, strict=True))
-        need = [waits[e] - s for e, s in self._slack_ms(plan, gen).items()
-                if s >= 0 and math.isfinite(waits[e])]
-        if not need or min(need) <= 0:  # latency is not what binds (the energy slow-down is)
-            return None
-        return min(need)
-
-    def _predicted(self, plan: RoutePlan, gen: int | None) -> dict[str, float]:
-        lat, _ = self._costs(gen)
-        cols = self._cols(plan.category)
-        return {e: float(w + lat[self.index[e], cols].max())
-                for e, w in zip(plan.live, plan.wait_ms, strict=True)}
-
-
-def _empty(plan: RoutePlan) -> Selection:
-    """An infeasible selection in the shape of ``plan``'s (no expert could be planned)."""
-    sel = plan.selection
-    return replace(sel, status=INFEASIBLE, experts=(), mask=np.zeros_like(sel.mask),
-                   objective=math.nan, message="no responsive expert")
-
-
-def _scales(live: tuple[str, ...], energy_scale: Mapping[str, float] | None) -> tuple[float, ...]:
-    """Per live expert, its energy factor rounded *up* to :data:`ENERGY_SCALE_STEP` (at least
-    1; a non-finite factor counts as 1); () when every factor is 1."""
-    if not energy_scale:
-        return ()
-    out = []
-    for e in live:
-        f = float(energy_scale.get(e, 1.0))
-        f = f if math.isfinite(f) and f > 1.0 else 1.0
-        out.append(round(math.ceil(f / ENERGY_SCALE_STEP - 1e-9) * ENERGY_SCALE_STEP, 6))
-    return tuple(out) if any(f > 1.0 for f in out) else ()
-
-
-def _quantise(live: tuple[str, ...], wait_ms: Mapping[str, float] | None) -> tuple[float, ...]:
-    """Per live expert, its wait rounded to the nearest point of the :data:`LOAD_STEP_MS`
-    grid (inf stays; an error under half a step, inside the deadline's margin); () when
-    there is no load to plan with."""
-    if not wait_ms:
-        return ()
-    out = []
-    for e in live:
-        w = float(wait_ms.get(e, 0.0))
-        out.append(w if not math.isfinite(w) else round(max(0.0, w) / LOAD_STEP_MS) * LOAD_STEP_MS)
-    return tuple(out) if any(out) else ()
-
-
-def _spread(problem: SelectionProblem, budget: Budget, sel: Selection,
-            wait: tuple[float, ...]) -> Selection:
-    """Among plans of the selector's objective, prefer less loaded experts: swap a member for
-    a non-member with a smaller wait while the set stays feasible and F does not fall
-    (equivalent experts, e.g. one model on two nodes, then share the load)."""
-    inst = validate(problem, budget)
-    names = list(problem.experts)
-    pos = {e: i for i, e in enumerate(names)}
-    members = set(sel.experts)
-    best = sel.objective
-    improved = True
-    while improved:
-        improved = False
-        for m in sorted(members, key=lambda e: -wait[pos[e]]):
-            for o in sorted(set(names) - members, key=lambda e: wait[pos[e]]):
-                if wait[pos[o]] >= wait[pos[m]]:
-                    break
-                cand = (members - {m}) | {o}
-                mask = np.array([e in cand for e in names])
-                if not inst.feasible(mask):
-                    continue
-                f = problem.objective(mask)
-                if f >= best - 1e-12:
-                    members, best, improved = cand, f, True
-                    break
-            if improved:
-                break
-    if members == set(sel.experts):
-        return sel
-    mask = np.array([e in members for e in names])
-    return inst.selection(sel.status, mask, best, sel.evaluations, sel.message)
-
-
-def _stages(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
-    return {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "select": (t3 - t2) * 1e3}
 
 
 def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLike[str],
@@ -649,8 +481,8 @@ def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLik
         GateError / DataFormatError: a file is missing or the three disagree.
         ConfigError: top_k and tau both given.
     """
-    if top_k is not None and tau is not None:  # before the files are read
-        raise ConfigError(f"give top_k or tau, not both (got top_k={top_k}, tau={tau})")
+    if (problem := k_or_tau_problem(top_k, tau)) is not None:  # before the files are read
+        raise ConfigError(problem)
     inputs = load_inputs(calibration, profiles, gate_path)
 
     def objective_for(k: int | None, t: float | None) -> MixtureObjective:

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from gating.planning import baselines, planner
 from gating.offline.budget_grid import GridPoint
 from gating.offline.evaluation import PlanEvaluator, one_hot
-from gating.planning.guard import DEFAULT_RESAMPLES, apply_guard
 from gating.offline.json_values import json_number
 from gating.offline.margins import accuracy
+from gating.planning import baselines, planner
+from gating.planning.guard import DEFAULT_RESAMPLES, apply_guard
 from gating.planning.mixture import MixtureObjective
 from gating.planning.selector import (
     INFEASIBLE,

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from edge_moe.calibration import TEST
-from gating.planning import planner
 from gating.offline.budget_grid import GridPoint
 from gating.offline.enumeration import Enumeration
+from gating.planning import planner
 from gating.planning.mixture import MixtureObjective
 from gating.planning.selector import Budget
 

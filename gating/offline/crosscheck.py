@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from gating.planning import planner
 from gating.offline.budget_grid import GridPoint
 from gating.offline.enumeration import TIE, Enumeration
 from gating.offline.json_values import json_number
+from gating.planning import planner
 from gating.planning.selector import Budget, Selection, SelectionProblem, brute_force
 
 logger = logging.getLogger(__name__)

@@ -6,16 +6,19 @@ JSON at all; the records the MoE² report builds (``gating.offline.budget_sweep`
 built, :func:`jsonable` a whole nested record just before it is written.
 
 Unlike ``gating.planning.planner``'s plan files, a NaN here becomes ``null`` (a figure that does not
-exist, such as the objective of the empty set), not the string ``"nan"``.
+exist, such as the objective of the empty set), not the string ``"nan"``. Both conventions are the
+one rule :func:`edge_moe.wire.json_float`, here with ``nan_as_null=True``; this module adds the
+numpy types.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
+
+from edge_moe.wire import json_float
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +32,7 @@ def json_number(v: Any) -> float | str | None:
     Returns:
         None for None and NaN, ``"inf"`` / ``"-inf"`` for the infinities, else ``float(v)``.
     """
-    if v is None:
-        return None
-    f = float(v)
-    if math.isnan(f):
-        return None
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    return f
+    return json_float(v, nan_as_null=True)
 
 
 def jsonable(v: Any) -> Any:

@@ -22,15 +22,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from edge_moe.calibration import SPLIT_NAMES, TEST, CalibrationTable
 from edge_moe.errors import GateError
+from edge_moe.progress import ProgressCallback, reporter
 from gating.planning.gate import GateConfig, TrainedGate, train_gate
 from gating.planning.mixture import apply_prior_correction, evaluate_subset
 from gating.planning.temperature import apply_temperature
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_TASK = "retraining gates on subsets"  # the label retrain_gap reports progress under
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def retrain_gap(
     config: GateConfig | None = None,
     split: int = TEST,
     min_size: int = 2,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> GapReport:
     """Compare the masked full gate with gates retrained on random subsets.
 
@@ -178,7 +180,7 @@ def retrain_gap(
         config: retraining config; defaults to the gate's own config.
         split: rows to evaluate on (TEST by default).
         min_size: smallest |S|.
-        progress: a ``rich`` progress bar over subsets.
+        progress: hears ``("retraining gates on subsets", subsets done, subsets in all)``.
 
     Returns:
         A GapReport with one row per subset.
@@ -217,35 +219,26 @@ def retrain_gap(
 
     rows: list[GapRow] = []
     seconds = 0.0
-    bar = Progress(*Progress.get_default_columns()) if progress else None
-    task = (
-        bar.add_task("retraining gates on subsets", total=len(masks)) if bar is not None else None
-    )
-    if bar is not None:
-        bar.start()
-    try:
-        for mask in masks:
-            masked_nll, masked_acc = score(full_logits, mask)
-            sub_gate = train_gate(table, config, experts_mask=mask)
-            seconds += sub_gate.train_seconds
-            # The retrained gate covers S only: scatter its logits back; outside S is masked anyway.
-            logits = np.zeros_like(full_logits)
-            logits[:, mask] = sub_gate.logits(rows_eval.embeddings)  # (M, |S|) into (M, N)
-            retrained_nll, retrained_acc = score(logits, mask)
-            rows.append(
-                GapRow(
-                    experts=tuple(table.experts[j] for j in np.flatnonzero(mask)),
-                    masked_nll=masked_nll,
-                    retrained_nll=retrained_nll,
-                    masked_acc=masked_acc,
-                    retrained_acc=retrained_acc,
-                )
+    tell = reporter(progress)
+    tell(PROGRESS_TASK, 0, len(masks))
+    for mask in masks:
+        masked_nll, masked_acc = score(full_logits, mask)
+        sub_gate = train_gate(table, config, experts_mask=mask)
+        seconds += sub_gate.train_seconds
+        # The retrained gate covers S only: scatter its logits back; outside S is masked anyway.
+        logits = np.zeros_like(full_logits)
+        logits[:, mask] = sub_gate.logits(rows_eval.embeddings)  # (M, |S|) into (M, N)
+        retrained_nll, retrained_acc = score(logits, mask)
+        rows.append(
+            GapRow(
+                experts=tuple(table.experts[j] for j in np.flatnonzero(mask)),
+                masked_nll=masked_nll,
+                retrained_nll=retrained_nll,
+                masked_acc=masked_acc,
+                retrained_acc=retrained_acc,
             )
-            if bar is not None and task is not None:
-                bar.update(task, advance=1)
-    finally:
-        if bar is not None:
-            bar.stop()
+        )
+        tell(PROGRESS_TASK, len(rows), len(masks))
     report = GapReport(
         split=SPLIT_NAMES.get(split, str(split)),
         n_samples=rows_eval.n_samples,

@@ -19,12 +19,13 @@ import numpy as np
 
 from edge_moe.calibration import TEST, CalibrationTable
 from edge_moe.errors import GateError
+from edge_moe.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
 
 def retrain_gap_summary(table: CalibrationTable, gate: Any, n_subsets: int, seed: int,
-                        progress: bool = False) -> dict[str, Any]:
+                        progress: ProgressCallback | None = None) -> dict[str, Any]:
     """The retrain gap on the test split, with its summary.
 
     Args:
@@ -32,7 +33,7 @@ def retrain_gap_summary(table: CalibrationTable, gate: Any, n_subsets: int, seed
         gate: the full ``gating.planning.gate.TrainedGate`` θ*.
         n_subsets: random subsets asked for (fewer when fewer exist).
         seed: the subset-sampling seed.
-        progress: a progress bar over subsets.
+        progress: hears the retraining over subsets (:func:`gating.offline.retrain_gap.retrain_gap`).
 
     Returns:
         ``{"ran": False, "reason": ...}`` when ``retrain_gap`` raises ``GateError``; else

@@ -143,13 +143,3 @@ def write_example(out_dir: str, seed: int = 0) -> tuple[str, str]:
                          os.path.join(out_dir, "profiles.synthetic.json"))
     return str(cal), str(prof)
 
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Write the seeded SYNTHETIC example calibration table and profiles.")
-    ap.add_argument("--out", default="configs/example", help="output directory (default: configs/example)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    for path in write_example(args.out, args.seed):
-        print("wrote", path)

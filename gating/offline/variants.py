@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from edge_moe.calibration import TEST
-from gating.planning import baselines, planner
 from gating.offline.budget_grid import GridPoint
+from gating.planning import baselines, planner
 from gating.planning.guard import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, apply_guard
 from gating.planning.mixture import MixtureObjective
 from gating.planning.selector import Budget, brute_force, select_experts

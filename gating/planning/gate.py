@@ -36,17 +36,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rich.progress import Progress, TaskID, TextColumn
 
 from edge_moe.atomic import atomic_path
 from edge_moe.calibration import SPLIT_NAMES, TRAIN, VALIDATION, CalibrationTable
 from edge_moe.errors import GateError
+from edge_moe.progress import ProgressCallback, reporter
 from gating.planning.mixture import apply_prior_correction, fit_prior_correction
 from gating.planning.temperature import apply_temperature, fit_temperature
 
 logger = logging.getLogger(__name__)
 
 GATE_FORMAT_VERSION = 1
+PROGRESS_TASK = "training gate"  # the label train_gate reports progress under
 INPUT_NAME = "embeddings"
 OUTPUT_NAME = "gate_logits"
 META_PREFIX = "edge_moe."  # every manifest key in metadata_props starts with this
@@ -218,7 +219,7 @@ def train_gate(
     table: CalibrationTable,
     config: GateConfig | None = None,
     experts_mask: np.ndarray | None = None,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> TrainedGate:
     """Train the gate on TRAIN by the mixture cross-entropy, early-stopping on VALIDATION.
 
@@ -227,7 +228,9 @@ def train_gate(
         config: architecture and optimiser settings (defaults: ``GateConfig()``).
         experts_mask: (N,) bool subset S; the gate is then a gate over S alone (its
             ``experts``, ``prior`` and outputs cover S only). None trains over every expert.
-        progress: show a ``rich`` progress bar over epochs with the validation loss.
+        progress: hears ``("training gate", epochs done, config.max_epochs)``; on early
+            stopping the last call's total is the epochs run. Each epoch's losses are
+            logged at DEBUG.
 
     Returns:
         The TrainedGate with the best-validation weights restored.
@@ -260,29 +263,31 @@ def train_gate(
         history: list[EpochLoss] = []
         best_state = copy.deepcopy(module.state_dict())
         best_val, best_epoch = math.inf, 0
-        bar = _ProgressBar(config.max_epochs, enabled=progress)
-        with bar:
-            for epoch in range(1, config.max_epochs + 1):
-                module.train()
-                order = torch.randperm(x_train.shape[0], generator=shuffle)  # (Mt,)
-                total = 0.0
-                for batch in order.split(config.batch_size):
-                    subsets = _random_subsets(batch.numel(), len(cols), config.subset_dropout, shuffle)
-                    loss = mixture_nll(module(x_train[batch]), lp_train[batch], subsets)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    total += loss.item() * batch.numel()
-                module.eval()
-                with torch.no_grad():
-                    val_nll = float(mixture_nll(module(x_val), lp_val))
-                history.append(EpochLoss(epoch, total / x_train.shape[0], val_nll))
-                if val_nll < best_val - 1e-7:
-                    best_val, best_epoch = val_nll, epoch
-                    best_state = copy.deepcopy(module.state_dict())
-                bar.advance(val_nll, best_val)
-                if epoch - best_epoch >= config.patience:
-                    break
+        tell = reporter(progress)
+        tell(PROGRESS_TASK, 0, config.max_epochs)
+        for epoch in range(1, config.max_epochs + 1):
+            module.train()
+            order = torch.randperm(x_train.shape[0], generator=shuffle)  # (Mt,)
+            total = 0.0
+            for batch in order.split(config.batch_size):
+                subsets = _random_subsets(batch.numel(), len(cols), config.subset_dropout, shuffle)
+                loss = mixture_nll(module(x_train[batch]), lp_train[batch], subsets)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * batch.numel()
+            module.eval()
+            with torch.no_grad():
+                val_nll = float(mixture_nll(module(x_val), lp_val))
+            history.append(EpochLoss(epoch, total / x_train.shape[0], val_nll))
+            if val_nll < best_val - 1e-7:
+                best_val, best_epoch = val_nll, epoch
+                best_state = copy.deepcopy(module.state_dict())
+            logger.debug("gate epoch %d: val NLL %.4f (best %.4f)", epoch, val_nll, best_val)
+            if epoch - best_epoch >= config.patience:
+                tell(PROGRESS_TASK, epoch, epoch)  # early stopping: done at this epoch
+                break
+            tell(PROGRESS_TASK, epoch, config.max_epochs)
         module.load_state_dict(best_state)
         module.eval()
     finally:
@@ -308,38 +313,6 @@ def train_gate(
         best_val_nll=best_val,
         train_seconds=seconds,
     )
-
-
-class _ProgressBar:
-    """A rich progress bar over epochs showing the validation loss, or nothing when disabled."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-        if enabled:
-            self._progress = Progress(
-                *Progress.get_default_columns(), TextColumn("{task.fields[status]}")
-            )
-            self._task = self._progress.add_task("training gate", total=total, status="")
-
-    def __enter__(self) -> _ProgressBar:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def advance(self, val_nll: float, best: float) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(
-                self._task, advance=1, status=f"val NLL {val_nll:.4f} (best {best:.4f})"
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None and self._task is not None:
-            task = self._progress.tasks[0]
-            if task.total is not None and task.completed < task.total:  # early stopping
-                self._progress.update(self._task, total=task.completed,
-                                      description=f"trained gate (early stop at epoch {int(task.completed)})")
-            self._progress.stop()
 
 
 # --------------------------------------------------------------------------- export

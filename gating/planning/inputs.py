@@ -36,6 +36,7 @@ import numpy as np
 from edge_moe.calibration import VALIDATION, CalibrationTable, load_calibration
 from edge_moe.errors import ConfigError, DataFormatError
 from edge_moe.profiles import GenerationCosts, Profiles, load_profiles
+from edge_moe.progress import ProgressCallback
 from edge_moe.runtime.gate import OnnxGate
 from gating.planning.crossval import cross_validated_rows
 from gating.planning.mixture import Metric, MixtureObjective, apply_prior_correction
@@ -97,11 +98,12 @@ def load_inputs(
     gate_path: str | os.PathLike[str] | None,
     out_dir: Path | None = None,
     gate_config: Any = None,
-    progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> PlanInputs:
     """Load and align the inputs; with no ``gate_path``, train the gate and export it to
     ``out_dir/gate.onnx``. The table is restricted to (and ordered by) the gate's experts
-    and prior-corrected with the gate's prior.
+    and prior-corrected with the gate's prior. ``progress`` hears the gate's training
+    (:func:`gating.planning.gate.train_gate`).
 
     Raises:
         DataFormatError: a file is missing/malformed, or table, gate and profiles disagree.
@@ -113,7 +115,11 @@ def load_inputs(
     if gate_path is None:
         if out_dir is None:
             raise DataFormatError("no gate given and no output folder to train one into")
-        from gating.planning.gate import GateConfig, export_gate_onnx, train_gate  # torch: training only
+        from gating.planning.gate import (  # torch: training only
+            GateConfig,
+            export_gate_onnx,
+            train_gate,
+        )
 
         trained = train_gate(table, gate_config or GateConfig(), progress=progress)
         gate_path = export_gate_onnx(trained, out_dir / "gate.onnx")

@@ -39,6 +39,7 @@ import numpy as np
 from edge_moe.errors import SelectionError
 from edge_moe.runtime.gate import as_mask as _as_mask
 from edge_moe.runtime.gate import masked_gate_weights
+from edge_moe.wire import k_or_tau_problem
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ def select_top_k(
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 2:
         raise SelectionError(f"weights must be (M, N), got shape {w.shape}")
-    if top_k is not None and tau is not None:
-        raise SelectionError(f"give top_k or tau, not both (got top_k={top_k}, tau={tau})")
+    if (problem := k_or_tau_problem(top_k, tau)) is not None:
+        raise SelectionError(problem)
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
         raise SelectionError(f"top_k must be an integer >= 1, got {top_k}")
     if tau is not None and not (0.0 < tau <= 1.0):

@@ -36,12 +36,22 @@ import numpy as np
 from edge_moe.atomic import write_text
 from edge_moe.calibration import TEST
 from edge_moe.errors import ConfigError, DataFormatError
+from edge_moe.progress import ProgressCallback, reporter
+from edge_moe.wire import json_float  # plan files: NaN as "nan", +-inf as "inf"/"-inf"
 from gating.planning import baselines
 from gating.planning.guard import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, apply_guard
 from gating.planning.inputs import DEFAULT_OBJECTIVE, PlanInputs, make_objective, split_rows
-from gating.planning.inputs import load_inputs as load_inputs  # re-exported: planner.load_inputs(...)
+from gating.planning.inputs import (
+    load_inputs as load_inputs,  # re-exported: planner.load_inputs(...)
+)
 from gating.planning.mixture import evaluate_subset
-from gating.planning.selector import Budget, Selection, SelectionProblem, brute_force, select_experts
+from gating.planning.selector import (
+    Budget,
+    Selection,
+    SelectionProblem,
+    brute_force,
+    select_experts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,31 +82,19 @@ class Plan:
             "status": sel.status,
             "message": sel.message,
             "experts": list(sel.experts),
-            "objective_value": _num(sel.objective),  # F on the selection data (``selection`` says which)
-            "objective_validation_accuracy": _num(sel.objective if self.validation_accuracy is None
-                                                  else self.validation_accuracy),
-            "worst_energy_j": _num(sel.worst_energy_j),
-            "worst_latency_ms": [_num(v) for v in np.atleast_1d(sel.worst_latency_ms)],
+            "objective_value": json_float(sel.objective),  # F on the selection data (``selection`` says which)
+            "objective_validation_accuracy": json_float(sel.objective if self.validation_accuracy is None
+                                                        else self.validation_accuracy),
+            "worst_energy_j": json_float(sel.worst_energy_j),
+            "worst_latency_ms": [json_float(v) for v in np.atleast_1d(sel.worst_latency_ms)],
             "evaluations": sel.evaluations,
-            "budget": {"energy_j": _num(self.budget_energy_j),
-                       "latency_ms": [_num(v) for v in self.budget_latency_ms]},
+            "budget": {"energy_j": json_float(self.budget_energy_j),
+                       "latency_ms": [json_float(v) for v in self.budget_latency_ms]},
             "top_k": self.top_k,
             "tau": self.tau,
             "test": self.test,
             **self.extra,
         }
-
-
-def _num(v: Any) -> float | str | None:
-    """JSON-safe float: inf/nan become strings rather than invalid JSON."""
-    if v is None:
-        return None
-    f = float(v)
-    if math.isnan(f):
-        return "nan"
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    return f
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -257,7 +255,7 @@ def budget_grid(inputs: PlanInputs, top_k: int | None, n_energy: int = 8,
 
 
 def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed: int = 0,
-          n_energy: int = 8, n_latency: int = 6, progress: bool = False,
+          n_energy: int = 8, n_latency: int = 6, progress: ProgressCallback | None = None,
           objective: str = DEFAULT_OBJECTIVE) -> dict[str, Any]:
     """Plans for every (energy, latency) grid point: MoE² (fixed and adaptive k) and baselines.
 
@@ -267,6 +265,7 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
 
     Returns a JSON-ready document with the plan rows, the single experts, the Pareto front of
     MoE² and the selector-vs-brute-force cross-check (up to ``CROSSCHECK_MAX_N`` experts).
+    ``progress`` hears ``("sweep", grid points done, grid points in all)``.
     """
     energies, latencies = budget_grid(inputs, top_k, n_energy, n_latency)
     n, n_cat = len(inputs.experts), len(inputs.categories)
@@ -289,29 +288,30 @@ def sweep(inputs: PlanInputs, top_k: int | None, tau: float = DEFAULT_TAU, seed:
         rows.append(Plan(method, e, lat.tolist(), k, t, sel, test, extra, val_acc).to_json())
 
     points = [(float(e), float(lt)) for e in energies for lt in latencies]
-    with _progress(progress, "sweep", len(points)) as advance:
-        for i, (e, lt) in enumerate(points):
-            lat = np.full(n_cat, lt)
-            b = Budget(energy_j=e, latency_ms=lat)
-            sel = select_experts(prob_k, b)
-            extra: dict[str, Any] = {}
-            if n <= CROSSCHECK_MAX_N:
-                ref = brute_force(prob_k, b)
-                same = ref.status == sel.status and (
-                    sel.status != "optimal" or abs(ref.objective - sel.objective) <= 1e-12)
-                checks["points"] += 1
-                checks["equal"] += int(same)
-                checks["selector_evaluations"] += sel.evaluations
-                checks["brute_force_evaluations"] += ref.evaluations
-                extra = {"brute_force_objective": _num(ref.objective), "matches_brute_force": same}
-            add("moe2", sel, e, lat, top_k, None, **extra)
-            add("moe2-adaptive", select_experts(prob_tau, b), e, lat, None, tau)
-            add("uniform", select_experts(prob_uniform, b), e, lat, None, None, uniform=True)
-            add("best-single", baselines.best_single(prob_k, b), e, lat, top_k, None)
-            add("random", baselines.random_feasible(prob_k, b, seed=seed + i), e, lat, top_k, None)
-            add("greedy-per-joule", baselines.greedy_per_joule(prob_k, b), e, lat, top_k, None)
-            add("topk-all", baselines.topk_all(prob_k, b), e, lat, top_k, None)
-            advance()
+    tell = reporter(progress)
+    tell("sweep", 0, len(points))
+    for i, (e, lt) in enumerate(points):
+        lat = np.full(n_cat, lt)
+        b = Budget(energy_j=e, latency_ms=lat)
+        sel = select_experts(prob_k, b)
+        extra: dict[str, Any] = {}
+        if n <= CROSSCHECK_MAX_N:
+            ref = brute_force(prob_k, b)
+            same = ref.status == sel.status and (
+                sel.status != "optimal" or abs(ref.objective - sel.objective) <= 1e-12)
+            checks["points"] += 1
+            checks["equal"] += int(same)
+            checks["selector_evaluations"] += sel.evaluations
+            checks["brute_force_evaluations"] += ref.evaluations
+            extra = {"brute_force_objective": json_float(ref.objective), "matches_brute_force": same}
+        add("moe2", sel, e, lat, top_k, None, **extra)
+        add("moe2-adaptive", select_experts(prob_tau, b), e, lat, None, tau)
+        add("uniform", select_experts(prob_uniform, b), e, lat, None, None, uniform=True)
+        add("best-single", baselines.best_single(prob_k, b), e, lat, top_k, None)
+        add("random", baselines.random_feasible(prob_k, b, seed=seed + i), e, lat, top_k, None)
+        add("greedy-per-joule", baselines.greedy_per_joule(prob_k, b), e, lat, top_k, None)
+        add("topk-all", baselines.topk_all(prob_k, b), e, lat, top_k, None)
+        tell("sweep", i + 1, len(points))
     singles = []
     for j, name in enumerate(inputs.experts):
         mask = np.zeros(n, dtype=bool)
@@ -357,25 +357,3 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             front.append({"experts": r["experts"], "worst_energy_j": e, "worst_latency_ms": lat,
                           "test_accuracy": acc, "validation_accuracy": r["objective_validation_accuracy"]})
     return sorted(front, key=lambda p: (p["worst_energy_j"], p["worst_latency_ms"]))
-
-
-class _progress:
-    """A rich progress bar when enabled; a no-op callable otherwise."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._bar = Progress("[progress.description]{task.description}", BarColumn(),
-                             MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.stop()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edge_moe.errors import SelectionError
+from edge_moe.wire import finite_or_none
 
 logger = logging.getLogger(__name__)
 OPTIMAL = "optimal"
@@ -115,7 +116,7 @@ class Selection:
             "message": self.message,
             "experts": list(self.experts),
             "mask": [bool(b) for b in self.mask],
-            "objective": None if math.isnan(self.objective) else float(self.objective),
+            "objective": finite_or_none(self.objective),
             "worst_energy_j": float(self.worst_energy_j),
             "worst_latency_ms": [float(v) for v in self.worst_latency_ms],
             "evaluations": int(self.evaluations),

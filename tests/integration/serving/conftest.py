@@ -82,7 +82,7 @@ class Fleet:
     nodes: dict[str, Proc] = field(default_factory=dict)
 
     def start_node(self, name: str, delay_ms: float = 0.0) -> Proc:
-        proc = Proc(["nodes.server", "--config", str(self.assets.fleet), "--node", name, "--toy",
+        proc = Proc(["edge_moe.cli", "node", "--config", str(self.assets.fleet), "--node", name, "--toy",
                      "--toy-delay-ms", str(delay_ms), "--endpoint", self.backend, "--meter", "modelled"])
         proc.expect(f"node {name} serving")
         self.nodes[name] = proc
@@ -94,7 +94,7 @@ class Fleet:
 
 
 def start_fleet(assets: Assets, delays: dict[str, float] | None = None) -> Fleet:
-    coord = Proc(["gating.coordinator", "--config", str(assets.fleet), "--gate", str(assets.gate),
+    coord = Proc(["edge_moe.cli", "coordinator", "--config", str(assets.fleet), "--gate", str(assets.gate),
                   "--calibration", str(assets.calibration), "--profiles", str(assets.profiles),
                   "--toy-encoder", str(DIM), "--frontend", "tcp://127.0.0.1:*",
                   "--backend", "tcp://127.0.0.1:*"])

@@ -19,10 +19,10 @@ from edge_moe.profiles import load_profiles
 from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
 from edge_moe.runtime.toy import ToyEncoder, ToyExpert
 from edge_moe.wire import PROTOCOL, Error, ErrorCode, MsgType, Query, Reply, decode, encode
-from gating.coordinator.aggregate import vote
 from gating.coordinator import Coordinator
-from gating.planning.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
+from gating.coordinator.aggregate import vote
 from gating.coordinator.routing import load_router
+from gating.planning.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
 from gating.planning.selector import Budget, SelectionProblem, select_experts
 from gating.planning.temperature import apply_temperature
 

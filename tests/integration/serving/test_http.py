@@ -27,7 +27,7 @@ def served(assets, tmp_path_factory):
     fleet = start_fleet(assets)
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"# one per line\n{KEY}\n")
-    front = Proc(["gating.http", "--endpoint", fleet.frontend, "--listen", "127.0.0.1:0",
+    front = Proc(["edge_moe.cli", "http", "--endpoint", fleet.frontend, "--listen", "127.0.0.1:0",
                   "--config", str(assets.fleet), "--api-keys", str(keys)])
     try:
         url = front.expect("http front ").split()[2]
@@ -214,7 +214,7 @@ def test_the_listening_socket_is_tcp_so_replies_go_out_without_nagle():
     waited ~40 ms for the client's delayed ACK (measured by benchmarks/http_bench.py)."""
     import socket
 
-    from gating.http import _bind
+    from gating.http.server import _bind
 
     sock = _bind("127.0.0.1:0")
     try:
@@ -238,7 +238,7 @@ def test_no_experts_is_503_with_retry_after_and_a_deadline_is_504(assets):
     coord = Coordinator(router, ToyEncoder(16), fleet.coordinator, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
     loop = threading.Thread(target=coord.run, daemon=True)
     loop.start()
-    front = Proc(["gating.http", "--endpoint", coord.frontend_endpoint, "--listen", "127.0.0.1:0"])
+    front = Proc(["edge_moe.cli", "http", "--endpoint", coord.frontend_endpoint, "--listen", "127.0.0.1:0"])
     node = None
     try:
         url = front.expect("http front ").split()[2]
@@ -247,7 +247,7 @@ def test_no_experts_is_503_with_retry_after_and_a_deadline_is_504(assets):
         assert r.status_code == 503 and r.json()["error"]["code"] == "no_experts", r.text
         assert int(r.headers["retry-after"]) >= 1
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
-        node = Proc(["nodes.server", "--config", str(assets.fleet), "--node", "node-c", "--toy",
+        node = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", "node-c", "--toy",
                      "--toy-delay-ms", "2000", "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
         node.expect("node node-c serving")
         end = time.monotonic() + 10
@@ -269,9 +269,9 @@ def test_serving_off_loopback_needs_keys_and_tls():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "gating.http", "--endpoint", "tcp://127.0.0.1:9",
+    out = subprocess.run([sys.executable, "-m", "edge_moe.cli", "http", "--endpoint", "tcp://127.0.0.1:9",
                           "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "needs API keys and TLS" in out.stdout, out
+    assert out.returncode == 1 and "ConfigError" in out.stderr and "needs API keys and TLS" in out.stderr, out
 
 
 def test_the_coordinator_counts_every_answer_zeromq_clients_included(assets):
@@ -291,7 +291,7 @@ def test_the_coordinator_counts_every_answer_zeromq_clients_included(assets):
     coord = Coordinator(router, ToyEncoder(16), fleet.coordinator, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
     loop = threading.Thread(target=coord.run, daemon=True)
     loop.start()
-    node = Proc(["nodes.server", "--config", str(assets.fleet), "--node", "node-b", "--toy",
+    node = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", "node-b", "--toy",
                  "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
     try:
         node.expect("node node-b serving")

@@ -256,7 +256,7 @@ def test_silent_nodes_are_not_planned_and_ties_spread_to_the_idle_expert(router)
 
 
 def test_spread_prefers_the_less_loaded_of_two_equivalent_experts():
-    from gating.coordinator.routing import _spread
+    from gating.coordinator.plans import spread as _spread
 
     # two identical experts; F counts members, capped at 1: any single one is optimal
     def f(mask):
@@ -351,7 +351,7 @@ class Served:
             raise
 
     def start_node(self, assets, name, delay_ms):
-        proc = Proc(["nodes.server", "--config", str(assets.fleet), "--node", name, "--toy",
+        proc = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", name, "--toy",
                      "--toy-delay-ms", str(delay_ms), "--endpoint", self.coord.backend_endpoint,
                      "--meter", "modelled"])
         proc.expect(f"node {name} serving")

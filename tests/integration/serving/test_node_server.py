@@ -1,6 +1,6 @@
-"""The node server against a hand-driven ROUTER: READY, TASKs, deadlines, heartbeats while
-an expert computes, the load its heartbeats report, bad frames, and Paranoid Pirate
-reconnects."""
+"""The node server against a hand-driven ROUTER over real loopback sockets: READY, TASKs,
+deadlines, heartbeats while an expert computes, the load its heartbeats report, bad frames,
+and Paranoid Pirate reconnects. (The parts without sockets: ``tests/unit/nodes/``.)"""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
-from edge_moe.config import CoordinatorConfig, DeviceClass, load_fleet
+from edge_moe.config import CoordinatorConfig, DeviceClass
 from edge_moe.energy import ModelledMeter
-from edge_moe.errors import ConfigError
 from edge_moe.runtime.toy import ToyExpert
 from edge_moe.wire import (
     PROTOCOL,
@@ -31,8 +29,9 @@ from edge_moe.wire import (
     decode,
     encode,
 )
-from nodes import server as server_mod
-from nodes.server import LOAD_ALPHA, NodeLoad, NodeServer, backend_endpoint, build_experts
+from nodes import loop as loop_mod
+from nodes.execution import Executor
+from nodes.server import LOAD_ALPHA, NodeServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,7 +194,7 @@ def test_the_heartbeat_check_catches_a_node_that_stops_beating_while_computing(c
     """The same check against a node whose heartbeats are held back while a task computes
     (as if it computed on its I/O thread): it must fail, naming the silence."""
     computing = threading.Event()
-    serve = NodeServer.serve
+    serve = Executor.serve
 
     def serve_blocking_heartbeats(self, task, received, *rest):
         computing.set()
@@ -204,12 +203,12 @@ def test_the_heartbeat_check_catches_a_node_that_stops_beating_while_computing(c
         finally:
             computing.clear()
 
-    class MutedWhileComputing(server_mod.HeartbeatTimer):  # type: ignore[misc,name-defined]
+    class MutedWhileComputing(loop_mod.HeartbeatTimer):  # type: ignore[misc,name-defined]
         def due(self, now: float) -> bool:
             return not computing.is_set() and super().due(now)
 
-    monkeypatch.setattr(NodeServer, "serve", serve_blocking_heartbeats)
-    monkeypatch.setattr(server_mod, "HeartbeatTimer", MutedWhileComputing)
+    monkeypatch.setattr(Executor, "serve", serve_blocking_heartbeats)
+    monkeypatch.setattr(loop_mod, "HeartbeatTimer", MutedWhileComputing)
     experts = {"slow": ToyExpert("slow", delay_ms=COMPUTE_S * 1000)}
     with running(NodeServer("n1", coord.endpoint, experts, CPU, HB_CFG, meter=ModelledMeter(CPU))) as node:
         with pytest.raises(AssertionError, match="the node was silent for"):
@@ -252,21 +251,6 @@ def test_not_ready_error_makes_the_node_resend_ready(coord, node):
     coord.send(identity, Error("", ErrorCode.NOT_READY, "who are you"))
     _, msg = coord.recv()
     assert isinstance(msg, Ready)
-
-
-def test_build_experts_from_the_fleet_config(tmp_path):
-    configs = Path(__file__).resolve().parents[3] / "configs"
-    fleet = load_fleet(configs / "fleet.local.yaml")
-    assert backend_endpoint(fleet) == "tcp://127.0.0.1:5556"
-    assert backend_endpoint(load_fleet(configs / "fleet.example.yaml")) == "tcp://10.0.0.2:5556"
-    toys = build_experts(fleet, "cpu-a", toy=True)
-    assert list(toys) == ["smollm2-135m"] and toys["smollm2-135m"].runner_name == "toy-onnx"
-    with pytest.raises(ConfigError, match="unknown node 'nope'"):
-        build_experts(fleet, "nope", toy=True)
-    from edge_moe.errors import ArtifactError
-
-    with pytest.raises(ArtifactError, match=str(tmp_path)):
-        build_experts(fleet, "cpu-a", artifacts_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- the load in HEARTBEATs
@@ -350,45 +334,6 @@ def test_heartbeats_average_token_ms_of_generations_and_skip_errors(coord, loade
     assert last.service_ms == {} and set(last.token_ms) == {"slow"}
     assert last.token_ms["slow"] == pytest.approx(answers["g1"].compute_ms)  # 1 token: ms / 1
     assert SLOW_MS <= last.token_ms["slow"] < 2 * SLOW_MS
-
-
-def test_node_load_moving_averages_by_hand():
-    load = NodeLoad(alpha=0.5)
-    opt, gen = Task("a", "e", "p", 1.0, ("x", "y")), Task("b", "e", "p", 1.0, None)
-    assert load.heartbeat("n") == Heartbeat("n", 0, {}, {})
-    load.observe(opt, Result("a", "e", 100.0, 0.0, "modelled", (0.0,)))
-    load.observe(opt, Result("a", "e", 200.0, 0.0, "modelled", (0.0,)))
-    load.observe(gen, Result("b", "e", 90.0, 0.0, "modelled", None, "t", 3))
-    load.observe(gen, Result("b", "e", 10.0, 0.0, "modelled", None, "", 0))  # 0 tokens: ms / 1
-    hb = load.heartbeat("n")
-    assert hb.service_ms == {"e": 150.0} and hb.token_ms == {"e": 20.0}
-    hb.service_ms["e"] = -1.0  # a snapshot: the node's figures are not shared
-    assert load.heartbeat("n").service_ms == {"e": 150.0}
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ConfigError, match="alpha"):
-            NodeLoad(bad)
-
-
-def test_node_load_counts_across_threads():
-    load = NodeLoad()
-    n = 20_000
-
-    def accept() -> None:
-        for _ in range(n):
-            load.accepted()
-
-    def answer() -> None:
-        for _ in range(n):
-            load.answered()
-
-    threads = [threading.Thread(target=f) for f in (accept, answer, accept, answer)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert load.heartbeat("n").queued == 0
-    accept()
-    assert load.heartbeat("n").queued == n
 
 
 def test_the_task_queue_is_bounded_and_overflow_is_answered_overloaded(coord):

@@ -18,9 +18,9 @@ from edge_moe.profiles import save_profiles
 from edge_moe.runtime.toy import ToyEncoder, fit_linear_gate, write_linear_gate
 from edge_moe.wire import Reply
 from gating.coordinator import Coordinator
-from gating.planning.mixture import apply_prior_correction, fit_prior_correction, mix
 from gating.coordinator.routing import load_router
 from gating.offline.synthetic import make_synthetic_profiles, make_synthetic_table
+from gating.planning.mixture import apply_prior_correction, fit_prior_correction, mix
 from nodes.server import NodeServer, build_experts
 
 pytest.importorskip("transformers", reason="exporting the tiny Llama needs the `export` extra")

@@ -17,10 +17,10 @@ from edge_moe.profiles import load_profiles
 from edge_moe.runtime.gate import OnnxGate, masked_gate_weights
 from edge_moe.runtime.toy import ToyEncoder
 from edge_moe.wire import Query, WireBudget
-from gating.coordinator.aggregate import mix_options, normalise_answer, renormalise, vote
 from gating.coordinator import Coordinator
-from gating.planning.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
+from gating.coordinator.aggregate import mix_options, normalise_answer, renormalise, vote
 from gating.coordinator.routing import Status, load_router
+from gating.planning.mixture import MixtureObjective, apply_prior_correction, mix, select_top_k
 from gating.planning.selector import Budget, SelectionProblem, select_experts
 from gating.planning.temperature import apply_temperature
 
@@ -222,8 +222,20 @@ def test_serving_path_imports_neither_torch_nor_transformers():
 
 
 def test_entry_points_fail_cleanly_on_bad_setup(assets, tmp_path, capsys):
-    from gating.coordinator import main as coordinator_main
-    from nodes.server import main as node_main
+    from typer.testing import CliRunner
+
+    from edge_moe.cli import app
+
+    def run(command: str, argv: list[str]) -> int:  # `edge-moe <command>`; its error line goes to stderr
+        res = CliRunner().invoke(app, [command, *argv])
+        print(res.output)
+        return res.exit_code
+
+    def node_main(argv: list[str]) -> int:
+        return run("node", argv)
+
+    def coordinator_main(argv: list[str]) -> int:
+        return run("coordinator", argv)
 
     rc = coordinator_main(["--config", str(assets.fleet), "--gate", str(assets.gate), "--calibration",
                            str(assets.calibration), "--profiles", str(assets.profiles),

@@ -81,9 +81,8 @@ def test_strikes_quarantine_a_node_for_a_while():
     assert [reg.strike("a", t) for t in (1.0, 5.0)] == [False, False]
     assert reg.strike("a", 12.0) is False  # the strike at 1.0 left the 10 s window
     assert reg.live_experts == ("e1", "e2")
-    v = reg.version
     assert reg.strike("a", 13.0) is True  # 5.0, 12.0, 13.0
-    assert reg.live_experts == ("e2",) and reg.version > v and reg.quarantined_until("a") == 23.0
+    assert reg.live_experts == ("e2",) and reg.quarantined_until("a") == 23.0
     assert reg.entry("a") is not None and reg.next_expiry() == 23.0  # still connected
     assert reg.strike("a", 14.0) is False  # already quarantined
     reg.ready(b"id-a2", _ready("a", "e1"), 15.0)  # a reconnect does not end it
@@ -258,7 +257,7 @@ def trial(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     path = tmp_path_factory.mktemp("untrusted") / "fleet.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     mine = dataclasses.replace(assets, fleet=path)
-    coord = Proc(["gating.coordinator", "--config", str(path), "--gate", str(assets.gate),
+    coord = Proc(["edge_moe.cli", "coordinator", "--config", str(path), "--gate", str(assets.gate),
                   "--calibration", str(assets.calibration), "--profiles", str(assets.profiles),
                   "--toy-encoder", str(DIM), "--frontend", "tcp://127.0.0.1:*",
                   "--backend", "tcp://127.0.0.1:*"])

@@ -12,10 +12,9 @@ import pytest
 from edge_moe.config import BudgetConfig
 from edge_moe.runtime.toy import ToyEncoder
 from edge_moe.wire import Query, WireBudget
-from gating.coordinator.request import plan_info
+from gating.coordinator.replies import plan_info
 from gating.coordinator.routing import Status, load_router
 from gating.planning.selector import Budget, SelectionProblem, select_experts
-
 from tests.toyfleet import DIM
 
 OPTIONS = ("red", "green", "blue", "black")

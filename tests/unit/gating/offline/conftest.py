@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gating.offline.synthetic import write_toy_inputs
 from gating.planning import planner
 from gating.planning.selector import Budget, SelectionProblem
-from gating.offline.synthetic import write_toy_inputs
 
 N_EXPERTS = 4
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gating.planning import baselines
 from gating.offline import crosscheck as crosscheck_module
 from gating.offline.budget_grid import BudgetGrid, GridPoint
 from gating.offline.crosscheck import crosscheck, summarise
+from gating.planning import baselines
 from gating.planning.selector import Budget, select_experts
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edge_moe.calibration import TEST, VALIDATION, load_calibration
-from gating.planning import planner
 from gating.offline.evaluation import PlanEvaluator, one_hot, raw_accuracy, single_experts
+from gating.planning import planner
 
 
 def _test_rows(inputs: planner.PlanInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

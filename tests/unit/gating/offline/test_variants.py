@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from edge_moe.calibration import TEST
-from gating.planning import baselines, planner
 from gating.offline.budget_grid import BudgetGrid
 from gating.offline.ceilings import oracle, subset_ceilings
-from gating.planning.selector import Budget
 from gating.offline.variants import Variant, default_variants, run_variants
+from gating.planning import baselines, planner
+from gating.planning.selector import Budget
 
 TOP_K = 2
 

@@ -11,7 +11,13 @@ import pytest
 
 from edge_moe.errors import SelectionError
 from gating.planning.baselines import best_single, greedy_per_joule, random_feasible, topk_all
-from gating.planning.selector import Budget, Selection, SelectionProblem, brute_force, select_experts
+from gating.planning.selector import (
+    Budget,
+    Selection,
+    SelectionProblem,
+    brute_force,
+    select_experts,
+)
 
 
 def feasible(problem: SelectionProblem, budget: Budget, mask: np.ndarray) -> bool:

@@ -21,6 +21,7 @@ import pytest
 from edge_moe.calibration import TEST, TRAIN, VALIDATION, CalibrationTable
 from edge_moe.errors import GateError
 from edge_moe.runtime.gate import OnnxGate
+from gating.offline.synthetic import make_synthetic_table
 from gating.planning.gate import (
     META_PREFIX,
     GateConfig,
@@ -34,7 +35,6 @@ from gating.planning.mixture import (
     fit_prior_correction,
     uniform_logits,
 )
-from gating.offline.synthetic import make_synthetic_table
 from gating.planning.temperature import apply_temperature, fit_temperature
 
 REPO = Path(__file__).resolve().parents[4]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gating.planning.inputs import load_inputs
 from gating.offline.synthetic import write_toy_inputs
+from gating.planning.inputs import load_inputs
 
 
 def _gen(pre: float, tok: float) -> dict:  # type: ignore[type-arg]

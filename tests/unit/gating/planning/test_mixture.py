@@ -13,6 +13,7 @@ import pytest
 
 from edge_moe.calibration import TEST, TRAIN
 from edge_moe.errors import SelectionError
+from gating.offline.synthetic import make_synthetic_table
 from gating.planning.mixture import (
     LOG_PROB_FLOOR,
     PROB_FLOOR,
@@ -25,7 +26,6 @@ from gating.planning.mixture import (
     select_top_k,
     uniform_logits,
 )
-from gating.offline.synthetic import make_synthetic_table
 
 
 def _random_logprobs(

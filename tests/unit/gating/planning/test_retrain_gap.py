@@ -11,10 +11,10 @@ import pytest
 
 from edge_moe.calibration import TEST, VALIDATION, CalibrationTable
 from edge_moe.errors import GateError
-from gating.planning.gate import GateConfig, TrainedGate, train_gate
-from gating.planning.mixture import apply_prior_correction, evaluate_subset
 from gating.offline.retrain_gap import GapReport, random_subsets, retrain_gap
 from gating.offline.synthetic import make_synthetic_table
+from gating.planning.gate import GateConfig, TrainedGate, train_gate
+from gating.planning.mixture import apply_prior_correction, evaluate_subset
 from gating.planning.temperature import apply_temperature
 
 CONFIG = GateConfig(hidden_dim=32, max_epochs=60)

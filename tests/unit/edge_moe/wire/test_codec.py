@@ -1,4 +1,4 @@
-"""The wire protocol: every valid message round-trips, and whatever the bytes, decode either
+"""edge_moe.wire.codec: every valid message round-trips, and whatever the bytes, decode either
 gives a message that round-trips or raises ProtocolError (nothing else escapes).
 
 The fuzz tests hold decode to an oracle, so a broken encoder or decoder fails them: each

@@ -1,3 +1,0 @@
-from gating.coordinator.loop import main
-
-raise SystemExit(main())

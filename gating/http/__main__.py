@@ -1,3 +1,0 @@
-from gating.http import main
-
-raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Building a node from a fleet config: its experts' runners (:func:`build_experts`), where
+it connects (:func:`backend_endpoint`), and the whole :class:`~nodes.loop.NodeServer`
+(:func:`build_server`, what ``edge-moe node`` runs).
+
+Each expert of the node is built from its ``experts[].artifact``: an absolute folder, or
+one relative to ``artifacts_dir`` (default ``$EDGE_MOE_CACHE/artifacts``, i.e.
+``~/.cache/edge-moe/artifacts``, where ``exporters`` write ``<name>/<precision>``).
+``toy`` serves :class:`edge_moe.runtime.toy.ToyExpert` instead (smoke tests, the benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_moe import paths
+from edge_moe.config import FleetConfig, load_fleet
+from edge_moe.energy import make_meter
+from edge_moe.errors import ConfigError
+from nodes.execution import HostedExpert
+from nodes.loop import NodeServer
+
+logger = logging.getLogger(__name__)
+
+
+def backend_endpoint(fleet: FleetConfig) -> str:
+    """Where nodes connect: the backend address, with a wildcard host replaced by the
+    coordinator node's host."""
+    ep = fleet.coordinator.backend
+    host = fleet.node(fleet.coordinator.node).host
+    for wildcard in ("://0.0.0.0:", "://*:"):
+        ep = ep.replace(wildcard, f"://{host}:")
+    return ep
+
+
+def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | None = None,
+                  toy: bool = False, toy_delay_ms: float = 0.0,
+                  runner_kwargs: Mapping[str, Any] | None = None) -> dict[str, HostedExpert]:
+    """The node's experts from ``experts[]`` of the fleet config.
+
+    Raises:
+        ConfigError: the node hosts no experts, or an expert has no artifact.
+        ArtifactError / RunnerError: the runner cannot load its artifact.
+    """
+    from edge_moe.runtime.runners import make_runner
+
+    fleet.node(node)  # ConfigError on an unknown node
+    mine = fleet.experts_on(node)
+    if not mine:
+        raise ConfigError(f"{fleet.path}: node '{node}' hosts no experts")
+    root = Path(artifacts_dir) if artifacts_dir is not None else paths.artifacts_dir()
+    out: dict[str, HostedExpert] = {}
+    for e in mine:
+        if toy:
+            from edge_moe.runtime.toy import ToyExpert
+
+            out[e.name] = HostedExpert(ToyExpert(e.name, toy_delay_ms), ToyExpert.runner_name, "fp32")
+            continue
+        if not e.artifact:
+            raise ConfigError(f"{fleet.path}: expert '{e.name}' has no artifact (needed to serve it)")
+        path = Path(e.artifact)
+        path = path if path.is_absolute() else root / path
+        kwargs = dict(runner_kwargs or {})
+        if e.runner == "onnxruntime":
+            kwargs.setdefault("prepack", fleet.node(node).prepack)
+        runner = make_runner(e.runner, path, **kwargs)
+        out[e.name] = HostedExpert(runner, e.runner, e.precision)
+    return out
+
+
+def build_server(config: str | Path, node: str, *, endpoint: str | None = None,
+                 artifacts_dir: str | Path | None = None, toy: bool = False, toy_delay_ms: float = 0.0,
+                 meter: str = "auto", threads: int | None = None, curve_keys: str | Path | None = None,
+                 key_name: str = "client") -> NodeServer:
+    """The node ``node`` of the fleet file ``config``, ready to :meth:`~NodeServer.run`.
+
+    Args:
+        config: the fleet YAML.
+        node: this node's name in it.
+        endpoint: the coordinator's backend (default :func:`backend_endpoint`).
+        artifacts_dir: root for relative artifact paths (default ``$EDGE_MOE_CACHE/artifacts``).
+        toy / toy_delay_ms: serve toy experts, each sleeping ``toy_delay_ms`` per request.
+        meter: ``auto`` (measured where counters exist) or ``modelled``.
+        threads: onnxruntime intra-op threads (default: onnxruntime's).
+        curve_keys / key_name: the keys folder from ``edge-moe keys`` and this node's key
+            pair name in it; needed when ``coordinator.curve`` is true.
+
+    Raises:
+        ConfigError / ArtifactError / RunnerError / SecurityError: what the config, the
+            artifacts or the keys get wrong (any :class:`~edge_moe.errors.EdgeMoEError`).
+    """
+    fleet = load_fleet(config)
+    kwargs = {"intra_op_threads": threads} if threads else {}
+    experts = build_experts(fleet, node, artifacts_dir, toy, toy_delay_ms, kwargs)
+    dc = fleet.device_class_of(node)
+    curve = None
+    if fleet.coordinator.curve:
+        from edge_moe.security import load_client_keys
+
+        curve = load_client_keys(curve_keys, key_name)
+    spec = fleet.node(node)
+    return NodeServer(node, endpoint or backend_endpoint(fleet), experts, dc, fleet.coordinator,
+                      meter=make_meter(dc, meter), curve=curve,
+                      max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)

@@ -1,0 +1,288 @@
+"""Running TASKs on an expert's runner, and THE node's error policy.
+
+:class:`Executor` serves what the scheduler (:mod:`nodes.scheduler`) hands the worker: a
+lone TASK through ``score_options`` / ``generate`` (:meth:`Executor.serve`), a batch of
+option-scoring TASKs through ``score_batch``, or a generation batch through a decode
+session that TASKs join between steps. Every answer goes out through one ``send`` callable
+(the worker's inproc socket, or a list in a test), with its load sample and its joules.
+
+**The error policy** (:func:`error_for`) is one function, used by every path, so a fault
+gets the same ``ErrorCode`` whether its TASK ran alone or in a batch:
+
+=========================================================  =================  =========
+fault                                                      where              code
+=========================================================  =================  =========
+the TASK waited past its ``timeout_ms`` before it ran      queue, or a join   DEADLINE
+the runner refused it: a :class:`RunnerError` raised, or   any call, or the   RUNNER
+an ``Outcome.error`` of a batch (empty prompt, too long)   request's outcome
+any other :class:`EdgeMoEError` the runner raised          any runner call    RUNNER
+any other exception (a runner bug), whole batch included   any runner call    INTERNAL
+output the node cannot read (log-probs not numbers, a      building RESULT    INTERNAL
+generation without text)
+=========================================================  =================  =========
+
+A fault in a call that serves a whole batch (``score_batch``, a decode step) is each of its
+TASKs' fault. Refusals before the queue (unknown expert, a full queue, a bad frame) are the
+loop's (:mod:`nodes.loop`). Every ERROR message names the expert and the node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_moe.energy import EnergyMeter
+from edge_moe.errors import EdgeMoEError, RunnerError
+from edge_moe.runtime.batch import GenRequest, Outcome, ScoreRequest
+from edge_moe.runtime.capabilities import Runner, batch_generator, batch_scorer, streams
+from edge_moe.wire import Error, ErrorCode, Message, Partial, Result, Task
+from nodes.load import NodeLoad
+from nodes.scheduler import Item, Scheduler
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[Message], None]
+
+
+@dataclass(frozen=True)
+class HostedExpert:
+    """An expert on this node: its runner and what READY says about it."""
+
+    runner: Runner
+    runner_name: str = "onnxruntime"
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Late:
+    """The fault of a TASK that waited ``waited_ms`` on the node, past its deadline."""
+
+    waited_ms: float
+
+
+def error_for(task: Task, node: str, fault: BaseException | Late) -> Error:
+    """THE error policy: the ERROR that answers ``task`` for ``fault`` (table in the
+    module docstring). Logs a runner bug with its traceback."""
+    where = f"{task.expert} on {node}"
+    if isinstance(fault, Late):
+        return Error(task.id, ErrorCode.DEADLINE,
+                     f"task waited {fault.waited_ms:.1f} ms on node {node}, past its "
+                     f"{task.timeout_ms:.1f} ms deadline; not computed")
+    if isinstance(fault, RunnerError):
+        return Error(task.id, ErrorCode.RUNNER, f"{where}: {fault}")
+    if isinstance(fault, EdgeMoEError):
+        return Error(task.id, ErrorCode.RUNNER, f"{where}: {type(fault).__name__}: {fault}")
+    logger.error("expert %s failed on task %s", where, task.id, exc_info=fault)
+    return Error(task.id, ErrorCode.INTERNAL, f"{where}: {type(fault).__name__}: {fault}")
+
+
+def late(task: Task, received: float, node: str) -> Error | None:
+    """ERROR ``deadline`` when ``task`` (read at ``received``, ``time.monotonic()``) has
+    waited past its ``timeout_ms``; None while it may still run."""
+    waited_ms = (time.monotonic() - received) * 1e3
+    return error_for(task, node, Late(waited_ms)) if waited_ms > task.timeout_ms else None
+
+
+def _result(task: Task, value: Any, compute_ms: float, energy_j: float, source: str) -> Result:
+    """The RESULT of ``value``: log-probs (option scoring) or a Generation. Raises on output
+    it cannot read (the policy makes that INTERNAL)."""
+    if task.options is not None:
+        return Result(task.id, task.expert, compute_ms, energy_j, source, tuple(float(x) for x in value))
+    return Result(task.id, task.expert, compute_ms, energy_j, source, None,
+                  str(value.text), int(value.n_tokens))
+
+
+class Executor:
+    """Serves the worker's batches on the node's runners.
+
+    Args:
+        node: the node's name (ERROR messages say it).
+        experts: expert name → :class:`HostedExpert`.
+        meter: the node's energy meter.
+        load: where RESULTs are sampled and batch sizes counted.
+        scheduler: the queue that generation batches take joining TASKs from; its
+            ``max_batch`` caps a batch.
+        stats: the node's counters (``results``, ``errors``, ``batches``, ``batched_tasks``).
+    """
+
+    def __init__(self, node: str, experts: Mapping[str, HostedExpert], meter: EnergyMeter,
+                 load: NodeLoad, scheduler: Scheduler, stats: dict[str, int]) -> None:
+        self.node = node
+        self.experts = experts
+        self.meter = meter
+        self.load = load
+        self.scheduler = scheduler
+        self.stats = stats
+
+    # ---- answers
+
+    def _answer(self, send: Send, task: Task, msg: Result | Error) -> None:
+        if isinstance(msg, Result):
+            self.load.observe(task, msg)  # before the answer goes: a later beat has it
+        self.stats["results" if isinstance(msg, Result) else "errors"] += 1
+        send(msg)
+
+    def _emitter(self, send: Send, task: Task) -> Callable[[str], None] | None:
+        if not task.stream:
+            return None
+        pieces = itertools.count()
+
+        def emit(text: str) -> None:
+            send(Partial(task.id, task.expert, text, next(pieces)))
+
+        return emit
+
+    def _readable(self, task: Task, value: Any, compute_ms: float, energy_j: float,
+                  source: str) -> Result | Error:
+        try:
+            return _result(task, value, compute_ms, energy_j, source)
+        except Exception as exc:  # output the node cannot read
+            return error_for(task, self.node, exc)
+
+    def _message(self, task: Task, o: Outcome, energy_j: float, source: str) -> Result | Error:
+        if o.error is not None:
+            return error_for(task, self.node, o.error)
+        return self._readable(task, o.value, o.compute_ms, energy_j, source)
+
+    # ---- a batch from the scheduler
+
+    def serve_batch(self, batch: list[Item], send: Send) -> None:
+        """Answer every TASK of ``batch`` (one expert, one kind) through ``send``: those past
+        their deadline at once, a lone one alone, the others as one batch."""
+        live: list[Item] = []
+        for task, received in batch:
+            refused = late(task, received, self.node)
+            if refused is not None:
+                self._answer(send, task, refused)
+            else:
+                live.append((task, received))
+        if not live:
+            return
+        first = live[0][0]
+        if len(live) == 1 and (self.scheduler.max_batch == 1 or first.options is not None
+                               or not self.scheduler.batchable(first)):
+            task, received = live[0]
+            self.load.batched(1)
+            self._answer(send, task, self.serve(task, received, self._emitter(send, task)))
+            return
+        self.stats["batches"] += 1
+        if first.options is not None:
+            self.stats["batched_tasks"] += len(live)
+            self._score_batch([t for t, _ in live], send)
+        else:
+            self._generate_batch(live, send)
+
+    def serve(self, task: Task, received: float,
+              emit: Callable[[str], None] | None = None) -> Result | Error:
+        """Run one task (or refuse it when its deadline passed while it waited).
+
+        Args:
+            task: the TASK.
+            received: ``time.monotonic()`` when the node read it off the socket.
+            emit: for a generation TASK with ``stream``, called with each piece of text as
+                the runner decodes it (runners that declare streaming; others answer whole).
+        """
+        refused = late(task, received, self.node)
+        if refused is not None:
+            return refused
+        runner = self.experts[task.expert].runner
+        window = self.meter.begin()
+        t0 = time.perf_counter()
+        try:
+            value: Any
+            if task.options is not None:
+                value = runner.score_options(task.prompt, list(task.options), task.mode)
+            elif emit is not None and streams(runner):
+                value = runner.generate(task.prompt, task.max_new_tokens, on_text=emit)
+            else:
+                value = runner.generate(task.prompt, task.max_new_tokens)
+        except Exception as exc:  # a runner fault must not kill the node
+            self.meter.end(window)
+            return error_for(task, self.node, exc)
+        compute_ms = (time.perf_counter() - t0) * 1e3
+        reading = self.meter.end(window)
+        return self._readable(task, value, compute_ms, reading.energy_j, reading.source)
+
+    def _score_batch(self, tasks: list[Task], send: Send) -> None:
+        runner = self.experts[tasks[0].expert].runner
+        assert batch_scorer(runner)  # the scheduler batches only runners that declare it
+        reqs = [ScoreRequest(t.prompt, tuple(t.options or ()), t.mode) for t in tasks]
+        window = self.meter.begin()
+        try:
+            outcomes = runner.score_batch(reqs)
+        except Exception as exc:  # the whole batch's fault is each task's
+            self.meter.end(window)
+            for t in tasks:
+                self._answer(send, t, error_for(t, self.node, exc))
+            return
+        reading = self.meter.end(window)
+        self.load.batched(len(tasks))
+        total = sum(o.compute_ms for o in outcomes) or 1.0
+        for t, o in zip(tasks, outcomes, strict=True):
+            self._answer(send, t, self._message(t, o, reading.energy_j * o.compute_ms / total,
+                                                reading.source))
+
+    def _generate_batch(self, live: list[Item], send: Send) -> None:
+        """Continuous batching: one decode step for every live sequence at a time; a TASK
+        waiting at the front of the queue for the same expert joins between steps. Each
+        step's joules go to the sequences in it by their share of its compute ms."""
+        first = live[0][0]
+        runner = self.experts[first.expert].runner
+        assert batch_generator(runner)  # the scheduler batches only runners that declare it
+        tasks: dict[str, Task] = {}
+        energy: dict[str, float] = {}
+        steps = sizes = 0
+
+        def metered(call: Callable[[], list[tuple[Any, Outcome]]]) -> None:
+            before = {s.key: s.outcome.compute_ms for s in batch.seqs}
+            window = self.meter.begin()
+            ended = call()
+            reading = self.meter.end(window)
+            now = {s.key: s.outcome.compute_ms for s in batch.seqs} | {k: o.compute_ms for k, o in ended}
+            delta = {k: v - before.get(k, 0.0) for k, v in now.items()}
+            total = sum(delta.values()) or 1.0
+            for k, d in delta.items():
+                energy[k] = energy.get(k, 0.0) + reading.energy_j * d / total
+            for k, o in ended:
+                t = tasks.pop(k)
+                self._answer(send, t, self._message(t, o, energy.pop(k, 0.0), reading.source))
+
+        def admit(items: list[Item]) -> None:
+            reqs = []
+            for t, received in items:
+                refused = late(t, received, self.node)
+                if refused is not None:
+                    self._answer(send, t, refused)
+                    continue
+                try:
+                    ids = runner.prompt_ids(t.prompt)
+                except Exception as exc:  # this task's fault only
+                    self._answer(send, t, error_for(t, self.node, exc))
+                    continue
+                tasks[t.id] = t
+                reqs.append((t.id, GenRequest(tuple(ids), t.max_new_tokens, self._emitter(send, t))))
+            self.stats["batched_tasks"] += len(reqs)
+            if reqs:
+                metered(lambda: batch.add(reqs))
+
+        try:
+            batch = runner.decode_batch()
+        except Exception as exc:  # no session: each task's fault
+            for t, _ in live:
+                self._answer(send, t, error_for(t, self.node, exc))
+            return
+        try:
+            admit(live)
+            while batch.active:
+                steps += 1
+                sizes += batch.active
+                metered(batch.step)
+                admit(self.scheduler.join(first, self.scheduler.max_batch - batch.active))
+        except Exception as exc:  # the whole batch's fault is each live task's
+            for t in tasks.values():
+                self._answer(send, t, error_for(t, self.node, exc))
+        self.load.batched(sizes / steps if steps else 1.0)

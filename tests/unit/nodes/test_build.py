@@ -1,0 +1,46 @@
+"""Building a node from the fleet config, and the ``edge-moe node`` command's front door."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_moe.cli import app
+from edge_moe.config import load_fleet
+from edge_moe.errors import ArtifactError, ConfigError
+from nodes.server import backend_endpoint, build_experts, build_server
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+def test_build_experts_from_the_fleet_config(tmp_path):
+    fleet = load_fleet(CONFIGS / "fleet.local.yaml")
+    assert backend_endpoint(fleet) == "tcp://127.0.0.1:5556"
+    assert backend_endpoint(load_fleet(CONFIGS / "fleet.example.yaml")) == "tcp://10.0.0.2:5556"
+    toys = build_experts(fleet, "cpu-a", toy=True)
+    assert list(toys) == ["smollm2-135m"] and toys["smollm2-135m"].runner_name == "toy-onnx"
+    with pytest.raises(ConfigError, match="unknown node 'nope'"):
+        build_experts(fleet, "nope", toy=True)
+    with pytest.raises(ArtifactError, match=str(tmp_path)):
+        build_experts(fleet, "cpu-a", artifacts_dir=tmp_path)
+
+
+def test_build_server_takes_the_node_settings_from_the_config():
+    with build_server(CONFIGS / "fleet.local.yaml", "cpu-a", toy=True, meter="modelled") as server:
+        spec = load_fleet(CONFIGS / "fleet.local.yaml").node("cpu-a")
+        assert server.endpoint == "tcp://127.0.0.1:5556" and list(server.experts) == ["smollm2-135m"]
+        assert (server.max_batch, server.batch_wait_ms) == (spec.max_batch, spec.batch_wait_ms)
+        assert server.meter.source == "modelled"
+
+
+def test_the_node_command_has_help_and_fails_cleanly():
+    runner = CliRunner()
+    res = runner.invoke(app, ["node", "--help"])
+    assert res.exit_code == 0
+    for option in ("--config", "--node", "--endpoint", "--artifacts", "--toy", "--toy-delay-ms", "--meter",
+                   "--threads", "--curve-keys", "--key-name", "--verbose"):
+        assert option in res.output, option
+    res = runner.invoke(app, ["node", "--config", str(CONFIGS / "fleet.local.yaml"), "--node", "nope", "--toy"])
+    assert res.exit_code == 1 and "ConfigError" in res.output and "unknown node 'nope'" in res.output
