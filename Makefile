@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EXTRAS ?= train,plan,dev,export,http
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test demo bench lint typecheck clean
+.PHONY: install test test-fast demo bench lint typecheck clean
 
 install: $(STAMP)
 
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# Every test: the unit tier, then the integration tier (processes, Ray, network namespaces,
+# real models). SKIP_SLOW=1 skips the tests marked slow. This is what .ci/run calls.
 test: install
 	$(PY) -m pytest tests
+
+# The unit tier only (no subprocess, no Ray, no real model): about a minute, between changes.
+test-fast: install
+	$(PY) -m pytest -q tests/unit tests/test_layers.py
 
 demo: install
 	$(PY) -m edge_moe.cli demo

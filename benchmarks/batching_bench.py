@@ -30,7 +30,6 @@ Energy is not part of this benchmark.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -38,9 +37,10 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -158,47 +158,50 @@ def _tasks(kind: str, n: int, tag: str, mmlu: list[str], max_new: int) -> list[A
                  max_new_tokens=max_new) for i in range(n)]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--artifact", help="decoder artifact (default: SmolLM2 fp32 in the cache)")
-    ap.add_argument("--lean", action="store_true", help="add the batch8-noprepack arm")
-    ap.add_argument("--concurrency", default="1,4,8,16")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2, help="requests per cell = rounds × max(c, 4)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "batching_bench"))
-    args = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+DEFAULT_OUT = str(ROOT / "benchmarks" / "results" / "batching_bench")
 
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    artifact_opt: Annotated[str | None, typer.Option("--artifact", help="decoder artifact (default: SmolLM2 fp32 in the cache)")] = None,
+    lean: Annotated[bool, typer.Option("--lean", help="add the batch8-noprepack arm")] = False,
+    concurrency: str = "1,4,8,16",
+    max_new_tokens: int = 32,
+    rounds: Annotated[int, typer.Option(help="requests per cell = rounds × max(c, 4)")] = 2,
+    out_prefix: Annotated[str, typer.Option("--out")] = DEFAULT_OUT,
+) -> int:
     from edge_moe.calibration import letter_prompt
     from edge_moe.paths import artifacts_dir
     from exporters.assets import mmlu_rows
 
-    artifact = Path(args.artifact or artifacts_dir() / "smollm2-135m-instruct" / "fp32")
+    artifact = Path(artifact_opt or artifacts_dir() / "smollm2-135m-instruct" / "fp32")
     rows = mmlu_rows()[::97][:64]
     mmlu = [letter_prompt(r["question"], [r[f"answer_{c}"] for c in "abcd"], r["topic"]) for r in rows]
-    arms = [("serial", 1, False), ("batch8", 8, False)] + ([("batch8-noprepack", 8, True)] if args.lean else [])
+    arms = [("serial", 1, False), ("batch8", 8, False)] + ([("batch8-noprepack", 8, True)] if lean else [])
     ctx = mp.get_context("spawn")
     drivers: dict[str, Driver] = {}
     procs: dict[str, Any] = {}
     art_mb = sum(f.stat().st_size for f in artifact.iterdir() if f.is_file()) / 2**20
     out: dict[str, Any] = {"artifact": str(artifact), "artifact_mb": round(art_mb, 1), "cpu": platform.processor()
-                           or platform.machine(), "cores": os.cpu_count(), "max_new_tokens": args.max_new_tokens,
+                           or platform.machine(), "cores": os.cpu_count(), "max_new_tokens": max_new_tokens,
                            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cells": [], "rss": {}}
     try:
-        for name, mb, lean in arms:
+        for name, mb, arm_lean in arms:
             d = Driver()
-            p = ctx.Process(target=_node_main, args=(d.endpoint, str(artifact), mb, lean), daemon=True)
+            p = ctx.Process(target=_node_main, args=(d.endpoint, str(artifact), mb, arm_lean), daemon=True)
             p.start()
             d.wait_ready()
             drivers[name], procs[name] = d, p
             out["rss"][name] = {"after_load_mb": round(_rss_mb(p.pid), 1)}
         for name, d in drivers.items():  # warm-up: first runs allocate
-            d.run(_tasks("scoring", 8, f"w{name}s", mmlu, args.max_new_tokens), 8)
+            d.run(_tasks("scoring", 8, f"w{name}s", mmlu, max_new_tokens), 8)
             d.run(_tasks("generation", 8, f"w{name}g", mmlu, 8), 8)
         for kind in ("generation", "scoring"):
-            for c in [int(x) for x in args.concurrency.split(",")]:
-                n = args.rounds * max(c, 4) * (1 if kind == "generation" else 2)
+            for c in [int(x) for x in concurrency.split(",")]:
+                n = rounds * max(c, 4) * (1 if kind == "generation" else 2)
                 for name, d in drivers.items():
-                    r = d.run(_tasks(kind, n, f"{name}-{kind}-{c}", mmlu, args.max_new_tokens), c)
+                    r = d.run(_tasks(kind, n, f"{name}-{kind}-{c}", mmlu, max_new_tokens), c)
                     cell = {"kind": kind, "concurrency": c, "arm": name, **r}
                     out["cells"].append(cell)
                     print(json.dumps(cell), flush=True)
@@ -213,9 +216,9 @@ def main() -> int:
             p.join(10)
         for d in drivers.values():
             d.close()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
-    Path(args.out + ".md").write_text(_table(out))
+    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_prefix + ".json").write_text(json.dumps(out, indent=2) + "\n")
+    Path(out_prefix + ".md").write_text(_table(out))
     print(_table(out))
     return 0
 
@@ -245,4 +248,4 @@ def _table(out: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()

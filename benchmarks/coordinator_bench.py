@@ -16,14 +16,20 @@ process, it prints:
 Targets (issue 5): overhead p50 <= 0.5 ms, p99 <= 2 ms; >= 5x lower than Ray; >= 20k
 decisions/s.
 
+With ``--baseline-tree DIR`` (a checkout of an older commit, e.g.
+``git worktree add /tmp/edge-moe-old <commit>``), 1 and 2 are measured for both trees side by
+side in one run, alternating ``--rounds`` times (each tree's coordinator and nodes run from
+its own code), and the new ÷ old ratios are printed: a refactor is "no slower" when they sit
+within the round-to-round spread.
+
     .venv/bin/python benchmarks/coordinator_bench.py [--queries 2000] [--no-ray]
+    .venv/bin/python benchmarks/coordinator_bench.py --baseline-tree /tmp/edge-moe-old --no-ray
 
 Writes ``benchmarks/results/coordinator_bench.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,8 +38,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,14 +84,23 @@ def pct(xs: list[float]) -> dict[str, float]:
             "mean": float(a.mean()), "n": int(a.size)}
 
 
-def bench_zmq(d: Path, n_queries: int) -> dict:
+def entry_points(tree: Path) -> tuple[list[str], list[str]]:
+    """How ``tree`` starts a coordinator and a node: ``edge-moe coordinator|node`` (the one
+    CLI), or the argparse mains of trees older than it."""
+    if (tree / "gating" / "coordinator.py").exists():
+        return ["gating.coordinator"], ["nodes.server"]
+    return ["edge_moe.cli", "coordinator"], ["edge_moe.cli", "node"]
+
+
+def bench_zmq(d: Path, n_queries: int, tree: Path = REPO) -> dict:
     cal, prof, gate, fleet, experts = make_assets(d)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    coord = subprocess.Popen([sys.executable, "-m", "edge_moe.cli", "coordinator", "--config", str(fleet),
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+    coord_cmd, node_cmd = entry_points(tree)
+    coord = subprocess.Popen([sys.executable, "-m", *coord_cmd, "--config", str(fleet),
                               "--gate", str(gate), "--calibration", str(cal), "--profiles", str(prof),
                               "--toy-encoder", str(DIM), "--frontend", "tcp://127.0.0.1:*",
                               "--backend", "tcp://127.0.0.1:*"],
-                             cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+                             cwd=tree, env=env, stdout=subprocess.PIPE, text=True)
     procs = [coord]
     try:
         assert coord.stdout is not None
@@ -91,9 +108,9 @@ def bench_zmq(d: Path, n_queries: int) -> dict:
         frontend, backend = words[2], words[4]
         for i in range(3):
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "edge_moe.cli", "node", "--config", str(fleet), "--node", f"node-{i}",
+                [sys.executable, "-m", *node_cmd, "--config", str(fleet), "--node", f"node-{i}",
                  "--toy", "--endpoint", backend, "--meter", "modelled"],
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL))
+                cwd=tree, env=env, stdout=subprocess.DEVNULL))
         with EdgeMoEClient(frontend, timeout_s=5) as client:
             end = time.monotonic() + 30
             while time.monotonic() < end:
@@ -190,17 +207,68 @@ def bench_ray(n_queries: int) -> dict:
         ray.shutdown()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--no-ray", action="store_true")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "coordinator_bench.json"))
-    args = ap.parse_args()
+def decisions_in(tree: Path, seconds: float = 2.0) -> dict:
+    """:func:`bench_decisions` with ``tree``'s router, in a process of its own."""
+    code = ("import json, pathlib, sys, tempfile; sys.path.insert(0, sys.argv[1]); "
+            "import coordinator_bench as cb; "
+            "print(json.dumps(cb.bench_decisions(pathlib.Path(tempfile.mkdtemp()), float(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(tree / "benchmarks"), str(seconds)], cwd=tree,
+                         env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+                         check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(baseline: Path, n_queries: int, rounds: int) -> dict:
+    """Old tree and this one, alternating: ZeroMQ overhead and routing decisions per round."""
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    for r in range(rounds):
+        for name, tree in (("old", baseline), ("new", REPO)) if r % 2 == 0 else (("new", REPO), ("old", baseline)):
+            with tempfile.TemporaryDirectory() as d:
+                z = bench_zmq(Path(d), n_queries, tree)
+            dec = decisions_in(tree)
+            runs[name].append({"overhead_ms": z["overhead_ms"], "end_to_end_ms": z["end_to_end_ms"],
+                               "decisions_per_s": dec["decisions_per_s"]})
+            print(f"  round {r + 1} {name}: overhead p50 {z['overhead_ms']['p50']:.3f} ms "
+                  f"p99 {z['overhead_ms']['p99']:.3f} ms; {dec['decisions_per_s']:,.0f} decisions/s",
+                  flush=True)
+
+    def med(name: str, f) -> float:  # type: ignore[no-untyped-def]
+        return float(np.median([f(x) for x in runs[name]]))
+
+    keys = {"overhead_p50_ms": lambda x: x["overhead_ms"]["p50"],
+            "overhead_p99_ms": lambda x: x["overhead_ms"]["p99"],
+            "end_to_end_p50_ms": lambda x: x["end_to_end_ms"]["p50"],
+            "decisions_per_s": lambda x: x["decisions_per_s"]}
+    summary = {k: {"old": med("old", f), "new": med("new", f), "new_over_old": med("new", f) / med("old", f)}
+               for k, f in keys.items()}
+    return {"baseline_tree": str(baseline), "rounds": rounds, "runs": runs, "summary": summary}
+
+
+def main(
+    queries: Annotated[int, typer.Option(help="timed queries per measurement")] = 2000,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="skip the Ray actor comparison")] = False,
+    out: Annotated[Path, typer.Option(help="results JSON")] = REPO / "benchmarks" / "results" / "coordinator_bench.json",
+    baseline_tree: Annotated[Path | None, typer.Option(help="an older checkout to measure side by side")] = None,
+    rounds: Annotated[int, typer.Option(help="alternating rounds per tree with --baseline-tree")] = 4,
+) -> None:
+    """Coordinator benchmark: serving overhead, routing rate, a Ray peer, and an older tree."""
     ToyExpert("warm")  # import ORT once here, not inside a timing
+    if baseline_tree is not None:
+        res = side_by_side(baseline_tree.resolve(), queries, rounds)
+        print(f"old tree {baseline_tree} vs this tree, {rounds} alternating rounds of {queries} queries "
+              "(medians over rounds; new/old):")
+        for k, v in res["summary"].items():
+            print(f"  {k:20s} old {v['old']:12,.3f}  new {v['new']:12,.3f}  new/old {v['new_over_old']:.3f}")
+        res["machine"] = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+        res["command"] = "benchmarks/coordinator_bench.py " + " ".join(sys.argv[1:])
+        side = out.with_name(out.stem + "_side_by_side.json")
+        side.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {side}")
+        return
     with tempfile.TemporaryDirectory() as d:
-        zmq_res = bench_zmq(Path(d), args.queries)
+        zmq_res = bench_zmq(Path(d), queries)
         dec = bench_decisions(Path(d))
-    ray_res = None if args.no_ray else bench_ray(args.queries)
+    ray_res = None if no_ray else bench_ray(queries)
     result = {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
               "command": "benchmarks/coordinator_bench.py " + " ".join(sys.argv[1:]),
               "zmq": zmq_res, "routing": dec, "ray": ray_res}
@@ -218,10 +286,10 @@ def main() -> None:
         print(f"  ZeroMQ path is {r['p50'] / o['p50']:.1f}x lower at p50, {r['p99'] / o['p99']:.1f}x at p99 "
               "(target >= 5x)")
         result["ratio_p50"] = r["p50"] / o["p50"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -14,7 +14,6 @@ Stops only what it deployed (``edge_moe.fleet.down``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,8 +21,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "fleet"))
@@ -108,13 +109,16 @@ def chaos(endpoint: str, seconds: float, every_s: float, node: str) -> dict[str,
     return {**result, "kills": kills, "node": node}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level")
-    ap.add_argument("--chaos-s", type=float, default=60.0, help="seconds of load with kills")
-    ap.add_argument("--kill-every-s", type=float, default=10.0)
-    ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    seconds: Annotated[float, typer.Option(help="seconds per concurrency level")] = 8.0,
+    chaos_s: Annotated[float, typer.Option(help="seconds of load with kills")] = 60.0,
+    kill_every_s: float = 10.0,
+    json_path: Annotated[str | None, typer.Option("--json", help="also write the results here")] = None,
+) -> None:
     os.environ.setdefault("EDGE_MOE_STATE", tempfile.mkdtemp(prefix="edge-moe-bench-state-"))
     with tempfile.TemporaryDirectory(prefix="edge-moe-fleet-bench-") as tmp:
         fleet_path, kw = make_assets(Path(tmp))
@@ -124,23 +128,23 @@ def main() -> None:
         try:
             rows = []
             for c in (1, 4, 16):
-                rows.append(load(dep.frontend, c, args.seconds))
+                rows.append(load(dep.frontend, c, seconds))
                 r = rows[-1]
                 print(f"concurrency {c:2d}: {r['qps']:7.1f} q/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                       f"  coordinator share {r['coordinator_share']:.2f}  answered {r['answered']} degraded "
                       f"{r['degraded']} errors {r['errors']} lost {r['lost']}", flush=True)
             out["load"] = rows
-            ch = chaos(dep.frontend, args.chaos_s, args.kill_every_s, "node-c")
+            ch = chaos(dep.frontend, chaos_s, kill_every_s, "node-c")
             out["chaos"] = ch
-            print(f"kill {ch['node']} every {args.kill_every_s:g} s for {args.chaos_s:g} s ({ch['kills']} kills) at "
+            print(f"kill {ch['node']} every {kill_every_s:g} s for {chaos_s:g} s ({ch['kills']} kills) at "
                   f"concurrency 4: answered {ch['answered']}, degraded {ch['degraded']}, errors {ch['errors']}, "
                   f"lost {ch['lost']}; p50 {ch['p50_ms']:.2f} ms p99 {ch['p99_ms']:.2f} ms", flush=True)
         finally:
             F.down(dep.name)
         print(f"deploy {out['deploy_s']:.1f} s; torn down")
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        if json_path:
+            Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    app()

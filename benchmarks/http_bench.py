@@ -11,11 +11,14 @@ writes ``benchmarks/results/http_bench.json``.
 
 Run: ``.venv/bin/python benchmarks/http_bench.py [--n 300]`` (about 30 s on 2 cores).
 Target (issue 13): at most 1 ms added at p50 on loopback.
+
+``--baseline-tree DIR`` (an older checkout, e.g. ``git worktree add /tmp/edge-moe-old
+<commit>``) runs the whole fleet from each tree in turn, alternating ``--rounds`` times, and
+prints the new ÷ old ratios of the HTTP and ZeroMQ p50s (``http_bench_side_by_side.json``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,9 +27,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
+import typer
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +47,9 @@ OPTIONS = ["red", "green", "blue", "black"]
 
 
 class Proc:
-    def __init__(self, args: list[str], ready: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.p = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+    def __init__(self, args: list[str], ready: str, tree: Path = ROOT) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+        self.p = subprocess.Popen([sys.executable, "-m", *args], cwd=tree, env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         end = time.monotonic() + 60
         assert self.p.stdout is not None
@@ -69,11 +74,16 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=300, help="query pairs per kind")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "http_bench.json"))
-    args = ap.parse_args(argv)
+def entry_points(tree: Path) -> dict[str, list[str]]:
+    """How ``tree`` starts each process: the one CLI, or the argparse mains of older trees."""
+    if (tree / "gating" / "coordinator.py").exists():
+        return {"coordinator": ["gating.coordinator"], "node": ["nodes.server"], "http": ["gating.http"]}
+    return {k: ["edge_moe.cli", k] for k in ("coordinator", "node", "http")}
+
+
+def fleet_run(n: int, tree: Path = ROOT) -> dict[str, object]:
+    """Start the toy fleet and the front from ``tree``'s code, and :func:`run` the pairs."""
+    cmd = entry_points(tree)
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -87,27 +97,65 @@ def main(argv: list[str] | None = None) -> int:
                  "coordinator": {"node": "node-a", "heartbeat_s": 0.5, "liveness": 4, "top_k": 2}}
         (d / "fleet.yaml").write_text(yaml.safe_dump(fleet))
         try:
-            coord = Proc(["edge_moe.cli", "coordinator", "--config", str(d / "fleet.yaml"), "--gate", str(gate),
+            coord = Proc([*cmd["coordinator"], "--config", str(d / "fleet.yaml"), "--gate", str(gate),
                           "--calibration", str(cal), "--profiles", str(prof), "--toy-encoder", str(DIM),
                           "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*"],
-                         "coordinator frontend")
+                         "coordinator frontend", tree)
             procs.append(coord)
             frontend, backend = coord.line.split()[2], coord.line.split()[4]
-            for n in NODES:
-                procs.append(Proc(["edge_moe.cli", "node", "--config", str(d / "fleet.yaml"), "--node", n, "--toy",
-                                   "--endpoint", backend, "--meter", "modelled"], f"node {n} serving"))
-            front = Proc(["edge_moe.cli", "http", "--endpoint", frontend, "--listen", "127.0.0.1:0",
-                          "--config", str(d / "fleet.yaml")], "http front ")
+            for name in NODES:
+                procs.append(Proc([*cmd["node"], "--config", str(d / "fleet.yaml"), "--node", name, "--toy",
+                                   "--endpoint", backend, "--meter", "modelled"], f"node {name} serving", tree))
+            front = Proc([*cmd["http"], "--endpoint", frontend, "--listen", "127.0.0.1:0",
+                          "--config", str(d / "fleet.yaml")], "http front ", tree)
             procs.append(front)
             url = front.line.split()[2]
-            out = run(frontend, url, args.n)
+            return run(frontend, url, n)
         finally:
             for p in reversed(procs):
                 p.stop()
-    out["machine"] = {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0
+
+
+def side_by_side(baseline: Path, n: int, rounds: int) -> dict[str, object]:
+    """Old tree and this one, alternating; medians over rounds and new ÷ old per figure."""
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    for r in range(rounds):
+        order = (("old", baseline), ("new", ROOT)) if r % 2 == 0 else (("new", ROOT), ("old", baseline))
+        for name, tree in order:
+            print(f"round {r + 1}: {name} tree", flush=True)
+            runs[name].append(fleet_run(n, tree)["results"])  # type: ignore[arg-type]
+    summary: dict[str, dict[str, float]] = {}
+    for kind in runs["new"][0]:
+        for fig in ("zmq_p50_ms", "http_p50_ms", "added_p50_ms", "http_p99_ms"):
+            old = float(np.median([x[kind][fig] for x in runs["old"]]))
+            new = float(np.median([x[kind][fig] for x in runs["new"]]))
+            summary[f"{kind} {fig}"] = {"old": old, "new": new, "new_over_old": new / old if old else float("nan")}
+    return {"baseline_tree": str(baseline), "rounds": rounds, "runs": runs, "summary": summary}
+
+
+def main(
+    n: Annotated[int, typer.Option("--n", help="query pairs per kind")] = 300,
+    json_out: Annotated[Path, typer.Option("--json", help="results JSON")] = ROOT / "benchmarks" / "results" / "http_bench.json",
+    baseline_tree: Annotated[Path | None, typer.Option(help="an older checkout to measure side by side")] = None,
+    rounds: Annotated[int, typer.Option(help="alternating rounds per tree with --baseline-tree")] = 4,
+) -> None:
+    """HTTP front benchmark: the latency the front adds over ZeroMQ, and an older tree."""
+    machine = {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
+    if baseline_tree is not None:
+        res = side_by_side(baseline_tree.resolve(), n, rounds)
+        print(f"old tree {baseline_tree} vs this tree, {rounds} alternating rounds of {n} pairs "
+              "(medians over rounds; new/old):")
+        for k, v in res["summary"].items():  # type: ignore[union-attr]
+            print(f"  {k:34s} old {v['old']:7.3f}  new {v['new']:7.3f}  new/old {v['new_over_old']:.3f}")
+        res["machine"] = machine
+        side = json_out.with_name(json_out.stem + "_side_by_side.json")
+        side.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {side}")
+        return
+    out = fleet_run(n)
+    out["machine"] = machine
+    json_out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {json_out}")
 
 
 def run(frontend: str, url: str, n: int) -> dict[str, object]:
@@ -152,4 +200,4 @@ def run(frontend: str, url: str, n: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    typer.run(main)

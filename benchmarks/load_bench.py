@@ -63,7 +63,6 @@ stdout, and ``benchmarks/results/load_bench/load_bench.json`` (the chaos phase u
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
 import math
@@ -77,9 +76,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 import yaml
 import zmq
 
@@ -633,7 +633,7 @@ def killer(dep_name: str, nodes: list[str], every_s: float, seconds: float, t0: 
         k += 1
 
 
-def run_chaos(arm: str, drv: Driver, dep_name: str, nodes: list[str], args: argparse.Namespace,
+def run_chaos(arm: str, drv: Driver, dep_name: str, nodes: list[str], args: Settings,
               questions: list[tuple[str, tuple[str, ...], str]], budgets: list[Budget]) -> dict[str, Any]:
     """The chaos phase on a deployed fleet (module docstring)."""
     from edge_moe import fleet as F
@@ -706,7 +706,7 @@ def arm_fleet(src: Path, arm: str, tmp: Path) -> Path:
     return out
 
 
-def run_arm(arm: str, args: argparse.Namespace, tmp: Path, rates: list[float] | None,
+def run_arm(arm: str, args: Settings, tmp: Path, rates: list[float] | None,
             questions: list[tuple[str, tuple[str, ...], str]], budgets: list[Budget]
             ) -> tuple[dict[str, Any], list[float] | None]:
     """Deploy, warm up, probe capacity (if ``rates`` is None), run every rate, tear down."""
@@ -813,57 +813,98 @@ def markdown(doc: dict[str, Any], lines: list[str]) -> str:
     return "\n".join(md)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20.0, help="arrival window per rate (default 20)")
-    ap.add_argument("--rates", help="offered rates in q/s, comma-separated (default: probe capacity, then "
-                                    + ", ".join(f"{m:g}" for m in DEFAULT_MULTIPLES) + " x it)")
-    ap.add_argument("--multiples", default=",".join(f"{m:g}" for m in DEFAULT_MULTIPLES),
-                    help="rates as multiples of the probed capacity")
-    ap.add_argument("--arms", default="aware,blind", help="comma-separated: aware, blind")
-    ap.add_argument("--json", type=Path, help="results JSON (default benchmarks/results/load_bench/"
-                                              "load_bench.json; the Markdown summary goes beside it)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: first arm only, one rate, 5 s, no chaos "
-                                                         "phase unless --chaos-s is given")
-    ap.add_argument("--chaos-s", type=float, default=None,
-                    help="chaos phase seconds per arm (default 60, 0 disables; --quick: 0 unless given)")
-    ap.add_argument("--kill-every-s", type=float, default=10.0, help="chaos: kill a node this often (default 10)")
-    ap.add_argument("--chaos-concurrency", type=int, default=4, help="chaos: closed-loop clients (default 4)")
-    ap.add_argument("--probe-s", type=float, default=12.0, help="closed-loop capacity probe seconds")
-    ap.add_argument("--probe-concurrency", type=int, default=3)
-    ap.add_argument("--gen-fraction", type=float, default=0.25, help="share of generation queries")
-    ap.add_argument("--max-new-tokens", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sockets", type=int, default=2, help="client DEALER sockets")
-    ap.add_argument("--pause-s", type=float, default=2.0, help="pause between rates")
-    ap.add_argument("--fleet", type=Path, default=DEMO_FLEET)
-    ap.add_argument("--gate", type=Path, default=demo_dir() / "gate.onnx")
-    ap.add_argument("--calibration", type=Path, default=demo_dir() / "calibration.npz")
-    ap.add_argument("--profiles", type=Path, default=demo_dir() / "profiles.json")
-    ap.add_argument("--encoder", help="MiniLM artifact folder (default: in $EDGE_MOE_CACHE/artifacts)")
-    ap.add_argument("--artifacts", help="artifact root (default $EDGE_MOE_CACHE/artifacts)")
-    ap.add_argument("--ready-timeout-s", type=float, default=180.0)
-    args = ap.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+@dataclass
+class Settings:
+    """The command line's options, with ``--quick`` and the chaos default applied."""
+
+    seconds: float
+    multiples: list[float]
+    chaos_s: float
+    kill_every_s: float
+    chaos_concurrency: int
+    probe_s: float
+    probe_concurrency: int
+    gen_fraction: float
+    max_new_tokens: int
+    seed: int
+    sockets: int
+    pause_s: float
+    fleet: Path
+    gate: Path
+    calibration: Path
+    profiles: Path
+    encoder: str | None
+    artifacts: str | None
+    ready_timeout_s: float
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+NO_DEFAULT = {"show_default": False}  # the help text names the default
+DEMO_GATE = demo_dir() / "gate.onnx"
+DEMO_CALIBRATION = demo_dir() / "calibration.npz"
+DEMO_PROFILES = demo_dir() / "profiles.json"
+
+
+@app.command(help=__doc__)
+def load_bench(
+    ctx: typer.Context,
+    seconds: Annotated[float, typer.Option(help="arrival window per rate (default 20)", **NO_DEFAULT)] = 20.0,
+    rates_opt: Annotated[str | None, typer.Option(
+        "--rates", help="offered rates in q/s, comma-separated (default: probe capacity, then "
+                        + ", ".join(f"{m:g}" for m in DEFAULT_MULTIPLES) + " x it)")] = None,
+    multiples: Annotated[str, typer.Option(help="rates as multiples of the probed capacity")]
+        = ",".join(f"{m:g}" for m in DEFAULT_MULTIPLES),
+    arms_opt: Annotated[str, typer.Option("--arms", help="comma-separated: aware, blind")] = "aware,blind",
+    json_opt: Annotated[Path | None, typer.Option(
+        "--json", help="results JSON (default benchmarks/results/load_bench/load_bench.json; the Markdown "
+                       "summary goes beside it)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="smoke run: first arm only, one rate, 5 s, no chaos "
+                                                        "phase unless --chaos-s is given")] = False,
+    chaos_s: Annotated[float | None, typer.Option(
+        help="chaos phase seconds per arm (default 60, 0 disables; --quick: 0 unless given)")] = None,
+    kill_every_s: Annotated[float, typer.Option(help="chaos: kill a node this often (default 10)",
+                                                **NO_DEFAULT)] = 10.0,
+    chaos_concurrency: Annotated[int, typer.Option(help="chaos: closed-loop clients (default 4)", **NO_DEFAULT)] = 4,
+    probe_s: Annotated[float, typer.Option(help="closed-loop capacity probe seconds")] = 12.0,
+    probe_concurrency: int = 3,
+    gen_fraction: Annotated[float, typer.Option(help="share of generation queries")] = 0.25,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+    sockets: Annotated[int, typer.Option(help="client DEALER sockets")] = 2,
+    pause_s: Annotated[float, typer.Option(help="pause between rates")] = 2.0,
+    fleet: Path = DEMO_FLEET,
+    gate: Path = DEMO_GATE,
+    calibration: Path = DEMO_CALIBRATION,
+    profiles: Path = DEMO_PROFILES,
+    encoder: Annotated[str | None, typer.Option(help="MiniLM artifact folder (default: in $EDGE_MOE_CACHE/artifacts)")] = None,
+    artifacts: Annotated[str | None, typer.Option(help="artifact root (default $EDGE_MOE_CACHE/artifacts)")] = None,
+    ready_timeout_s: float = 180.0,
+) -> None:
+    argv: list[str] = ctx.obj if ctx.obj is not None else sys.argv[1:]
+    arms = [a.strip() for a in arms_opt.split(",") if a.strip()]
     if not arms or any(a not in ("aware", "blind") for a in arms):
-        ap.error(f"--arms {args.arms!r}: give aware and/or blind")
-    args.multiples = [float(x) for x in args.multiples.split(",")]
-    rates = [float(x) for x in args.rates.split(",")] if args.rates else None
+        raise typer.BadParameter(f"{arms_opt!r}: give aware and/or blind", param_hint="--arms")
+    args = Settings(seconds=seconds, multiples=[float(x) for x in multiples.split(",")],
+                    chaos_s=0.0, kill_every_s=kill_every_s, chaos_concurrency=chaos_concurrency, probe_s=probe_s,
+                    probe_concurrency=probe_concurrency, gen_fraction=gen_fraction, max_new_tokens=max_new_tokens,
+                    seed=seed, sockets=sockets, pause_s=pause_s, fleet=fleet, gate=gate, calibration=calibration,
+                    profiles=profiles, encoder=encoder, artifacts=artifacts, ready_timeout_s=ready_timeout_s)
+    rates = [float(x) for x in rates_opt.split(",")] if rates_opt else None
     if rates is not None and (not rates or any(not r > 0 for r in rates)):
-        ap.error("--rates must be positive numbers")
-    if args.quick:
+        raise typer.BadParameter("must be positive numbers", param_hint="--rates")
+    if quick:
         arms, args.seconds, args.probe_s, args.multiples = arms[:1], 5.0, 6.0, [1.0]
         rates = rates[:1] if rates else None
-    if args.chaos_s is None:
-        args.chaos_s = 0.0 if args.quick else 60.0
+    args.chaos_s = chaos_s if chaos_s is not None else 0.0 if quick else 60.0
     if args.chaos_s < 0 or (args.chaos_s > 0 and (not args.kill_every_s > 0 or args.chaos_concurrency < 1)):
-        ap.error("--chaos-s must be >= 0; with a chaos phase, --kill-every-s > 0 and --chaos-concurrency >= 1")
-    json_path = args.json or RESULTS / ("quick.json" if args.quick else "load_bench.json")
+        raise typer.BadParameter("must be >= 0; with a chaos phase, --kill-every-s > 0 and --chaos-concurrency >= 1",
+                                 param_hint="--chaos-s")
+    json_path = json_opt or RESULTS / ("quick.json" if quick else "load_bench.json")
     missing = [f"{k} {p}" for k, p in (("gate", args.gate), ("calibration", args.calibration),
                                        ("profiles", args.profiles), ("fleet", args.fleet)) if not p.is_file()]
     if missing:
         say("load_bench: missing inputs: " + "; ".join(missing) + " (run `make demo` once to make them)")
-        return 2
+        raise typer.Exit(2)
     own_state = None
     if "EDGE_MOE_STATE" not in os.environ:  # deployment records of this run only
         own_state = tempfile.mkdtemp(prefix="edge-moe-load-bench-state-")
@@ -874,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     say("[load] budgets: " + "; ".join(f"{b.name} {b.latency_ms:g} ms / {b.energy_j:g} J" for b in budgets)
         + f"; option questions: {qsource}")
     doc: dict[str, Any] = {
-        "command": " ".join(["benchmarks/load_bench.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["benchmarks/load_bench.py", *argv]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "fleet": str(args.fleet),
         "seconds": args.seconds, "seed": args.seed, "gen_fraction": args.gen_fraction,
         "max_new_tokens": args.max_new_tokens, "questions": qsource,
@@ -925,13 +966,25 @@ def main(argv: list[str] | None = None) -> int:
         say(line)
     if not doc["arms"]:  # nothing ran: keep earlier results
         say(f"[load] nothing ran; no results written ({doc['total_s']:.0f} s)")
-        return status
+        raise typer.Exit(status)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(json_safe(doc, nan_as_null=True), indent=1, default=str, allow_nan=False) + "\n")
     md_path = json_path.with_suffix(".md")
     md_path.write_text(markdown(doc, lines))
     say(f"[load] total {doc['total_s']:.0f} s; wrote {json_path} and {md_path}")
-    return status
+    if status:
+        raise typer.Exit(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status:
+    0, 2 for a usage error, missing inputs or a fleet that fails to deploy, 130 when interrupted."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        app(args=argv, prog_name="load_bench.py", obj=argv)
+    except SystemExit as exc:  # Typer's standalone mode always exits
+        return int(exc.code or 0)
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,15 +26,15 @@ Writes ``benchmarks/results/qwen15_variants.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ASSET = "qwen2.5-coder-1.5b-instruct"
@@ -95,40 +95,43 @@ def measure(art: Path, questions: list[Any], ref: np.ndarray, threads: int) -> d
             "mean_ms": float(ms.mean()), "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--questions", type=int, default=15, help="fidelity questions per category (the demo's: 15)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="", help="comma-separated substrings of the variant labels to run")
-    args = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__)
+def main(
+    n_questions: Annotated[int, typer.Option("--questions", help="fidelity questions per category (the demo's: 15)")] = 15,
+    threads: int = 2,
+    only: Annotated[str, typer.Option(help="comma-separated substrings of the variant labels to run")] = "",
+) -> None:
 
     from edge_moe.calibration import TRAIN, load_calibration
     from edge_moe.jobs import demo_real
 
     samples = demo_real.load_samples()
-    questions = demo_real.pick(samples, TRAIN, args.questions, seed=0)
+    questions = demo_real.pick(samples, TRAIN, n_questions, seed=0)
     table = load_calibration(demo_real.COMMITTED_TABLE)
     ref = table.logprobs[[s.row for s in questions], table.experts.index(ASSET)]
     rows: list[dict[str, Any]] = []
     for label, build in variants():
-        if args.only and not any(k in label for k in args.only.split(",")):
+        if only and not any(k in label for k in only.split(",")):
             continue
         art = build()
         if art is None:
             print(f"{label}: not built (skipped)", flush=True)
             rows.append({"variant": label, "artifact": None})
             continue
-        r = {"variant": label, **measure(Path(art), questions, ref, args.threads),
+        r = {"variant": label, **measure(Path(art), questions, ref, threads),
              "rss_gb_peak_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
         print(json.dumps(r), flush=True)
         rows.append(r)
     RESULTS.mkdir(exist_ok=True)
-    out = {"questions": len(questions), "split": "train", "threads": args.threads,
+    out = {"questions": len(questions), "split": "train", "threads": threads,
            "reference": f"committed column {ASSET} (the dequantised Q4_K_M checkpoint in fp32)", "rows": rows}
     (RESULTS / "qwen15_variants.json").write_text(json.dumps(out, indent=1))
     fast = next((r for r in rows if r.get("artifact") and "int8" in r["variant"]), None)
     lines = [f"# Qwen2.5-Coder-1.5B builds on this machine ({len(questions)} train-split MMLU questions, "
-             f"{args.threads} threads, letter scoring, one at a time)", "",
+             f"{threads} threads, letter scoring, one at a time)", "",
              "| variant | size MB | load s | accuracy | committed fp32 acc | argmax agreement | mean ms | p95 ms |"
              + (" speed vs builder int8 |" if fast else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|" if fast else "")]
@@ -144,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -76,7 +76,6 @@ Exit code 1 with ``ClassName: message`` when an input is missing or malformed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shlex
@@ -86,7 +85,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import typer
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from anywhere
@@ -354,64 +355,66 @@ def _write(out: Path, results: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the command line
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    ap = argparse.ArgumentParser(
-        prog="reproduce_moe2.py",
-        description="Reproduce MoE²'s claims (optimality-preserving gate, exact selection, accuracy/cost "
-                    "trade-offs) from a calibration table and profiles. Trains the gate on train, selects "
-                    "on validation, reports on test. Writes OUT/REPORT.md, OUT/results.json (every figure "
-                    "of the report), OUT/gate.onnx and OUT/{accuracy_vs_energy,accuracy_vs_latency,pareto}.png.",
-        epilog="The module docstring defines the budget grid, 'non-monotone F changed the plan' and the "
-               "improvement over the best single expert. Example: .venv/bin/python benchmarks/reproduce_moe2.py "
-               "--table configs/example/calibration.synthetic.npz --profiles configs/example/profiles.synthetic.json "
-               "--out /tmp/moe2",
-    )
-    ap.add_argument("--table", type=Path, required=True, help="calibration table .npz (README: formats)")
-    ap.add_argument("--profiles", type=Path, required=True, help="profiles JSON: latency_ms and energy_j per expert and category")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    ap.add_argument("--top-k", type=int, default=2, help="experts that answer inside S, fixed k (0: all of S; default 2)")
-    ap.add_argument("--tau", type=float, default=planner.DEFAULT_TAU,
-                    help=f"adaptive k: fewest experts holding gate mass >= tau (default {planner.DEFAULT_TAU})")
-    ap.add_argument("--subsets", type=int, default=None,
-                    help=f"random subsets for the retrain-gap check (default {FULL['subsets']}; --quick {QUICK['subsets']})")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the gate, the subsets and the random baseline (default 0)")
-    ap.add_argument("--energy-points", type=int, default=None,
-                    help=f"energy budgets in the grid (default {FULL['energy_points']}; --quick {QUICK['energy_points']})")
-    ap.add_argument("--latency-points", type=int, default=None,
-                    help=f"latency scales in the grid (default {FULL['latency_points']}; --quick {QUICK['latency_points']})")
-    ap.add_argument("--random-draws", type=int, default=None,
-                    help=f"random feasible subsets averaged per budget (default {FULL['random_draws']}; --quick {QUICK['random_draws']})")
-    ap.add_argument("--quick", action="store_true", help="small gate, coarse grid, few subsets: for tests and smoke runs")
-    ap.add_argument("--no-expert-budgets", action="store_true",
-                    help="grid of exactly energy-points x latency-points; by default each expert's own J and the "
-                         "latency scale where it starts to fit are added, so every single-expert regime is sampled")
-    ap.add_argument("--objective", choices=("accuracy", "loglik"), default="loglik",
-                    help="MoE²'s F(S) in sections 3-4 (default loglik)")
-    ap.add_argument("--folds", type=int, default=0, help="MoE² selects on k-fold CV over train + validation (0: validation)")
-    ap.add_argument("--guard-confidence", type=float, default=0.95,
-                    help="MoE²'s paired guard confidence (0: no guard; default 0.95)")
-    ap.add_argument("--cv-folds", type=int, default=5, help="folds of the CV variants in section 5 (default 5)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
-    a = ap.parse_args(argv)
-    preset = QUICK if a.quick else FULL
-    return Options(table=a.table, profiles=a.profiles, out=a.out, top_k=a.top_k or None, tau=a.tau,
-                   subsets=a.subsets if a.subsets is not None else preset["subsets"], seed=a.seed,
-                   energy_points=a.energy_points if a.energy_points is not None else preset["energy_points"],
-                   latency_points=a.latency_points if a.latency_points is not None else preset["latency_points"],
-                   random_draws=a.random_draws if a.random_draws is not None else preset["random_draws"],
-                   quick=a.quick, progress=not a.no_progress, expert_budgets=not a.no_expert_budgets,
-                objective=a.objective, folds=a.folds, guard_confidence=a.guard_confidence or None,
-                cv_folds=a.cv_folds)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+NO_DEFAULT = {"show_default": False}  # the help text names the default
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
+@app.command(
+    help="Reproduce MoE²'s claims (optimality-preserving gate, exact selection, accuracy/cost "
+         "trade-offs) from a calibration table and profiles. Trains the gate on train, selects "
+         "on validation, reports on test. Writes OUT/REPORT.md, OUT/results.json (every figure "
+         "of the report), OUT/gate.onnx and OUT/{accuracy_vs_energy,accuracy_vs_latency,pareto}.png.",
+    epilog="The module docstring defines the budget grid, 'non-monotone F changed the plan' and the "
+           "improvement over the best single expert. Example: .venv/bin/python benchmarks/reproduce_moe2.py "
+           "--table configs/example/calibration.synthetic.npz --profiles configs/example/profiles.synthetic.json "
+           "--out /tmp/moe2",
+)
+def reproduce(
+    table: Annotated[Path, typer.Option(help="calibration table .npz (README: formats)")],
+    profiles: Annotated[Path, typer.Option(help="profiles JSON: latency_ms and energy_j per expert and category")],
+    out: Annotated[Path, typer.Option(help=f"output folder (default: {DEFAULT_OUT})", **NO_DEFAULT)] = DEFAULT_OUT,
+    top_k: Annotated[int, typer.Option(help="experts that answer inside S, fixed k (0: all of S; default 2)",
+                                       **NO_DEFAULT)] = 2,
+    tau: Annotated[float, typer.Option(help="adaptive k: fewest experts holding gate mass >= tau "
+                                            f"(default {planner.DEFAULT_TAU})", **NO_DEFAULT)] = planner.DEFAULT_TAU,
+    subsets: Annotated[int | None, typer.Option(
+        help=f"random subsets for the retrain-gap check (default {FULL['subsets']}; --quick {QUICK['subsets']})")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the gate, the subsets and the random baseline (default 0)",
+                                      **NO_DEFAULT)] = 0,
+    energy_points: Annotated[int | None, typer.Option(
+        help=f"energy budgets in the grid (default {FULL['energy_points']}; --quick {QUICK['energy_points']})")] = None,
+    latency_points: Annotated[int | None, typer.Option(
+        help=f"latency scales in the grid (default {FULL['latency_points']}; --quick {QUICK['latency_points']})")] = None,
+    random_draws: Annotated[int | None, typer.Option(
+        help=f"random feasible subsets averaged per budget (default {FULL['random_draws']}; "
+             f"--quick {QUICK['random_draws']})")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="small gate, coarse grid, few subsets: for tests and smoke runs")] = False,
+    no_expert_budgets: Annotated[bool, typer.Option(
+        "--no-expert-budgets",
+        help="grid of exactly energy-points x latency-points; by default each expert's own J and the "
+             "latency scale where it starts to fit are added, so every single-expert regime is sampled")] = False,
+    objective: Annotated[Literal["accuracy", "loglik"], typer.Option(
+        help="MoE²'s F(S) in sections 3-4 (default loglik)", **NO_DEFAULT)] = "loglik",
+    folds: Annotated[int, typer.Option(help="MoE² selects on k-fold CV over train + validation (0: validation)")] = 0,
+    guard_confidence: Annotated[float, typer.Option(help="MoE²'s paired guard confidence (0: no guard; default 0.95)",
+                                                    **NO_DEFAULT)] = 0.95,
+    cv_folds: Annotated[int, typer.Option(help="folds of the CV variants in section 5 (default 5)", **NO_DEFAULT)] = 5,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
+) -> None:
+    preset = QUICK if quick else FULL
+    opts = Options(table=table, profiles=profiles, out=out, top_k=top_k or None, tau=tau,
+                   subsets=subsets if subsets is not None else preset["subsets"], seed=seed,
+                   energy_points=energy_points if energy_points is not None else preset["energy_points"],
+                   latency_points=latency_points if latency_points is not None else preset["latency_points"],
+                   random_draws=random_draws if random_draws is not None else preset["random_draws"],
+                   quick=quick, progress=not no_progress, expert_budgets=not no_expert_budgets,
+                   objective=objective, folds=folds, guard_confidence=guard_confidence or None,
+                   cv_folds=cv_folds)
     try:
-        opts = parse_args(argv)
         results = run_report(opts)
     except EdgeMoEError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        raise typer.Exit(1) from exc
     sel = results["claim2_selection"]["moe2"]
     imp = results["claim3_tradeoffs"]["improvement_vs_best_single"]["moe2"]
     print(f"wrote {opts.out / 'REPORT.md'}, results.json and {', '.join(PNGS)} in {results['header']['runtime_s']:.1f} s")
@@ -419,8 +422,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selector == brute force at {sel['equal']}/{sel['points']} points")
     if imp["points"]:
         print(f"best MoE² margin over the best single expert at the same budget: {imp['best']['margin_points']:+.1f} points")
-    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); returns the exit status:
+    0, 1 with ``ClassName: message`` on stderr for an EdgeMoEError, 2 for a usage error."""
+    configure_logging()
+    try:
+        app(args=argv, prog_name="reproduce_moe2.py")
+    except SystemExit as exc:  # Typer's standalone mode always exits
+        return int(exc.code or 0)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

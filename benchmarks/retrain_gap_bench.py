@@ -9,10 +9,12 @@ Run: ``.venv/bin/python benchmarks/retrain_gap_bench.py [--calibration T.npz] [-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -20,24 +22,26 @@ from edge_moe.calibration import load_calibration  # noqa: E402
 from gating.offline.retrain_gap import retrain_gap  # noqa: E402
 from gating.planning.gate import GateConfig, train_gate  # noqa: E402
 
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calibration", default="configs/example/calibration.synthetic.npz")
-    ap.add_argument("--subsets", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="also write the reports here")
-    args = ap.parse_args()
-    table = load_calibration(args.calibration)
+
+@app.command(help=__doc__)
+def main(
+    calibration: str = "configs/example/calibration.synthetic.npz",
+    subsets: int = 30,
+    seed: int = 0,
+    json_path: Annotated[str | None, typer.Option("--json", help="also write the reports here")] = None,
+) -> None:
+    table = load_calibration(calibration)
     out = {}
     for rate in (0.0, 0.5):
-        gate = train_gate(table, GateConfig(subset_dropout=rate, seed=args.seed))
-        report = retrain_gap(table, gate, n_subsets=args.subsets, seed=args.seed)
+        gate = train_gate(table, GateConfig(subset_dropout=rate, seed=seed))
+        report = retrain_gap(table, gate, n_subsets=subsets, seed=seed)
         print(f"subset_dropout={rate}: full-set val NLL {gate.best_val_nll:.4f}; {report.summary()}")
         out[f"subset_dropout={rate}"] = {"full_val_nll": gate.best_val_nll, **report.to_json()}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -18,7 +18,6 @@ on the fixed prompt set of :data:`exporters.parity.AGREEMENT_PROMPTS`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -26,8 +25,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 BACKENDS = ("torch", "ort-fp32", "ort-int8", "ort-int4", "genai-fp32", "genai-int8", "genai-int4")
 PREFILL_T = (64, 256)
@@ -138,41 +139,44 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--asset", default="smollm2-135m-instruct")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds over all backends; best kept")
-    ap.add_argument("--one", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.one:
-        print(json.dumps(_one(args.one, args.asset, args.threads)))
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    asset: str = "smollm2-135m-instruct",
+    threads: int = 2,
+    backends: str = ",".join(BACKENDS),
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
+    rounds: Annotated[int, typer.Option(help="rounds over all backends; best kept")] = 2,
+    one: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
+    if one:
+        print(json.dumps(_one(one, asset, threads)))
         return
     load_before = os.getloadavg()
     # Build artifacts first, outside the timed subprocesses.
-    for b in args.backends.split(","):
+    for b in backends.split(","):
         if b != "torch":
             builder, precision = b.split("-")
-            _artifact(args.asset, precision, builder)
+            _artifact(asset, precision, builder)
     results: dict[str, dict] = {}
     # Rounds run every backend in turn; each figure keeps its best round (lowest ms,
     # highest tok/s), so a burst of load on this shared machine hits no backend alone.
-    for _round in range(args.rounds):
-        for b in args.backends.split(","):
-            res = _run_one(b, args)
+    for _round in range(rounds):
+        for b in backends.split(","):
+            res = _run_one(b, asset, threads)
             if res is None:
                 continue
             best = results.setdefault(b, res)
             for key, v in res.items():
                 better = max if key == "decode_tok_s" else min
                 best[key] = better(best[key], v) if key.endswith(("_ms", "_tok_s")) else v
-    _report(results, args, load_before)
+    _report(results, asset, threads, rounds, json_path, load_before)
 
 
-def _run_one(b: str, args: argparse.Namespace) -> dict | None:
-    cmd = [sys.executable, __file__, "--one", b, "--asset", args.asset, "--threads", str(args.threads)]
+def _run_one(b: str, asset: str, threads: int) -> dict | None:
+    cmd = [sys.executable, __file__, "--one", b, "--asset", asset, "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"{b}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -180,9 +184,10 @@ def _run_one(b: str, args: argparse.Namespace) -> dict | None:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def _report(results: dict[str, dict], args: argparse.Namespace, load_before: tuple) -> None:
+def _report(results: dict[str, dict], asset: str, threads: int, rounds: int, json_path: Path | None,
+            load_before: tuple) -> None:
     ref = results.get("torch")
-    print(f"{args.asset}, {args.threads} threads, batch 1, best of {args.rounds} rounds")
+    print(f"{asset}, {threads} threads, batch 1, best of {rounds} rounds")
     print(
         f"{'backend':10} {'prefill64 ms':>13} {'prefill256 ms':>14} {'decode tok/s':>13} {'RSS MB':>8} {'top-1':>6}  vs torch (prefill64 / decode)"
     )
@@ -208,13 +213,13 @@ def _report(results: dict[str, dict], args: argparse.Namespace, load_before: tup
         print("\ntargets (issue 3), measured side by side in this run:")
         for label, ratio, goal in targets:
             print(f"  {label:38} {ratio:5.2f}x  (target {goal}x: {'met' if ratio >= goal else 'NOT met'})")
-    if args.json:
-        args.json.write_text(
+    if json_path:
+        json_path.write_text(
             json.dumps(
                 {
-                    "asset": args.asset,
-                    "threads": args.threads,
-                    "rounds": args.rounds,
+                    "asset": asset,
+                    "threads": threads,
+                    "rounds": rounds,
                     "command": " ".join(
                         [".venv/bin/python", "benchmarks/runner_bench.py", *sys.argv[1:]]
                     ),
@@ -233,4 +238,4 @@ def _report(results: dict[str, dict], args: argparse.Namespace, load_before: tup
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    main()
+    app()

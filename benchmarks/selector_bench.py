@@ -26,7 +26,6 @@ Targets: >= 100x fewer evaluations than brute force at N=20; N=40 exact in <= 1 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,9 +34,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
@@ -167,25 +167,28 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="8,12,16,20,24,40")
-    parser.add_argument("--brute-max-n", type=int, default=20)
-    parser.add_argument("--gate", choices=["trained", "category"], default="trained")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    sizes: str = "8,12,16,20,24,40",
+    brute_max_n: int = 20,
+    gate: Literal["trained", "category"] = "trained",
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the rows here")] = None,
+) -> None:
+    ns = [int(s) for s in sizes.split(",")]
     print(f"selector bench: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-          f"numpy {np.__version__}; synthetic table seed 0; gate {args.gate}")
+          f"numpy {np.__version__}; synthetic table seed 0; gate {gate}")
     print(HEADER)
-    rows = run(sizes, args.brute_max_n, args.gate)
+    rows = run(ns, brute_max_n, gate)
     for line in summary(rows):
         print(line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"command": " ".join(["benchmarks/selector_bench.py", *sys.argv[1:]]), "rows": rows}
-        args.json.write_text(json.dumps(doc, indent=1, default=float))
+        json_path.write_text(json.dumps(doc, indent=1, default=float))
 
 
 if __name__ == "__main__":
-    main()
+    app()

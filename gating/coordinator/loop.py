@@ -8,8 +8,9 @@ Two ROUTER sockets, one thread, one poller (zguide ``ppqueue.py`` for the backen
   (:mod:`gating.coordinator.registry`), receive TASKs and answer RESULT, PARTIAL or ERROR.
   The coordinator heartbeats every live node.
 
-The loop owns the sockets and the clock, never computes, and decides nothing itself. Per
-query: :meth:`Coordinator._on_query` checks it (:meth:`Router.prepare`, the prompt size, the
+The loop (this module) owns the sockets and the clock, never computes, and decides nothing
+itself; its handlers are in two halves, the client side (:mod:`gating.coordinator.clients`)
+and the node side (:mod:`gating.coordinator.backend`). Per query: :meth:`Coordinator._on_query` checks it (:meth:`Router.prepare`, the prompt size, the
 in-flight bounds), answers at once what no live expert can serve (admission), and hands the
 prompt to the embedding worker (:class:`gating.coordinator.embedding.EmbedWorker`: its own
 thread, a bounded queue, batches). When the logits are back, :meth:`Coordinator._on_scored`
@@ -56,46 +57,35 @@ from typing import Any
 import zmq
 
 from edge_moe.config import CoordinatorConfig
-from edge_moe.errors import ConfigError, EdgeMoEError, ProtocolError, SelectionError
+from edge_moe.errors import ConfigError
 from edge_moe.runtime.liveness import HeartbeatTimer
 from edge_moe.security import ServerKeys
 from edge_moe.wire import (
     Error,
     ErrorCode,
     Heartbeat,
-    Partial,
-    Query,
-    Ready,
     Reply,
-    Result,
-    Task,
-    check_result,
-    decode,
-    echo_id,
     encode,
-    prompt_size_problem,
 )
-from gating.coordinator import admission
+from gating.coordinator.backend import NodeSide
+from gating.coordinator.clients import ClientSide, split_envelope
 from gating.coordinator.embedding import EmbedWorker, Scored
-from gating.coordinator.inflight import Closed, InFlight, Pending, TaskRecord, Waiting
+from gating.coordinator.inflight import InFlight
 from gating.coordinator.load import LoadTracker
-from gating.coordinator.metrics import make_metrics, mode_of
+from gating.coordinator.metrics import make_metrics
 from gating.coordinator.registry import Registry
-from gating.coordinator.replies import aggregate, plan_info
-from gating.coordinator.routing import Decision, Embedder, Router, Status
+from gating.coordinator.routing import Embedder, Router
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_MS = 30_000.0
-MAX_PARTIAL_CHARS = 65536  # a longer PARTIAL from a node is dropped, not forwarded
-MAX_REFUSALS_REMEMBERED = 1024  # identities whose refused READY was logged (one warning each)
 STATS = ("queries", "replies", "errors", "malformed_frontend", "malformed_backend", "degraded",
          "oversized_prompts", "refused_ready", "not_ready", "bad_results", "misrouted",
          "quarantines", "overloaded", "redispatched")
 OnReply = Callable[[Reply | Error], None]
 
 
-class Coordinator:
+class Coordinator(ClientSide, NodeSide):
     """The serving loop. Construct (or :func:`gating.coordinator.build.build_coordinator`),
     then :meth:`run` (blocking) until :meth:`stop`.
 
@@ -304,323 +294,8 @@ class Coordinator:
             except Exception:  # a bug in one message must not stop the service
                 logger.exception("internal error handling a message")
                 if sock is self.frontend and frames:
-                    env, _ = _split_envelope(frames)
+                    env, _ = split_envelope(frames)
                     self._reply(env, Error("", ErrorCode.INTERNAL, "internal error; see the coordinator log"))
-
-    # ---------------------------------------------------------------- frontend
-
-    def _reply(self, envelope: list[bytes], msg: Reply | Error) -> None:
-        self.stats["replies" if isinstance(msg, Reply) else "errors"] += 1
-        if self.metrics is not None:
-            self.metrics.answered(msg, mode_of(msg))
-        self.frontend.send_multipart([*envelope, *encode(msg)])
-        if self.on_reply is not None:
-            try:
-                self.on_reply(msg)
-            except Exception:  # an observer's bug must not stop the service
-                logger.exception("the on_reply hook failed")
-
-    def _on_frontend(self, frames: list[bytes]) -> None:
-        envelope, body = _split_envelope(frames)
-        try:
-            msg = decode(body)
-        except ProtocolError as exc:
-            self.stats["malformed_frontend"] += 1
-            self._reply(envelope, Error("", ErrorCode.PROTOCOL, str(exc)))
-            return
-        if not isinstance(msg, Query):
-            self.stats["malformed_frontend"] += 1
-            self._reply(envelope, Error(echo_id(getattr(msg, "id", "")), ErrorCode.PROTOCOL,
-                                        f"the frontend accepts QUERY, got {type(msg).__name__.upper()}"))
-            return
-        self.stats["queries"] += 1
-        self._on_query(envelope, msg)
-
-    def _on_query(self, envelope: list[bytes], q: Query) -> None:
-        """Check a QUERY and hand its prompt to the embedding worker; never computes."""
-        t0 = time.monotonic()
-        too_big = prompt_size_problem(q.prompt, self.config.max_prompt_bytes, q.options)
-        if too_big is not None:  # before anything reads the prompt: embedding it would stall the loop
-            self.stats["oversized_prompts"] += 1
-            self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, too_big))
-            return
-        key = (envelope[0], q.id)
-        if key in self.inflight:
-            self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST,
-                                        f"query id {q.id!r} is already in flight from this client"))
-            return
-        try:
-            self.router.prepare(q)
-        except EdgeMoEError as exc:
-            self._reply(envelope, Error(echo_id(q.id), ErrorCode.BAD_REQUEST, _bad_request(exc)))
-            return
-        if len(self.inflight) >= self.config.max_pending:
-            soonest = min((p.flush_at for p in self.inflight.pending.values()), default=t0 + 0.1)
-            self._overloaded(envelope, q, f"{len(self.inflight)} queries in flight, the limit "
-                             f"(coordinator.max_pending = {self.config.max_pending})",
-                             max(1.0, (soonest - t0) * 1e3))
-            return
-        d = self._decide(q, None, t0, 0.0)  # admission: the plan does not depend on the prompt
-        if d.status != Status.OK:
-            self._answer_decision(envelope, q, d, t0)
-            return
-        if not self.embedder.submit(key, q.prompt):
-            self._overloaded(envelope, q, f"{self.config.max_waiting} prompts are waiting to be "
-                             "embedded, the limit (coordinator.max_waiting)", 50.0)
-            return
-        budget_ms = admission.deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
-        self.inflight.wait(key, Waiting(envelope, q, t0, t0 + budget_ms / 1e3))
-
-    def _decide(self, q: Query, s: Scored | None, now: float, elapsed_ms: float) -> Decision:
-        """The router's decision over the live experts (with their load when load-aware)."""
-        live = self.registry.live_experts
-        waits = scale = None
-        if self.config.load_aware:
-            node_of = {e: self.registry.node_of(e).name for e in live}  # type: ignore[union-attr]
-            waits = admission.queue_waits(q, live, node_of, self.router, self.load, now, elapsed_ms,
-                                          self.default_deadline_ms)
-            scale = admission.energy_scales(live, self.router, self.load)
-        if s is None:
-            return self.router.decide(q, None, live, self.registry.node_names, waits, energy_scale=scale)
-        return self.router.decide(q, s.logits, live, self.registry.node_names, waits,
-                                  embed_ms=s.embed_ms, gate_ms=s.gate_ms, energy_scale=scale)
-
-    def _answer_decision(self, envelope: list[bytes], q: Query, d: Decision, t0: float,
-                         stage: dict[str, float] | None = None) -> None:
-        """The answer to a decision that sends no TASK: ERROR no_experts / overloaded, or the
-        infeasible REPLY."""
-        if d.status == Status.NO_EXPERTS or d.plan is None:
-            self._reply(envelope, Error(q.id, ErrorCode.NO_EXPERTS, d.message))
-        elif d.status == Status.OVERLOADED:
-            self.stats["overloaded"] += 1
-            self._reply(envelope, Error(q.id, ErrorCode.OVERLOADED, d.message,
-                                        None if d.retry_after_ms is None else round(d.retry_after_ms, 1)))
-        else:
-            stage = dict(stage if stage is not None else d.stage_ms)
-            stage.update(fanout=0.0, aggregate=0.0, total=(time.monotonic() - t0) * 1e3)
-            self._reply(envelope, Reply(q.id, (), stage, stage["total"], 0.0, "", plan_info(d.plan),
-                                        reasons=(d.message,)))
-
-    def _overloaded(self, envelope: list[bytes], q: Query, why: str, retry_ms: float | None) -> None:
-        self.stats["overloaded"] += 1
-        self._reply(envelope, Error(echo_id(q.id), ErrorCode.OVERLOADED, f"overloaded: {why}",
-                                    None if retry_ms is None else round(retry_ms, 1)))
-
-    def _on_scored(self, s: Scored) -> None:
-        """The worker scored a prompt: plan over the live experts (with their queues), dispatch."""
-        w = self.inflight.take_waiting(s.key)  # type: ignore[arg-type]
-        if w is None:
-            return  # answered meanwhile (its deadline passed while it waited)
-        envelope, q, t0 = w.envelope, w.query, w.started
-        if s.error is not None:
-            if isinstance(s.error, EdgeMoEError):
-                self._reply(envelope, Error(q.id, ErrorCode.BAD_REQUEST, _bad_request(s.error)))
-            else:
-                logger.error("scoring a prompt failed: %r", s.error)
-                self._reply(envelope, Error(q.id, ErrorCode.INTERNAL,
-                                            f"scoring the prompt failed: {type(s.error).__name__}"))
-            return
-        assert s.logits is not None
-        now = time.monotonic()
-        elapsed_ms = (now - t0) * 1e3
-        d = self._decide(q, s, now, elapsed_ms)
-        stage = dict(d.stage_ms)
-        stage["queue"] = max(0.0, elapsed_ms - s.embed_ms - s.gate_ms)
-        if d.status != Status.OK or d.plan is None:  # the queues grew (or nodes left) meanwhile
-            self._answer_decision(envelope, q, d, t0, stage)
-            return
-        budget_ms = admission.deadline_ms(q, d.plan.latency_budget_ms, self.default_deadline_ms)
-        margin_ms = admission.flush_margin_ms(budget_ms)
-        p = Pending(envelope, q, d.plan, dict(d.weights), t0, t0 + (budget_ms - margin_ms) / 1e3,
-                    time.monotonic(), budget_ms, stage, logits=s.logits,
-                    predicted_ms=dict(d.predicted_ms))
-        self.inflight.open(p)
-        for expert in d.weights:
-            self._dispatch(p, expert)
-        p.dispatched = time.monotonic()
-
-    def _dispatch(self, p: Pending, expert: str) -> None:
-        """Send ``p``'s TASK for ``expert`` to its live node."""
-        node = self.registry.node_of(expert)
-        assert node is not None  # the plan is over live experts
-        q = p.query
-        now = time.monotonic()
-        predicted = self.load.service_ms(expert, node.name, self.router.profile_ms(q, expert),
-                                         admission.gen_tokens(q))
-        rec = self.inflight.dispatch(p, expert, node.name, node.identity, predicted, now)
-        timeout = (p.flush_at - now) * 1e3
-        stream = q.stream and q.options is None and len(p.weights) == 1
-        task = Task(rec.id, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens, stream)
-        self.backend.send_multipart([node.identity, *encode(task)])
-
-    # ---------------------------------------------------------------- backend
-
-    def _to_node(self, identity: bytes, msg: Error) -> None:
-        self.backend.send_multipart([identity, *encode(msg)])
-
-    def _on_backend(self, frames: list[bytes]) -> None:
-        identity, body = frames[0], frames[1:]
-        now = time.monotonic()
-        try:
-            msg = decode(body)
-        except ProtocolError as exc:
-            self.stats["malformed_backend"] += 1
-            self._to_node(identity, Error("", ErrorCode.PROTOCOL, str(exc)))
-            return
-        if isinstance(msg, Ready):
-            self._on_ready(identity, msg, now)
-            return
-        known = self.registry.beat(identity, now)
-        if isinstance(msg, Heartbeat | Result | Error) and known is None:
-            # a RESULT or ERROR from a stranger resolves nothing: no TASK went to it
-            self.stats["not_ready"] += 1
-            self._to_node(identity, Error(getattr(msg, "id", ""), ErrorCode.NOT_READY,
-                                          "unknown node: send READY first"))
-            return
-        assert known is not None
-        if isinstance(msg, Heartbeat):
-            self.load.heartbeat(known.name, msg, now)
-            return
-        self.load.seen(known.name, now)
-        if isinstance(msg, Result | Error):
-            self._on_answer(identity, known.name, msg, now)
-        elif isinstance(msg, Partial):
-            self._on_partial(identity, msg)
-        else:
-            self.stats["malformed_backend"] += 1
-            self._to_node(identity, Error("", ErrorCode.PROTOCOL, "the backend accepts READY, HEARTBEAT, "
-                                          f"RESULT, PARTIAL or ERROR, got {type(msg).__name__.upper()}"))
-
-    def _on_ready(self, identity: bytes, msg: Ready, now: float) -> None:
-        """Admit a READY (:meth:`Registry.refusal` says whether), or refuse it with ERROR. A
-        node that comes back on a new connection hands the old one's open tasks to fail-over,
-        after it is registered, so the same expert can take them again."""
-        why = self.registry.refusal(identity, msg, now)
-        if why is not None:
-            self.stats["refused_ready"] += 1
-            if identity not in self._refused:  # one warning per connection, not one per beat
-                if len(self._refused) >= MAX_REFUSALS_REMEMBERED:
-                    self._refused.clear()
-                self._refused.add(identity)
-                logger.warning("refused READY from %r: %s", identity, why)
-            self._to_node(identity, Error("", ErrorCode.REFUSED, why))
-            return
-        self._refused.discard(identity)
-        old = self.registry.entry(msg.node)
-        self.registry.ready(identity, msg, now)
-        if old is not None and old.identity != identity:  # its tasks cannot come back on the new one
-            self._fail_over(msg.node, f"node {msg.node} reconnected; the old connection's task "
-                            "cannot be answered", old.identity)
-        self.load.seen(msg.node, now)
-
-    def _on_answer(self, identity: bytes, node: str, msg: Result | Error, now: float) -> None:
-        """A RESULT or ERROR from the live node ``node`` (at ``identity``) for a TASK."""
-        found = self.inflight.task(msg.id)
-        if found is None:
-            if isinstance(msg, Error) and msg.id == "":
-                logger.warning("node error: %s: %s", msg.code, msg.message)
-            return  # a late answer to a finished query
-        rec, p = found
-        if rec.identity != identity:
-            self.stats["misrouted"] += 1
-            logger.warning("dropped a %s for task %s from node %s (%r): that task went to node %s",
-                           type(msg).__name__.upper(), msg.id, node, identity, rec.node)
-            return
-        expert = rec.expert
-        p.rtt_ms[expert] = (now - p.dispatched) * 1e3
-        problem = check_result(msg, expert, p.query.options) if isinstance(msg, Result) else None
-        if isinstance(msg, Result) and problem is None:
-            p.results[expert] = msg
-            p.status[expert] = "ok"
-            profile_j = self.router.profile_energy_j(p.query, expert)
-            self.inflight.close_task(rec, Closed.ANSWERED, now, expert=expert, compute_ms=msg.compute_ms,
-                                     n_tokens=None if p.query.options is not None else msg.n_tokens,
-                                     energy_ratio=msg.energy_j / profile_j if profile_j > 0 else None)
-        else:
-            self.inflight.close_task(rec, Closed.ANSWERED, now)
-            p.status[expert] = "error"
-            if isinstance(msg, Result):
-                self.stats["bad_results"] += 1
-                p.errors[expert] = f"bad RESULT: {problem}"
-                logger.warning("bad RESULT from node %s for %s: %s", node, expert, problem)
-                if self.registry.strike(node, now):
-                    self.stats["quarantines"] += 1
-            else:
-                p.errors[expert] = f"{msg.code}: {msg.message}"
-        if not p.open:
-            self._finish(p)
-
-    def _on_partial(self, identity: bytes, msg: Partial) -> None:
-        """A piece of a streamed generation: forwarded to the client as the QUERY's PARTIAL
-        when the query asked for a stream and this is its only answering expert; dropped
-        otherwise (a late piece, another node's task, an over-long piece)."""
-        found = self.inflight.task(msg.id)
-        if found is None:
-            return
-        rec, p = found
-        if (rec.identity != identity or not p.query.stream or len(p.weights) != 1
-                or rec.expert != msg.expert or len(msg.text) > MAX_PARTIAL_CHARS):
-            return
-        self.frontend.send_multipart([*p.envelope, *encode(Partial(p.query.id, msg.expert, msg.text,
-                                                                   msg.index))])
-
-    def _fail_over(self, node: str, why: str, identity: bytes | None = None) -> None:
-        """``node`` left the live set, or reconnected (its old connection ``identity``): each
-        open task sent there goes to :func:`admission.choose_standby`'s pick (the same
-        expert when the node is back, else a standby of the plan), else counts as ``lost``
-        and its query is aggregated without it when nothing else is open."""
-        self.load.forget(node)
-        now = time.monotonic()
-        lost: list[tuple[TaskRecord, Pending]] = list(self.inflight.on_node(node, identity))
-        for rec, _ in lost:
-            self.inflight.close_task(rec, Closed.LOST, now)
-        back = identity is not None and self.registry.entry(node) is not None
-        if back:  # its new connection was just heard from: its queue starts empty, not suspect
-            self.load.seen(node, now)
-
-        def node_of(expert: str) -> str | None:
-            entry = self.registry.node_of(expert)
-            return None if entry is None or (entry.name == node and not back) else entry.name
-
-        for rec, p in lost:
-            if self.inflight.pending.get(p.key) is not p:
-                continue  # answered meanwhile (its other tasks here were resolved first)
-            e = rec.expert
-            pick = admission.choose_standby(p, e, self.router, self.load, node_of, now, retry=back)
-            if pick is None:
-                p.status[e], p.errors[e] = "lost", why
-            else:
-                stand_in, weight = pick
-                self.stats["redispatched"] += 1
-                if stand_in == e:
-                    logger.info("%s; re-dispatched to %s on its new connection", why, e)
-                else:
-                    p.status[e], p.errors[e] = "lost", f"{why}; re-dispatched to {stand_in}"
-                    p.weights[stand_in] = weight
-                self._dispatch(p, stand_in)
-            if not p.open and p.key in self.inflight.pending:
-                self._finish(p)
-
-    def _finish(self, p: Pending) -> None:
-        now = time.monotonic()
-        self.inflight.finish(p.key, now)
-        msg, degraded = aggregate(p, self.router, now)
-        if degraded and isinstance(msg, Reply):
-            self.stats["degraded"] += 1
-        self._reply(p.envelope, msg)
-
-
-def _bad_request(exc: EdgeMoEError) -> str:
-    """The ERROR bad_request text: a SelectionError is the query's own fault and says why as
-    it is (the value-limit texts of edge_moe.wire.check_query); other errors are named."""
-    return str(exc) if isinstance(exc, SelectionError) else f"{type(exc).__name__}: {exc}"
-
-
-def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """(routing envelope, protocol frames): identity, plus the empty delimiter if present."""
-    if len(frames) >= 2 and frames[1] == b"":
-        return frames[:2], frames[2:]
-    return frames[:1], frames[1:]
 
 
 def _is_loopback(endpoint: str) -> bool:

@@ -1,5 +1,9 @@
 """Per-query routing: one pure call from a query and the live experts to a :class:`Decision`.
 
+One module because the :class:`Router`'s plan cache, cost tables and default budget are one
+state that its checks, scoring and decisions share; the pure parts (the plan, solving it,
+the load grids, the fine level) are :mod:`gating.coordinator.plans`.
+
 :meth:`Router.route` is the decision half of the coordinator, with no sockets and no
 bookkeeping, so it can be tested and benchmarked alone (``benchmarks/coordinator_bench.py``
 counts decisions/s). It reads a clock only to report its stage ms. In order:

@@ -14,39 +14,58 @@ Both write with a flush per line, so the test reads progress while they run. Wal
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 OPTIONS = ["red", "green", "blue", "black"]
 
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+                  help=__doc__, no_args_is_help=True)
 
-def load(args: argparse.Namespace) -> int:
+
+@app.callback()
+def setup() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@app.command("load")
+def load(
+    endpoint: Annotated[str, typer.Option()],
+    out: Annotated[str, typer.Option()],
+    stop_file: Annotated[str, typer.Option()],
+    keys: str | None = None,
+    concurrency: int = 4,
+    top_k: int = 4,
+    deadline_ms: float = 2000,
+    timeout_s: float = 6.0,
+) -> None:
     from edge_moe.client import EdgeMoEClient
     from edge_moe.security import load_client_keys
     from edge_moe.wire import Reply
 
-    curve = load_client_keys(args.keys, "client") if args.keys else None
-    out = open(args.out, "a", buffering=1)
+    curve = load_client_keys(keys, "client") if keys else None
+    fh = open(out, "a", buffering=1)
     lock = threading.Lock()
-    stop = Path(args.stop_file)
+    stop = Path(stop_file)
 
     def emit(rec: dict[str, Any]) -> None:
         with lock:
-            out.write(json.dumps(rec) + "\n")
+            fh.write(json.dumps(rec) + "\n")
 
     def worker(w: int) -> None:
         i = 0
-        with EdgeMoEClient(args.endpoint, timeout_s=args.timeout_s, retries=0, curve=curve) as c:
+        with EdgeMoEClient(endpoint, timeout_s=timeout_s, retries=0, curve=curve) as c:
             while not stop.exists():
                 t0 = time.time()
                 try:
-                    r = c.query(f"w{w} item {i}: which colour?", OPTIONS, top_k=args.top_k,
-                                deadline_ms=args.deadline_ms)
+                    r = c.query(f"w{w} item {i}: which colour?", OPTIONS, top_k=top_k,
+                                deadline_ms=deadline_ms)
                 except Exception as exc:  # a lost request: no answer within timeout_s
                     emit({"t0": t0, "t": time.time(), "kind": "lost", "why": repr(exc)[:300]})
                     continue
@@ -59,73 +78,53 @@ def load(args: argparse.Namespace) -> int:
                     emit({"t0": t0, "t": time.time(), "kind": "error", "code": str(r.code),
                           "message": r.message[:300]})
 
-    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(args.concurrency)]
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.close()
-    return 0
+    fh.close()
 
 
-def watch(args: argparse.Namespace) -> int:
+@app.command("watch")
+def watch(
+    name: Annotated[str, typer.Option()],
+    out: Annotated[str, typer.Option()],
+    stop_file: Annotated[str, typer.Option()],
+    every_s: float = 0.1,
+) -> None:
     import ray
 
     from edge_moe import fleet as F
 
-    dep = F.connect(args.name)
+    dep = F.connect(name)
     coord = ray.get_actor(F.COORDINATOR_ACTOR, namespace=dep.namespace)
-    stop = Path(args.stop_file)
-    with open(args.out, "a", buffering=1) as out:
+    stop = Path(stop_file)
+    with open(out, "a", buffering=1) as fh:
         while not stop.exists():
             t = time.time()
             try:
                 st: Any = ray.get(coord.status.remote(), timeout=5)
-                out.write(json.dumps({"t": t, "live": sorted(st["live_experts"]),
-                                      "nodes": {n: v["live"] for n, v in st["nodes"].items()}}) + "\n")
+                fh.write(json.dumps({"t": t, "live": sorted(st["live_experts"]),
+                                     "nodes": {n: v["live"] for n, v in st["nodes"].items()}}) + "\n")
             except Exception as exc:
-                out.write(json.dumps({"t": t, "error": repr(exc)[:300]}) + "\n")
-            time.sleep(max(0.0, args.every_s - (time.time() - t)))
+                fh.write(json.dumps({"t": t, "error": repr(exc)[:300]}) + "\n")
+            time.sleep(max(0.0, every_s - (time.time() - t)))
     F.disconnect()
-    return 0
 
 
-def info(args: argparse.Namespace) -> int:
+@app.command("info")
+def info(name: Annotated[str, typer.Option()]) -> None:
     """Print each node actor's ``info()`` as one JSON object (node → info)."""
     import ray
 
     from edge_moe import fleet as F
 
-    dep = F.connect(args.name)
-    out = {n: ray.get(F.node_actor(n, args.name).info.remote(), timeout=30) for n in dep.nodes}
+    dep = F.connect(name)
+    out = {n: ray.get(F.node_actor(n, name).info.remote(), timeout=30) for n in dep.nodes}
     print(json.dumps(out, default=str))
     F.disconnect()
-    return 0
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.multihost.agent")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    lp = sub.add_parser("load")
-    lp.add_argument("--endpoint", required=True)
-    lp.add_argument("--keys")
-    lp.add_argument("--concurrency", type=int, default=4)
-    lp.add_argument("--top-k", type=int, default=4)
-    lp.add_argument("--deadline-ms", type=float, default=2000)
-    lp.add_argument("--timeout-s", type=float, default=6.0)
-    lp.add_argument("--out", required=True)
-    lp.add_argument("--stop-file", required=True)
-    wp = sub.add_parser("watch")
-    wp.add_argument("--name", required=True)
-    wp.add_argument("--every-s", type=float, default=0.1)
-    wp.add_argument("--out", required=True)
-    wp.add_argument("--stop-file", required=True)
-    ip = sub.add_parser("info")
-    ip.add_argument("--name", required=True)
-    args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return {"load": load, "watch": watch, "info": info}[args.cmd](args)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app(prog_name="python -m tests.multihost.agent")
