@@ -86,7 +86,7 @@ def pct(xs: list[float]) -> dict[str, float]:
 
 def entry_points(tree: Path) -> tuple[list[str], list[str]]:
     """How ``tree`` starts a coordinator and a node: ``edge-moe coordinator|node`` (the one
-    CLI), or the argparse mains of trees older than it."""
+    CLI), or the per-module mains of trees older than it."""
     if (tree / "gating" / "coordinator.py").exists():
         return ["gating.coordinator"], ["nodes.server"]
     return ["edge_moe.cli", "coordinator"], ["edge_moe.cli", "node"]

@@ -75,7 +75,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def entry_points(tree: Path) -> dict[str, list[str]]:
-    """How ``tree`` starts each process: the one CLI, or the argparse mains of older trees."""
+    """How ``tree`` starts each process: the one CLI, or the per-module mains of older trees."""
     if (tree / "gating" / "coordinator.py").exists():
         return {"coordinator": ["gating.coordinator"], "node": ["nodes.server"], "http": ["gating.http"]}
     return {k: ["edge_moe.cli", k] for k in ("coordinator", "node", "http")}

@@ -320,7 +320,7 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
     tier (a progress bar each) and one question through the HTTP front, tear down, print.
 
     Returns the per-tier summary rows (accuracy with its Wilson CI, ms, modelled J)."""
-    from edge_moe.jobs import demo_real
+    from edge_moe.jobs import demo_real, demo_tiers
     from edge_moe.jobs.progress_bar import progress_bar
 
     t_all = time.perf_counter()
@@ -328,7 +328,7 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
     top_k = fleet.coordinator.top_k or 2
     inputs = demo_real.prepare(fleet, seed, per_category, threads, _step)
     tiers = _step("plan three energy tiers (loglik objective, paired guard at 0.95)",
-                  lambda: demo_real.plan_tiers(inputs.calibration, inputs.profiles, inputs.gate, top_k, seed))
+                  lambda: demo_tiers.plan_tiers(inputs.calibration, inputs.profiles, inputs.gate, top_k, seed))
     for tr in tiers:
         _say(f"[demo]   {tr.name}: <= {tr.energy_j:.3g} J -> {' + '.join(tr.experts)}")
     if len({tr.experts for tr in tiers}) < len(tiers):
@@ -338,12 +338,12 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
         t0 = time.perf_counter()
         with progress_bar() as bar:
             for tr in tiers:
-                rows += demo_real.ask_tier(dep.frontend, tr, inputs.held_out, top_k, in_flight, bar)
+                rows += demo_tiers.ask_tier(dep.frontend, tr, inputs.held_out, top_k, in_flight, bar)
         _say(f"[demo] asked {len(inputs.held_out)} held-out questions x {len(tiers)} tiers in "
              f"{time.perf_counter() - t0:.1f} s ({in_flight} in flight)")
         if st.get("http"):
             _say(f"[demo] OpenAI-compatible front at {st['http']}/v1: " + _ask_http(st["http"]))
-    summary = demo_real.print_tiers(tiers, rows, inputs.fidelity)
+    summary = demo_tiers.print_tiers(tiers, rows, inputs.fidelity)
     _say(f"[demo] total {time.perf_counter() - t_all:.1f} s")
     return summary
 

@@ -64,7 +64,6 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-
 def budgets(profiles_path: Path) -> dict[str, tuple[float, float]]:
     """(energy J, latency ms) for tight, medium and loose, from the profiles.
 

@@ -17,9 +17,10 @@ The protocol lives in this one package (STYLE.md), in three parts and a helper:
 
 Who sends what (DESIGN.md §3; the README section "Wire protocol" gives the full field tables):
 
-- client → coordinator frontend (ROUTER): QUERY; answered by REPLY or ERROR.
+- client → coordinator frontend (ROUTER): QUERY; answered by PARTIALs (when streamed) and
+  REPLY or ERROR; CANCEL stops a QUERY in flight.
 - node → coordinator backend (ROUTER), nodes connect out as DEALER (Paranoid Pirate):
-  READY, HEARTBEAT, RESULT, ERROR. Coordinator → node: TASK, HEARTBEAT, ERROR.
+  READY, HEARTBEAT, RESULT, PARTIAL, ERROR. Coordinator → node: TASK, CANCEL, HEARTBEAT, ERROR.
 
 Import from ``edge_moe.wire``: every public name is re-exported here.
 """
@@ -35,21 +36,27 @@ from edge_moe.wire.checks import (
     echo_id,
     k_or_tau_problem,
     prompt_size_problem,
+    sampling_problem,
 )
 from edge_moe.wire.codec import Converter, decode, encode, to_json
 from edge_moe.wire.messages import (
     CLASS_OF,
     ENERGY_SOURCES,
+    FINISH_REASONS,
     LOGPROB_SUM_TOLERANCE,
     MAX_DEADLINE_MS,
     MAX_FRAME_BYTES,
     MAX_ID_CHARS,
     MAX_NEW_TOKENS,
     MAX_OPTIONS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    MAX_TOP_LOGPROBS,
     MODES,
     PROTOCOL,
     TYPE_OF,
     VERSION,
+    Cancel,
     Error,
     ErrorCode,
     ExpertInfo,
@@ -63,7 +70,9 @@ from edge_moe.wire.messages import (
     Ready,
     Reply,
     Result,
+    Sampling,
     Task,
+    TokenLogprob,
     WireBudget,
 )
 from edge_moe.wire.values import finite_or_none, json_float, json_safe, short_repr
@@ -75,7 +84,8 @@ __all__ = [
     "VERSION", "PROTOCOL", "MAX_FRAME_BYTES", "MsgType", "ErrorCode", "WireBudget", "Query", "ExpertUse",
     "PlanInfo", "Reply", "Error", "ExpertInfo", "Ready", "Heartbeat", "Task", "Result", "Partial", "Message",
     "TYPE_OF", "CLASS_OF", "MODES", "MAX_ID_CHARS", "MAX_OPTIONS", "MAX_NEW_TOKENS", "MAX_DEADLINE_MS",
-    "ENERGY_SOURCES", "LOGPROB_SUM_TOLERANCE",
+    "ENERGY_SOURCES", "LOGPROB_SUM_TOLERANCE", "Sampling", "TokenLogprob", "Cancel", "FINISH_REASONS",
+    "MAX_STOP", "MAX_STOP_CHARS", "MAX_TOP_LOGPROBS", "sampling_problem",
     # codec
     "encode", "decode", "to_json", "Converter",
     # checks

@@ -12,6 +12,8 @@ boundary that takes the value calls the same one:
   never both. :func:`check_query` applies it to a QUERY; the router's configuration and
   ``gating.planning.mixture`` raise its text as their own error.
 - :func:`budget_problem`: a budget's energy and latency are numbers >= 0 (inf: no budget).
+- :func:`sampling_problem`: a generation's sampling settings are in their ranges (the
+  coordinator checks a QUERY's, a node its TASK's).
 - :func:`prompt_size_problem`: the configured prompt size, checked before anything reads
   the prompt; :func:`echo_id`: which id an ERROR may echo.
 - :func:`check_result`: a RESULT, given the TASK it answers (K finite, normalised log-probs
@@ -28,14 +30,19 @@ import math
 
 from edge_moe.wire.messages import (
     ENERGY_SOURCES,
+    FINISH_REASONS,
     LOGPROB_SUM_TOLERANCE,
     MAX_DEADLINE_MS,
     MAX_ID_CHARS,
     MAX_NEW_TOKENS,
     MAX_OPTIONS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    MAX_TOP_LOGPROBS,
     MODES,
     Query,
     Result,
+    Sampling,
     WireBudget,
 )
 from edge_moe.wire.values import short_repr
@@ -110,8 +117,56 @@ def check_query(q: Query) -> str | None:
         return f"deadline_ms={q.deadline_ms} must be in (0, {MAX_DEADLINE_MS:g}]"
     if q.expert is not None and not 0 < len(q.expert) <= MAX_ID_CHARS:
         return f"expert must be 1..{MAX_ID_CHARS} characters, got {len(q.expert)}"
+    if q.sampling is not None:
+        if q.options is not None:
+            return "sampling applies to generation; an options query is scored, not sampled"
+        if (problem := sampling_problem(q.sampling)) is not None:
+            return problem
     if q.budget is not None:
         return budget_problem(q.budget)
+    return None
+
+
+SAMPLING_RANGES: dict[str, tuple[float, float, str]] = {  # field: (low, high, "closed"/"open-low")
+    "temperature": (0.0, 2.0, "closed"),
+    "top_p": (0.0, 1.0, "open-low"),
+    "min_p": (0.0, 1.0, "closed"),
+    "presence_penalty": (-2.0, 2.0, "closed"),
+    "frequency_penalty": (-2.0, 2.0, "closed"),
+    "repetition_penalty": (0.0, 2.0, "open-low"),
+}
+MAX_SAMPLING_TOP_K = 1000
+MAX_SEED = 2**63 - 1
+
+
+def sampling_problem(s: Sampling) -> str | None:
+    """Why a generation's sampling settings break the rules, or None.
+
+    Ranges: ``temperature`` [0, 2]; ``top_p`` (0, 1]; ``min_p`` [0, 1]; presence and
+    frequency penalties [-2, 2]; ``repetition_penalty`` (0, 2]; ``top_k`` 0..1000 (0: off);
+    ``seed`` 0..2^63-1 or None; at most :data:`MAX_STOP` non-empty ``stop`` strings of at
+    most :data:`MAX_STOP_CHARS` characters; ``top_logprobs`` 0..:data:`MAX_TOP_LOGPROBS`,
+    and only with ``logprobs``.
+    """
+    for name, (low, high, kind) in SAMPLING_RANGES.items():
+        v = getattr(s, name)
+        ok = math.isfinite(v) and v <= high and (v > low if kind == "open-low" else v >= low)
+        if not ok:
+            bracket = "(" if kind == "open-low" else "["
+            return f"sampling.{name}={v} must be in {bracket}{low:g}, {high:g}]"
+    if not 0 <= s.top_k <= MAX_SAMPLING_TOP_K:
+        return f"sampling.top_k={s.top_k} must be in 0..{MAX_SAMPLING_TOP_K} (0: off)"
+    if s.seed is not None and not 0 <= s.seed <= MAX_SEED:
+        return f"sampling.seed={s.seed} must be in 0..2^63-1"
+    if len(s.stop) > MAX_STOP:
+        return f"sampling.stop holds {len(s.stop)} strings, at most {MAX_STOP} are allowed"
+    for x in s.stop:
+        if not 0 < len(x) <= MAX_STOP_CHARS:
+            return f"sampling.stop strings must be 1..{MAX_STOP_CHARS} characters, got {len(x)}"
+    if not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
+        return f"sampling.top_logprobs={s.top_logprobs} must be in 0..{MAX_TOP_LOGPROBS}"
+    if s.top_logprobs and not s.logprobs:
+        return "sampling.top_logprobs needs sampling.logprobs"
     return None
 
 
@@ -165,7 +220,8 @@ def check_result(r: Result, expert: str, options: tuple[str, ...] | None) -> str
         The problem, for the expert's ``error`` in the REPLY; None when the RESULT is sane:
         the TASK's expert; for options exactly K = ``len(options)`` finite log-probs whose
         probabilities sum to 1 (``|logsumexp| <= LOGPROB_SUM_TOLERANCE``) and no text; for
-        generation a text and no log-probs; finite, non-negative ``compute_ms`` and
+        generation a text and no log-probs (a documented ``finish_reason``; token log-probs
+        finite and <= 0, alternatives paired); finite, non-negative ``compute_ms`` and
         ``energy_j``; ``n_tokens >= 0``; ``energy_source`` one of :data:`ENERGY_SOURCES`.
     """
     if r.expert != expert:
@@ -183,6 +239,15 @@ def check_result(r: Result, expert: str, options: tuple[str, ...] | None) -> str
             return "a generation TASK needs a text, got none"
         if r.logprobs is not None:
             return f"a generation TASK takes a text, got {len(r.logprobs)} log-probs"
+        if r.finish_reason is not None and r.finish_reason not in FINISH_REASONS:
+            return f"finish_reason={short_repr(r.finish_reason)} is not one of {list(FINISH_REASONS)}"
+        for t in r.token_logprobs or ():
+            values = (t.logprob, *t.top_logprobs)
+            if not all(math.isfinite(x) and x <= 1e-6 for x in values):
+                return f"token log-probs {short_repr(list(values))} must be finite and <= 0"
+            if len(t.top_tokens) != len(t.top_logprobs) or len(t.top_tokens) > MAX_TOP_LOGPROBS:
+                return (f"a token's top_tokens and top_logprobs must pair up, at most "
+                        f"{MAX_TOP_LOGPROBS} (got {len(t.top_tokens)} and {len(t.top_logprobs)})")
         return None
     k = len(options)
     if r.logprobs is None:

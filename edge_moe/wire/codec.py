@@ -48,9 +48,12 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- encode
 
-# Per class: (field name, encoder or None). None means msgpack packs the value as it is
-# (str, int, float, bool, None, tuples and maps of those); nested dataclasses need one.
-_ENCODERS: dict[type, tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {}
+# Per class: (field name, encoder or None, omit-when). None means msgpack packs the value as
+# it is (str, int, float, bool, None, tuples and maps of those); nested dataclasses need one.
+# A field added after a message's first release (``messages.added``) is left out of the
+# frame while it holds its default (omit-when), so a peer that predates it never sees it.
+_OMIT_NEVER = object()
+_ENCODERS: dict[type, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]] = {}
 
 
 def _encoder_for(tp: Any) -> Callable[[Any], Any] | None:
@@ -72,10 +75,17 @@ def _plain_dataclass(value: Any) -> dict[str, Any]:
     fields = _ENCODERS.get(cls)
     if fields is None:
         hints = _hints(cls)
-        fields = tuple((f.name, _encoder_for(hints[f.name])) for f in dataclasses.fields(cls))
+        fields = tuple((f.name, _encoder_for(hints[f.name]),
+                        f.default if f.metadata.get("added") else _OMIT_NEVER)
+                       for f in dataclasses.fields(cls))
         _ENCODERS[cls] = fields
-    return {name: (getattr(value, name) if enc is None else enc(getattr(value, name)))
-            for name, enc in fields}
+    out = {}
+    for name, enc, omit in fields:
+        v = getattr(value, name)
+        if omit is not _OMIT_NEVER and v == omit:
+            continue
+        out[name] = v if enc is None else enc(v)
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Union
+from typing import Any, Union
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ MAX_NEW_TOKENS = 4096
 MAX_DEADLINE_MS = 600_000.0
 ENERGY_SOURCES = ("modelled", "measured:nvml", "measured:rapl", "measured:jetson")
 LOGPROB_SUM_TOLERANCE = 1e-3  # |logsumexp(RESULT.logprobs)| allowed: "renormalised over the options"
+MAX_STOP = 4  # stop strings per generation (OpenAI's limit)
+MAX_STOP_CHARS = 256
+MAX_TOP_LOGPROBS = 5  # alternatives per generated token
+FINISH_REASONS = ("stop", "length", "cancelled")  # why a generation ended (RESULT, REPLY)
+
+
+def added(default: object = None) -> Any:
+    """A field added to a message after its first release: the codec leaves it out of a
+    frame while it holds its default, so a peer that predates it never sees it."""
+    return dataclasses.field(default=default, metadata={"added": True})
 
 
 class MsgType(IntEnum):
@@ -52,6 +62,7 @@ class MsgType(IntEnum):
     TASK = 6
     RESULT = 7
     PARTIAL = 8
+    CANCEL = 9
 
 
 class ErrorCode(StrEnum):
@@ -67,6 +78,7 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"  # a node spoke before READY (e.g. the coordinator restarted)
     REFUSED = "refused"  # a READY the fleet file does not allow (unknown node, unplaced expert, name taken)
     OVERLOADED = "overloaded"  # load binds: no plan meets the budget at the current queues, or a queue is full
+    CANCELLED = "cancelled"  # the client sent CANCEL for the query
     INTERNAL = "internal"  # a bug; the message says what
 
 
@@ -82,6 +94,66 @@ class WireBudget:
 
     energy_j: float | None = None
     latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a generation picks its tokens (QUERY.sampling, forwarded as TASK.sampling).
+
+    ``temperature`` 0 (the default) is greedy decoding: the other sampling fields are then
+    ignored. Above 0 each token is drawn from the expert's next-token distribution after,
+    in order: the ``repetition_penalty`` (> 1 discourages tokens of the prompt and the text
+    so far), ``presence_penalty`` / ``frequency_penalty`` (OpenAI's, on the generated
+    tokens), the ``temperature``, ``top_k`` (0: off), ``top_p`` (nucleus) and ``min_p``
+    (tokens below ``min_p`` × the top token's probability dropped). ``seed``: the same seed,
+    prompt and artifact give the same tokens, batched or alone; None draws a fresh seed.
+    ``stop``: up to :data:`MAX_STOP` strings; the text ends before the first one found,
+    across token boundaries, the stop string excluded. ``logprobs``: return each chosen
+    token's log-probability (and ``top_logprobs`` ≤ :data:`MAX_TOP_LOGPROBS` alternatives).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        """True when tokens are drawn (temperature > 0), False for greedy decoding."""
+        return self.temperature > 0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability under the expert that produced it (the
+    distribution before the sampling transforms), and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top_tokens: tuple[str, ...] = ()
+    top_logprobs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """CANCEL (protocol version 1, added later): stop working on a request.
+
+    Client → coordinator: ``id`` is the QUERY's; the coordinator sends CANCEL to every node
+    with a TASK of it open, answers the client ERROR ``cancelled`` (unless already answered)
+    and counts the tokens and joules spent so far. Coordinator → node: ``id`` is the TASK's;
+    the node drops it from its queue, or from its decode batch at the next step, and answers
+    a RESULT with ``finish_reason`` "cancelled" and what it generated and spent so far.
+    An unknown or finished id is ignored.
+    """
+
+    id: str
 
 
 @dataclass(frozen=True)
@@ -110,6 +182,7 @@ class Query:
     mode: str = "letter"
     expert: str | None = None
     stream: bool = False
+    sampling: Sampling | None = added()
 
 
 @dataclass(frozen=True)
@@ -134,6 +207,8 @@ class ExpertUse:
     text: str | None = None
     error: str = ""
     n_tokens: int = 0
+    finish_reason: str | None = added()
+    token_logprobs: tuple[TokenLogprob, ...] | None = added()
 
 
 @dataclass(frozen=True)
@@ -164,7 +239,9 @@ class Reply:
     """REPLY: coordinator → client, answering a QUERY with the same ``id``.
 
     Options query: ``answer_index`` and ``probabilities`` (the gate-weighted mixture over
-    the experts that answered). Generation: ``text`` (the weighted vote's winner).
+    the experts that answered). Generation: ``text`` (the weighted vote's winner; a sampled
+    generation is answered by the gate's top expert alone), with ``finish_reason`` and, when
+    asked, ``token_logprobs`` of the expert whose text it is.
     Infeasible budget: no answer, ``plan.status == "infeasible"``.
     ``stage_ms`` keys: embed, gate, select, fanout, aggregate (and total).
     """
@@ -181,6 +258,8 @@ class Reply:
     text: str | None = None
     degraded: bool = False
     reasons: tuple[str, ...] = ()
+    finish_reason: str | None = added()
+    token_logprobs: tuple[TokenLogprob, ...] | None = added()
 
 
 @dataclass(frozen=True)
@@ -252,6 +331,7 @@ class Task:
     mode: str = "letter"
     max_new_tokens: int = 32
     stream: bool = False
+    sampling: Sampling | None = added()
 
 
 @dataclass(frozen=True)
@@ -275,7 +355,10 @@ class Result:
     """RESULT: node → coordinator, answering the TASK with the same ``id``.
 
     ``logprobs`` for an options task (renormalised over the options), ``text`` for a
-    generation. ``energy_source``: "modelled" or "measured:<counter>".
+    generation. ``energy_source``: "modelled" or "measured:<counter>". A generation also
+    says why it ended (``finish_reason``: "stop" at EOS or a stop string, "length" at
+    ``max_new_tokens`` or the context, "cancelled" after a CANCEL) and, when its TASK's
+    sampling asked, ``token_logprobs`` (one per generated token).
     """
 
     id: str
@@ -286,9 +369,11 @@ class Result:
     logprobs: tuple[float, ...] | None = None
     text: str | None = None
     n_tokens: int = 0
+    finish_reason: str | None = added()
+    token_logprobs: tuple[TokenLogprob, ...] | None = added()
 
 
-Message = Union[Query, Reply, Error, Ready, Heartbeat, Task, Result, Partial]  # noqa: UP007
+Message = Union[Query, Reply, Error, Ready, Heartbeat, Task, Result, Partial, Cancel]  # noqa: UP007
 
 TYPE_OF: dict[type, MsgType] = {
     Query: MsgType.QUERY,
@@ -299,6 +384,7 @@ TYPE_OF: dict[type, MsgType] = {
     Task: MsgType.TASK,
     Result: MsgType.RESULT,
     Partial: MsgType.PARTIAL,
+    Cancel: MsgType.CANCEL,
 }
 CLASS_OF: dict[int, type] = {int(t): c for c, t in TYPE_OF.items()}
 

@@ -34,7 +34,7 @@ ACCEPTED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens"
 EXTENSION = {"energy_j", "latency_ms", "category", "top_k", "tau", "options", "mode", "deadline_ms"}
 STATUS_OF = {ErrorCode.BAD_REQUEST: 400, ErrorCode.PROTOCOL: 400, ErrorCode.NO_EXPERTS: 503,
              ErrorCode.OVERLOADED: 503, ErrorCode.DEADLINE: 504, ErrorCode.EXPERT_ERROR: 502,
-             ErrorCode.INTERNAL: 500}
+             ErrorCode.INTERNAL: 500, ErrorCode.CANCELLED: 499}  # 499: the client closed the request
 DONE = "data: [DONE]\n\n"
 
 

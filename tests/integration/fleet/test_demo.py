@@ -107,7 +107,7 @@ def _committed_profiles(fleet, out: Path) -> Path:  # type: ignore[no-untyped-de
 
 @pytest.mark.timeout(240)
 def test_real_tiers_change_the_plan_and_the_guard_speaks(tmp_path: Path) -> None:
-    from edge_moe.jobs import demo_real
+    from edge_moe.jobs import demo_real, demo_tiers
     from gating.planning.gate import GateConfig, export_gate_onnx, train_gate
 
     fleet = load_fleet(REAL)
@@ -115,7 +115,7 @@ def test_real_tiers_change_the_plan_and_the_guard_speaks(tmp_path: Path) -> None
     cal = save_calibration(table, tmp_path / "calibration.npz")
     gate = export_gate_onnx(train_gate(table, GateConfig(seed=0, hidden_dim=64, max_epochs=200, patience=20)),
                             tmp_path / "gate.onnx")
-    tiers = demo_real.plan_tiers(Path(cal), _committed_profiles(fleet, tmp_path), Path(gate), top_k=2, seed=0)
+    tiers = demo_tiers.plan_tiers(Path(cal), _committed_profiles(fleet, tmp_path), Path(gate), top_k=2, seed=0)
     assert [t.name for t in tiers] == ["tight", "medium", "loose"]
     assert tiers[0].energy_j < tiers[1].energy_j < tiers[2].energy_j == math.inf
     from gating.planning import planner
@@ -130,7 +130,7 @@ def test_real_tiers_change_the_plan_and_the_guard_speaks(tmp_path: Path) -> None
     for t in tiers:  # a multi-expert candidate the guard refused says why
         if len(t.candidate) > 1 and len(t.experts) == 1:
             assert "bootstrap lower bound" in t.guard
-    summary = demo_real.print_tiers(tiers, [
+    summary = demo_tiers.print_tiers(tiers, [
         {"tier": "tight", "ok": True, "ms": 10.0, "j": 0.1}, {"tier": "tight", "ok": False, "ms": 30.0, "j": 0.3},
         {"tier": "medium", "ok": None, "error": "overloaded: busy", "ms": 0.0, "j": 0.0}], {})
     assert summary[0]["n"] == 2 and summary[0]["accuracy"] == 0.5 and summary[0]["mean_ms"] == 20.0
@@ -138,7 +138,7 @@ def test_real_tiers_change_the_plan_and_the_guard_speaks(tmp_path: Path) -> None
 
 
 def test_wilson_interval() -> None:
-    from edge_moe.jobs.demo_real import wilson
+    from edge_moe.jobs.demo_tiers import wilson
 
     lo, hi = wilson(20, 48)
     assert 0.28 < lo < 20 / 48 < hi < 0.56

@@ -1,4 +1,4 @@
-"""Helpers the multi-host test runs *inside* a namespace (``python -m tests.multihost.agent``).
+"""Helpers the multi-host test runs *inside* a namespace (``python -m tests.integration.multihost.agent``).
 
 - ``load``: ``--concurrency`` client threads, each with its own CURVE DEALER, query the
   coordinator until ``--stop-file`` appears; one JSON line per answer (wall time, REPLY or
@@ -127,4 +127,4 @@ def info(name: Annotated[str, typer.Option()]) -> None:
 
 
 if __name__ == "__main__":
-    app(prog_name="python -m tests.multihost.agent")
+    app(prog_name="python -m tests.integration.multihost.agent")

@@ -81,7 +81,7 @@ def test_real_artifact_ships_verified_and_second_deploy_skips(cluster: Cluster, 
         assert sorted(p.name for p in w1_cache.iterdir()) == [want.digest]  # no partial left
         assert list_artifact(w1_cache / want.digest).digest == want.digest  # verified copy
         ship_s = rec["w1"]["seconds"]
-        r = c.net.run("head", [PY, "-m", "tests.multihost.agent", "info", "--name", "ship"], 60, cwd=str(REPO))
+        r = c.net.run("head", [PY, "-m", "tests.integration.multihost.agent", "info", "--name", "ship"], 60, cwd=str(REPO))
         loaded = json.loads(r.stdout.strip().splitlines()[-1])
         assert loaded["w1"]["artifacts"] == {"synth-expert-1": rec["w1"]["path"]}, loaded  # w1 loads its copy
         # a real query, from the client namespace, answered by the expert on w1
@@ -169,10 +169,10 @@ class Load:
         self.stop = self.dir / "stop"
         self.answers, self.live = self.dir / "load.jsonl", self.dir / "watch.jsonl"
         self.procs = [
-            c.net.popen("client", [PY, "-m", "tests.multihost.agent", "load", "--endpoint", fleet["frontend"],
+            c.net.popen("client", [PY, "-m", "tests.integration.multihost.agent", "load", "--endpoint", fleet["frontend"],
                                    "--keys", str(c.keys), "--concurrency", "4", "--out", str(self.answers),
                                    "--stop-file", str(self.stop)], self.dir / "load.log", cwd=str(REPO)),
-            c.net.popen("head", [PY, "-m", "tests.multihost.agent", "watch", "--name", fleet["name"],
+            c.net.popen("head", [PY, "-m", "tests.integration.multihost.agent", "watch", "--name", fleet["name"],
                                  "--out", str(self.live), "--stop-file", str(self.stop)],
                         self.dir / "watch.log", cwd=str(REPO)),
         ]

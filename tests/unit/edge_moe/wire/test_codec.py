@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 from edge_moe.errors import ProtocolError
 from edge_moe.wire import (
     CLASS_OF,
+    FINISH_REASONS,
     MODES,
     PROTOCOL,
+    Cancel,
     Error,
     ErrorCode,
     ExpertInfo,
@@ -39,7 +41,9 @@ from edge_moe.wire import (
     Ready,
     Reply,
     Result,
+    Sampling,
     Task,
+    TokenLogprob,
     WireBudget,
     check_query,
     decode,
@@ -72,21 +76,36 @@ fine_level = (st.tuples(st.none(), st.none()) | st.tuples(st.integers(1, 10), st
               | st.tuples(st.none(), st.floats(0, 1, exclude_min=True)))  # top_k or tau
 
 
+sampling = st.builds(
+    Sampling, temperature=st.floats(0, 2), top_p=st.floats(0, 1, exclude_min=True),
+    top_k=st.integers(0, 1000), min_p=st.floats(0, 1), presence_penalty=st.floats(-2, 2),
+    frequency_penalty=st.floats(-2, 2), repetition_penalty=st.floats(0, 2, exclude_min=True),
+    seed=st.none() | st.integers(0, 2**63 - 1),
+    stop=st.lists(st.text(min_size=1, max_size=8), max_size=4).map(tuple),
+    logprobs=st.just(True), top_logprobs=st.integers(0, 5))
+token_logprobs = st.none() | st.lists(st.builds(
+    TokenLogprob, token=text, logprob=logprob,
+    top_tokens=st.just(("a", "b")), top_logprobs=st.tuples(logprob, logprob)), max_size=4).map(tuple)
+finish = st.none() | st.sampled_from(FINISH_REASONS)
+
+
 @st.composite
 def queries(draw: st.DrawFn) -> Query:
     top_k, tau = draw(fine_level)
-    return Query(id=draw(name), prompt=draw(prompt), options=draw(st.none() | options),
+    opts = draw(st.none() | options)
+    return Query(id=draw(name), prompt=draw(prompt), options=opts,
                  category=draw(st.none() | name),
                  budget=draw(st.none() | st.builds(WireBudget, budget, budget)),
                  max_new_tokens=draw(tokens), top_k=top_k, tau=tau,
-                 deadline_ms=draw(st.none() | deadline), mode=draw(st.sampled_from(MODES)))
+                 deadline_ms=draw(st.none() | deadline), mode=draw(st.sampled_from(MODES)),
+                 sampling=None if opts is not None else draw(st.none() | sampling))
 
 
 use = st.builds(ExpertUse, name=name, node=name, weight=prob,
                 status=st.sampled_from(["ok", "late", "lost", "error"]), compute_ms=ms, rtt_ms=ms,
                 energy_j=joules, energy_source=st.sampled_from(("", *SOURCES)),
                 logprobs=st.none() | st.lists(logprob, min_size=1, max_size=4).map(tuple),
-                text=st.none() | text, error=text)
+                text=st.none() | text, error=text, finish_reason=finish, token_logprobs=token_logprobs)
 plan = st.builds(PlanInfo, experts=names, status=st.sampled_from(["optimal", "infeasible"]),
                  objective=st.none() | st.floats(-1e6, 1e6), message=text, live=names,
                  category=st.none() | name, budget_energy_j=budget.filter(lambda v: v is not None),
@@ -104,7 +123,9 @@ def replies(draw: st.DrawFn) -> Reply:
                  stage_ms=draw(st.dictionaries(st.sampled_from(STAGES), ms, max_size=6)),
                  total_ms=draw(ms), energy_j=draw(joules), energy_source=draw(st.sampled_from(SOURCES)),
                  plan=draw(plan), answer_index=index, probabilities=probabilities, text=answer_text,
-                 degraded=draw(st.booleans()), reasons=draw(st.lists(text, max_size=3).map(tuple)))
+                 degraded=draw(st.booleans()), reasons=draw(st.lists(text, max_size=3).map(tuple)),
+                 finish_reason=None if answer_text is None else draw(finish),
+                 token_logprobs=None if answer_text is None else draw(token_logprobs))
 
 
 @st.composite
@@ -113,7 +134,9 @@ def results(draw: st.DrawFn) -> Result:
     return Result(id=draw(name), expert=draw(name), compute_ms=draw(ms), energy_j=draw(joules),
                   energy_source=draw(st.sampled_from(SOURCES)),
                   logprobs=draw(st.lists(logprob, min_size=1, max_size=26).map(tuple)) if scored else None,
-                  text=None if scored else draw(text), n_tokens=0 if scored else draw(st.integers(0, 4096)))
+                  text=None if scored else draw(text), n_tokens=0 if scored else draw(st.integers(0, 4096)),
+                  finish_reason=None if scored else draw(finish),
+                  token_logprobs=None if scored else draw(token_logprobs))
 
 
 MESSAGES: dict[type, st.SearchStrategy[Any]] = {
@@ -132,9 +155,10 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
                          token_ms=st.dictionaries(name, ms, max_size=3)),
     Task: st.builds(Task, id=name, expert=name, prompt=prompt, timeout_ms=deadline,
                     options=st.none() | options, mode=st.sampled_from(MODES), max_new_tokens=tokens,
-                    stream=st.booleans()),
+                    stream=st.booleans(), sampling=st.none() | sampling),
     Result: results(),
     Partial: st.builds(Partial, id=name, expert=name, text=text, index=st.integers(0, 10**6)),
+    Cancel: st.builds(Cancel, id=name),
 }
 ANY_MESSAGE = st.sampled_from(list(MESSAGES)).flatmap(lambda c: MESSAGES[c])
 CLASS_OF_INV = {c: t for t, c in CLASS_OF.items()}
