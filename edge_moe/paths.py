@@ -41,6 +41,17 @@ def demo_dir() -> Path:
     return cache_dir() / "demo"
 
 
+DEMO_INPUT_DIRS = {"demo": "", "demo-real": "real"}  # demo fleet name → its folder under demo_dir()
+
+
+def demo_inputs_dir(fleet_name: str) -> Path:
+    """The folder holding the demo's planner files for the fleet named ``fleet_name``: the
+    heterogeneous demo (``demo-real``, what ``make demo`` runs) writes ``demo/real/``, the
+    small SmolLM2 demo ``demo/``; any other fleet has no demo files (``demo/<name>`` is named
+    so the error says where they would be)."""
+    return demo_dir() / DEMO_INPUT_DIRS.get(fleet_name, fleet_name)
+
+
 def state_dir() -> Path:
     """``$EDGE_MOE_STATE``, else ``$EDGE_MOE_CACHE/fleet``: deployment records."""
     env = os.environ.get(STATE_ENV)

@@ -33,24 +33,60 @@ class ServerKeys:
     authorized_dir: Path
 
 
-def generate_keys(directory: str | os.PathLike[str], clients: tuple[str, ...] = ("client",)) -> Path:
-    """Write a server key pair and one key pair per client name; authorise the clients.
+@dataclass(frozen=True)
+class KeysWritten:
+    """What :func:`generate_keys` did: the key pairs (by name) it created, kept as they
+    were, and replaced (``--force``), and the clients a replaced server pair locks out."""
 
-    Returns:
-        The folder. Existing files are overwritten.
+    directory: Path
+    created: tuple[str, ...]
+    kept: tuple[str, ...]
+    replaced: tuple[str, ...]
+    locked_out: tuple[str, ...]
+
+
+def generate_keys(directory: str | os.PathLike[str], clients: tuple[str, ...] = ("client",),
+                  force: bool = False) -> KeysWritten:
+    """Make sure the folder holds a server key pair and one key pair per client name, each
+    client authorised; safe to run again.
+
+    An existing pair is kept unless ``force``: replacing the server pair locks out every
+    client and node holding the old ``server.key`` (named in ``locked_out``: the clients in
+    ``authorized/``), and replacing a client's pair locks out that client. Secret files are
+    written 0600, the folder and ``authorized/`` 0700.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (named, with the reason).
     """
     import zmq.auth
 
     d = Path(directory)
-    (d / "authorized").mkdir(parents=True, exist_ok=True)
-    for name in ("server", *clients):
-        for suffix in (".key", ".key_secret"):
-            (d / f"{name}{suffix}").unlink(missing_ok=True)
-        zmq.auth.create_certificates(str(d), name)
-    for name in clients:
-        shutil.copy(d / f"{name}.key", d / "authorized" / f"{name}.key")
-    os.chmod(d / "server.key_secret", 0o600)
-    return d
+    created: list[str] = []
+    kept: list[str] = []
+    replaced: list[str] = []
+    try:
+        (d / "authorized").mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        os.chmod(d / "authorized", 0o700)
+        before = sorted(p.stem for p in (d / "authorized").glob("*.key"))
+        for name in dict.fromkeys(("server", *clients)):
+            pair = [d / f"{name}.key", d / f"{name}.key_secret"]
+            if all(p.is_file() for p in pair) and not force:
+                kept.append(name)
+                continue
+            (replaced if any(p.exists() for p in pair) else created).append(name)
+            for p in pair:
+                p.unlink(missing_ok=True)
+            zmq.auth.create_certificates(str(d), name)
+            os.chmod(d / f"{name}.key_secret", 0o600)
+        for name in clients:
+            shutil.copy(d / f"{name}.key", d / "authorized" / f"{name}.key")
+    except OSError as exc:
+        raise ConfigError(f"cannot write CURVE keys to {d}: {exc.strerror or exc}") from exc
+    locked = tuple(before) if "server" in replaced else tuple(n for n in replaced if n != "server")
+    if locked:
+        logger.warning("replaced key pairs %s: %s must get the new keys", replaced, list(locked))
+    return KeysWritten(d, tuple(created), tuple(kept), tuple(replaced), locked)
 
 
 def _load(path: Path) -> tuple[bytes, bytes | None]:

@@ -37,11 +37,21 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from edge_moe import __version__
+
+        console.print(f"edge-moe {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def setup(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
                                          help="log INFO (-v) or DEBUG (-vv, third-party loggers too) "
                                               "to stderr; WARNING by default", show_default=False)] = 0,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
 ) -> None:
     """Configure logging once for whichever command runs (see edge_moe.jobs.logs)."""
     configure_logging(verbose)

@@ -10,7 +10,7 @@ import typer
 
 from edge_moe.cli.common import app, console, handles_errors
 from edge_moe.errors import ConfigError
-from edge_moe.paths import demo_dir
+from edge_moe.paths import DEMO_INPUT_DIRS, demo_inputs_dir
 
 if TYPE_CHECKING:
     from edge_moe.fleet.ship import ShipEvent
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def deploy(
     config: Annotated[Path, typer.Argument(help="fleet YAML")],
     address: Annotated[str | None, typer.Option(help="join this Ray cluster (host:port, ray://host:port or 'auto'); default: start a local head on loopback")] = None,
-    gate: Annotated[Path | None, typer.Option(help="gate.onnx (default: the demo's, in $EDGE_MOE_CACHE/demo)")] = None,
+    gate: Annotated[Path | None, typer.Option(help="gate.onnx (default for the demo fleets: the demo's, in $EDGE_MOE_CACHE/demo[/real])")] = None,
     calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (default: the demo's)")] = None,
     profiles: Annotated[Path | None, typer.Option(help="profiles JSON (default: the demo's)")] = None,
     encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact folder (default in the cache)")] = None,
@@ -40,13 +40,15 @@ def deploy(
     from edge_moe import fleet as fleet_mod
     from edge_moe.config import load_fleet
 
-    defaults = demo_dir()
+    fl = load_fleet(config)
+    defaults = demo_inputs_dir(fl.name)
     inputs = {"gate": gate or defaults / "gate.onnx", "calibration": calibration or defaults / "calibration.npz",
               "profiles": profiles or defaults / "profiles.json"}
     for flag, path in inputs.items():
         if not Path(path).is_file():
-            raise ConfigError(f"--{flag} {path}: file not found (run `make demo` once, or pass --{flag})")
-    fl = load_fleet(config)
+            hint = ("run `make demo` once" if fl.name in DEMO_INPUT_DIRS
+                    else "make them with `edge-moe plan`")
+            raise ConfigError(f"--{flag} {path}: file not found ({hint}, or pass --{flag})")
     console.print(f"deploying fleet '{fl.name}' ({len(fl.nodes)} nodes) "
                   + (f"on {address}" if address else "on a local Ray head (loopback)"))
     dep = fleet_mod.deploy(fl, address, gate=inputs["gate"], calibration=inputs["calibration"],

@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edge_moe.cli.common import app, console, handles_errors
+from edge_moe.cli.common import app, console, err_console, handles_errors
 
 
 @app.command()
 @handles_errors
 def keys(
-    directory: Annotated[Path, typer.Argument(help="folder for the CURVE key pairs")],
-    client: Annotated[list[str] | None, typer.Option("--client", help="client/node key names (repeat)")] = None,
+    directory: Annotated[Path, typer.Argument(help="folder for the CURVE key pairs (made 0700)")],
+    client: Annotated[list[str] | None, typer.Option(
+        "--client", help="a client or node key name; repeat for several [default: client]",
+        show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="replace existing key pairs (a new server pair locks out every client "
+                        "and node holding the old server.key)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was done as JSON")] = False,
 ) -> None:
-    """Generate CURVE keys: a server pair and one pair per client, with the allow-list."""
+    """Make sure DIRECTORY holds a server key pair and one pair per client, each authorised.
+
+    Safe to run again: existing pairs are kept unless --force, so adding a client never
+    locks out the others. Secret keys are written 0600.
+
+    Example: edge-moe keys keys/ --client cpu-a --client cpu-b --client http
+    """
     from edge_moe.security import generate_keys
 
-    out = generate_keys(directory, tuple(client or ["client"]))
-    console.print(f"wrote CURVE keys to {out} (keep *.key_secret private)")
+    out = generate_keys(directory, tuple(client or ["client"]), force=force)
+    if as_json:
+        console.print_json(json.dumps({"directory": str(out.directory), "created": list(out.created),
+                                       "kept": list(out.kept), "replaced": list(out.replaced),
+                                       "locked_out": list(out.locked_out)}))
+        return
+    for what, names in (("created", out.created), ("kept", out.kept), ("replaced", out.replaced)):
+        if names:
+            console.print(f"{what}: {', '.join(names)}", highlight=False)
+    if out.locked_out:
+        err_console.print(f"[yellow]locked out until they get the new keys[/]: {', '.join(out.locked_out)}",
+                          highlight=False)
+    console.print(f"CURVE keys in {out.directory} (keep *.key_secret private)", highlight=False)

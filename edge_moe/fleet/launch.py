@@ -106,6 +106,9 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
     if ship not in SHIP_MODES:
         raise FleetError(f"unknown ship mode '{ship}'; choose one of {list(SHIP_MODES)}")
     mode = ("ray" if address is not None else "path") if ship == "auto" else ship
+    mismatch = inputs_mismatch(fleet, gate, calibration, profiles)
+    if mismatch:
+        raise FleetError("cannot deploy: " + "; ".join(mismatch))
     if not toy and check_artifacts and (address is None or mode == "ray"):
         bad = _precheck_artifacts(fleet, artifacts)
         if bad:
@@ -288,6 +291,33 @@ def _curve_bundle(fleet: FleetConfig, directory: str | os.PathLike[str] | None
                              f"(run `edge-moe keys --client {n.name}`)")
         nodes[n.name] = load_client_keys(directory, name)
     return coord, nodes
+
+
+def inputs_mismatch(fleet: FleetConfig, gate: str | os.PathLike[str], calibration: str | os.PathLike[str],
+                    profiles: str | os.PathLike[str]) -> list[str]:
+    """Why the coordinator's inputs do not fit ``fleet``: each of the gate, the calibration
+    table and the profiles must name exactly the fleet's experts (a gate made for other
+    experts would refuse every query with ``no_experts``). One problem per file, naming
+    both lists; a file that cannot be read is a problem too. Empty when they fit."""
+    from edge_moe.calibration import load_calibration
+    from edge_moe.errors import EdgeMoEError
+    from edge_moe.profiles import load_profiles
+    from edge_moe.runtime.gate import OnnxGate
+
+    want = sorted(e.name for e in fleet.experts)
+    readers = {"gate": (gate, lambda p: OnnxGate.load(p).experts),
+               "calibration table": (calibration, lambda p: load_calibration(p).experts),
+               "profiles": (profiles, lambda p: load_profiles(p).names)}
+    out = []
+    for what, (path, read) in readers.items():
+        try:
+            have = sorted(read(path))
+        except EdgeMoEError as exc:
+            out.append(f"the {what} {path} cannot be read: {exc}")
+            continue
+        if have != want:
+            out.append(f"the {what} {path} is for experts {have}, the fleet '{fleet.name}' has {want}")
+    return out
 
 
 def _precheck_artifacts(fleet: FleetConfig, artifacts: str | None) -> dict[str, str]:

@@ -7,14 +7,23 @@ A query is first :class:`Waiting` (its prompt is with the embedding worker), the
 the connection it went to), and the load tracker hears of it through this table only
 (:meth:`InFlight.dispatch` → ``dispatched``; :meth:`InFlight.close_task` → ``answered`` or
 ``cancelled``). Every way a task ends (answered, the node lost or reconnected, the query
-finished first) goes through :meth:`InFlight.close_task`, and every way a query ends
-through :meth:`InFlight.finish`, so nothing is left behind in one map but not another.
+finished first, the client's CANCEL) goes through :meth:`InFlight.close_task`, and every way
+a query ends through :meth:`InFlight.finish` (answered) or :meth:`InFlight.cancel` (the
+client's CANCEL), so nothing is left behind in one map but not another.
+
+A task closed :attr:`Closed.CANCELLED` is one its node may still be working on: the caller
+sends that node CANCEL, and the table remembers the task (:attr:`InFlight.cancelled`, the
+newest :data:`MAX_CANCELLED_REMEMBERED`; when the bound is hit the oldest is forgotten, and
+its late RESULT is then ignored like any unknown id) so that the node's late RESULT
+(finish_reason "cancelled", or a normal one that raced the CANCEL) is attributed once,
+through :meth:`InFlight.take_cancelled`: the tokens and joules spent on work nobody used.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,14 +34,22 @@ from gating.coordinator.load import LoadTracker
 from gating.coordinator.plans import RoutePlan
 
 QueryKey = tuple[bytes, str]  # (client identity, query id): ids are the client's, unique per client
+MAX_CANCELLED_REMEMBERED = 4096  # cancelled task ids kept for their late RESULT (oldest forgotten)
 
 
 class Closed(StrEnum):
     """How a task left the table."""
 
     ANSWERED = "answered"  # a RESULT or ERROR came back from its connection
-    CANCELLED = "cancelled"  # its query was answered without it (deadline, the others done)
+    CANCELLED = "cancelled"  # its query was answered without it, or cancelled: CANCEL goes to its node
     LOST = "lost"  # its node left the live set or reconnected: the answer cannot come back
+
+
+class Why(StrEnum):
+    """Why a task was cancelled (the ``reason`` label of the cancelled-work metrics)."""
+
+    CLIENT = "client"  # the client sent CANCEL for its query
+    FINISHED = "finished"  # its query was answered without it (the deadline came first)
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,15 @@ class TaskRecord:
     node: str  # node name
     identity: bytes  # the node's connection the TASK went to: only it may answer
     sent_at: float
+
+
+@dataclass(frozen=True)
+class CancelledTask:
+    """A task closed :attr:`Closed.CANCELLED`, remembered until its node's late RESULT."""
+
+    record: TaskRecord
+    why: Why
+    at: float  # when it was cancelled (monotonic s)
 
 
 @dataclass
@@ -101,6 +127,7 @@ class InFlight:
         self.waiting: dict[QueryKey, Waiting] = {}
         self.pending: dict[QueryKey, Pending] = {}
         self.tasks: dict[str, TaskRecord] = {}  # open tasks only
+        self.cancelled: OrderedDict[str, CancelledTask] = OrderedDict()  # oldest first, bounded
         self._ids = itertools.count()
 
     def __len__(self) -> int:
@@ -134,13 +161,37 @@ class InFlight:
         """Waiting queries whose deadline passed, removed from the table."""
         return [self.waiting.pop(k) for k in [k for k, w in self.waiting.items() if w.flush_at <= now]]
 
-    def finish(self, key: QueryKey, now: float) -> Pending:
+    def finish(self, key: QueryKey, now: float) -> tuple[Pending, list[TaskRecord]]:
         """The query ``key`` is answered: it leaves the table, and its open tasks are
-        cancelled (the load tracker stops counting them)."""
+        cancelled (:attr:`Why.FINISHED`; the load tracker stops counting them).
+
+        Returns:
+            The query, and the tasks just cancelled: the caller sends each node CANCEL.
+        """
         p = self.pending.pop(key)
-        for rec in [r for r in self.tasks.values() if r.key == key]:
-            self.close_task(rec, Closed.CANCELLED, now)
-        return p
+        return p, self._cancel_tasks(key, Why.FINISHED, now)
+
+    def cancel(self, key: QueryKey, now: float) -> tuple[Waiting | Pending | None, list[TaskRecord]]:
+        """The client cancelled the query ``key``: it leaves the table, waiting or pending,
+        and its open tasks are cancelled (:attr:`Why.CLIENT`).
+
+        Returns:
+            The query (None when it is not in flight: unknown, or already answered), and
+            the tasks just cancelled: the caller sends each node CANCEL.
+        """
+        w = self.waiting.pop(key, None)
+        if w is not None:  # no TASK out yet; the embedding worker's late score finds nothing
+            return w, []
+        p = self.pending.pop(key, None)
+        if p is None:
+            return None, []
+        return p, self._cancel_tasks(key, Why.CLIENT, now)
+
+    def _cancel_tasks(self, key: QueryKey, why: Why, now: float) -> list[TaskRecord]:
+        recs = [r for r in self.tasks.values() if r.key == key]
+        for rec in recs:
+            self.close_task(rec, Closed.CANCELLED, now, why=why)
+        return recs
 
     # ---------------------------------------------------------------- tasks
 
@@ -171,14 +222,29 @@ class InFlight:
                 if p is not None:
                     yield rec, p
 
-    def close_task(self, rec: TaskRecord, how: Closed, now: float, **answer: Any) -> None:
+    def close_task(self, rec: TaskRecord, how: Closed, now: float, why: Why = Why.FINISHED,
+                   **answer: Any) -> None:
         """The one way a task leaves the table. ``answer``: for :attr:`Closed.ANSWERED`, the
         measured figures :meth:`gating.coordinator.load.LoadTracker.answered` takes
-        (expert, compute_ms, n_tokens, energy_ratio)."""
+        (expert, compute_ms, n_tokens, energy_ratio). ``why``: for :attr:`Closed.CANCELLED`,
+        remembered with the task for its late RESULT (:meth:`take_cancelled`)."""
         if self.tasks.pop(rec.id, None) is None:
             return
         if how is Closed.ANSWERED:
             self.load.answered(rec.node, rec.id, now, **answer)
         elif how is Closed.CANCELLED:
             self.load.cancelled(rec.node, rec.id, now)
+            self.cancelled[rec.id] = CancelledTask(rec, why, now)
+            while len(self.cancelled) > MAX_CANCELLED_REMEMBERED:
+                self.cancelled.popitem(last=False)
         # LOST: the tracker forgets the whole node (LoadTracker.forget), so nothing per task
+
+    def take_cancelled(self, task_id: str, identity: bytes) -> CancelledTask | None:
+        """The cancelled task ``task_id``, forgotten now, when its late answer came from the
+        connection its TASK went to; None otherwise (unknown, forgotten, or another
+        connection's word, which leaves it remembered)."""
+        c = self.cancelled.get(task_id)
+        if c is None or c.record.identity != identity:
+            return None
+        del self.cancelled[task_id]
+        return c

@@ -13,7 +13,11 @@ Names (the ``_total`` suffix is prometheus-client's for counters):
 - ``edge_moe_stage_latency_seconds{stage}``: the REPLY's stage times (histogram);
 - ``edge_moe_expert_requests_total{expert,status}``, ``edge_moe_expert_energy_joules_total{expert,source}``;
 - ``edge_moe_live_experts``, ``edge_moe_inflight_requests`` (gauges);
-- ``edge_moe_plan_cache_hits_total``.
+- ``edge_moe_plan_cache_hits_total``;
+- ``edge_moe_cancelled_queries_total``: queries in flight that their client cancelled (CANCEL);
+- ``edge_moe_cancelled_tokens_total{reason}``, ``edge_moe_cancelled_energy_joules_total{reason}``:
+  what the nodes spent on cancelled tasks, from their late RESULTs; reason ``client`` (the
+  client's CANCEL) or ``finished`` (the query was answered without the task: its deadline).
 
 Without prometheus-client installed (the ``http`` extra), :func:`make_metrics` returns None
 and nothing is counted.
@@ -56,6 +60,12 @@ class ServingMetrics:
         self.inflight = Gauge("edge_moe_inflight_requests", "queries in flight", registry=r)
         self.cache_hits = Counter("edge_moe_plan_cache_hits", "replies whose plan came from the cache",
                                   registry=r)
+        self.cancelled_queries = Counter("edge_moe_cancelled_queries", "queries cancelled by their client",
+                                         registry=r)
+        self.cancelled_tokens = Counter("edge_moe_cancelled_tokens", "tokens generated for cancelled tasks",
+                                        ["reason"], registry=r)
+        self.cancelled_energy = Counter("edge_moe_cancelled_energy_joules", "joules spent on cancelled tasks",
+                                        ["reason"], registry=r)
         if inflight is not None:
             self.inflight.set_function(inflight)
         if live is not None:
@@ -86,6 +96,12 @@ class ServingMetrics:
             self.live.set(len(msg.plan.live))
         if msg.plan.cached:
             self.cache_hits.inc()
+
+
+    def cancelled(self, reason: str, n_tokens: int, energy_j: float) -> None:
+        """Count what a node spent on a cancelled task (its late RESULT's figures)."""
+        self.cancelled_tokens.labels(reason).inc(n_tokens)
+        self.cancelled_energy.labels(reason).inc(energy_j)
 
 
 def mode_of(msg: Reply | Error | Any) -> str:

@@ -124,7 +124,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
     d = tmp_path_factory.mktemp("multihost")
     table, cal, prof, gate = write_toy_inputs(d, n_experts=4, embedding_dim=DIM, seed=5, n_samples=400)
-    keys = generate_keys(d / "keys", ("client", *RAY_HOSTS))
+    keys = generate_keys(d / "keys", ("client", *RAY_HOSTS)).directory
     ensure_auth_token(RAY, str(d))  # every "host" shares ~/.ray/auth_token, as real hosts share one token
     net = Net(HOSTS, d)
     namespaces = list(net._namespaces)

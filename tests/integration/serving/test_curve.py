@@ -26,7 +26,7 @@ CFG = CoordinatorConfig(node="x", heartbeat_s=0.2, liveness=3, reconnect_min_s=0
 
 @pytest.fixture()
 def secured(assets, tmp_path):
-    keys = generate_keys(tmp_path / "keys", clients=("client", "node", "stranger"))
+    keys = generate_keys(tmp_path / "keys", clients=("client", "node", "stranger")).directory
     (keys / "authorized" / "stranger.key").unlink()  # a valid key pair the server does not know
     router = load_router(assets.gate, assets.calibration, assets.profiles, BudgetConfig(), 2)
     coord = Coordinator(router, ToyEncoder(16), CFG, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*",
