@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def deploy(
     config: Annotated[Path, typer.Argument(help="fleet YAML")],
     address: Annotated[str | None, typer.Option(help="join this Ray cluster (host:port, ray://host:port or 'auto'); default: start a local head on loopback")] = None,
-    gate: Annotated[Path | None, typer.Option(help="gate.onnx (default for the demo fleets: the demo's, in $EDGE_MOE_CACHE/demo[/real])")] = None,
+    gate: Annotated[Path | None, typer.Option(help="gate.onnx (default for the demo fleets: the demo's, in $EDGE_MOE_CACHE/demo/ or demo/real/)")] = None,
     calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (default: the demo's)")] = None,
     profiles: Annotated[Path | None, typer.Option(help="profiles JSON (default: the demo's)")] = None,
     encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact folder (default in the cache)")] = None,

@@ -6,19 +6,27 @@ client side is :mod:`gating.coordinator.clients`). Nodes are peers to check, not
 a READY outside the fleet's placement is refused, an answer counts only from the connection
 its TASK went to, and a RESULT that breaks :func:`edge_moe.wire.check_result` is that
 expert's error and a strike against its node.
+
+A task its query no longer needs (the client's CANCEL, or the query answered at its
+deadline without it) is closed in the in-flight table and its node gets CANCEL
+(:meth:`NodeSide._cancel_tasks`), so the work stops; the node's late RESULT for it is
+attributed to cancelled work (:meth:`NodeSide._on_cancelled_answer`): counted in ``stats``
+and the metrics, and logged, never billed to an answer.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from edge_moe.config import CoordinatorConfig
 from edge_moe.errors import ProtocolError
 from edge_moe.wire import (
+    Cancel,
     Error,
     ErrorCode,
     Heartbeat,
@@ -31,7 +39,7 @@ from edge_moe.wire import (
     encode,
 )
 from gating.coordinator import admission
-from gating.coordinator.inflight import Closed, InFlight, Pending, TaskRecord
+from gating.coordinator.inflight import CancelledTask, Closed, InFlight, Pending, TaskRecord
 from gating.coordinator.load import LoadTracker
 from gating.coordinator.registry import Registry
 from gating.coordinator.routing import Router
@@ -51,10 +59,11 @@ class NodeSide:
     registry: Registry
     load: LoadTracker
     inflight: InFlight
-    stats: dict[str, int]
+    stats: dict[str, float]
     default_deadline_ms: float
     frontend: zmq.Socket
     backend: zmq.Socket
+    metrics: Any
     _refused: set[bytes]
 
     if TYPE_CHECKING:
@@ -71,8 +80,16 @@ class NodeSide:
         rec = self.inflight.dispatch(p, expert, node.name, node.identity, predicted, now)
         timeout = (p.flush_at - now) * 1e3
         stream = q.stream and q.options is None and len(p.weights) == 1
-        task = Task(rec.id, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens, stream)
+        task = Task(rec.id, expert, q.prompt, timeout, q.options, q.mode, q.max_new_tokens, stream,
+                    sampling=q.sampling)
         self.backend.send_multipart([node.identity, *encode(task)])
+
+    def _cancel_tasks(self, recs: list[TaskRecord]) -> None:
+        """Send CANCEL to the node connection of each task just closed :attr:`Closed.CANCELLED`
+        (:meth:`InFlight.finish` / :meth:`InFlight.cancel` closed them): the work stops."""
+        for rec in recs:
+            self.stats["cancels_sent"] += 1
+            self.backend.send_multipart([rec.identity, *encode(Cancel(rec.id))])
 
     def _to_node(self, identity: bytes, msg: Error) -> None:
         self.backend.send_multipart([identity, *encode(msg)])
@@ -138,6 +155,9 @@ class NodeSide:
         if found is None:
             if isinstance(msg, Error) and msg.id == "":
                 logger.warning("node error: %s: %s", msg.code, msg.message)
+            cancelled = self.inflight.take_cancelled(msg.id, identity)
+            if cancelled is not None and isinstance(msg, Result):
+                self._on_cancelled_answer(cancelled, msg)
             return  # a late answer to a finished query
         rec, p = found
         if rec.identity != identity:
@@ -168,6 +188,27 @@ class NodeSide:
                 p.errors[expert] = f"{msg.code}: {msg.message}"
         if not p.open:
             self._finish(p)
+
+    def _on_cancelled_answer(self, c: CancelledTask, msg: Result) -> None:
+        """The late RESULT of a cancelled task (finish_reason "cancelled", or a normal one that
+        raced the CANCEL): what it spent is cancelled work, in ``stats`` and the metrics."""
+        rec = c.record
+        if msg.expert != rec.expert or msg.n_tokens < 0 or not all(
+                math.isfinite(v) and v >= 0 for v in (msg.compute_ms, msg.energy_j)):
+            self.stats["bad_results"] += 1
+            logger.warning("bad RESULT from node %s for cancelled task %s: expert=%r n_tokens=%r "
+                           "compute_ms=%r energy_j=%r", rec.node, rec.id, msg.expert, msg.n_tokens,
+                           msg.compute_ms, msg.energy_j)
+            return
+        self.stats["cancelled_tokens"] += msg.n_tokens
+        self.stats["cancelled_energy_j"] += msg.energy_j
+        self.stats["cancelled_compute_ms"] += msg.compute_ms
+        if self.metrics is not None:
+            self.metrics.cancelled(c.why, msg.n_tokens, msg.energy_j)
+        logger.info("cancelled query %s: task %s on node %s, %d tokens, %.4g J (%s; %.1f ms of compute, "
+                    "finish_reason %s)", rec.key[1], rec.id, rec.node, msg.n_tokens, msg.energy_j,
+                    "the client's CANCEL" if c.why == "client" else "answered without it",
+                    msg.compute_ms, msg.finish_reason)
 
     def _on_partial(self, identity: bytes, msg: Partial) -> None:
         """A piece of a streamed generation: forwarded to the client as the QUERY's PARTIAL
