@@ -39,7 +39,7 @@ from edge_moe.wire import (
     encode,
 )
 from gating.coordinator import admission
-from gating.coordinator.inflight import CancelledTask, Closed, InFlight, Pending, TaskRecord
+from gating.coordinator.inflight import CancelledTask, Closed, InFlight, Pending, TaskRecord, Why
 from gating.coordinator.load import LoadTracker
 from gating.coordinator.registry import Registry
 from gating.coordinator.routing import Router
@@ -207,7 +207,7 @@ class NodeSide:
             self.metrics.cancelled(c.why, msg.n_tokens, msg.energy_j)
         logger.info("cancelled query %s: task %s on node %s, %d tokens, %.4g J (%s; %.1f ms of compute, "
                     "finish_reason %s)", rec.key[1], rec.id, rec.node, msg.n_tokens, msg.energy_j,
-                    "the client's CANCEL" if c.why == "client" else "answered without it",
+                    "the client's CANCEL" if c.why is Why.CLIENT else "answered without it",
                     msg.compute_ms, msg.finish_reason)
 
     def _on_partial(self, identity: bytes, msg: Partial) -> None:

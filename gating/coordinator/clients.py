@@ -1,9 +1,15 @@
-"""The coordinator's client side: QUERYs in from the frontend, REPLYs and ERRORs out.
+"""The coordinator's client side: QUERYs and CANCELs in from the frontend, REPLYs and ERRORs out.
 
 :class:`ClientSide` is one half of :class:`gating.coordinator.loop.Coordinator` (the loop,
 its sockets and clock are there; the node side is :mod:`gating.coordinator.backend`): it
 checks a QUERY, answers at once what admission refuses, hands the prompt to the embedding
 worker, plans the scored query and fans it out, and sends the aggregated answer.
+
+A CANCEL (same connection as its QUERY, the QUERY's id) takes the query out of the
+in-flight table (:meth:`InFlight.cancel`): waiting to be embedded, it is simply gone;
+pending, each open task's node gets CANCEL. Either way the client is answered at once
+with ERROR ``cancelled``. A CANCEL for an id not in flight (unknown, already answered) is
+ignored and counted (``stats["cancel_unknown"]``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import zmq
 from edge_moe.config import CoordinatorConfig
 from edge_moe.errors import EdgeMoEError, ProtocolError, SelectionError
 from edge_moe.wire import (
+    Cancel,
     Error,
     ErrorCode,
     Query,
@@ -28,7 +35,7 @@ from edge_moe.wire import (
 )
 from gating.coordinator import admission
 from gating.coordinator.embedding import EmbedWorker, Scored
-from gating.coordinator.inflight import InFlight, Pending, Waiting
+from gating.coordinator.inflight import InFlight, Pending, TaskRecord, Waiting
 from gating.coordinator.load import LoadTracker
 from gating.coordinator.metrics import mode_of
 from gating.coordinator.registry import Registry
@@ -47,7 +54,7 @@ class ClientSide:
     registry: Registry
     load: LoadTracker
     inflight: InFlight
-    stats: dict[str, int]
+    stats: dict[str, float]
     default_deadline_ms: float
     frontend: zmq.Socket
     embedder: EmbedWorker
@@ -56,6 +63,7 @@ class ClientSide:
 
     if TYPE_CHECKING:
         def _dispatch(self, p: Pending, expert: str) -> None: ...
+        def _cancel_tasks(self, recs: list[TaskRecord]) -> None: ...
 
     def _reply(self, envelope: list[bytes], msg: Reply | Error) -> None:
         self.stats["replies" if isinstance(msg, Reply) else "errors"] += 1
@@ -76,13 +84,33 @@ class ClientSide:
             self.stats["malformed_frontend"] += 1
             self._reply(envelope, Error("", ErrorCode.PROTOCOL, str(exc)))
             return
+        if isinstance(msg, Cancel):
+            self._on_cancel(envelope, msg)
+            return
         if not isinstance(msg, Query):
             self.stats["malformed_frontend"] += 1
             self._reply(envelope, Error(echo_id(getattr(msg, "id", "")), ErrorCode.PROTOCOL,
-                                        f"the frontend accepts QUERY, got {type(msg).__name__.upper()}"))
+                                        f"the frontend accepts QUERY or CANCEL, got {type(msg).__name__.upper()}"))
             return
         self.stats["queries"] += 1
         self._on_query(envelope, msg)
+
+    def _on_cancel(self, envelope: list[bytes], msg: Cancel) -> None:
+        """The client cancels its query ``msg.id``: out of the table, CANCEL to the nodes of
+        its open tasks, ERROR ``cancelled`` to the client. Not in flight: ignored, counted."""
+        q, recs = self.inflight.cancel((envelope[0], msg.id), time.monotonic())
+        if q is None:
+            self.stats["cancel_unknown"] += 1
+            logger.debug("CANCEL for %r, which is not in flight: ignored", msg.id)
+            return
+        self._cancel_tasks(recs)
+        self.stats["cancelled"] += 1
+        if self.metrics is not None:
+            self.metrics.cancelled_queries.inc()
+        where = ", ".join(f"{r.id} on {r.node}" for r in recs) or "none sent yet"
+        logger.info("cancel query %s: the client's CANCEL; open tasks %s", q.query.id, where)
+        self._reply(q.envelope, Error(q.query.id, ErrorCode.CANCELLED,
+                                      f"cancelled by the client ({len(recs)} open tasks stopped)"))
 
     def _on_query(self, envelope: list[bytes], q: Query) -> None:
         """Check a QUERY and hand its prompt to the embedding worker; never computes."""
@@ -189,7 +217,8 @@ class ClientSide:
 
     def _finish(self, p: Pending) -> None:
         now = time.monotonic()
-        self.inflight.finish(p.key, now)
+        _, open_tasks = self.inflight.finish(p.key, now)
+        self._cancel_tasks(open_tasks)  # the answer goes without them: their work stops
         msg, degraded = aggregate(p, self.router, now)
         if degraded and isinstance(msg, Reply):
             self.stats["degraded"] += 1

@@ -81,7 +81,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEADLINE_MS = 30_000.0
 STATS = ("queries", "replies", "errors", "malformed_frontend", "malformed_backend", "degraded",
          "oversized_prompts", "refused_ready", "not_ready", "bad_results", "misrouted",
-         "quarantines", "overloaded", "redispatched")
+         "quarantines", "overloaded", "redispatched", "cancelled", "cancel_unknown", "cancels_sent",
+         "cancelled_tokens", "cancelled_energy_j", "cancelled_compute_ms")
 OnReply = Callable[[Reply | Error], None]
 
 
@@ -125,7 +126,7 @@ class Coordinator(ClientSide, NodeSide):
         self.ctx = context or zmq.Context()
         self._stopping = False
         self._running = False
-        self.stats = dict.fromkeys(STATS, 0)
+        self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
         self._refused: set[bytes] = set()
         self._asks: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         suspect = min(2.0, config.liveness - 0.5) * config.heartbeat_s if config.liveness > 1 else math.inf

@@ -1,4 +1,4 @@
-"""The CLI's shared surface: --version, and --help for the serving commands of the one CLI."""
+"""The CLI's shared surface: --version, and --help for every command of the one CLI."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ def test_version_prints_the_package_version():
     assert __version__ != "0.0.0+unknown"  # the project is installed (make install)
 
 
-@pytest.mark.parametrize("command", ["coordinator", "node", "http", "keys", "deploy"])
-def test_each_serving_command_has_help(command):
+COMMANDS = sorted(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)
+
+
+def test_the_one_cli_has_the_serving_commands():
+    assert {"coordinator", "node", "http", "deploy", "query", "status", "down", "plan"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
     res = CliRunner().invoke(app, [command, "--help"])
     assert res.exit_code == 0, res.output
     assert "Usage" in res.output and "--" in res.output
