@@ -13,6 +13,18 @@ cost is energy.
         answer = client.query("2+2=? A. 3 B. 4 Answer:", options=["3", "4"], energy_j=20)
         if isinstance(answer, Reply): print(answer.answer_index, answer.probabilities)
 
+**Sampling** (``query(..., sampling=Sampling(temperature=0.7, seed=1))``): a generation
+whose tokens are drawn; the coordinator has the gate's top expert answer it alone (a
+greedy generation, the default, is a weighted vote over the chosen experts).
+
+**Cancel** (:meth:`EdgeMoEClient.cancel`): CANCEL with the QUERY's id, on the socket that
+sent the QUERY (the coordinator knows a query by connection and id); it stops the nodes'
+work, and the query is answered ERROR ``cancelled``. The client is synchronous and its
+socket is not thread-safe, so cancel from the thread that waits: from ``on_partial``
+while a stream arrives (:meth:`EdgeMoEClient.request` then returns that ERROR), or after
+:meth:`EdgeMoEClient.send`. After a Lazy Pirate retry the socket is a new one, and a
+CANCEL on it finds nothing to cancel (ignored).
+
 :func:`query_command` is what the ``edge-moe query`` CLI command calls.
 """
 
@@ -30,7 +42,18 @@ import zmq
 
 from edge_moe.errors import ConfigError, DeadlineError
 from edge_moe.security import connect_dealer
-from edge_moe.wire import Error, Partial, Query, Reply, WireBudget, decode, encode, to_json
+from edge_moe.wire import (
+    Cancel,
+    Error,
+    Partial,
+    Query,
+    Reply,
+    Sampling,
+    WireBudget,
+    decode,
+    encode,
+    to_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +137,47 @@ class EdgeMoEClient:
               latency_ms: float | None = None, max_new_tokens: int = 32,
               top_k: int | None = None, tau: float | None = None,
               deadline_ms: float | None = None, mode: str = "letter",
-              id: str | None = None) -> Reply | Error:
-        """Build a QUERY and :meth:`request` it. ``None`` fields take the coordinator's defaults."""
+              id: str | None = None, sampling: Sampling | None = None) -> Reply | Error:
+        """Build a QUERY and :meth:`request` it. ``None`` fields take the coordinator's defaults.
+
+        ``sampling``: how a generation draws its tokens (None or temperature 0: greedy, the
+        experts' vote; temperature > 0: the gate's top expert alone). Not for options.
+        """
         budget = None if energy_j is None and latency_ms is None else WireBudget(energy_j, latency_ms)
         q = Query(id=id or uuid.uuid4().hex[:16], prompt=prompt,
                   options=tuple(options) if options is not None else None, category=category,
                   budget=budget, max_new_tokens=max_new_tokens, top_k=top_k, tau=tau,
-                  deadline_ms=deadline_ms, mode=mode)
+                  deadline_ms=deadline_ms, mode=mode, sampling=sampling)
         return self.request(q)
+
+    def send(self, query: Query) -> None:
+        """Send a QUERY without waiting (one try, no retry): read the answer with
+        :meth:`receive`, and :meth:`cancel` it meanwhile if need be."""
+        self.sock.send_multipart([b"", *encode(query)])
+
+    def receive(self, query_id: str, timeout_s: float | None = None) -> Reply | Error | None:
+        """The REPLY or ERROR for ``query_id`` sent by :meth:`send`, or None after
+        ``timeout_s`` (default ``timeout_s`` of the client). PARTIALs and stale answers are
+        skipped.
+
+        Raises:
+            ProtocolError: the coordinator answered with undecodable frames.
+        """
+        end = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while (left := end - time.monotonic()) > 0:
+            if not self.sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                return None
+            got = self.sock.recv_multipart()
+            msg = decode(got[1:] if got and got[0] == b"" else got)
+            if isinstance(msg, Reply | Error) and msg.id in (query_id, ""):
+                return msg
+        return None
+
+    def cancel(self, query_id: str) -> None:
+        """Send CANCEL for ``query_id`` (a QUERY this socket sent); no reply of its own: the
+        query is answered ERROR ``cancelled`` if it was still in flight, and an unknown or
+        finished id is ignored by the coordinator."""
+        self.sock.send_multipart([b"", *encode(Cancel(query_id))])
 
 
 # ---------------------------------------------------------------- CLI helper
@@ -147,7 +203,7 @@ def format_answer(msg: Reply | Error) -> str:
         probs = "  ".join(f"{chr(65 + i)}={p:.3f}" for i, p in enumerate(msg.probabilities))
         lines.append(f"answer: {chr(65 + (msg.answer_index or 0))}   ({probs})")
     else:
-        lines.append(f"answer: {msg.text!r}")
+        lines.append(f"answer: {msg.text!r}" + (f"   (finish: {msg.finish_reason})" if msg.finish_reason else ""))
     if msg.experts:
         lines.append(f"{'expert':<24} {'node':<12} {'weight':>7} {'status':<6} {'ms':>8} {'J':>8}  source")
         for e in msg.experts:

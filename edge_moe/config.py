@@ -1,17 +1,27 @@
 """Fleet configuration: frozen dataclasses and the one loader, ``load_fleet(path)``.
 
 A fleet YAML names the device classes (with power profiles), the nodes, the experts
-on them, the application categories, the default budget and the coordinator. The
-loader rejects unknown keys and says file, field, value and rule, e.g.::
+on them, the application categories, the default budget and the coordinator. Every key
+is one :class:`~edge_moe.config_schema.Key` of :data:`~edge_moe.config_schema.SCHEMA`
+(type, default, unit, rule): the loader reads each section through that table, so a key
+the table lacks is an unknown key, and :func:`schema_markdown` renders the same table as
+``docs/reference/fleet-yaml.md``.
+
+The loader finds every problem, not just the first. :func:`check_fleet` returns them all
+and :func:`load_fleet` raises one :class:`ConfigError` listing them, one per line, each
+naming file, key path, value and rule::
 
     configs/fleet.yaml: experts[2].node='orin-9' is not a node (known: orin-1, gpu-1)
 
-``device_classes`` may be inline (a mapping) or a path to a YAML file holding that
-mapping (relative to the fleet file), so fleets can share ``configs/device_classes.yaml``.
+A value that cannot be read is recorded and its default stands in; the cross-checks that
+need it (a node's device class, an expert's node, ...) are skipped, so one mistake gives
+one line. ``device_classes`` may be inline (a mapping) or a path to a YAML file holding
+that mapping (relative to the fleet file), so fleets can share ``configs/device_classes.yaml``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,12 +31,14 @@ from typing import Any
 
 import yaml
 
+from edge_moe.config_schema import PRECISIONS, RUNNER_NAMES, Key, keys_of, schema_markdown
 from edge_moe.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+__all__ = ["PRECISIONS", "RUNNER_NAMES", "BudgetConfig", "CoordinatorConfig", "DeviceClass", "ExpertConfig",
+           "FleetConfig", "NodeConfig", "check_fleet", "load_device_classes", "load_fleet", "read_yaml",
+           "schema_markdown"]
 
-RUNNER_NAMES = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,149 +166,85 @@ class FleetConfig:
         return {n.name: tuple(e.name for e in self.experts_on(n.name)) for n in self.nodes}
 
 
-# ---------------------------------------------------------------- schema helpers
+
+# ---------------------------------------------------------------- reading
 
 
-def _http_address(r: Any, raw: Any) -> str | None:
-    """``coordinator.http``: ``host:port`` with a port in 0..65535 (0: a free one), or None."""
-    if raw is None:
-        return None
-    host, sep, port = str(raw).rpartition(":") if isinstance(raw, str) else ("", "", "")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise r.error(f"coordinator.http={_show(raw)} must be host:port (port 0..65535; 0 picks a free one)")
-    return str(raw)
+class _Problems:
+    """Every problem found, one line each, naming the file it is in."""
+
+    def __init__(self, src: str, lines: list[str] | None = None) -> None:
+        self.src = src
+        self.lines = [] if lines is None else lines
+
+    def add(self, msg: str) -> None:
+        self.lines.append(f"{self.src}: {msg}")
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise ConfigError("\n".join(self.lines))
 
 
 class _Reader:
-    """Reads one mapping, tracking the field path so every error names file and field."""
+    """One mapping of the YAML, read against its section of the schema.
 
-    def __init__(self, src: str, where: str, raw: Any, allowed: set[str], required: set[str]) -> None:
-        self.src, self.where = src, where
-        if not isinstance(raw, dict):
-            raise self.error(f"{where or 'top level'}={_show(raw)} must be a mapping")
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise self.error(
-                f"{self._at(unknown[0])} is not a known field (allowed: {', '.join(sorted(allowed))})"
-            )
-        missing = sorted(required - set(raw))
-        if missing:
-            raise self.error(f"{self._at(missing[0])} is required")
-        self.raw = raw
+    A problem is recorded and the key's default stands in (None for a required key);
+    ``bad`` names the keys that could not be read, so cross-checks can skip them.
+    """
 
-    def _at(self, key: str) -> str:
+    def __init__(self, probs: _Problems, where: str, raw: Any, section: str) -> None:
+        self.probs, self.where, self.keys = probs, where, keys_of(section)
+        self.ok = isinstance(raw, dict)
+        self.raw: dict[Any, Any] = raw if isinstance(raw, dict) else {}
+        self.bad: set[str] = set()
+        if not self.ok:
+            probs.add(f"{where or 'top level'}={_show(raw)} must be a mapping")
+            return
+        allowed = ", ".join(sorted(self.keys))
+        for k in sorted(set(raw) - set(self.keys), key=str):
+            probs.add(f"{self.at(str(k))} is not a known field (allowed: {allowed})")
+        for k in (n for n, key in self.keys.items() if key.required and n not in raw):
+            probs.add(f"{self.at(k)} is required")
+            self.bad.add(k)
+
+    def at(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def error(self, msg: str) -> ConfigError:
-        return ConfigError(f"{self.src}: {msg}")
+    def get(self, name: str) -> Any:
+        key: Key = self.keys[name]
+        fallback = None if key.required else key.default
+        if name in self.bad:
+            return fallback
+        v = self.raw.get(name, key.default)
+        value, problem = key.check(v)
+        if problem:
+            self.probs.add(f"{self.at(name)}={_show(v)} {problem}")
+            self.bad.add(name)
+            return fallback
+        return value
 
-    def text(self, key: str, default: str | None = None) -> str:
-        v = self.raw.get(key, default)
-        if not isinstance(v, str) or not v:
-            raise self.error(f"{self._at(key)}={_show(v)} must be a non-empty string")
-        return v
-
-    def number(self, key: str, default: float | None = None, *, minimum: float = 0.0,
-            allow_inf: bool = False, positive: bool = False) -> float:
-        v = self.raw.get(key, default)
-        if isinstance(v, str) and allow_inf and v.strip().lower() in ("inf", "infinity", ".inf"):
-            v = math.inf
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.error(f"{self._at(key)}={_show(v)} must be a number")
-        if math.isnan(v) or (math.isinf(v) and not allow_inf):
-            raise self.error(f"{self._at(key)}={_show(v)} must be finite")
-        if v < minimum or (positive and v <= 0):
-            rule = "> 0" if positive else f">= {minimum}"
-            raise self.error(f"{self._at(key)}={_show(v)} must be {rule}")
-        return float(v)
-
-    def integer(self, key: str, default: int | None = None, *, minimum: int = 1) -> int:
-        v = self.raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.error(f"{self._at(key)}={_show(v)} must be an integer >= {minimum}")
-        return v
-
-    def flag(self, key: str, default: bool) -> bool:
-        v = self.raw.get(key, default)
-        if not isinstance(v, bool):
-            raise self.error(f"{self._at(key)}={_show(v)} must be true or false")
-        return v
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        v = self.raw.get(key, default)
-        if v not in choices:
-            raise self.error(f"{self._at(key)}={_show(v)} is not one of {list(choices)}")
-        return str(v)
+    def fields(self, cls: type) -> dict[str, Any]:
+        """The keyword arguments of ``cls`` that this section's schema names."""
+        return {f.name: self.get(f.name) for f in dataclasses.fields(cls) if f.name in self.keys}
 
 
 def _show(v: Any) -> str:
     return repr(v) if not isinstance(v, (dict, list)) else type(v).__name__
 
 
-def _list(src: str, key: str, raw: Any) -> list[Any]:
+def _list(probs: _Problems, key: str, raw: Any) -> list[Any]:
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{src}: {key} must be a non-empty list, got {_show(raw)}")
+        probs.add(f"{key} must be a non-empty list, got {_show(raw)}")
+        return []
     return raw
 
 
-def _unique(src: str, key: str, names: list[str]) -> None:
+def _unique(probs: _Problems, key: str, names: list[tuple[int, str]]) -> None:
     seen: set[str] = set()
-    for i, n in enumerate(names):
+    for i, n in names:
         if n in seen:
-            raise ConfigError(f"{src}: {key}[{i}].name='{n}' is a duplicate (names must be unique)")
+            probs.add(f"{key}[{i}].name='{n}' is a duplicate (names must be unique)")
         seen.add(n)
-
-
-# ---------------------------------------------------------------- sections
-
-
-def load_device_classes(path: str | os.PathLike[str]) -> dict[str, DeviceClass]:
-    """Load a YAML mapping of device-class name -> power profile."""
-    p = Path(path)
-    return _device_classes(str(p), read_yaml(p))
-
-
-def _device_classes(src: str, raw: Any) -> dict[str, DeviceClass]:
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{src}: device_classes must be a non-empty mapping of name -> profile")
-    out = {}
-    fields = {"power_idle_w", "power_busy_w", "source", "throughput_factor", "throughput_source",
-              "energy_counters", "notes"}
-    for name, body in raw.items():
-        r = _Reader(src, f"device_classes.{name}", body, fields, {"power_idle_w", "power_busy_w", "source"})
-        idle, busy = r.number("power_idle_w"), r.number("power_busy_w", positive=True)
-        if busy < idle:
-            raise r.error(f"device_classes.{name}.power_busy_w={busy} must be >= power_idle_w={idle}")
-        counters = body.get("energy_counters", [])
-        if not isinstance(counters, list) or any(c not in ("nvml", "rapl", "jetson") for c in counters):
-            raise r.error(f"device_classes.{name}.energy_counters={_show(counters)} must be a list "
-                          "drawn from ['nvml', 'rapl', 'jetson']")
-        out[str(name)] = DeviceClass(
-            name=str(name), power_idle_w=idle, power_busy_w=busy, source=r.text("source"),
-            throughput_factor=r.number("throughput_factor", 1.0, positive=True),
-            throughput_source=str(body.get("throughput_source", "")),
-            energy_counters=tuple(counters),
-        )
-    return out
-
-
-def _budget(src: str, raw: Any, categories: tuple[str, ...]) -> BudgetConfig:
-    if raw is None:
-        return BudgetConfig()
-    r = _Reader(src, "budget", raw, {"energy_j", "latency_ms"}, set())
-    energy = r.number("energy_j", math.inf, allow_inf=True)
-    lat_raw = raw.get("latency_ms", math.inf)
-    latency: float | dict[str, float]
-    if isinstance(lat_raw, dict):
-        lr = _Reader(src, "budget.latency_ms", lat_raw, set(categories), set())
-        latency = {c: lr.number(c, allow_inf=True) for c in lat_raw}
-        missing = [c for c in categories if c not in latency]
-        if missing:
-            raise ConfigError(f"{src}: budget.latency_ms lacks categories {missing} "
-                              "(give one value, or one per category)")
-    else:
-        latency = r.number("latency_ms", math.inf, allow_inf=True)
-    return BudgetConfig(energy_j=energy, latency_ms=latency)
 
 
 def read_yaml(p: Path) -> Any:
@@ -309,100 +257,189 @@ def read_yaml(p: Path) -> Any:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
 
 
+# ---------------------------------------------------------------- sections
+
+
+def load_device_classes(path: str | os.PathLike[str]) -> dict[str, DeviceClass]:
+    """Load a YAML mapping of device-class name -> power profile.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or breaks rules (all listed).
+    """
+    p = Path(path)
+    probs = _Problems(str(p))
+    classes = _device_classes(probs, read_yaml(p))
+    probs.raise_any()
+    return classes
+
+
+def _device_classes(probs: _Problems, raw: Any) -> dict[str, DeviceClass]:
+    if not isinstance(raw, dict) or not raw:
+        probs.add("device_classes must be a non-empty mapping of name -> profile")
+        return {}
+    out = {}
+    for name, body in raw.items():
+        r = _Reader(probs, f"device_classes.{name}", body, "device_classes.<name>")
+        v = r.fields(DeviceClass)
+        if r.ok and not {"power_idle_w", "power_busy_w"} & r.bad and v["power_busy_w"] < v["power_idle_w"]:
+            probs.add(f"device_classes.{name}.power_busy_w={v['power_busy_w']} must be >= "
+                      f"power_idle_w={v['power_idle_w']}")
+        out[str(name)] = DeviceClass(name=str(name), **v)
+    return out
+
+
+def _fleet_device_classes(probs: _Problems, p: Path, raw: Any) -> dict[str, DeviceClass] | None:
+    """The fleet's device classes, inline or from their file; None when unreadable."""
+    lines = len(probs.lines)
+    if isinstance(raw, str):
+        dc_path = Path(raw) if os.path.isabs(raw) else p.parent / raw
+        if not dc_path.is_file():
+            probs.add(f"device_classes='{raw}' is not a file (looked at {dc_path})")
+            return None
+        try:
+            classes = _device_classes(_Problems(str(dc_path), probs.lines), read_yaml(dc_path))
+        except ConfigError as exc:
+            probs.lines.append(str(exc))
+            return None
+    else:
+        classes = _device_classes(probs, raw)
+    return classes if classes or len(probs.lines) == lines else None
+
+
+def _nodes(probs: _Problems, raw: Any, classes: dict[str, DeviceClass] | None) -> tuple[list[NodeConfig], bool]:
+    """The nodes, and whether every node's name could be read (for the cross-checks)."""
+    nodes, names, complete = [], [], True
+    for i, body in enumerate(_list(probs, "nodes", raw)):
+        r = _Reader(probs, f"nodes[{i}]", body, "nodes[]")
+        if not r.ok:
+            complete = False
+            continue
+        v = r.fields(NodeConfig)
+        if classes is not None and "device_class" not in r.bad and v["device_class"] not in classes:
+            probs.add(f"nodes[{i}].device_class='{v['device_class']}' is not a device class "
+                      f"(known: {', '.join(classes)})")
+        complete = complete and "name" not in r.bad
+        if "name" not in r.bad:
+            names.append((i, v["name"]))
+        nodes.append(NodeConfig(**v))
+    _unique(probs, "nodes", names)
+    return nodes, complete and bool(nodes)
+
+
+def _experts(probs: _Problems, raw: Any, node_names: list[str] | None) -> list[ExpertConfig]:
+    experts, names = [], []
+    for i, body in enumerate(_list(probs, "experts", raw)):
+        r = _Reader(probs, f"experts[{i}]", body, "experts[]")
+        if not r.ok:
+            continue
+        v = r.fields(ExpertConfig)
+        if node_names is not None and "node" not in r.bad and v["node"] not in node_names:
+            probs.add(f"experts[{i}].node='{v['node']}' is not a node (known: {', '.join(node_names)})")
+        if "name" not in r.bad:
+            names.append((i, v["name"]))
+        experts.append(ExpertConfig(**v))
+    _unique(probs, "experts", names)
+    return experts
+
+
+def _categories(probs: _Problems, raw: Any) -> tuple[str, ...] | None:
+    """The categories; None when they could not be read."""
+    cats = _list(probs, "categories", raw)
+    bad = [i for i, c in enumerate(cats) if not isinstance(c, str) or not c]
+    for i in bad:
+        probs.add(f"categories[{i}]={_show(cats[i])} must be a non-empty string")
+    if not bad and len(set(cats)) != len(cats):
+        probs.add(f"categories={cats} has duplicates")
+    return tuple(cats) if cats and not bad else None
+
+
+def _budget(probs: _Problems, raw: Any, categories: tuple[str, ...] | None) -> BudgetConfig:
+    if raw is None:
+        return BudgetConfig()
+    r = _Reader(probs, "budget", raw, "budget")
+    energy = r.get("energy_j")
+    lat_raw = r.raw.get("latency_ms", math.inf)
+    if not isinstance(lat_raw, dict):
+        value, problem = dataclasses.replace(r.keys["latency_ms"], type="number").check(lat_raw)
+        if problem:
+            probs.add(f"budget.latency_ms={_show(lat_raw)} {problem}")
+        return BudgetConfig(energy_j=energy, latency_ms=value)
+    latency = {}
+    for c, ms in lat_raw.items():
+        if categories is not None and c not in categories:
+            probs.add(f"budget.latency_ms.{c} is not a known field (allowed: {', '.join(sorted(categories))})")
+            continue
+        value, problem = Key(f"budget.latency_ms.{c}", "number", allow_inf=True).check(ms)
+        if problem:
+            probs.add(f"budget.latency_ms.{c}={_show(ms)} {problem}")
+        latency[str(c)] = value
+    missing = [c for c in categories or () if c not in latency]
+    if missing:
+        probs.add(f"budget.latency_ms lacks categories {missing} (give one value, or one per category)")
+    return BudgetConfig(energy_j=energy, latency_ms=latency)
+
+
+def _coordinator(probs: _Problems, raw: Any, node_names: list[str] | None) -> CoordinatorConfig | None:
+    r = _Reader(probs, "coordinator", raw, "coordinator")
+    if not r.ok:
+        return None
+    c = CoordinatorConfig(**r.fields(CoordinatorConfig))
+    if node_names is not None and "node" not in r.bad and c.node not in node_names:
+        probs.add(f"coordinator.node='{c.node}' is not a node (known: {', '.join(node_names)})")
+    if c.http and "http_api_keys" not in r.bad and c.http_api_keys is None:
+        host = c.http.rpartition(":")[0]
+        if not (host in ("localhost", "::1", "[::1]") or host.startswith("127.")):
+            probs.add(f"coordinator.http={c.http!r} is not a loopback address: "
+                      "set coordinator.http_api_keys (a file of API keys) to serve it")
+    if not {"reconnect_min_s", "reconnect_max_s"} & r.bad and c.reconnect_max_s < c.reconnect_min_s:
+        probs.add(f"coordinator.reconnect_max_s={c.reconnect_max_s} must be >= "
+                  f"reconnect_min_s={c.reconnect_min_s}")
+    return c
+
+
+# ---------------------------------------------------------------- the fleet
+
+
+def check_fleet(path: str | os.PathLike[str]) -> tuple[FleetConfig | None, list[str]]:
+    """Load and validate a fleet YAML, collecting every problem.
+
+    Returns:
+        ``(fleet, [])`` for a valid file, else ``(None, problems)``: one line per problem,
+        each naming the file, the key path, the value and the rule broken.
+    """
+    p = Path(path)
+    src = str(p)
+    probs = _Problems(src)
+    try:
+        raw = read_yaml(p)
+    except ConfigError as exc:
+        return None, [str(exc)]
+    top = _Reader(probs, "", raw, "")
+    if not top.ok:
+        return None, probs.lines
+    name = top.get("name") if "name" in raw else p.stem
+    classes = _fleet_device_classes(probs, p, raw["device_classes"]) if "device_classes" in raw else None
+    nodes, names_complete = _nodes(probs, raw["nodes"], classes) if "nodes" in raw else ([], False)
+    node_names = [n.name for n in nodes] if names_complete else None
+    experts = _experts(probs, raw["experts"], node_names) if "experts" in raw else []
+    categories = _categories(probs, raw["categories"]) if "categories" in raw else None
+    budget = _budget(probs, raw.get("budget"), categories)
+    coordinator = _coordinator(probs, raw["coordinator"], node_names) if "coordinator" in raw else None
+    if probs.lines or classes is None or categories is None or coordinator is None:
+        return None, probs.lines
+    return FleetConfig(name=name, path=src, device_classes=classes, nodes=tuple(nodes),
+                       experts=tuple(experts), categories=categories, budget=budget,
+                       coordinator=coordinator), []
+
+
 def load_fleet(path: str | os.PathLike[str]) -> FleetConfig:
     """Load and validate a fleet YAML.
 
     Raises:
-        ConfigError: naming the file, the field, the value and the rule broken.
+        ConfigError: listing every problem, one per line, each naming the file, the key
+            path, the value and the rule broken (:func:`check_fleet` returns them).
     """
-    p = Path(path)
-    src = str(p)
-    raw = read_yaml(p)
-    top = _Reader(src, "", raw, {"name", "device_classes", "nodes", "experts", "categories",
-                                 "budget", "coordinator"},
-                  {"device_classes", "nodes", "experts", "categories", "coordinator"})
-    dc_raw = raw["device_classes"]
-    if isinstance(dc_raw, str):
-        dc_path = (p.parent / dc_raw) if not os.path.isabs(dc_raw) else Path(dc_raw)
-        if not dc_path.is_file():
-            raise ConfigError(f"{src}: device_classes='{dc_raw}' is not a file (looked at {dc_path})")
-        classes = load_device_classes(dc_path)
-    else:
-        classes = _device_classes(src, dc_raw)
-
-    nodes = []
-    for i, body in enumerate(_list(src, "nodes", raw["nodes"])):
-        r = _Reader(src, f"nodes[{i}]", body, {"name", "device_class", "host", "ray_resource", "num_gpus",
-                                                "max_batch", "batch_wait_ms", "prepack"},
-                    {"name", "device_class"})
-        dc = r.text("device_class")
-        if dc not in classes:
-            raise r.error(f"nodes[{i}].device_class='{dc}' is not a device class "
-                          f"(known: {', '.join(classes)})")
-        nodes.append(NodeConfig(name=r.text("name"), device_class=dc, host=r.text("host", "127.0.0.1"),
-                                ray_resource=str(body.get("ray_resource", "")),
-                                num_gpus=r.number("num_gpus", 0.0),
-                                max_batch=r.integer("max_batch", NodeConfig.max_batch),
-                                batch_wait_ms=r.number("batch_wait_ms", NodeConfig.batch_wait_ms),
-                                prepack=r.flag("prepack", NodeConfig.prepack)))
-    _unique(src, "nodes", [n.name for n in nodes])
-    node_names = [n.name for n in nodes]
-
-    experts = []
-    for i, body in enumerate(_list(src, "experts", raw["experts"])):
-        r = _Reader(src, f"experts[{i}]", body, {"name", "node", "artifact", "runner", "precision"},
-                    {"name", "node"})
-        node = r.text("node")
-        if node not in node_names:
-            raise r.error(f"experts[{i}].node='{node}' is not a node (known: {', '.join(node_names)})")
-        experts.append(ExpertConfig(name=r.text("name"), node=node, artifact=str(body.get("artifact", "")),
-                                    runner=r.choice("runner", RUNNER_NAMES, "onnxruntime"),
-                                    precision=r.choice("precision", PRECISIONS, "fp32")))
-    _unique(src, "experts", [e.name for e in experts])
-
-    cats = _list(src, "categories", raw["categories"])
-    for i, c in enumerate(cats):
-        if not isinstance(c, str) or not c:
-            raise ConfigError(f"{src}: categories[{i}]={_show(c)} must be a non-empty string")
-    if len(set(cats)) != len(cats):
-        raise ConfigError(f"{src}: categories={cats} has duplicates")
-    categories = tuple(cats)
-
-    r = _Reader(src, "coordinator", raw["coordinator"],
-                {"node", "frontend", "backend", "heartbeat_s", "liveness", "reconnect_min_s",
-                 "reconnect_max_s", "top_k", "curve", "max_prompt_bytes", "quarantine_after",
-                 "quarantine_s", "load_aware", "max_pending", "max_waiting", "http", "http_api_keys", "objective"},
-                {"node"})
-    cnode = r.text("node")
-    if cnode not in node_names:
-        raise r.error(f"coordinator.node='{cnode}' is not a node (known: {', '.join(node_names)})")
-    top_k_raw = raw["coordinator"].get("top_k", 2)
-    coordinator = CoordinatorConfig(
-        node=cnode, frontend=r.text("frontend", CoordinatorConfig.frontend),
-        backend=r.text("backend", CoordinatorConfig.backend),
-        heartbeat_s=r.number("heartbeat_s", 1.0, positive=True), liveness=r.integer("liveness", 3),
-        reconnect_min_s=r.number("reconnect_min_s", 0.5, positive=True),
-        reconnect_max_s=r.number("reconnect_max_s", 8.0, positive=True),
-        top_k=None if top_k_raw is None else r.integer("top_k", 2), curve=r.flag("curve", False),
-        max_prompt_bytes=r.integer("max_prompt_bytes", CoordinatorConfig.max_prompt_bytes),
-        quarantine_after=r.integer("quarantine_after", CoordinatorConfig.quarantine_after),
-        quarantine_s=r.number("quarantine_s", CoordinatorConfig.quarantine_s, positive=True),
-        load_aware=r.flag("load_aware", CoordinatorConfig.load_aware),
-        max_pending=r.integer("max_pending", CoordinatorConfig.max_pending),
-        max_waiting=r.integer("max_waiting", CoordinatorConfig.max_waiting),
-        http=_http_address(r, raw["coordinator"].get("http")),
-        http_api_keys=r.text("http_api_keys") if raw["coordinator"].get("http_api_keys") is not None else None,
-        objective=r.choice("objective", ("accuracy", "loglik"), CoordinatorConfig.objective),
-    )
-    if coordinator.http and coordinator.http_api_keys is None:
-        host = coordinator.http.rpartition(":")[0]
-        if not (host in ("localhost", "::1", "[::1]") or host.startswith("127.")):
-            raise r.error(f"coordinator.http={coordinator.http!r} is not a loopback address: "
-                          "set coordinator.http_api_keys (a file of API keys) to serve it")
-    if coordinator.reconnect_max_s < coordinator.reconnect_min_s:
-        raise r.error(f"coordinator.reconnect_max_s={coordinator.reconnect_max_s} must be >= "
-                      f"reconnect_min_s={coordinator.reconnect_min_s}")
-    name = top.text("name", p.stem)
-    return FleetConfig(name=name, path=src, device_classes=classes, nodes=tuple(nodes),
-                       experts=tuple(experts), categories=categories,
-                       budget=_budget(src, raw.get("budget"), categories), coordinator=coordinator)
+    fleet, problems = check_fleet(path)
+    if fleet is None:
+        raise ConfigError("\n".join(problems) or f"{path}: not a fleet")
+    return fleet

@@ -20,9 +20,22 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "EDGE_MOE_CACHE"
-# the repository's configs/ (fleets, device classes, category maps): the CLI's defaults
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STATE_ENV = "EDGE_MOE_STATE"
+
+
+def _shipped(name: str, in_checkout: str) -> Path:
+    """A data folder the CLI's defaults read: the checkout's when this runs from one (a
+    clone, an editable install), else the copy a built wheel carries in ``edge_moe/_data``
+    (setup.py puts it there)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / in_checkout
+    return checkout if checkout.is_dir() else here / "_data" / name
+
+
+# configs/: fleets, device classes, category maps, the synthetic example table
+CONFIGS = _shipped("configs", "configs")
+# the committed MMLU calibration table (and its samples) the real demo plans on
+MMLU_TABLES = _shipped("mmlu", "benchmarks/results/mmlu")
 
 
 def cache_dir() -> Path:

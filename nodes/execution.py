@@ -6,6 +6,19 @@ option-scoring TASKs through ``score_batch``, or a generation batch through a de
 session that TASKs join between steps. Every answer goes out through one ``send`` callable
 (the worker's inproc socket, or a list in a test), with its load sample and its joules.
 
+A generation TASK's ``sampling`` (checked by :func:`edge_moe.wire.sampling_problem`) goes to
+the runner (``generate(..., sampling=)``, or the request of a decode session, its ``stop``
+strings included); its RESULT carries ``finish_reason`` and, when asked, ``token_logprobs``.
+
+**Cancellation** (CANCEL from the coordinator, :mod:`nodes.loop`): a TASK still waiting is
+answered by :meth:`Executor.withdrawn` at once, nothing computed; a TASK the worker serves
+stops at the next step boundary: a decode session's sequence is cancelled before the next
+step (:meth:`~edge_moe.runtime.capabilities.DecodeSession.cancel`), a lone generation
+stops through the runner's ``should_stop`` (runners that declare ``CANCEL``). Either way its
+RESULT has ``finish_reason`` "cancelled", the text and tokens so far, their compute ms and
+joules. Option scoring is not interrupted (it is one pass). Cancelled RESULTs count in
+``stats["cancelled"]``, not in ``results``, and are no service-time sample.
+
 **The error policy** (:func:`error_for`) is one function, used by every path, so a fault
 gets the same ``ErrorCode`` whether its TASK ran alone or in a batch:
 
@@ -15,6 +28,8 @@ fault                                                      where              co
 the TASK waited past its ``timeout_ms`` before it ran      queue, or a join   DEADLINE
 the runner refused it: a :class:`RunnerError` raised, or   any call, or the   RUNNER
 an ``Outcome.error`` of a batch (empty prompt, too long)   request's outcome
+its ``sampling`` breaks the rules, or asks a runner that   before any call    RUNNER
+does not sample to draw, stop or give log-probs
 any other :class:`EdgeMoEError` the runner raised          any runner call    RUNNER
 any other exception (a runner bug), whole batch included   any runner call    INTERNAL
 output the node cannot read (log-probs not numbers, a      building RESULT    INTERNAL
@@ -30,6 +45,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,9 +53,25 @@ from typing import Any
 
 from edge_moe.energy import EnergyMeter
 from edge_moe.errors import EdgeMoEError, RunnerError
-from edge_moe.runtime.batch import GenRequest, Outcome, ScoreRequest
-from edge_moe.runtime.capabilities import Runner, batch_generator, batch_scorer, streams
-from edge_moe.wire import Error, ErrorCode, Message, Partial, Result, Task
+from edge_moe.runtime.batch import GenRequest, Outcome, ScoreRequest, finish_reason
+from edge_moe.runtime.capabilities import (
+    Runner,
+    batch_generator,
+    batch_scorer,
+    cancels,
+    samples,
+    streams,
+)
+from edge_moe.wire import (
+    Error,
+    ErrorCode,
+    Message,
+    Partial,
+    Result,
+    Sampling,
+    Task,
+    sampling_problem,
+)
 from nodes.load import NodeLoad
 from nodes.scheduler import Item, Scheduler
 
@@ -88,12 +120,35 @@ def late(task: Task, received: float, node: str) -> Error | None:
 
 
 def _result(task: Task, value: Any, compute_ms: float, energy_j: float, source: str) -> Result:
-    """The RESULT of ``value``: log-probs (option scoring) or a Generation. Raises on output
-    it cannot read (the policy makes that INTERNAL)."""
+    """The RESULT of ``value``: log-probs (option scoring) or a Generation (with its
+    ``finish_reason``, and its token log-probs when the TASK asked). Raises on output it
+    cannot read (the policy makes that INTERNAL)."""
     if task.options is not None:
         return Result(task.id, task.expert, compute_ms, energy_j, source, tuple(float(x) for x in value))
+    asked = task.sampling is not None and task.sampling.logprobs
+    logprobs = tuple(value.token_logprobs) if asked and value.token_logprobs is not None else None
     return Result(task.id, task.expert, compute_ms, energy_j, source, None,
-                  str(value.text), int(value.n_tokens))
+                  str(value.text), int(value.n_tokens), finish_reason(str(value.stop_reason)), logprobs)
+
+
+def checked_sampling(task: Task, runner: Runner) -> Sampling | None:
+    """``task.sampling`` for ``runner``: None when greedy decoding with nothing else asked
+    serves it (no sampling, or the defaults).
+
+    Raises:
+        RunnerError: it breaks the rules (:func:`edge_moe.wire.sampling_problem`), or asks a
+            runner that does not declare ``SAMPLE`` to draw, stop or give log-probs.
+    """
+    s = task.sampling
+    if s is None or s == Sampling():
+        return None
+    problem = sampling_problem(s)
+    if problem is not None:
+        raise RunnerError(problem)
+    if not samples(runner):
+        raise RunnerError(f"runner {runner.runner_name!r} does not sample (no sampling, stop strings "
+                          "or log-probs); send the task without sampling")
+    return s
 
 
 class Executor:
@@ -106,7 +161,8 @@ class Executor:
         load: where RESULTs are sampled and batch sizes counted.
         scheduler: the queue that generation batches take joining TASKs from; its
             ``max_batch`` caps a batch.
-        stats: the node's counters (``results``, ``errors``, ``batches``, ``batched_tasks``).
+        stats: the node's counters (``results``, ``errors``, ``batches``, ``batched_tasks``,
+            ``cancelled``).
     """
 
     def __init__(self, node: str, experts: Mapping[str, HostedExpert], meter: EnergyMeter,
@@ -117,14 +173,32 @@ class Executor:
         self.load = load
         self.scheduler = scheduler
         self.stats = stats
+        self.stats.setdefault("cancelled", 0)
+        self._cancelled_lock = threading.Lock()  # "cancelled" is counted on both threads
 
     # ---- answers
 
+    def _count_cancelled(self) -> None:
+        with self._cancelled_lock:
+            self.stats["cancelled"] += 1
+
     def _answer(self, send: Send, task: Task, msg: Result | Error) -> None:
-        if isinstance(msg, Result):
+        if isinstance(msg, Result) and msg.finish_reason == "cancelled":
+            self._count_cancelled()  # a part of a generation: no service-time sample
+        elif isinstance(msg, Result):
             self.load.observe(task, msg)  # before the answer goes: a later beat has it
-        self.stats["results" if isinstance(msg, Result) else "errors"] += 1
+            self.stats["results"] += 1
+        else:
+            self.stats["errors"] += 1
         send(msg)
+        self.scheduler.done(task.id)
+
+    def withdrawn(self, task: Task) -> Result:
+        """The RESULT of ``task`` cancelled while it waited (the caller took it off the queue
+        and sends it): finish "cancelled", nothing generated, computed or spent."""
+        self._count_cancelled()
+        return Result(task.id, task.expert, 0.0, 0.0, self.meter.source, None, "", 0,
+                      finish_reason="cancelled")
 
     def _emitter(self, send: Send, task: Task) -> Callable[[str], None] | None:
         if not task.stream:
@@ -196,16 +270,29 @@ class Executor:
             value: Any
             if task.options is not None:
                 value = runner.score_options(task.prompt, list(task.options), task.mode)
-            elif emit is not None and streams(runner):
-                value = runner.generate(task.prompt, task.max_new_tokens, on_text=emit)
             else:
-                value = runner.generate(task.prompt, task.max_new_tokens)
+                value = runner.generate(task.prompt, task.max_new_tokens,
+                                        **self._generate_args(task, runner, emit))
         except Exception as exc:  # a runner fault must not kill the node
             self.meter.end(window)
             return error_for(task, self.node, exc)
         compute_ms = (time.perf_counter() - t0) * 1e3
         reading = self.meter.end(window)
         return self._readable(task, value, compute_ms, reading.energy_j, reading.source)
+
+    def _generate_args(self, task: Task, runner: Runner,
+                       emit: Callable[[str], None] | None) -> dict[str, Any]:
+        """The keyword arguments of ``runner.generate`` for ``task``: only those the runner
+        declares (streaming, sampling, cancellation). Raises RunnerError for a bad sampling."""
+        args: dict[str, Any] = {}
+        sampling = checked_sampling(task, runner)
+        if sampling is not None:
+            args["sampling"] = sampling
+        if emit is not None and streams(runner):
+            args["on_text"] = emit
+        if cancels(runner):
+            args["should_stop"] = lambda: bool(self.scheduler.flagged((task.id,)))
+        return args
 
     def _score_batch(self, tasks: list[Task], send: Send) -> None:
         runner = self.experts[tasks[0].expert].runner
@@ -231,7 +318,7 @@ class Executor:
         waiting at the front of the queue for the same expert joins between steps. Each
         step's joules go to the sequences in it by their share of its compute ms."""
         first = live[0][0]
-        runner = self.experts[first.expert].runner
+        hosted = runner = self.experts[first.expert].runner
         assert batch_generator(runner)  # the scheduler batches only runners that declare it
         tasks: dict[str, Task] = {}
         energy: dict[str, float] = {}
@@ -259,12 +346,15 @@ class Executor:
                     self._answer(send, t, refused)
                     continue
                 try:
+                    sampling = checked_sampling(t, hosted)
                     ids = runner.prompt_ids(t.prompt)
                 except Exception as exc:  # this task's fault only
                     self._answer(send, t, error_for(t, self.node, exc))
                     continue
                 tasks[t.id] = t
-                reqs.append((t.id, GenRequest(tuple(ids), t.max_new_tokens, self._emitter(send, t))))
+                stop = sampling.stop if sampling is not None else ()
+                reqs.append((t.id, GenRequest(tuple(ids), t.max_new_tokens, self._emitter(send, t),
+                                              stop, sampling)))
             self.stats["batched_tasks"] += len(reqs)
             if reqs:
                 metered(lambda: batch.add(reqs))
@@ -275,9 +365,19 @@ class Executor:
             for t, _ in live:
                 self._answer(send, t, error_for(t, self.node, exc))
             return
+        def cancel_flagged() -> None:
+            for k in self.scheduler.flagged(tasks):  # between steps, before the next one
+                o = batch.cancel(k)
+                if o is not None:
+                    t = tasks.pop(k)
+                    self._answer(send, t, self._message(t, o, energy.pop(k, 0.0), self.meter.source))
+
         try:
             admit(live)
-            while batch.active:
+            while True:
+                cancel_flagged()
+                if not batch.active:
+                    break
                 steps += 1
                 sizes += batch.active
                 metered(batch.step)

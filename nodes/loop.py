@@ -14,7 +14,11 @@ source), then:
   the one error policy), so heartbeats keep flowing while an expert computes;
 - answers a TASK for an expert it does not host with ERROR "unknown_expert", one beyond a
   full queue with ERROR "overloaded", and a malformed frame with ERROR "protocol", and keeps
-  serving.
+  serving;
+- on CANCEL (a TASK id): a TASK still queued is taken off the queue and answered at once with
+  a RESULT (``finish_reason`` "cancelled", text "", 0 tokens, 0 ms, 0 J); one the worker
+  serves is flagged, and the worker stops it at the next step boundary and answers it
+  (:mod:`nodes.execution`); an unknown or answered id is ignored (logged at DEBUG).
 
 Only the main thread touches the DEALER; the worker hands its replies back over an
 inproc PAIR socket, which also wakes the main thread's poller. The main thread counts a
@@ -45,6 +49,7 @@ from edge_moe.runtime.capabilities import Runner, check_runner
 from edge_moe.runtime.liveness import Backoff, HeartbeatTimer, Liveness
 from edge_moe.security import connect_dealer
 from edge_moe.wire import (
+    Cancel,
     Error,
     ErrorCode,
     ExpertInfo,
@@ -117,7 +122,7 @@ class NodeServer:
         self.meter: EnergyMeter = meter if meter is not None else make_meter(device_class)
         self.curve = curve
         self.stats = {"tasks": 0, "results": 0, "errors": 0, "malformed": 0, "reconnects": 0,
-                      "overloaded": 0, "batches": 0, "batched_tasks": 0}
+                      "overloaded": 0, "batches": 0, "batched_tasks": 0, "cancelled": 0}
         self._load = NodeLoad(load_alpha)
         self.scheduler.runners.update({k: e.runner for k, e in self.experts.items()})
         self.executor = Executor(name, self.experts, self.meter, self._load, self.scheduler, self.stats)
@@ -243,6 +248,8 @@ class NodeServer:
                 continue
             if isinstance(msg, Task):
                 self._accept(msg, now)
+            elif isinstance(msg, Cancel):
+                self._cancel(msg.id)
             elif isinstance(msg, Heartbeat):
                 pass
             elif isinstance(msg, Error):
@@ -253,7 +260,7 @@ class NodeServer:
             else:
                 self.stats["malformed"] += 1
                 self._send(Error("", ErrorCode.PROTOCOL, f"node {self.name}: a node accepts "
-                                 f"TASK, HEARTBEAT or ERROR, got {type(msg).__name__.upper()}"))
+                                 f"TASK, CANCEL, HEARTBEAT or ERROR, got {type(msg).__name__.upper()}"))
 
     def _accept(self, task: Task, now: float) -> None:
         """Queue ``task``, or refuse it at once: an expert not hosted here, or a full queue."""
@@ -270,6 +277,19 @@ class NodeServer:
         self.stats["overloaded"] += 1  # bounded: refuse, do not pile up
         self._send(Error(task.id, ErrorCode.OVERLOADED,
                          f"node {self.name}: {self.max_queue} TASKs already queued"))
+
+    def _cancel(self, task_id: str) -> None:
+        """CANCEL ``task_id``: answer it now if it waits, else flag it for the worker (see the
+        module docstring)."""
+        item = self.scheduler.withdraw(task_id)
+        if item is not None:
+            self._send(self.executor.withdrawn(item[0]))
+            self._load.answered()  # written here, so counted here
+            logger.debug("node %s: cancelled task %s before it ran", self.name, task_id)
+        elif self.scheduler.flag(task_id):
+            logger.debug("node %s: cancelling task %s at its next step", self.name, task_id)
+        else:
+            logger.debug("node %s: CANCEL for task %s, not queued or running: ignored", self.name, task_id)
 
     def _drain_worker(self) -> None:
         while True:

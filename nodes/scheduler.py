@@ -12,6 +12,11 @@ The main thread :meth:`Scheduler.offer`\\ s each TASK it reads; the worker threa
   batching capability (:func:`edge_moe.runtime.capabilities.batches`) gets more than one.
 - **Waits.** A short batch waits up to ``batch_wait_ms`` for more, only under concurrent
   load (see :meth:`Scheduler.take`): a lone request never pays the wait.
+- **Cancellation.** A TASK is either waiting, or *serving* (handed to the worker by
+  :meth:`take` / :meth:`join` and not yet answered, :meth:`done`); both moves happen under
+  the one lock, so a CANCEL always finds its TASK in one of them unless it was answered.
+  The main thread :meth:`withdraw`\\ s a waiting TASK (and answers it), or :meth:`flag`\\ s a
+  serving one; the worker asks :meth:`flagged` before each decode step and stops those.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from edge_moe.errors import ConfigError
 from edge_moe.runtime.capabilities import Runner, batches
@@ -60,6 +65,8 @@ class Scheduler:
         self.max_batch = max_batch
         self.batch_wait_ms = float(batch_wait_ms)
         self._waiting: deque[Item] = deque()
+        self._serving: set[str] = set()  # TASK ids handed to the worker, not yet answered
+        self._flagged: set[str] = set()  # serving TASK ids a CANCEL asked to stop
         self._cv = threading.Condition()
         self._closing = False
 
@@ -125,6 +132,7 @@ class Scheduler:
             first = self._waiting.popleft()
             batch = [first]
             if self.max_batch == 1 or not self.batchable(first[0]):
+                self._serving.add(first[0].id)
                 return batch
             fits = self._compatible(first[0])
             self._collect(batch, fits, self.max_batch)
@@ -136,6 +144,7 @@ class Scheduler:
                         break
                     self._cv.wait(left)
                     self._collect(batch, fits, self.max_batch)
+            self._serving.update(t.id for t, _ in batch)
             return batch
 
     def join(self, first: Task, room: int) -> list[Item]:
@@ -145,4 +154,37 @@ class Scheduler:
         if room > 0:
             with self._cv:
                 self._collect(got, self._compatible(first), room, front_only=True)
+                self._serving.update(t.id for t, _ in got)
         return got
+
+    # ---- cancellation (see the module docstring)
+
+    def withdraw(self, task_id: str) -> Item | None:
+        """Take the waiting TASK ``task_id`` off the queue (the caller answers it); None
+        when none waits."""
+        with self._cv:
+            for i, item in enumerate(self._waiting):
+                if item[0].id == task_id:
+                    del self._waiting[i]
+                    return item
+        return None
+
+    def flag(self, task_id: str) -> bool:
+        """Ask the worker to stop the serving TASK ``task_id``; False when it is not serving
+        (unknown, or already answered)."""
+        with self._cv:
+            if task_id in self._serving:
+                self._flagged.add(task_id)
+                return True
+        return False
+
+    def flagged(self, task_ids: Iterable[str]) -> set[str]:
+        """Those of ``task_ids`` a CANCEL asked to stop."""
+        with self._cv:
+            return self._flagged.intersection(task_ids)
+
+    def done(self, task_id: str) -> None:
+        """The worker answered ``task_id``: it is no longer serving (a later CANCEL is ignored)."""
+        with self._cv:
+            self._serving.discard(task_id)
+            self._flagged.discard(task_id)

@@ -14,8 +14,9 @@ from edge_moe.errors import ConfigError
 @app.command()
 @handles_errors
 def plan(
-    calibration: Annotated[Path, typer.Option(help="calibration table .npz (see README: formats)")],
-    profiles: Annotated[Path, typer.Option(help="profiles JSON with latency_ms and energy_j per expert")],
+    calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (see README: formats)")] = None,
+    profiles: Annotated[Path | None, typer.Option(help="profiles JSON with latency_ms and energy_j per expert")] = None,
+    example: Annotated[bool, typer.Option("--example", help="plan on the shipped synthetic example table and profiles (no files needed)")] = False,
     energy_j: Annotated[str, typer.Option("--energy-j", help="energy budget per request, J (worst case over the active experts); 'inf' for none")] = "inf",
     latency_ms: Annotated[list[str] | None, typer.Option("--latency-ms", help="latency budget in ms: one value for all categories, or CATEGORY=MS repeated")] = None,
     top_k: Annotated[int, typer.Option(min=0, help="experts active per request (top-k of the subset by gate weight); 0 = all of the subset")] = 2,
@@ -35,7 +36,16 @@ def plan(
     validation split (or k-fold CV) with the exact selector, keeps a multi-expert plan only
     when the paired guard admits it, and reports accuracy on the test split. Writes
     OUT/plan.json. An infeasible budget exits 0 and says which budget binds.
+
+    Example: edge-moe plan --example --energy-j 2 --latency-ms 400 --out plans/
     """
+    if example:
+        from edge_moe.paths import CONFIGS
+
+        calibration = calibration or CONFIGS / "example" / "calibration.synthetic.npz"
+        profiles = profiles or CONFIGS / "example" / "profiles.synthetic.json"
+    if calibration is None or profiles is None:
+        raise ConfigError("give --calibration and --profiles (or --example for the shipped example)")
     if tau is not None and not (0.0 < tau <= 1.0):
         raise ConfigError(f"--tau={tau} must be in (0, 1]")
     if objective not in ("loglik", "accuracy"):

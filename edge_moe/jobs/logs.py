@@ -40,6 +40,9 @@ def configure_logging(verbosity: int = 0) -> None:
     root.setLevel(level_for(verbosity))
     if verbosity < 2:
         quiet_loggers()
+    else:  # -vv lifts the filter, also when an earlier call in this process set it
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def quiet_loggers() -> None:

@@ -1,4 +1,4 @@
-"""Batched option scoring and batched greedy decoding over a KV-cache decoder graph.
+"""Batched option scoring and batched decoding over a KV-cache decoder graph.
 
 A node batches the TASKs that wait for the same expert (:mod:`nodes.scheduler`); this module
 runs such a batch through :class:`edge_moe.runtime.decoder.OrtRunner`'s graph:
@@ -12,11 +12,14 @@ runs such a batch through :class:`edge_moe.runtime.decoder.OrtRunner`'s graph:
   from the mask) take *right* padding: the letter is read at each row's last real token, and
   continuation options are scored one request at a time (their KV cache cannot hold holes).
 - **Generation** (:class:`DecodeBatch`, torch-exporter graphs only): one padded prefill per
-  chunk of new sequences, then one decode step for every live sequence at a time; a sequence
-  stops at its own EOS, ``max_new_tokens`` or the context, and leaves the batch at once (its
-  rows of the KV cache are dropped, and columns no live sequence uses are trimmed).
-  Sequences may join between steps (continuous batching): the caches of the two groups are
-  left-padded to one length and concatenated.
+  chunk of new sequences, then one decode step for every live sequence at a time. Each
+  sequence picks its tokens with its own sampler (:mod:`edge_moe.runtime.generation`: greedy
+  or seeded sampling, stop strings), so it gets the tokens it gets alone. A sequence stops at
+  its own EOS, stop string, ``max_new_tokens`` or the context, or when cancelled
+  (:meth:`DecodeBatch.cancel`, between steps), and leaves the batch at once (its rows of the
+  KV cache are dropped, and columns no live sequence uses are trimmed). Sequences may join
+  between steps (continuous batching): the caches of the two groups are left-padded to one
+  length and concatenated.
 
 Cost attribution: every forward pass's wall time is split over its rows by the tokens each
 row brings to it (its real prompt tokens in a prefill, its option tokens in a continuation
@@ -29,13 +32,14 @@ numpy, onnxruntime and `tokenizers` only (never torch or transformers).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from edge_moe.errors import RunnerError
+from edge_moe.runtime.generation import Decoding, Generation, GenRequest, Outcome, finish_reason
 from edge_moe.runtime.session import log_softmax
 
 
@@ -71,62 +75,9 @@ class ScoreRequest:
     chat: bool = False
 
 
-@dataclass(frozen=True)
-class GenRequest:
-    """One generation request: the prompt's token ids, the cap on new tokens, an optional
-    ``on_text`` (called with each new piece of decoded text) and stop strings."""
-
-    prompt_ids: tuple[int, ...]
-    max_new_tokens: int
-    on_text: Callable[[str], None] | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Outcome:
-    """What one request of a batch came to: ``value`` (log-probs, or a
-    :class:`~edge_moe.runtime.decoder.Generation`) or ``error``, and its share of the
-    batch's compute in ms."""
-
-    value: Any = None
-    error: RunnerError | None = None
-    compute_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A greedy generation.
-
-    Attributes:
-        text: the decoded new text (stop string and EOS excluded).
-        token_ids: the new token ids (EOS excluded).
-        n_tokens: ``len(token_ids)``.
-        prefill_ms: wall time of the prompt's forward pass.
-        decode_ms: wall time of every later forward pass.
-        stop_reason: ``eos``, ``stop``, ``length`` or ``context``.
-    """
-
-    text: str
-    token_ids: list[int]
-    n_tokens: int
-    prefill_ms: float
-    decode_ms: float
-    stop_reason: str
-
-
 def _renormalise(logp: np.ndarray) -> np.ndarray:
     m = logp.max()
     return logp - (m + np.log(np.exp(logp - m).sum()))
-
-
-def _report(text: str, sent: str, on_text: Callable[[str], None]) -> str:
-    """Hand ``on_text`` what ``text`` adds to ``sent``; returns what has now been sent. Nothing
-    is sent while the text ends in U+FFFD (a character cut between tokens) or no longer
-    starts with what was sent."""
-    if text.endswith("\ufffd") or not text.startswith(sent) or len(text) == len(sent):
-        return sent
-    on_text(text[len(sent):])
-    return text
 
 
 def chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -252,45 +203,6 @@ def _score_chunk(runner: DecoderGraph, rows: list[_Scored], out: list[Outcome]) 
                                          for s, c in zip(o.value, r.conts, strict=True)]))
 
 
-@dataclass
-class _Seq:
-    key: Any
-    request: GenRequest
-    outcome: Outcome
-    new: list[int] = field(default_factory=list)
-    sent: str = ""
-    text: str = ""
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-
-    def take(self, tok: int, eos: set[int], decode: Callable[[Sequence[int]], str],
-             max_context: int) -> str | None:
-        """Add the greedy token ``tok``; returns why the sequence ends (``eos``, ``stop``,
-        ``length``, ``context``) or None when it goes on. The one decision rule of serial
-        (``OrtRunner.generate_ids``) and batched decoding."""
-        if tok in eos:
-            return "eos"
-        self.new.append(tok)
-        req = self.request
-        if req.stop:
-            self.text = decode(self.new)
-            hits = [self.text.index(x) for x in req.stop if x and x in self.text]
-            if hits:
-                self.text = self.text[: min(hits)]
-                return "stop"
-        if req.on_text is not None:
-            self.sent = _report(decode(self.new), self.sent, req.on_text)
-        if len(self.new) >= req.max_new_tokens:
-            return "length"
-        if len(req.prompt_ids) + len(self.new) >= max_context:
-            return "context"
-        return None
-
-    def result(self, reason: str, decode: Callable[[Sequence[int]], str]) -> Generation:
-        text = self.text if reason == "stop" else decode(self.new)
-        return Generation(text, list(self.new), len(self.new), self.prefill_ms, self.decode_ms, reason)
-
-
 def _left_pad(arrays: list[np.ndarray], mask: np.ndarray, to: int) -> tuple[list[np.ndarray], np.ndarray]:
     n = to - mask.shape[1]
     if n <= 0:
@@ -300,11 +212,12 @@ def _left_pad(arrays: list[np.ndarray], mask: np.ndarray, to: int) -> tuple[list
 
 
 class DecodeBatch:
-    """Greedy decoding of many sequences at once with one KV cache (torch-exporter graphs,
-    i.e. with ``position_ids``; see the module docstring).
+    """Decoding of many sequences at once with one KV cache (torch-exporter graphs, i.e.
+    with ``position_ids``; see the module docstring).
 
     Use: :meth:`add` sequences (any time, also between steps), then call :meth:`step` while
     :attr:`active`; both return the ``(key, outcome)`` pairs of the sequences that ended.
+    :meth:`cancel` ends one between steps.
 
     Raises:
         RunnerError: the graph has no ``position_ids`` (its positions cannot skip padding).
@@ -317,7 +230,7 @@ class DecodeBatch:
         self.runner = runner
         self.max_tokens = max_tokens
         self.eos = set(runner.manifest.eos_token_ids)
-        self.seqs: list[_Seq] = []
+        self.seqs: list[Decoding] = []
         self.past: list[np.ndarray] | None = None
         self.mask = np.zeros((0, 0), np.int64)
         self.pending: list[int] = []  # each live sequence's next token to feed
@@ -326,12 +239,31 @@ class DecodeBatch:
     def active(self) -> int:
         return len(self.seqs)
 
+    def _token_text(self, tok: int) -> str:
+        return self.runner.decode([tok])
+
+    def cancel(self, key: Any) -> Outcome | None:
+        """End the live sequence ``key`` now (between steps): its row and the cache columns
+        no other row uses are freed.
+
+        Returns:
+            Its outcome, a :class:`Generation` of the tokens so far with ``stop_reason``
+            ``cancelled`` and its compute ms so far; None when ``key`` is not live.
+        """
+        for b, s in enumerate(self.seqs):
+            if s.key == key:
+                rows = [i for i in range(len(self.seqs)) if i != b]
+                self._keep(rows, [self.pending[i] for i in rows])
+                s.outcome.value = s.result("cancelled", self.runner.decode)
+                return s.outcome
+        return None
+
     def add(self, items: Sequence[tuple[Any, GenRequest]]) -> list[tuple[Any, Outcome]]:
         """Prefill these sequences and make them part of the batch."""
         done: list[tuple[Any, Outcome]] = []
-        fresh: list[_Seq] = []
+        fresh: list[Decoding] = []
         for key, req in items:
-            seq = _Seq(key, req, Outcome())
+            seq = Decoding(key, req, Outcome(), self._token_text)
             try:
                 if req.max_new_tokens < 1:
                     raise RunnerError(f"max_new_tokens must be ≥ 1, got {req.max_new_tokens}")
@@ -361,7 +293,7 @@ class DecodeBatch:
                 self._join([group[b] for b in keep], [p[sel] for p in past], mask[sel], tokens)
         return done
 
-    def _join(self, group: list[_Seq], past: list[np.ndarray], mask: np.ndarray,
+    def _join(self, group: list[Decoding], past: list[np.ndarray], mask: np.ndarray,
               tokens: list[int]) -> None:
         if self.past is None or not self.seqs:
             self.seqs, self.past, self.mask, self.pending = list(group), past, mask, tokens
@@ -374,7 +306,7 @@ class DecodeBatch:
         self.pending = self.pending + tokens
         self.seqs.extend(group)
 
-    def _pick(self, seqs: list[_Seq], logits: np.ndarray
+    def _pick(self, seqs: list[Decoding], logits: np.ndarray
               ) -> tuple[list[tuple[Any, Outcome]], list[int], list[int]]:
         """Each sequence's next token from its logits (B, V): the ended sequences' outcomes,
         the rows that go on, and the tokens they feed next."""
@@ -382,8 +314,8 @@ class DecodeBatch:
         keep: list[int] = []
         tokens: list[int] = []
         for b, s in enumerate(seqs):
-            tok = int(np.argmax(logits[b]))
-            reason = s.take(tok, self.eos, self.runner.decode, self.runner.max_context)
+            tok, logprob = s.pick(logits[b])
+            reason = s.take(tok, self.eos, self.runner.decode, self.runner.max_context, logprob)
             if reason is None:
                 keep.append(b)
                 tokens.append(tok)
@@ -445,4 +377,4 @@ def generate_batch(runner: DecoderGraph, requests: Sequence[GenRequest],
 
 
 __all__ = ["MAX_BATCH_TOKENS", "DecodeBatch", "GenRequest", "Generation", "Outcome", "ScoreRequest",
-           "chunks", "generate_batch", "padded", "score_batch"]
+           "chunks", "finish_reason", "generate_batch", "padded", "score_batch"]

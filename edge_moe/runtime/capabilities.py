@@ -4,20 +4,27 @@ abilities a runner *declares* it has.
 Every runner is a :class:`Runner`: an :class:`OptionScorer` and a :class:`Generator`, with a
 ``runner_name`` (what READY says) and a ``capabilities`` set. The optional abilities:
 
-==============================  ===========================  ==========================================
-:class:`Capability`             protocol                     what the node may then call
-==============================  ===========================  ==========================================
-``STREAM``                      :class:`StreamingGenerator`  ``generate(..., on_text=f)``: ``f`` gets
-                                                             each piece of text as it decodes
-``BATCH_SCORE``                 :class:`BatchScorer`         ``score_batch(requests)``: a batch gives
-                                                             each request what it gets alone
-``BATCH_GENERATE``              :class:`BatchGenerator`      ``prompt_ids(prompt)``, ``decode_batch()``
-                                                             (continuous batching, a
-                                                             :class:`DecodeSession`)
-==============================  ===========================  ==========================================
+====================  ===============================  ================================================
+:class:`Capability`   protocol                         what the node may then call
+====================  ===============================  ================================================
+``STREAM``            :class:`StreamingGenerator`      ``generate(..., on_text=f)``: ``f`` gets
+                                                       each piece of text as it decodes
+``SAMPLE``            :class:`SamplingGenerator`       ``generate(..., sampling=s)``: tokens
+                                                       drawn as a wire ``Sampling`` says (seed,
+                                                       stop strings, log-probs)
+``CANCEL``            :class:`CancellableGenerator`    ``generate(..., should_stop=f)``: ``f()``
+                                                       True ends it ``cancelled`` between tokens
+``BATCH_SCORE``       :class:`BatchScorer`             ``score_batch(requests)``: a batch gives
+                                                       each request what it gets alone
+``BATCH_GENERATE``    :class:`BatchGenerator`          ``prompt_ids(prompt)``, ``decode_batch()``
+                                                       (continuous batching: a :class:`DecodeSession`,
+                                                       honouring each request's ``sampling``;
+                                                       ``cancel(key)`` between steps)
+====================  ===============================  ================================================
 
 **Declared, not sniffed.** A runner lists its abilities in ``capabilities`` and the node
-asks :func:`streams` / :func:`batch_scorer` / :func:`batch_generator` (``TypeGuard``\\ s, so
+asks :func:`streams` / :func:`samples` / :func:`cancels` / :func:`batch_scorer` /
+:func:`batch_generator` (``TypeGuard``\\ s, so
 mypy knows the methods), never ``getattr(runner, "score_batch", None)``. We chose an explicit
 declaration over ``isinstance`` on ``@runtime_checkable`` protocols because:
 
@@ -42,17 +49,21 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from edge_moe.errors import ConfigError
-from edge_moe.runtime.batch import Generation, GenRequest, Outcome, ScoreRequest
+from edge_moe.runtime.batch import ScoreRequest
+from edge_moe.runtime.generation import Generation, GenRequest, Outcome
+from edge_moe.wire import Sampling
 
-__all__ = ["BatchGenerator", "BatchScorer", "Capability", "DecodeSession", "Generator", "LiveSequence",
-           "OptionScorer", "Runner", "StreamingGenerator", "batch_generator", "batch_scorer", "batches",
-           "check_runner", "streams"]
+__all__ = ["BatchGenerator", "BatchScorer", "CancellableGenerator", "Capability", "DecodeSession",
+           "Generator", "LiveSequence", "OptionScorer", "Runner", "SamplingGenerator", "StreamingGenerator",
+           "batch_generator", "batch_scorer", "batches", "cancels", "check_runner", "samples", "streams"]
 
 
 class Capability(StrEnum):
     """An optional ability a runner declares in its ``capabilities`` (module docstring)."""
 
     STREAM = "stream"
+    SAMPLE = "sample"
+    CANCEL = "cancel"
     BATCH_SCORE = "batch_score"
     BATCH_GENERATE = "batch_generate"
 
@@ -92,6 +103,23 @@ class StreamingGenerator(Protocol):
 
 
 @runtime_checkable
+class SamplingGenerator(Protocol):
+    def generate(self, prompt: str, max_new_tokens: int = ..., *,
+                 sampling: Sampling | None = ...) -> Generation:
+        """As :meth:`Generator.generate`, picking tokens as ``sampling`` says (None: greedy):
+        the same seed gives the same tokens; the text ends before a ``sampling.stop``
+        string; ``token_logprobs`` when ``sampling.logprobs``."""
+
+
+@runtime_checkable
+class CancellableGenerator(Protocol):
+    def generate(self, prompt: str, max_new_tokens: int = ..., *,
+                 should_stop: Callable[[], bool] | None = ...) -> Generation:
+        """As :meth:`Generator.generate`, calling ``should_stop()`` before each token; True
+        ends the generation with ``stop_reason`` ``cancelled`` and the text so far."""
+
+
+@runtime_checkable
 class BatchScorer(Protocol):
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[Outcome]:
         """Each request's log-probs or its own error, and its share of the compute ms."""
@@ -108,9 +136,11 @@ class LiveSequence(Protocol):
 
 
 class DecodeSession(Protocol):
-    """Greedy decoding of many sequences at once (:class:`edge_moe.runtime.batch.DecodeBatch`):
+    """Decoding of many sequences at once (:class:`edge_moe.runtime.batch.DecodeBatch`):
     :meth:`add` sequences at any time, :meth:`step` while :attr:`active`; both return the
-    ``(key, outcome)`` pairs of the sequences that ended."""
+    ``(key, outcome)`` pairs of the sequences that ended. :meth:`cancel` ends one between
+    steps (its outcome: the generation so far, ``stop_reason`` ``cancelled``; None when
+    ``key`` is not live)."""
 
     @property
     def active(self) -> int: ...
@@ -121,6 +151,8 @@ class DecodeSession(Protocol):
     def add(self, items: Sequence[tuple[Any, GenRequest]]) -> list[tuple[Any, Outcome]]: ...
 
     def step(self) -> list[tuple[Any, Outcome]]: ...
+
+    def cancel(self, key: Any) -> Outcome | None: ...
 
 
 @runtime_checkable
@@ -133,6 +165,8 @@ class BatchGenerator(Protocol):
 
 
 PROTOCOLS: dict[Capability, type] = {Capability.STREAM: StreamingGenerator,
+                                     Capability.SAMPLE: SamplingGenerator,
+                                     Capability.CANCEL: CancellableGenerator,
                                      Capability.BATCH_SCORE: BatchScorer,
                                      Capability.BATCH_GENERATE: BatchGenerator}
 
@@ -163,6 +197,16 @@ def check_runner(runner: object, where: str) -> Runner:
 def streams(runner: Runner) -> TypeGuard[StreamingGenerator]:
     """Whether ``runner`` declared :attr:`Capability.STREAM`."""
     return Capability.STREAM in runner.capabilities
+
+
+def samples(runner: Runner) -> TypeGuard[SamplingGenerator]:
+    """Whether ``runner`` declared :attr:`Capability.SAMPLE`."""
+    return Capability.SAMPLE in runner.capabilities
+
+
+def cancels(runner: Runner) -> TypeGuard[CancellableGenerator]:
+    """Whether ``runner`` declared :attr:`Capability.CANCEL`."""
+    return Capability.CANCEL in runner.capabilities
 
 
 def batch_scorer(runner: Runner) -> TypeGuard[BatchScorer]:

@@ -1,4 +1,4 @@
-"""The KV-cache decoder runner: option scoring and greedy generation through onnxruntime.
+"""The KV-cache decoder runner: option scoring and generation (greedy or sampled) through onnxruntime.
 
 :class:`OrtRunner` runs a decoder artifact (either exporter's graph: with or without
 ``position_ids``) and implements the runner interface of :mod:`edge_moe.runtime.capabilities`.
@@ -20,19 +20,17 @@ from edge_moe.errors import ArtifactError, RunnerError
 from edge_moe.runtime.batch import (
     MAX_BATCH_TOKENS,
     DecodeBatch,
-    Generation,
-    GenRequest,
     Outcome,
     ScoreRequest,
     _renormalise,
-    _Seq,
     score_batch,
 )
 from edge_moe.runtime.capabilities import Capability
 from edge_moe.runtime.chat import format_chat, has_chat
+from edge_moe.runtime.generation import Decoding, Generation, GenRequest, stop_strings
 from edge_moe.runtime.manifest import load_manifest
 from edge_moe.runtime.session import ORT_DTYPES, load_tokenizer, log_softmax, make_session
-from edge_moe.wire import MODES
+from edge_moe.wire import MODES, Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -285,9 +283,9 @@ class OrtRunner:
     def capabilities(self) -> frozenset[Capability]:
         """What this artifact can do beyond scoring and generating one request
         (:mod:`edge_moe.runtime.capabilities`): it always streams (``generate(..., on_text=...)``
-        reports text as it decodes); it batches as :attr:`batches` and
-        :attr:`batches_generation` say."""
-        caps = {Capability.STREAM}
+        reports text as it decodes), samples (``sampling=``) and stops early
+        (``should_stop=``); it batches as :attr:`batches` and :attr:`batches_generation` say."""
+        caps = {Capability.STREAM, Capability.SAMPLE, Capability.CANCEL}
         if self.batches:
             caps.add(Capability.BATCH_SCORE)
         if self.batches_generation:
@@ -320,22 +318,28 @@ class OrtRunner:
 
     def generate_ids(
         self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None,
-        on_text: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None, *, sampling: Sampling | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Generation:
-        """Greedy decoding from token ids; see :meth:`generate`."""
+        """Decoding from token ids, one sequence; see :meth:`generate`."""
         if max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
         ids = list(prompt_ids)
         self.check_context(len(ids))
         eos = set(self.manifest.eos_token_ids)
-        seq = _Seq(None, GenRequest(tuple(ids), max_new_tokens, on_text, tuple(stop or ())), Outcome())
+        req = GenRequest(tuple(ids), max_new_tokens, on_text, stop_strings(stop, sampling), sampling)
+        seq = Decoding(None, req, Outcome(), lambda t: self.decode([t]))
+        if should_stop is not None and should_stop():
+            return seq.result("cancelled", self.decode)
         t0 = time.perf_counter()
         logits, past = self.forward(np.array([ids]))
         seq.prefill_ms = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         while True:
-            tok = int(np.argmax(logits[0, -1]))
-            reason = seq.take(tok, eos, self.decode, self.max_context)
+            tok, logprob = seq.pick(logits[0, -1])
+            reason = seq.take(tok, eos, self.decode, self.max_context, logprob)
+            if reason is None and should_stop is not None and should_stop():
+                reason = "cancelled"
             if reason is not None:
                 break
             logits, past = self.forward(np.array([[tok]]), None, past)
@@ -350,25 +354,37 @@ class OrtRunner:
         *,
         chat: bool | None = None,
         on_text: Callable[[str], None] | None = None,
+        sampling: Sampling | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Generation:
-        """Greedy generation with the KV cache.
+        """Generation with the KV cache: greedy, or sampled as ``sampling`` says
+        (:mod:`edge_moe.runtime.sampling`; the same seed gives the same tokens as in a
+        :class:`~edge_moe.runtime.batch.DecodeBatch`).
 
         Args:
             prompt: the user's text.
             max_new_tokens: at most this many new tokens.
-            stop: strings that end the generation (excluded from the text).
+            stop: strings that end the generation (excluded from the text), besides
+                ``sampling.stop``.
             chat: apply the chat template (default: when the model has one).
             on_text: called with each new piece of decoded text, as it is decoded (a piece
-                is held back while the text ends in an incomplete character, or when a later
-                token changes what was decoded before; the pieces stay a prefix).
+                is held back while the text ends in an incomplete character or in the start
+                of a stop string, or when a later token changes what was decoded before;
+                the pieces stay a prefix of the final text).
+            sampling: temperature, top-k/p, min-p, penalties, seed, stop strings, log-probs
+                (None: greedy).
+            should_stop: checked before each forward pass; True ends the generation with
+                ``stop_reason`` ``cancelled`` and the text so far.
 
         Raises:
             RunnerError: empty prompt, prompt longer than the context, bad max_new_tokens.
         """
-        return self.generate_ids(self.prompt_ids(prompt, chat), max_new_tokens, stop, on_text)
+        return self.generate_ids(self.prompt_ids(prompt, chat), max_new_tokens, stop, on_text,
+                                 sampling=sampling, should_stop=should_stop)
 
     def prompt_ids(self, prompt: str, chat: bool | None = None) -> list[int]:
         """The token ids :meth:`generate` decodes from: the prompt, chat-formatted when
         ``chat`` (default: when the model has a chat template)."""
         use_chat = has_chat(self.manifest) if chat is None else chat
         return self.encode(self.format_prompt(prompt, use_chat), formatted_chat=use_chat)
+

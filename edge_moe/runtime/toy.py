@@ -7,6 +7,10 @@ no download), so the serving path runs end to end in milliseconds:
   It has the runner interface (``score_options``, ``generate``) of :mod:`edge_moe.runtime.capabilities`,
   is deterministic, and is seeded by its expert name, so a test can rebuild the exact
   expert a node process serves. ``delay_ms`` adds a sleep to model a slower expert.
+  Greedy generation answers one word; a sampled one (``sampling.temperature > 0``) draws up
+  to ``max_new_tokens`` words, each from the 26 letter logits of the prompt and the text so
+  far, with the same sampler as a real runner (seeds, stop strings, log-probs,
+  ``should_stop``), so a toy fleet can exercise them.
 - :class:`ToyEncoder`: the same features → MatMul → L2 norm, the ``embed`` interface of
   :class:`edge_moe.runtime.runners.EncoderRunner`.
 - :func:`write_linear_gate`: a linear gate ONNX with the manifest that
@@ -23,7 +27,7 @@ import re
 import string
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,8 @@ import numpy as np
 
 from edge_moe.errors import RunnerError
 from edge_moe.runtime.capabilities import Capability
-from edge_moe.runtime.runners import Generation
+from edge_moe.runtime.generation import Decoding, Generation, GenRequest, stop_strings
+from edge_moe.wire import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +104,7 @@ class ToyExpert:
 
     runner_name = "toy-onnx"
     precision = "fp32"
-    capabilities = frozenset({Capability.STREAM})  # generate(..., on_text=...) reports its one word
+    capabilities = frozenset({Capability.STREAM, Capability.SAMPLE, Capability.CANCEL})
 
     def __init__(self, name: str, delay_ms: float = 0.0) -> None:
         rng = np.random.default_rng(seed_of(name))
@@ -125,23 +130,66 @@ class ToyExpert:
         return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
 
     def generate(self, prompt: str, max_new_tokens: int = 32,
-                 stop: Sequence[str] | None = None, on_text: Any = None, **_: Any) -> Generation:
-        """One 'token': a word picked by the argmax letter (handed to ``on_text`` too)."""
+                 stop: Sequence[str] | None = None, on_text: Callable[[str], None] | None = None,
+                 *, sampling: Sampling | None = None, should_stop: Callable[[], bool] | None = None,
+                 **_: Any) -> Generation:
+        """Greedy: one 'token', a word picked by the argmax letter (handed to ``on_text``
+        too). Sampled: words drawn one at a time (see the module docstring)."""
         if max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not prompt:
             raise RunnerError("prompt is empty")
+        stops = stop_strings(stop, sampling)
+        if sampling is not None and sampling.sampled:
+            return self._sampled(prompt, GenRequest((), max_new_tokens, on_text, stops, sampling),
+                                 should_stop)
+        if should_stop is not None and should_stop():
+            return Generation("", [], 0, 0.0, 0.0, "cancelled", () if sampling and sampling.logprobs else None)
         t0 = time.perf_counter()
-        idx = int(np.argmax(self._logits(prompt)))
+        logits = self._logits(prompt)
+        idx = int(np.argmax(logits))
         ms = (time.perf_counter() - t0) * 1e3
         word = WORDS[idx % len(WORDS)]
         text = f"{word.capitalize()}." if idx % 2 else word  # case/punctuation vary; votes normalise
-        if on_text is not None:
+        reason = "length"
+        hits = [text.index(x) for x in stops if x in text]
+        if hits:
+            text, reason = text[: min(hits)], "stop"
+        if on_text is not None and text:
             on_text(text)
-        return Generation(text, [idx], 1, ms, 0.0, "length")
+        logprobs = None
+        if sampling is not None and sampling.logprobs:
+            lp = Decoding(None, GenRequest((), 1, sampling=sampling), token_text=_word).pick(logits)[1]
+            logprobs = (lp,) if lp is not None else None
+        return Generation(text, [idx], 1, ms, 0.0, reason, logprobs)
+
+    def _sampled(self, prompt: str, req: GenRequest, should_stop: Callable[[], bool] | None) -> Generation:
+        """Up to ``max_new_tokens`` words, each drawn from the letter logits of the prompt
+        and the words so far, by the one decision rule of :mod:`edge_moe.runtime.generation`."""
+        seq = Decoding(None, req, token_text=_word)
+        t0 = time.perf_counter()
+        reason: str | None = None
+        while reason is None:
+            if should_stop is not None and should_stop():
+                reason = "cancelled"
+                break
+            tok, lp = seq.pick(self._logits(f"{prompt} {_words(seq.new)}"))
+            reason = seq.take(tok, set(), _words, 1 << 62, lp)
+        seq.decode_ms = (time.perf_counter() - t0) * 1e3
+        return seq.result(reason, _words)
 
     def letter(self, prompt: str, options: Sequence[str]) -> str:
         return string.ascii_uppercase[int(np.argmax(self.score_options(prompt, options)))]
+
+
+def _word(idx: int) -> str:
+    """A toy token's text: the word of a letter index."""
+    return WORDS[idx % len(WORDS)]
+
+
+def _words(ids: Sequence[int]) -> str:
+    """A toy generation's text: its words joined by spaces."""
+    return " ".join(_word(i) for i in ids)
 
 
 class ToyEncoder:

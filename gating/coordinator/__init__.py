@@ -1,7 +1,8 @@
 """The serving coordinator, in parts:
 
 - :mod:`~gating.coordinator.loop`: the loop with its sockets and clock (:class:`Coordinator`);
-- :mod:`~gating.coordinator.inflight`: every query and task in flight, in one table;
+- :mod:`~gating.coordinator.inflight`: every query and task in flight, in one table (and the
+  cancelled tasks, until their late RESULT);
 - :mod:`~gating.coordinator.admission`: queue waits, energy factors, deadlines and the
   fail-over choice, as pure functions;
 - :mod:`~gating.coordinator.routing` and :mod:`~gating.coordinator.plans`: the plan over the

@@ -3,7 +3,8 @@
 Two ROUTER sockets, one thread, one poller (zguide ``ppqueue.py`` for the backend):
 
 - *frontend*: clients (DEALER or REQ) send QUERY; each gets REPLY or ERROR (PARTIALs first
-  when it asked for a stream);
+  when it asked for a stream). A DEALER client may send CANCEL for its query: ERROR
+  "cancelled" at once, and CANCEL to the nodes of its open tasks;
 - *backend*: nodes connect out as DEALER, send READY and heartbeats
   (:mod:`gating.coordinator.registry`), receive TASKs and answer RESULT, PARTIAL or ERROR.
   The coordinator heartbeats every live node.
@@ -23,7 +24,8 @@ flight is in one table, :class:`gating.coordinator.inflight.InFlight`.
 Failure handling, every path answered, none blocking:
 
 - *deadline*: shortly before it (``min(5 ms, 10%)``), aggregate what arrived, renormalised,
-  and mark the reply degraded ("late"); nothing arrived → ERROR "deadline";
+  and mark the reply degraded ("late"); nothing arrived → ERROR "deadline". The late tasks'
+  nodes get CANCEL, and what their late RESULTs spent is counted as cancelled work;
 - *node lost or reconnected*: a node silent for ``heartbeat_s × liveness`` leaves the live
   set; a node whose READY comes on a new connection cannot answer on the old one. Either
   way each of its open tasks goes at once through the same fail-over

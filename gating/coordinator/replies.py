@@ -4,6 +4,11 @@
 message the client gets (option probabilities mixed with the gate weights, or a weighted
 vote over generated texts, :mod:`gating.coordinator.aggregate`); :func:`plan_info` and
 :func:`expert_use` build the REPLY's plan and per-expert fields.
+
+A generation's ``finish_reason`` and ``token_logprobs`` are the RESULT's of the expert whose
+text is the answer (the vote's winner: the highest-weight expert that gave that text; a
+sampled generation has one expert); each :class:`~edge_moe.wire.ExpertUse` carries its own
+RESULT's.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def expert_use(expert: str, p: Pending) -> ExpertUse:
         compute_ms=r.compute_ms if r else 0.0, rtt_ms=p.rtt_ms.get(expert, 0.0),
         energy_j=r.energy_j if r else 0.0, energy_source=r.energy_source if r else "",
         logprobs=r.logprobs if r else None, text=r.text if r else None,
-        error=p.errors.get(expert, ""), n_tokens=r.n_tokens if r else 0)
+        error=p.errors.get(expert, ""), n_tokens=r.n_tokens if r else 0,
+        finish_reason=r.finish_reason if r else None, token_logprobs=r.token_logprobs if r else None)
 
 
 def aggregate(p: Pending, router: Router, t_agg: float) -> tuple[Reply | Error, bool]:
@@ -59,14 +65,17 @@ def aggregate(p: Pending, router: Router, t_agg: float) -> tuple[Reply | Error, 
         code = ErrorCode.DEADLINE if late else ErrorCode.EXPERT_ERROR
         return Error(q.id, code, "no expert answered: " + "; ".join(reasons)), True
     answered = {e: p.weights[e] for e in p.weights if e in p.results}
-    index = probs = text = None
+    index = probs = text = speaker = None
     try:
         if q.options is not None:
             lp = {e: np.asarray(p.results[e].logprobs or (), np.float64) for e in answered}
             probs_arr, _ = mix_options(answered, lp, router.prior, router.temperature)
             probs, index = tuple(float(x) for x in probs_arr), int(np.argmax(probs_arr))
         else:
-            text, _ = vote(answered, {e: p.results[e].text or "" for e in answered})
+            texts = {e: p.results[e].text or "" for e in answered}
+            text, _ = vote(answered, texts)
+            # the vote's speaker: the highest-weight expert with the winning text (ties: gate order)
+            speaker = p.results[max((e for e in answered if texts[e] == text), key=lambda e: answered[e])]
     except EdgeMoEError as exc:
         return Error(q.id, ErrorCode.EXPERT_ERROR, f"cannot aggregate: {exc}"), True
     done = time.monotonic()
@@ -78,5 +87,7 @@ def aggregate(p: Pending, router: Router, t_agg: float) -> tuple[Reply | Error, 
     sources = sorted({r.energy_source for r in p.results.values()})
     reply = Reply(q.id, uses, stage, stage["total"],
                   float(sum(r.energy_j for r in p.results.values())), "+".join(sources),
-                  plan_info(p.plan), index, probs, text, bool(reasons), reasons)
+                  plan_info(p.plan), index, probs, text, bool(reasons), reasons,
+                  finish_reason=speaker.finish_reason if speaker else None,
+                  token_logprobs=speaker.token_logprobs if speaker else None)
     return reply, bool(reasons)

@@ -14,6 +14,15 @@ counts decisions/s). It reads a clock only to report its stage ms. In order:
 2. **Embed** the prompt (the router's embedder: MiniLM ONNX, or anything with
    ``embed(list[str]) -> (M, D)``) and compute the **gate** logits (``gate.onnx``).
 3. **Fine level.** The query's ``top_k`` or ``tau``; neither given: the router's default.
+   Two queries are answered by one expert, whatever they ask: a pinned query (``expert``)
+   and a *sampled generation* (no options, ``sampling.temperature > 0``), which is decided
+   with ``top_k=1, tau=None``: the gate's top expert of the plan answers alone. A vote needs
+   comparable answers, and sampled texts of different experts (or of one expert twice) are
+   draws, not estimates of one answer: voting over them picks an arbitrary one at k times
+   the cost, and the token log-probs and finish reason would belong to no single text. So
+   the plan's energy and latency are modelled for one expert (the selector's worst case over
+   the k largest is over k=1), and the plan cache is keyed by that fine level. Greedy
+   generation (temperature 0, or no ``sampling``) keeps the query's k and the vote.
 4. **Coarse level (the plan).** ``max F(S)`` under the query's budget, solved by
    :func:`gating.planning.selector.select_experts` *online* over the live experts and cached by
    (live set, category, budget, k, τ). We chose the online selector over a precomputed
@@ -91,7 +100,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CACHED_PLANS = 4096  # a stream of distinct budgets must not grow the cache without bound
 __all__ = ["ENERGY_SCALE_STEP", "LOAD_STEP_MS", "Decision", "Embedder", "RoutePlan", "Router",
-           "Status", "load_router"]
+           "Status", "load_router", "sampled_generation"]
 
 
 class Embedder(Protocol):
@@ -319,6 +328,8 @@ class Router:
         if query.expert is not None:  # pinned: a plan over that expert alone
             live_t = tuple(e for e in live_t if e == query.expert)
             top_k, tau = 1, None
+        elif sampled_generation(query):  # the top expert alone (module docstring, step 3)
+            top_k, tau = 1, None
 
         def stages() -> dict[str, float]:
             return {"embed": embed_ms, "gate": gate_ms, "select": (time.perf_counter() - t2) * 1e3}
@@ -469,6 +480,12 @@ class Router:
         if category is not None:
             return np.array([self.categories.index(category)], dtype=np.intp)
         return np.arange(len(self.categories), dtype=np.intp)
+
+
+def sampled_generation(query: Query) -> bool:
+    """True for a generation whose tokens are drawn (``sampling.temperature > 0``): the gate's
+    top expert answers it alone (see the module docstring, step 3)."""
+    return query.options is None and query.sampling is not None and query.sampling.sampled
 
 
 def load_router(gate_path: str | os.PathLike[str], calibration: str | os.PathLike[str],

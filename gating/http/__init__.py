@@ -1,18 +1,24 @@
 """An OpenAI-compatible HTTP front for the coordinator (Starlette on uvicorn).
 
-It is a client of the coordinator's ZeroMQ frontend, nothing more: every request becomes one
-QUERY (:mod:`edge_moe.wire`) and its REPLY or ERROR becomes the response, so there is one
+It is a client of the coordinator's ZeroMQ frontend, nothing more: every request becomes QUERYs
+(:mod:`edge_moe.wire`, one per choice) and their REPLYs or ERROR the response, so there is one
 routing path. Run it with ``edge-moe http --endpoint tcp://127.0.0.1:5555 --listen
 127.0.0.1:8000 [--config fleet.yaml] [--api-keys keys.txt]``.
 
 The parts:
 
-- :mod:`~gating.http.protocol` (pure): OpenAI request JSON → QUERY with every check (greedy
-  decoding only: ``temperature`` / ``top_p`` / ``n`` / ``stop`` are refused with a 400 naming
-  the parameter, never ignored; budgets and routing from the ``edge_moe`` body extension or
-  the ``x-edge-moe-*`` headers); REPLY / ERROR / PARTIAL → response JSON and SSE chunks (every
-  response carries the decision, ``edge_moe``); the error mapping (ErrorCode → HTTP status).
-- :mod:`~gating.http.link`: one ``zmq.asyncio`` DEALER to the coordinator, answers by id.
+- :mod:`~gating.http.protocol` (pure): OpenAI request JSON → QUERYs (one per choice, ``n``)
+  with every check: :data:`~gating.http.protocol.PARAMETERS` is the table of the fields it
+  takes (sampling → ``Sampling``; no-ops accepted only at values that change nothing; any
+  other field or value is a 400 naming the parameter, never ignored); budgets and routing from
+  the ``edge_moe`` body extension or the ``x-edge-moe-*`` headers; the error mapping
+  (ErrorCode → HTTP status).
+- :mod:`~gating.http.responses` (pure): REPLYs → the (chat) completion object, SSE chunks and
+  log-probabilities in OpenAI's formats (every response carries the decision, ``edge_moe``).
+- :mod:`~gating.http.link`: one ``zmq.asyncio`` DEALER to the coordinator, answers by id; a
+  query given up before its answer is cancelled (CANCEL on the same DEALER).
+- :mod:`~gating.http.streams`: the choices' link streams merged into the event stream; its end,
+  a client's disconnect included, cancels what is still in flight.
 - :mod:`~gating.http.routes`: ``POST /v1/chat/completions`` and ``/v1/completions`` (``stream:
   true`` streams a one-expert generation as it is decoded), ``GET /v1/models`` (the ensemble
   ``edge-moe`` and each expert, which a request can pin), ``/healthz``, ``/readyz``,
@@ -26,7 +32,8 @@ The parts:
 from __future__ import annotations
 
 from gating.http.link import CoordinatorLink
-from gating.http.protocol import ENSEMBLE, decision, error_of, response_body, to_query
+from gating.http.protocol import ENSEMBLE, PARAMETERS, error_of, to_queries, to_query
+from gating.http.responses import decision, response_body
 from gating.http.server import (
            HttpFront,
            HttpThread,
@@ -36,5 +43,5 @@ from gating.http.server import (
            serve_http,
 )
 
-__all__ = ["ENSEMBLE", "CoordinatorLink", "HttpFront", "HttpThread", "build_http", "decision",
-           "error_of", "load_api_keys", "make_app", "response_body", "serve_http", "to_query"]
+__all__ = ["ENSEMBLE", "PARAMETERS", "CoordinatorLink", "HttpFront", "HttpThread", "build_http", "decision",
+           "error_of", "load_api_keys", "make_app", "response_body", "serve_http", "to_queries", "to_query"]

@@ -1,7 +1,8 @@
 """The front's endpoints: one flat function per route, and one auth middleware.
 
-Each route reads its request, calls :mod:`gating.http.protocol` for the shapes and the
-:class:`~gating.http.link.CoordinatorLink` for the answer, and writes the response; what a
+Each route reads its request, calls :mod:`gating.http.protocol` and
+:mod:`gating.http.responses` for the shapes and the :class:`~gating.http.link.CoordinatorLink`
+for the answers, and writes the response; what a
 route needs (the link, the experts, the wait, the metrics) is the app's :class:`Front`
 (``app.state.front``). :class:`ApiKeyAuth` checks ``Authorization: Bearer <key>`` once, for
 every path but ``/healthz``, before any route runs.
@@ -9,18 +10,25 @@ every path but ``/healthz``, before any route runs.
 Metrics: with ``Front.own`` the front counts what passes through it (requests in flight,
 answers by outcome, live experts seen by ``/readyz``); beside the coordinator it serves the
 coordinator's metrics, which already count every answer, and counts nothing itself.
+
+Disconnects: a client that goes before its answer cancels its queries (:meth:`Front.forget`:
+CANCEL on the link; ``edge_moe_cancelled_queries_total`` when the metrics are the front's own).
+A plain request notices by waiting on the ASGI disconnect beside its answers; a stream by its
+end (:class:`gating.http.streams.EventStream`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,28 +36,23 @@ from edge_moe.wire import Error, Partial, Query, Reply
 from gating.coordinator.metrics import ServingMetrics
 from gating.http.link import CoordinatorLink
 from gating.http.protocol import (
-    DONE,
     ENSEMBLE,
     _ApiError,
-    chunk_body,
     error_of,
-    infeasible,
-    models_body,
     no_answer,
     parse_body,
     readiness_probe,
-    reply_headers,
-    response_body,
-    response_text,
-    sse,
-    to_query,
+    to_queries,
     unauthorized,
-    usage_chunk,
     wait_s,
     wants_usage,
 )
+from gating.http.responses import infeasible, models_body, reply_headers, response_body
+from gating.http.streams import Choices, EventStream, events
 
 READYZ_WAIT_S = 3.0
+GONE = 499  # the status logged for a request whose client left before its answer (nobody reads it)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,15 @@ class Front:
     def count(self, msg: Reply | Error, mode: str, t0: float) -> None:
         if self.own:
             self.metrics.answered(msg, mode, time.perf_counter() - t0)
+
+    def forget(self, qs: Sequence[Query]) -> int:
+        """Cancel the queries of ``qs`` still waiting for their answers (CANCEL each, on the
+        link); counted in ``edge_moe_cancelled_queries_total`` when the metrics are the
+        front's own. Returns how many were cancelled (0 once all are answered)."""
+        cancelled = sum(self.link.cancel(q.id) for q in qs)
+        if cancelled and self.own:
+            self.metrics.cancelled_queries.inc(cancelled)
+        return cancelled
 
 
 def _front(request: Request) -> Front:
@@ -114,26 +126,33 @@ async def completions(request: Request) -> Response:
 
 
 async def _completions(request: Request, chat: bool) -> Response:
+    """One QUERY per choice, sent at once; the answers in one response (or a stream). A
+    client that disconnects before its answer cancels the queries (:meth:`Front.forget`)."""
     front = _front(request)
     t0 = time.perf_counter()
     if front.own:
         front.metrics.inflight.inc()
     try:
         body = parse_body(await request.body())
-        q = to_query(body, request.headers, chat, front.experts)
-        mode = "options" if q.options is not None else "generation"
-        wait = wait_s(q, front.timeout_s)
-        if q.stream:
-            return await _streamed(front, q, body, chat, wait, mode, t0)
-        try:
-            msg = await front.link.ask(q, wait)
-        except TimeoutError:
-            raise no_answer() from None
-        front.count(msg, mode, t0)
-        if isinstance(msg, Error):
-            raise error_of(msg)
-        out = response_body(q, msg, chat, body.get("model", ENSEMBLE))
-        return JSONResponse(out, headers=reply_headers(msg))
+        qs = to_queries(body, request.headers, chat, front.experts)
+        mode = "options" if qs[0].options is not None else "generation"
+        wait = wait_s(qs[0], front.timeout_s)
+        model = str(body.get("model", ENSEMBLE))
+        if qs[0].stream:
+            return await _streamed(request, front, qs, chat, model, wants_usage(body), wait, mode, t0)
+        answers = await _unless_gone(request, front, qs, _ask_all(front.link, qs, wait))
+        if answers is None:
+            return Response(status_code=GONE)
+        if any(a is None for a in answers):
+            raise no_answer()
+        msgs = [a for a in answers if a is not None]
+        for msg in msgs:
+            front.count(msg, mode, t0)
+        for msg in msgs:
+            if isinstance(msg, Error):
+                raise error_of(msg)
+        replies = [m for m in msgs if isinstance(m, Reply)]
+        return JSONResponse(response_body(qs, replies, chat, model), headers=reply_headers(replies))
     except _ApiError as e:
         return _fail(e)
     finally:
@@ -141,66 +160,76 @@ async def _completions(request: Request, chat: bool) -> Response:
             front.metrics.inflight.dec()
 
 
-async def _streamed(front: Front, q: Query, body: dict[str, object], chat: bool, wait: float,
-                    mode: str, t0: float) -> Response:
-    """Server-sent events (:func:`_events`). An ERROR (or an infeasible budget) before anything
-    streamed is a plain error response (raised as :class:`_ApiError`)."""
-    model = str(body.get("model", ENSEMBLE))
-    messages = front.link.stream(q, wait)
-    try:
-        first = await messages.__anext__()
-    except TimeoutError:
-        raise no_answer() from None
-    if isinstance(first, Reply | Error):
-        front.count(first, mode, t0)
-    if isinstance(first, Error):
-        await messages.aclose()
-        raise error_of(first)
-    if isinstance(first, Reply) and first.plan.status == "infeasible":
-        await messages.aclose()
-        raise infeasible(first)
-    events = _events(front, q, chat, model, wants_usage(body), first, messages, mode, t0)
-    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
-
-
-async def _events(front: Front, q: Query, chat: bool, model: str, usage_too: bool,
-                  first: Reply | Error | Partial, messages: AsyncIterator[Reply | Error | Partial],
-                  mode: str, t0: float) -> AsyncIterator[str]:
-    """OpenAI's chunk format: the role first, each PARTIAL as it arrives, the rest of the final
-    text, a last chunk with finish_reason and the decision (``edge_moe``), the usage chunk when
-    ``stream_options.include_usage``, ``[DONE]``. A later ERROR or silence is an error event."""
-    created = int(time.time())
-    sent = ""
-    msg = first
-    yield sse(chunk_body(q, model, chat, created, None, role=True))
-    while True:
-        if isinstance(msg, Partial):
-            sent += msg.text
-            yield sse(chunk_body(q, model, chat, created, msg.text))
-        elif isinstance(msg, Error):
-            if msg is not first:
-                front.count(msg, mode, t0)
-            yield sse(error_of(msg).body())
-            break
-        else:
-            if msg is not first:
-                front.count(msg, mode, t0)
-            whole = response_body(q, msg, chat, model)
-            text = response_text(whole, chat)
-            rest = text[len(sent):] if text.startswith(sent) else ""
-            if rest:
-                yield sse(chunk_body(q, model, chat, created, rest))
-            yield sse(chunk_body(q, model, chat, created, None, whole["choices"][0]["finish_reason"],
-                                 edge_moe=whole["edge_moe"]))
-            if usage_too:
-                yield sse(usage_chunk(q, model, chat, created, whole["usage"]))
-            break
+async def _ask_all(link: CoordinatorLink, qs: Sequence[Query], wait: float) -> list[Reply | Error | None]:
+    """Every QUERY's answer, asked at once (None: silent past ``wait``; it is then cancelled)."""
+    async def one(q: Query) -> Reply | Error | None:
         try:
-            msg = await messages.__anext__()
-        except (StopAsyncIteration, TimeoutError):
-            yield sse(no_answer("the coordinator stopped answering", "invalid_request_error").body())
-            break
-    yield DONE
+            return await link.ask(q, wait)
+        except TimeoutError:
+            return None
+
+    return list(await asyncio.gather(*(one(q) for q in qs)))
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns once the client has gone (the body is read, so the next ASGI message is the
+    disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, front: Front, qs: Sequence[Query], work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None when the client disconnects first: the queries still in
+    flight are then cancelled (:meth:`Front.forget`) and ``work`` with them."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        finished = task.done()
+        if not finished:
+            front.forget(qs)
+            task.cancel()
+    return task.result() if finished else None
+
+
+async def _streamed(request: Request, front: Front, qs: Sequence[Query], chat: bool, model: str,
+                    usage_too: bool, wait: float, mode: str, t0: float) -> Response:
+    """Server-sent events (:func:`gating.http.streams.events`) once every choice has sent its
+    first message. An ERROR (or an infeasible budget, or silence) before that is a plain error
+    response; the stream's end, however it comes, cancels what is still in flight."""
+    streams = [front.link.stream(q, wait) for q in qs]
+    firsts = await _unless_gone(request, front, qs, asyncio.gather(*(_first(s) for s in streams)))
+    if firsts is None:
+        return Response(status_code=GONE)
+    for f in firsts:
+        if isinstance(f, Reply | Error):
+            front.count(f, mode, t0)
+    for f in firsts:
+        problem = (no_answer() if f is None else error_of(f) if isinstance(f, Error)
+                   else infeasible(f) if isinstance(f, Reply) and f.plan.status == "infeasible" else None)
+        if problem is not None:
+            front.forget(qs)
+            raise problem
+    answers = Choices(streams, [f for f in firsts if f is not None])
+
+    def close() -> None:
+        answers.close()
+        front.forget(qs)
+
+    def counted(msg: Reply | Error) -> None:
+        front.count(msg, mode, t0)
+
+    return EventStream(events(qs, chat, model, usage_too, answers, counted), on_close=close,
+                       media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def _first(messages: AsyncIterator[Reply | Error | Partial]) -> Reply | Error | Partial | None:
+    try:
+        return await messages.__anext__()
+    except (TimeoutError, StopAsyncIteration):
+        return None
 
 
 # ---------------------------------------------------------------- the rest

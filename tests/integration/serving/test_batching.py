@@ -1,5 +1,5 @@
 """Dynamic batching: a batch gives each request what it gets alone (runner level, tiny random
-Llama / Qwen2 / Gemma3 and real SmolLM2), and the node's batcher (a hand-driven ROUTER)
+Llama / Qwen2 / Gemma3 and real SmolLM2; greedy, and sampled with seeds), and the node's batcher (a hand-driven ROUTER)
 batches concurrent TASKs, keeps deadlines, lets generation join between steps and never
 makes a lone request wait."""
 
@@ -14,7 +14,7 @@ from edge_moe.config import CoordinatorConfig, DeviceClass
 from edge_moe.errors import RunnerError
 from edge_moe.runtime.batch import GenRequest, ScoreRequest, chunks, generate_batch, padded
 from edge_moe.runtime.decoder import OrtRunner
-from edge_moe.wire import Error, ErrorCode, Result, Task
+from edge_moe.wire import Error, ErrorCode, Result, Sampling, Task
 from nodes.server import HostedExpert, NodeServer
 from tests.integration.serving.test_node_server import FakeCoordinator, running
 
@@ -86,6 +86,27 @@ def _check_generation(runner: OrtRunner, n_new: list[int]) -> None:
         assert o.value.text == a.text and o.value.stop_reason == a.stop_reason
 
 
+def _check_sampled_joins(runner: OrtRunner, n_new: int = 12) -> None:
+    """4 sequences with different seeds (temperature 0.8, top_p 0.95), two of them joining
+    mid-decode, give alone and batched the same tokens."""
+    ids = [runner.encode(runner.format_prompt(p, True), formatted_chat=True) for p in PROMPTS[:4]]
+    samplings = [Sampling(temperature=0.8, top_p=0.95, seed=100 + k) for k in range(4)]
+    alone = [runner.generate_ids(i, n_new, sampling=s).token_ids for i, s in zip(ids, samplings, strict=True)]
+    reqs = [GenRequest(tuple(i), n_new, sampling=s) for i, s in zip(ids, samplings, strict=True)]
+    batch = runner.decode_batch()
+    got = dict(batch.add([(0, reqs[0]), (1, reqs[1])]))
+    got.update(batch.step())
+    got.update(batch.add([(2, reqs[2])]))
+    for _ in range(3):
+        got.update(batch.step())
+    got.update(batch.add([(3, reqs[3])]))
+    while batch.active:
+        got.update(batch.step())
+    assert [got[k].value.token_ids for k in range(4)] == alone
+    greedy = [runner.generate_ids(i, n_new).token_ids for i in ids]
+    assert alone != greedy  # it did sample
+
+
 def test_padding_and_chunks_by_hand():
     ids, mask = padded([[5, 6], [7], [1, 2, 3]], left=True)
     assert ids.tolist() == [[0, 5, 6], [0, 0, 7], [1, 2, 3]]
@@ -102,6 +123,10 @@ def test_tiny_batch_scores_equal_one_at_a_time(tiny):
 
 def test_tiny_batch_generation_equals_one_at_a_time(tiny):
     _check_generation(tiny, [1, 3, 8, 12, 5, 20])
+
+
+def test_tiny_sampled_sequences_joining_mid_decode_equal_one_at_a_time(tiny):
+    _check_sampled_joins(tiny)
 
 
 def test_tiny_sequences_joining_between_steps_equal_one_at_a_time(tiny):
@@ -144,13 +169,25 @@ def test_int8_dynamic_quantisation_is_not_batched(llama, tmp_path):
     _check_scores(q4, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_smollm2_batches_equal_one_at_a_time():
+@pytest.fixture(scope="module")
+def smollm2() -> OrtRunner:
+    """Real SmolLM2-135M-Instruct, fp32 (exported once into the cache)."""
     from exporters.llm import export_decoder
 
-    runner = OrtRunner(export_decoder("smollm2-135m-instruct"), intra_op_threads=2)
-    _check_scores(runner, atol=1e-4)
-    _check_generation(runner, [4, 16, 16, 16, 8, 16])
+    return OrtRunner(export_decoder("smollm2-135m-instruct"), intra_op_threads=2)
+
+
+@pytest.mark.slow
+def test_smollm2_batches_equal_one_at_a_time(smollm2):
+    _check_scores(smollm2, atol=1e-4)
+    _check_generation(smollm2, [4, 16, 16, 16, 8, 16])
+
+
+@pytest.mark.slow
+def test_smollm2_sampled_batches_equal_one_at_a_time(smollm2):
+    """Seeded sampling (temperature 0.8, top_p 0.95, 12 tokens) on a real model: alone and
+    in a batch that sequences join mid-decode, token for token."""
+    _check_sampled_joins(smollm2, 12)
 
 
 # ---------------------------------------------------------------- the node's batcher

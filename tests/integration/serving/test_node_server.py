@@ -1,6 +1,6 @@
 """The node server against a hand-driven ROUTER over real loopback sockets: READY, TASKs,
 deadlines, heartbeats while an expert computes, the load its heartbeats report, bad frames,
-and Paranoid Pirate reconnects. (The parts without sockets: ``tests/unit/nodes/``.)"""
+Paranoid Pirate reconnects, and CANCEL. (The parts without sockets: ``tests/unit/nodes/``.)"""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from edge_moe.energy import ModelledMeter
 from edge_moe.runtime.toy import ToyExpert
 from edge_moe.wire import (
     PROTOCOL,
+    Cancel,
     Error,
     ErrorCode,
     Heartbeat,
     Query,
     Ready,
     Result,
+    Sampling,
     Task,
     decode,
     encode,
@@ -32,6 +34,7 @@ from edge_moe.wire import (
 from nodes import loop as loop_mod
 from nodes.execution import Executor
 from nodes.server import LOAD_ALPHA, NodeServer
+from tests.unit.runtime.fakegraph import FakeGraph
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -358,3 +361,73 @@ def test_the_task_queue_is_bounded_and_overflow_is_answered_overloaded(coord):
         while server.load().queued and time.monotonic() < end:
             time.sleep(0.01)
         assert server.stats["overloaded"] == 3 and server.load().queued == 0
+
+
+# ---------------------------------------------------------------- CANCEL
+
+
+def _next_answer(coord: FakeCoordinator, timeout_s: float = 5.0) -> Result | Error:
+    while True:
+        _, msg = coord.recv(timeout_s)
+        if isinstance(msg, (Result, Error)):
+            return msg
+
+
+def test_cancel_a_queued_a_batched_and_an_unknown_task(coord):
+    """Two generations decode in one batch (max_batch 2) and a third waits: CANCEL of the
+    waiting one answers it at once with nothing spent; CANCEL of a batched one answers it
+    'cancelled' within one decode step with its tokens, ms and joules; an unknown id gets
+    nothing; the other generation goes on."""
+    g = FakeGraph(delay_ms=20)
+    with running(NodeServer("n1", coord.endpoint, {"g": g}, CPU, LOAD_CFG, meter=ModelledMeter(CPU),
+                            max_batch=2, batch_wait_ms=0)) as node:
+        identity, _ = coord.recv()
+        for i in range(3):
+            coord.send(identity, Task(f"t{i}", "g", f"prompt {i}", 60_000.0, None, max_new_tokens=200,
+                                      sampling=Sampling(temperature=0.8, seed=i)))
+        end = time.monotonic() + 5
+        while g.calls < 4 and time.monotonic() < end:  # t0 and t1 are decoding, t2 waits
+            time.sleep(0.005)
+        coord.send(identity, Cancel("t2"))
+        r = _next_answer(coord)
+        assert r == Result("t2", "g", 0.0, 0.0, "modelled", None, "", 0, finish_reason="cancelled")
+        at = g.calls
+        coord.send(identity, Cancel("t0"))
+        r = _next_answer(coord)
+        steps = g.calls - at
+        print(f"\nCANCEL of a batched task: answered after {steps} decode step(s)")
+        assert isinstance(r, Result) and r.id == "t0" and r.finish_reason == "cancelled"
+        assert 3 <= r.n_tokens < 200 and r.text == g.generate("prompt 0", r.n_tokens,
+                                                              sampling=Sampling(temperature=0.8, seed=0)).text
+        assert r.compute_ms > 0 and r.energy_j > 0 and r.energy_source == "modelled"
+        assert steps <= 2  # the step in flight, and one more if the CANCEL crossed a boundary
+        coord.send(identity, Cancel("nobody"))
+        coord.send(identity, Cancel("t2"))  # answered already
+        coord.send(identity, Cancel("t1"))
+        r = _next_answer(coord)  # nothing for the first two
+        assert r.id == "t1" and r.finish_reason == "cancelled"
+        coord.send(identity, Cancel("t1"))  # finished: ignored
+        with pytest.raises(AssertionError, match="nothing from the node"):
+            _next_answer(coord, timeout_s=0.3)
+        assert node.stats["cancelled"] == 3 and node.stats["results"] == 0
+        assert node.load().queued == 0
+
+
+def test_cancel_a_lone_generation_through_should_stop(coord):
+    """A sampled toy generation (one word per 30 ms, alone: the toy runner does not batch)
+    stops at the next word after CANCEL and answers what it had."""
+    experts = {"slow": ToyExpert("slow", delay_ms=30)}
+    with running(NodeServer("n1", coord.endpoint, experts, CPU, LOAD_CFG, meter=ModelledMeter(CPU))) as node:
+        identity, _ = coord.recv()
+        s = Sampling(temperature=1.0, seed=3, logprobs=True)
+        coord.send(identity, Task("t", "slow", "Say hi", 60_000.0, None, max_new_tokens=200, sampling=s))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        coord.send(identity, Cancel("t"))
+        r = _next_answer(coord)
+        assert time.monotonic() - t0 < 0.25
+        assert isinstance(r, Result) and r.finish_reason == "cancelled" and 1 <= r.n_tokens < 200
+        whole = ToyExpert("slow").generate("Say hi", 200, sampling=s)
+        assert whole.text.startswith(r.text) and r.token_logprobs == whole.token_logprobs[: r.n_tokens]
+        assert r.compute_ms > 0 and r.energy_j > 0
+        assert node.stats["cancelled"] == 1

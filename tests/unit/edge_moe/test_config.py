@@ -1,14 +1,26 @@
-"""Fleet YAML loader: every file in configs/ loads; every rule names file, field and value."""
+"""Fleet YAML loader: every file in configs/ loads; every rule names file, field and value; every
+problem of a file is reported at once; the schema table matches the dataclasses and the docs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from edge_moe.config import load_device_classes, load_fleet
+from edge_moe.config import (
+    CoordinatorConfig,
+    DeviceClass,
+    ExpertConfig,
+    NodeConfig,
+    check_fleet,
+    load_device_classes,
+    load_fleet,
+    schema_markdown,
+)
+from edge_moe.config_schema import MINIMAL_EXAMPLE, REQUIRED, SCHEMA, keys_of
 from edge_moe.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -103,6 +115,13 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r["device_classes"]["cpu"].pop("source"), "device_classes.cpu.source is required"),
         (lambda r: r.pop("experts"), "experts is required"),
         (lambda r: r.update(categories=[]), "categories must be a non-empty list"),
+        (lambda r: r["coordinator"].update(frontend="tcp//127.0.0.1:5555"),
+         "coordinator.frontend='tcp//127.0.0.1:5555' must be tcp://HOST:PORT"),
+        (lambda r: r["coordinator"].update(backend="tcp://127.0.0.1:99999"),
+         "coordinator.backend='tcp://127.0.0.1:99999' must be tcp://HOST:PORT"),
+        (lambda r: r["nodes"][0].update(ray_resource=5), "nodes[0].ray_resource=5 must be a string"),
+        (lambda r: r["device_classes"]["cpu"].update(energy_counters=["smi"]),
+         "device_classes.cpu.energy_counters=list must be a list drawn from ['nvml', 'rapl', 'jetson']"),
     ],
 )
 def test_bad_fleet_names_file_field_value(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -155,7 +174,7 @@ def test_placement_lists_every_node_and_its_experts() -> None:
     fleet = load_fleet(CONFIGS / "fleet.example.yaml")
     placement = fleet.placement()
     assert set(placement) == {n.name for n in fleet.nodes}
-    assert placement["orin-2"] == ("gemma3-270m", "smollm2-135m") and placement["coord"] == ()
+    assert placement["orin-2"] == ("gemma3-270m", "smollm2-135m") and placement["coord"] == ("smollm2-135m-int4",)
     assert sorted(e for es in placement.values() for e in es) == sorted(e.name for e in fleet.experts)
 
 
@@ -165,3 +184,80 @@ def test_node_batching_defaults_and_set(tmp_path: Path) -> None:
     assert (a.max_batch, a.batch_wait_ms) == (8, 5.0)
     assert (b.max_batch, b.batch_wait_ms) == (1, 0.0)
     assert a.prepack and b.prepack
+
+
+def test_every_problem_at_once(tmp_path: Path) -> None:
+    def five(r: dict) -> None:  # type: ignore[type-arg]
+        r["nodes"][0].update(max_batch=0)
+        r["nodes"][1].update(colour="red")
+        r["nodes"][2].update(device_class="tpu")
+        r["experts"][1].update(node="orin-9")
+        r["coordinator"].update(heartbeat_s=-1)
+
+    p = _write(tmp_path, five)
+    fleet, problems = check_fleet(p)
+    assert fleet is None and len(problems) == 5, problems
+    assert all(line.startswith(f"{p}: ") for line in problems)
+    with pytest.raises(ConfigError) as exc:
+        load_fleet(p)
+    assert str(exc.value).splitlines() == problems
+    for expected in ("nodes[0].max_batch=0", "nodes[1].colour is not a known field",
+                     "nodes[2].device_class='tpu'", "experts[1].node='orin-9'", "coordinator.heartbeat_s=-1"):
+        assert sum(expected in line for line in problems) == 1, expected
+
+
+@pytest.mark.parametrize(
+    ("mutate", "only"),
+    [  # a value that cannot be read is reported once; the cross-checks that need it are skipped
+        (lambda r: r["nodes"][0].update(name=5), "nodes[0].name=5 must be a non-empty string"),
+        (lambda r: r["nodes"].__setitem__(0, "cpu-a"), "nodes[0]='cpu-a' must be a mapping"),
+        (lambda r: r.update(device_classes="missing.yaml"), "device_classes='missing.yaml' is not a file"),
+        (lambda r: r.update(categories="stem"), "categories must be a non-empty list, got 'stem'"),
+    ],
+)
+def test_unreadable_values_give_one_line(tmp_path: Path, mutate, only: str) -> None:  # type: ignore[no-untyped-def]
+    fleet, problems = check_fleet(_write(tmp_path, mutate))
+    assert fleet is None and len(problems) == 1 and only in problems[0], problems
+
+
+def test_check_fleet_of_a_good_file() -> None:
+    fleet, problems = check_fleet(CONFIGS / "fleet.local.yaml")
+    assert problems == [] and fleet == load_fleet(CONFIGS / "fleet.local.yaml")
+
+
+@pytest.mark.parametrize(("section", "cls", "skip"), [
+    ("device_classes.<name>", DeviceClass, {"name", "notes"}), ("nodes[]", NodeConfig, set()),
+    ("experts[]", ExpertConfig, set()), ("coordinator", CoordinatorConfig, set()),
+])
+def test_schema_is_the_dataclasses(section: str, cls: type, skip: set[str]) -> None:
+    keys = keys_of(section)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+    assert set(keys) - skip == set(fields) - skip
+    for name, key in keys.items():
+        if name in skip:
+            continue
+        f = fields[name]
+        default = REQUIRED if f.default is dataclasses.MISSING else f.default
+        assert key.default == default or (key.type == "list" and tuple(key.default) == default), name
+
+
+def test_every_key_is_documented() -> None:
+    assert len({k.path for k in SCHEMA}) == len(SCHEMA)
+    for k in SCHEMA:
+        assert k.doc and k.rule(), k.path
+        assert f"| `{k.name}` |" in schema_markdown()
+
+
+def test_the_committed_reference_is_generated() -> None:
+    doc = REPO / "docs" / "reference" / "fleet-yaml.md"
+    assert doc.read_text() == schema_markdown(), (
+        "docs/reference/fleet-yaml.md is stale; regenerate it: .venv/bin/python -c 'from edge_moe.config "
+        "import schema_markdown as m; print(m(), end=\"\")' > docs/reference/fleet-yaml.md")
+
+
+def test_the_minimal_example_loads(tmp_path: Path) -> None:
+    (tmp_path / "device_classes.yaml").write_text((CONFIGS / "device_classes.yaml").read_text())
+    p = tmp_path / "fleet.yaml"
+    p.write_text(MINIMAL_EXAMPLE)
+    fleet = load_fleet(p)
+    assert fleet.name == "tiny" and fleet.coordinator.frontend == "tcp://127.0.0.1:5555"

@@ -62,6 +62,14 @@ class ToyDecode:
                 self.seqs.append(seq)
         return done
 
+    def cancel(self, key: Any) -> Outcome | None:
+        for s in self.seqs:
+            if s.key == key:
+                self.seqs.remove(s)
+                s.outcome.value = Generation("", [], 0, 0.0, 0.0, "cancelled")
+                return s.outcome
+        return None
+
     def step(self) -> list[tuple[Any, Outcome]]:
         self.runner.fail("step")
         done = []
@@ -136,6 +144,6 @@ class BatchingToy:
 def executor(runner: object, max_batch: int = 8) -> Executor:
     """An in-process executor for one expert ``e`` (no sockets)."""
     experts = {"e": HostedExpert(runner)}  # type: ignore[arg-type]
-    stats = {"results": 0, "errors": 0, "batches": 0, "batched_tasks": 0}
+    stats = {"results": 0, "errors": 0, "batches": 0, "batched_tasks": 0, "cancelled": 0}
     scheduler = Scheduler("n", {"e": runner}, max_batch=max_batch)  # type: ignore[dict-item]
     return Executor("n", experts, ModelledMeter(CPU), NodeLoad(), scheduler, stats)

@@ -130,8 +130,8 @@ def test_inflight_table_owns_every_task_and_cleans_up_in_one_place(router, node_
     assert list(table.on_node(rest[0].node, b"another-connection")) == []
     assert table.next_flush() == p.flush_at and table.due_pending(p.flush_at - 1e-3) == []
     assert table.due_pending(p.flush_at) == [p.key]
-    done = table.finish(p.key, 1.0)  # the query is answered: its open tasks are cancelled
-    assert done is p and len(table) == 0 and table.tasks == {}
+    done, cancelled = table.finish(p.key, 1.0)  # the query is answered: its open tasks are cancelled
+    assert done is p and len(table) == 0 and table.tasks == {} and cancelled == rest
     assert all(load.outstanding(n) == 0 for n in set(node_of.values()))
     assert table.next_flush() == math.inf
 
