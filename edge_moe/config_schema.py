@@ -12,6 +12,7 @@ Key paths name a section and a key: ``nodes[].max_batch`` is ``max_batch`` of ea
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ RUNNER_NAMES = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 ENERGY_COUNTERS = ("nvml", "rapl", "jetson")
 OBJECTIVES = ("accuracy", "loglik")
+
+logger = logging.getLogger(__name__)
 
 
 class _Required:

@@ -56,7 +56,11 @@ def check_config(
     profiles: Annotated[Path | None, typer.Option(help="with --deep: the profiles JSON")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print {ok, errors, warnings, fleet} as JSON")] = False,
 ) -> None:
-    """Validate a fleet YAML, listing every problem; print its nodes and experts."""
+    """Validate a fleet YAML, listing every problem; print its nodes and experts.
+
+    Exit 0: valid (with --deep: deployable from this machine as far as it can tell); 1: any error.
+    Every key is in docs/reference/fleet-yaml.md.
+    """
     from edge_moe.config import check_fleet
 
     inputs = {"--gate": gate, "--calibration": calibration, "--profiles": profiles}

@@ -27,12 +27,18 @@ def coordinator(
     backend: Annotated[str | None, typer.Option(help="bind nodes here instead of coordinator.backend")] = None,
     tau: Annotated[float | None, typer.Option(help="adaptive k by gate mass instead of top_k")] = None,
     insecure: Annotated[bool, typer.Option(help="allow non-loopback binds without CURVE")] = False,
+    metrics: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", help="also serve Prometheus metrics at http://HOST:PORT/metrics "
+                                  "(port 0 picks a free one)")] = None,
     curve_keys: Annotated[Path | None, typer.Option(
         help="keys folder from `edge-moe keys` (server.key_secret and authorized/); "
              "needed when coordinator.curve is true")] = None,
 ) -> None:
     """Serve queries on the fleet's ZeroMQ frontend and dispatch them to the nodes that
-    connect to its backend, until SIGINT or SIGTERM. Prints the bound endpoints first."""
+    connect to its backend, until SIGINT or SIGTERM. Prints the bound endpoints first.
+
+    Example: edge-moe coordinator --config fleet.yaml --gate plans/gate.onnx --calibration cal.npz --profiles profiles.json --metrics 127.0.0.1:9464
+    """
     from edge_moe.config import load_fleet
     from edge_moe.security import load_server_keys
     from gating.coordinator import build_coordinator
@@ -42,6 +48,12 @@ def coordinator(
     coord = build_coordinator(fleet, gate, calibration, profiles, encoder=encoder,
                               toy_encoder_dim=toy_encoder, frontend=frontend, backend=backend,
                               tau=tau, curve=curve, insecure=insecure)
+    if metrics:
+        try:
+            print(f"coordinator metrics {coord.serve_metrics(metrics)}", flush=True)
+        except BaseException:
+            coord.close()
+            raise
     signal.signal(signal.SIGTERM, lambda *_: coord.stop())
     signal.signal(signal.SIGINT, lambda *_: coord.stop())
     print(f"coordinator frontend {coord.frontend_endpoint} backend {coord.backend_endpoint}", flush=True)

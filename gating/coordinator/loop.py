@@ -74,7 +74,7 @@ from gating.coordinator.clients import ClientSide, split_envelope
 from gating.coordinator.embedding import EmbedWorker, Scored
 from gating.coordinator.inflight import InFlight
 from gating.coordinator.load import LoadTracker
-from gating.coordinator.metrics import make_metrics
+from gating.coordinator.metrics import make_metrics, serve_metrics
 from gating.coordinator.registry import Registry
 from gating.coordinator.routing import Embedder, Router
 
@@ -153,6 +153,21 @@ class Coordinator(ClientSide, NodeSide):
         self.embedder = EmbedWorker(self.router.score, self.ctx, max_waiting=config.max_waiting)
         self.metrics = make_metrics(inflight=lambda: len(self.inflight),
                                     live=lambda: len(self.registry.live_experts))
+        self._metrics_server: Any = None
+        self.metrics_url: str | None = None
+
+    def serve_metrics(self, listen: str) -> str:
+        """Serve this coordinator's Prometheus metrics at ``http://<listen>/metrics`` (a
+        thread of its own; stopped by :meth:`close`); returns the URL.
+
+        Raises:
+            ConfigError: prometheus-client is missing (the ``http`` extra), or ``listen`` is
+                not a bindable host:port.
+        """
+        if self.metrics is None:
+            raise ConfigError("serving metrics needs prometheus-client: pip install 'edge-moe[http]'")
+        self._metrics_server, self.metrics_url = serve_metrics(self.metrics, listen)
+        return self.metrics_url
 
     def _bind(self, endpoint: str, curve: ServerKeys | None) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -175,6 +190,9 @@ class Coordinator(ClientSide, NodeSide):
         self._stopping = True
 
     def close(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.embedder.close()
         self.frontend.close(linger=0)
         self.backend.close(linger=0)

@@ -20,7 +20,8 @@ Names (the ``_total`` suffix is prometheus-client's for counters):
   client's CANCEL) or ``finished`` (the query was answered without the task: its deadline).
 
 Without prometheus-client installed (the ``http`` extra), :func:`make_metrics` returns None
-and nothing is counted.
+and nothing is counted. :func:`serve_metrics` serves them on a port of the coordinator's own
+(``coordinator.metrics`` / ``edge-moe coordinator --metrics``), with or without the HTTP front.
 """
 
 from __future__ import annotations
@@ -122,3 +123,30 @@ def make_metrics(inflight: Callable[[], float] | None = None,
     except ImportError:
         return None
     return ServingMetrics(inflight, live)
+
+
+def serve_metrics(metrics: ServingMetrics, listen: str) -> tuple[Any, str]:
+    """Serve ``metrics`` at ``http://<listen>/metrics`` on a thread of its own (prometheus-
+    client's WSGI server), so a ZeroMQ-only coordinator can be scraped.
+
+    Args:
+        listen: ``host:port``; port 0 picks a free one.
+
+    Returns:
+        (the server: call ``shutdown()`` then ``server_close()`` to stop it, its URL).
+
+    Raises:
+        ConfigError: ``listen`` is not host:port, or it cannot be bound.
+    """
+    from prometheus_client import start_http_server
+
+    from edge_moe.errors import ConfigError
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"coordinator metrics address {listen!r} is not host:port")
+    try:
+        server, _ = start_http_server(int(port), host, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from exc
+    return server, f"http://{host}:{server.server_port}/metrics"

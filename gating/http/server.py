@@ -68,7 +68,7 @@ def make_app(link: CoordinatorLink, experts: Sequence[str] = (), api_keys: Seque
 
 
 def _bind(listen: str) -> socket.socket:
-    """A listening TCP socket for ``host:port`` (port 0: a free one)."""
+    """A listening TCP socket for ``host:port`` (port 0: a free one), listening at once."""
     host, _, port_s = listen.rpartition(":")
     host = host.strip("[]")
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it
@@ -78,6 +78,9 @@ def _bind(listen: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, int(port_s)))
+        # listening now, not when uvicorn starts: a client that connects as soon as the startup
+        # line is printed waits in the backlog instead of being refused
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot serve HTTP on {listen}: {exc}") from exc

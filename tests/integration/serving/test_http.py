@@ -101,10 +101,11 @@ def test_budgets_from_extra_body_and_headers_and_the_infeasible_422(client):
 
 
 @pytest.mark.parametrize("kwargs,param", [
-    ({"temperature": 0.7}, "temperature"), ({"n": 2}, "n"), ({"top_p": 0.5}, "top_p"),
-    ({"stop": ["\n"]}, "stop"),
+    ({"temperature": 2.5}, "temperature"), ({"n": 9}, "n"), ({"top_p": 0}, "top_p"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"functions": [{"name": "f"}]}, "functions"),
     ({"extra_body": {"edge_moe": {"mode": "poetry"}}}, "edge_moe.mode"),
-    ({"extra_body": {"frequency_penalty": 1.0}}, "frequency_penalty"),
+    ({"extra_body": {"frequency_penalty": 3.0}}, "frequency_penalty"),
+    ({"temperature": 0.7, "extra_body": {"edge_moe": {"options": OPTIONS}}}, "temperature"),
 ])
 def test_unsupported_parameters_are_400s_that_name_them(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:

@@ -86,18 +86,19 @@ def test_a_runner_that_does_not_sample_refuses_sampling_but_not_the_defaults():
 # ---------------------------------------------------------------- cancellation
 
 
+@pytest.mark.parametrize("flag_pass", [1, 3], ids=["in-prefill", "in-step-2"])
 @pytest.mark.parametrize("max_batch", [1, 8], ids=["alone", "batched"])
-def test_a_flagged_generation_stops_within_one_step(max_batch):
-    """8 generations (batched: one decode batch; alone: the first, via should_stop), flagged
-    during the pass that gives their 3rd token: answered 'cancelled' with 3 tokens, before
-    any further pass."""
+def test_a_flagged_generation_stops_within_one_step(max_batch, flag_pass):
+    """8 generations (batched: one decode batch; alone: one, via should_stop), flagged during
+    the forward pass that gives their n-th token (the prefill, or the 2nd decode step):
+    answered 'cancelled' with n tokens, before any further pass."""
     g = FakeGraph()
     ex = executor(g, max_batch=max_batch)
     tasks = [_task(i, Sampling(temperature=0.8, seed=i), n=50) for i in range(8 if max_batch > 1 else 1)]
     flagged_at: list[int] = []
 
     def flag_all(n: int) -> None:
-        if n == 3 and not flagged_at:  # prefill + 2 steps: the 3rd token
+        if n == flag_pass and not flagged_at:
             flagged_at.append(n)
             assert all(ex.scheduler.flag(t.id) for t in tasks)
 
@@ -110,7 +111,8 @@ def test_a_flagged_generation_stops_within_one_step(max_batch):
     for t in tasks:
         r = got[t.id]
         assert isinstance(r, Result) and r.finish_reason == "cancelled", r
-        assert r.n_tokens == 3 and r.text == g.generate(t.prompt, 3, sampling=t.sampling).text
+        want = g.generate(t.prompt, flag_pass, sampling=t.sampling).text
+        assert r.n_tokens == flag_pass and r.text == want
         assert r.compute_ms > 0 and r.energy_j > 0 and r.energy_source == "modelled"
     assert ex.stats["cancelled"] == len(tasks) and ex.stats["results"] == 0
     assert not any(ex.scheduler.flag(t.id) for t in tasks)  # answered: no longer serving
