@@ -109,7 +109,8 @@ class CoordinatorConfig:
     ``http`` (``host:port``; port 0 picks a free one): ``edge-moe deploy`` also serves the
     OpenAI-compatible HTTP front there (:mod:`gating.http`), next to the coordinator.
     ``http_api_keys``: a file of API keys (one per line) the front requires; a non-loopback
-    ``http`` host needs one.
+    ``http`` host needs one. ``metrics`` (``host:port``): the coordinator also serves its
+    Prometheus metrics at ``/metrics`` there, with or without the HTTP front.
     """
 
     node: str
@@ -130,6 +131,7 @@ class CoordinatorConfig:
     http: str | None = None
     http_api_keys: str | None = None
     objective: str = "loglik"  # F(S) when the coordinator re-plans online: "loglik" or "accuracy"
+    metrics: str | None = None  # host:port: the coordinator's own /metrics (no HTTP front needed)
 
 
 @dataclass(frozen=True)

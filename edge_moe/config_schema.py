@@ -231,6 +231,9 @@ SCHEMA: tuple[Key, ...] = (
             "A non-loopback host needs `http_api_keys`."),
     Key(_C + "http_api_keys", "string", None, nullable=True,
         doc="A file of API keys (one per line) the HTTP front requires."),
+    Key(_C + "metrics", "address", None, nullable=True,
+        doc="Also serve the coordinator's Prometheus metrics at `http://<this>/metrics` (a port of its "
+            "own: a ZeroMQ-only fleet is observable); `null`: only through the HTTP front."),
     Key(_C + "objective", "choice", "loglik", choices=OBJECTIVES,
         doc="The F(S) the coordinator plans with online: mean log p(label) (`loglik`) or `accuracy`."),
 )

@@ -77,10 +77,11 @@ def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...
 
 
 def make_assets(d: Path, name: str, seed: int, n_samples: int | None = None,
-                classes: dict[str, str] | None = None, http: str | None = None) -> Assets:
-    """Toy inputs and the fleet YAML under ``d``."""
+                classes: dict[str, str] | None = None, http: str | None = None,
+                **coordinator: object) -> Assets:
+    """Toy inputs and the fleet YAML under ``d`` (``coordinator``: as :func:`write_fleet`)."""
     kw = {} if n_samples is None else {"n_samples": n_samples}
     table, cal, prof, gate = write_toy_inputs(d, n_experts=4, embedding_dim=DIM, seed=seed, **kw)
     fleet = write_fleet(d / "fleet.yaml", table.experts, table.category_names, name,
-                        classes=classes, http=http)
+                        classes=classes, http=http, **coordinator)
     return Assets(d, Path(cal), Path(prof), Path(gate), fleet, table.experts, table.category_names)

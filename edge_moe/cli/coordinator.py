@@ -29,7 +29,7 @@ def coordinator(
     insecure: Annotated[bool, typer.Option(help="allow non-loopback binds without CURVE")] = False,
     metrics: Annotated[str | None, typer.Option(
         metavar="HOST:PORT", help="also serve Prometheus metrics at http://HOST:PORT/metrics "
-                                  "(port 0 picks a free one)")] = None,
+                                  "(port 0 picks a free one; default: coordinator.metrics)")] = None,
     curve_keys: Annotated[Path | None, typer.Option(
         help="keys folder from `edge-moe keys` (server.key_secret and authorized/); "
              "needed when coordinator.curve is true")] = None,
@@ -48,6 +48,7 @@ def coordinator(
     coord = build_coordinator(fleet, gate, calibration, profiles, encoder=encoder,
                               toy_encoder_dim=toy_encoder, frontend=frontend, backend=backend,
                               tau=tau, curve=curve, insecure=insecure)
+    metrics = metrics or fleet.coordinator.metrics
     if metrics:
         try:
             print(f"coordinator metrics {coord.serve_metrics(metrics)}", flush=True)

@@ -54,6 +54,8 @@ def status(
                       highlight=False)
     if st.get("http"):
         console.print(f"OpenAI-compatible front: {st['http']}/v1", highlight=False)
+    if st.get("metrics"):
+        console.print(f"Prometheus metrics: {st['metrics']}", highlight=False)
     ray_view = st["ray"]
     console.print(f"Ray: {ray_view['nodes_alive']} node(s) alive; resources {ray_view['cluster_resources']}",
                   highlight=False)

@@ -135,10 +135,12 @@ class CoordinatorActor:
             fleet, gate, calibration, profiles, encoder=encoder, toy_encoder_dim=toy_encoder_dim,
             frontend=frontend, backend=backend, curve=_server_keys(curve) if curve else None,
             on_reply=self._count)
+        cfg = fleet.coordinator
+        if cfg.metrics:
+            self.coordinator.serve_metrics(cfg.metrics)
         self.thread = threading.Thread(target=self._serve, name="edge-moe-coordinator", daemon=True)
         self.thread.start()
         self.http = None
-        cfg = fleet.coordinator
         if cfg.http:  # the OpenAI-compatible front beside it, as a client of its frontend
             from gating.http import HttpThread
 
@@ -175,5 +177,6 @@ class CoordinatorActor:
         with self._totals_lock:
             totals = {k: dict(v) for k, v in self.totals.items()}
         return {"pid": os.getpid(), "started": self.started, "serving": self.thread.is_alive(),
-                "http": self.http.url if self.http is not None else None, **snap,
+                "http": self.http.url if self.http is not None else None,
+                "metrics": self.coordinator.metrics_url, **snap,
                 "experts_so_far": totals}

@@ -54,6 +54,7 @@ def status(name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
         coord = ray.get_actor(COORDINATOR_ACTOR, namespace=dep.namespace)
         out["coordinator"] = ray.get(coord.status.remote(), timeout=timeout_s)
         out["http"] = out["coordinator"].get("http")
+        out["metrics"] = out["coordinator"].get("metrics")
     except Exception as exc:
         out["coordinator"] = {"error": reason(exc)}
     seen = out["coordinator"].get("nodes", {})

@@ -30,13 +30,13 @@ def write_fleet(path: Path, experts: tuple[str, ...], categories: tuple[str, ...
     return toyfleet.write_fleet(path, experts, categories, name,
                                 nodes={n: idx for n, (_, idx) in nodes.items()},
                                 classes={n: dc for n, (dc, _) in nodes.items()},
-                                artifacts=artifacts, http="127.0.0.1:0")
+                                artifacts=artifacts, http="127.0.0.1:0", metrics="127.0.0.1:0")
 
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     return make_assets(tmp_path_factory.mktemp("fleet"), "fleet-test", seed=5, n_samples=400,
-                       classes=THREE_CLASSES, http="127.0.0.1:0")
+                       classes=THREE_CLASSES, http="127.0.0.1:0", metrics="127.0.0.1:0")
 
 
 @pytest.fixture(autouse=True)

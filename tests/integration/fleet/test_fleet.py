@@ -66,6 +66,10 @@ def test_deploy_query_status_down(deployed: F.Deployment) -> None:
         for i in range(3):
             assert isinstance(c.query(f"zmq {i}", OPTIONS), Reply)
     assert _ok_answers(st["http"], text_string_to_metric_families) == before + 3
+    # coordinator.metrics: the same families on the coordinator's own port, no front needed
+    assert st["metrics"].startswith("http://127.0.0.1:") and st["metrics"].endswith("/metrics"), st
+    own = httpx.get(st["metrics"], timeout=5).text
+    assert "edge_moe_requests_total" in own and "edge_moe_live_experts 4.0" in own
     with EdgeMoEClient(deployed.frontend, timeout_s=5) as c:
         for i in range(10):
             r = c.query(f"question {i}: which colour?", OPTIONS, top_k=4)
