@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,28 +25,9 @@ def status(
     if as_json:
         console.print(json.dumps(st, indent=2, default=str), highlight=False, markup=False)
         return
+    for t in status_tables(st):
+        console.print(t)
     coord = st["coordinator"]
-    so_far = coord.get("experts_so_far", {})
-    t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
-    for col in ("node", "class", "ready", "live", "last beat s", "queue", "batch", "actor pid", "experts", "answers",
-                "ms so far", "J so far"):
-        t.add_column(col)
-    for n, e in st["nodes"].items():
-        experts = e.get("experts", [])
-        ans = sum(so_far.get(x, {}).get("answers", 0) for x in experts)
-        ms = sum(so_far.get(x, {}).get("compute_ms", 0.0) for x in experts)
-        joules = sum(so_far.get(x, {}).get("energy_j", 0.0) for x in experts)
-        actor = e["actor"]
-        live = "yes" if e.get("live") else "NO"
-        if e.get("quarantined_s_left") is not None:
-            live = f"NO (quarantined, {e['quarantined_s_left']:g} s left)"
-        queue = (f"{e['queued']} ({e.get('predicted_wait_ms', 0):.0f} ms)" if "queued" in e else "-")
-        t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", live,
-                  f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-", queue,
-                  f"{e['batch']:.1f}/{e.get('max_batch', '-')}" if e.get("batch") else "-",
-                  str(actor.get("pid", actor.get("error", "-"))), ", ".join(experts) or "-", str(ans),
-                  f"{ms:.0f}", f"{joules:.3g} ({e.get('energy_source', '-')})")
-    console.print(t)
     if "error" in coord:
         console.print(f"[bold red]coordinator[/]: {coord['error']}", highlight=False)
     else:
@@ -59,3 +40,33 @@ def status(
     ray_view = st["ray"]
     console.print(f"Ray: {ray_view['nodes_alive']} node(s) alive; resources {ray_view['cluster_resources']}",
                   highlight=False)
+
+
+def status_tables(st: dict[str, Any]) -> list[Table]:
+    """The status as two tables that fit an 80-column terminal: each node's liveness and
+    load, then each node's experts and their work so far (long cells wrap, never truncate)."""
+    coord = st["coordinator"]
+    so_far = coord.get("experts_so_far", {})
+    live_t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
+    work_t = Table(title="work so far")
+    for col in ("node", "class", "ready", "live", "beat s", "queue", "batch", "pid"):
+        live_t.add_column(col, overflow="fold")
+    for col in ("node", "experts", "answers", "ms", "J (source)"):  # an expert name is never split
+        work_t.add_column(col, overflow="fold", no_wrap=col == "experts")
+    for n, e in st["nodes"].items():
+        experts = e.get("experts", [])
+        ans = sum(so_far.get(x, {}).get("answers", 0) for x in experts)
+        ms = sum(so_far.get(x, {}).get("compute_ms", 0.0) for x in experts)
+        joules = sum(so_far.get(x, {}).get("energy_j", 0.0) for x in experts)
+        actor = e["actor"]
+        live = "yes" if e.get("live") else "NO"
+        if e.get("quarantined_s_left") is not None:
+            live = f"NO (quarantined {e['quarantined_s_left']:g} s)"
+        queue = (f"{e['queued']} ({e.get('predicted_wait_ms', 0):.0f} ms)" if "queued" in e else "-")
+        live_t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", live,
+                       f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-", queue,
+                       f"{e['batch']:.1f}/{e.get('max_batch', '-')}" if e.get("batch") else "-",
+                       str(actor.get("pid", actor.get("error", "-"))))
+        work_t.add_row(n, "\n".join(experts) or "-", str(ans), f"{ms:.0f}",
+                       f"{joules:.3g} ({e.get('energy_source', '-')})")
+    return [live_t, work_t]
