@@ -50,7 +50,7 @@ def status_tables(st: dict[str, Any]) -> list[Table]:
     live_t = Table(title=f"fleet '{st['fleet']}' at {st['frontend']} (Ray {st['address']})")
     work_t = Table(title="work so far")
     for col in ("node", "class", "ready", "live", "beat s", "queue", "batch", "pid"):
-        live_t.add_column(col, overflow="fold")
+        live_t.add_column(col, overflow="fold", min_width=11 if col == "live" else None)
     for col in ("node", "experts", "answers", "ms", "J (source)"):  # an expert name is never split
         work_t.add_column(col, overflow="fold", no_wrap=col == "experts")
     for n, e in st["nodes"].items():
@@ -61,7 +61,7 @@ def status_tables(st: dict[str, Any]) -> list[Table]:
         actor = e["actor"]
         live = "yes" if e.get("live") else "NO"
         if e.get("quarantined_s_left") is not None:
-            live = f"NO (quarantined {e['quarantined_s_left']:g} s)"
+            live = f"NO\nquarantined\n{e['quarantined_s_left']:g} s left"
         queue = (f"{e['queued']} ({e.get('predicted_wait_ms', 0):.0f} ms)" if "queued" in e else "-")
         live_t.add_row(n, e.get("device_class", "-"), "yes" if e["ready"] else "NO", live,
                        f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-", queue,
