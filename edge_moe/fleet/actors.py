@@ -146,7 +146,8 @@ class CoordinatorActor:
 
             self.http = HttpThread(self.coordinator.frontend_endpoint, cfg.http,
                                    [e.name for e in fleet.experts], cfg.http_api_keys,
-                                   metrics=self.coordinator.metrics)
+                                   metrics=self.coordinator.metrics,
+                                   curve=curve.get("http_client") if curve else None)
 
     def _count(self, msg: Any) -> None:
         """The coordinator's ``on_reply`` hook (its loop thread): per-expert totals."""

@@ -290,6 +290,12 @@ def _curve_bundle(fleet: FleetConfig, directory: str | os.PathLike[str] | None
             raise FleetError(f"{directory}: node {n.name}'s key '{name}.key' is not in authorized/ "
                              f"(run `edge-moe keys --client {n.name}`)")
         nodes[n.name] = load_client_keys(directory, name)
+    if fleet.coordinator.http:  # the HTTP front beside the coordinator is one of its clients
+        name = "http" if (Path(directory) / "http.key_secret").is_file() else "client"
+        if name not in authorized:
+            raise FleetError(f"{directory}: the HTTP front's key '{name}.key' is not in authorized/ "
+                             "(run `edge-moe keys --client http`)")
+        coord["http_client"] = load_client_keys(directory, name)
     return coord, nodes
 
 

@@ -116,10 +116,13 @@ class HttpFront:
 
 def build_http(endpoint: str, listen: str = "127.0.0.1:8000", *, config: str | None = None,
                api_keys: str | None = None, insecure: bool = False, ssl_certfile: str | None = None,
-               ssl_keyfile: str | None = None, timeout_s: float = 60.0) -> HttpFront:
+               ssl_keyfile: str | None = None, timeout_s: float = 60.0,
+               curve: tuple[bytes, bytes, bytes] | None = None) -> HttpFront:
     """The front for the coordinator frontend ``endpoint``, bound to ``listen`` (port 0: a
     free one). ``config``: a fleet YAML whose experts become model ids (pinning);
-    ``api_keys``: a key file; ``timeout_s``: how long to wait for the coordinator.
+    ``api_keys``: a key file; ``timeout_s``: how long to wait for the coordinator;
+    ``curve``: CURVE client keys ``(server_public, public, secret)`` for a coordinator with
+    ``coordinator.curve: true`` (:func:`edge_moe.security.load_client_keys`).
 
     Raises:
         ConfigError: see the module docstring (the settings or the address are refused).
@@ -140,17 +143,19 @@ def build_http(endpoint: str, listen: str = "127.0.0.1:8000", *, config: str | N
                           "(--api-keys, --ssl-certfile, --ssl-keyfile), or --insecure")
     experts = [e.name for e in load_fleet(config).experts] if config else []
     sock = _bind(listen)
-    app = make_app(CoordinatorLink(endpoint), experts, keys, timeout_s)
+    app = make_app(CoordinatorLink(endpoint, curve), experts, keys, timeout_s)
     url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
     return HttpFront(app, sock, url, endpoint, ssl_certfile, ssl_keyfile)
 
 
 def serve_http(endpoint: str, listen: str = "127.0.0.1:8000", *, config: str | None = None,
                api_keys: str | None = None, insecure: bool = False, ssl_certfile: str | None = None,
-               ssl_keyfile: str | None = None, timeout_s: float = 60.0) -> None:
+               ssl_keyfile: str | None = None, timeout_s: float = 60.0,
+               curve: tuple[bytes, bytes, bytes] | None = None) -> None:
     """:func:`build_http`, print the startup line, serve until stopped (``edge-moe http``)."""
     front = build_http(endpoint, listen, config=config, api_keys=api_keys, insecure=insecure,
-                       ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_s=timeout_s)
+                       ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_s=timeout_s,
+                       curve=curve)
     print(front.startup_line, flush=True)
     front.serve()
 
@@ -164,12 +169,13 @@ class HttpThread:
     """
 
     def __init__(self, endpoint: str, listen: str, experts: Sequence[str] = (),
-                 api_keys_file: str | None = None, metrics: ServingMetrics | None = None) -> None:
+                 api_keys_file: str | None = None, metrics: ServingMetrics | None = None,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         keys = load_api_keys(api_keys_file)
         sock = _bind(listen)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        app = make_app(CoordinatorLink(endpoint), experts, keys, metrics=metrics)
+        app = make_app(CoordinatorLink(endpoint, curve), experts, keys, metrics=metrics)
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[sock])),
                                         name="edge-moe-http", daemon=True)

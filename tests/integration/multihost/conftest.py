@@ -81,8 +81,9 @@ class Cluster:
                                f"raylet.out:\n{tail}")
 
     def fleet(self, name: str, placement: dict[str, list[int]], artifacts: dict[int, str] | None = None,
-              toy: bool = True) -> Path:
-        """A fleet YAML: ``placement`` host → expert indices; the coordinator on ``head``."""
+              toy: bool = True, http: bool = False) -> Path:
+        """A fleet YAML: ``placement`` host → expert indices; the coordinator on ``head``
+        (``http``: with the OpenAI front on head's address, API key ``multihost-key``)."""
         ip = self.net.hosts["head"].ip
         body = {
             "name": name,
@@ -96,6 +97,10 @@ class Cluster:
                             "heartbeat_s": HEARTBEAT_S, "liveness": LIVENESS, "reconnect_min_s": 0.2,
                             "reconnect_max_s": 1.0, "top_k": 4, "curve": True},
         }
+        if http:
+            keys = self.dir / "api_keys.txt"
+            keys.write_text("multihost-key\n")
+            body["coordinator"].update(http=f"{ip}:0", http_api_keys=str(keys))
         p = self.dir / f"{name}.yaml"
         p.write_text(yaml.safe_dump(body, sort_keys=False))
         return p

@@ -117,13 +117,36 @@ def test_real_artifact_ships_verified_and_second_deploy_skips(cluster: Cluster, 
 @pytest.fixture(scope="module")
 def toy_fleet(cluster: Cluster) -> Iterator[dict[str, Any]]:
     c = cluster
-    fleet = c.fleet("faults", {"head": [0], "w1": [1, 2], "w2": [3]})
+    fleet = c.fleet("faults", {"head": [0], "w1": [1, 2], "w2": [3]}, http=True)
     c.edge_moe("head", *deploy_args(c, fleet, "--toy"))
     try:
         yield {"name": "faults", "frontend": c.deployment("faults")["frontend"],
                "on": {"head": [c.experts[0]], "w1": [c.experts[1], c.experts[2]], "w2": [c.experts[3]]}}
     finally:
         c.edge_moe("head", "down", "--name", "faults")
+
+
+def test_the_http_front_reaches_a_curve_coordinator_across_hosts(cluster: Cluster,
+                                                                 toy_fleet: dict[str, Any]) -> None:
+    """coordinator.curve is on: the OpenAI front deploy starts beside the coordinator is a
+    CURVE client of it, and a client on another host gets answers through it (API key)."""
+    c = cluster
+    st = _json_of(c.edge_moe("head", "status", "--name", "faults", "--json"))
+    url = st["http"]
+    assert url and not url.startswith("http://127."), url
+    code = ("import httpx, sys; r = httpx.post(sys.argv[1] + '/v1/chat/completions', timeout=30, "
+            "headers={'Authorization': 'Bearer multihost-key'}, json={'model': 'edge-moe', "
+            "'messages': [{'role': 'user', 'content': 'Pick one.'}], "
+            "'edge_moe': {'options': ['red', 'green', 'blue', 'black']}}); "
+            "print(r.status_code, r.json()['choices'][0]['message']['content'] if r.status_code == 200 else r.text)")
+    r = c.net.run("client", [PY, "-c", code, url], 60, cwd=str(REPO))
+    assert r.returncode == 0 and r.stdout.startswith("200 "), r.stdout + r.stderr
+    assert r.stdout.split()[1] in ("red", "green", "blue", "black")
+
+
+def _json_of(text: str) -> dict[str, Any]:
+    """The JSON document in a command's output (after any log lines)."""
+    return json.loads(text[text.index("{"):])
 
 
 def test_calibrate_and_profile_on_the_fleet_nodes(cluster: Cluster, toy_fleet: dict[str, Any]) -> None:

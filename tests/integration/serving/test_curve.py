@@ -74,3 +74,27 @@ def test_missing_keys_are_config_errors(tmp_path):
         load_server_keys(tmp_path)
     with pytest.raises(ConfigError, match="server.key: CURVE key file not found"):
         load_client_keys(tmp_path)
+
+
+def test_the_http_front_talks_to_a_curve_coordinator(secured):
+    """The OpenAI front is a CURVE client too: with an authorised key pair its requests are
+    answered; without keys the coordinator never hears them (the front times out, 504)."""
+    import httpx
+
+    from gating.http import HttpThread
+
+    coord, keys = secured
+    body = {"model": "edge-moe", "messages": [{"role": "user", "content": "Is it safe?"}],
+            "edge_moe": {"options": ["yes", "no"]}}
+    front = HttpThread(coord.frontend_endpoint, "127.0.0.1:0", curve=load_client_keys(keys, "client"))
+    try:
+        end = time.monotonic() + 15
+        while True:
+            r = httpx.post(f"{front.url}/v1/chat/completions", json=body, timeout=10)
+            if r.status_code == 200 or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] in ("yes", "no")
+    finally:
+        front.stop()
