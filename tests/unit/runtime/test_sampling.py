@@ -52,7 +52,7 @@ def _allowed(z: np.ndarray, s: Sampling) -> set[int]:
     """Brute force: the support after top-k, top-p and min-p, one token at a time."""
     t = np.asarray(z, np.float64) / s.temperature
     order = sorted(range(len(t)), key=lambda i: -t[i])
-    keep = set(order[: s.top_k]) if s.top_k else set(order)
+    keep = {i for i in order if t[i] >= t[order[s.top_k - 1]]} if s.top_k else set(order)  # ties kept
     kept = [i for i in order if i in keep]
     p = np.exp(t[kept] - t[kept].max())
     p /= p.sum()
@@ -164,3 +164,17 @@ def test_logprobs_are_the_raw_models_and_top_logprobs_the_k_largest():
     assert Sampler(Sampling(temperature=1.0, seed=1)).pick(_logits(0), [])[1] is None  # not asked
     greedy = Sampler(Sampling(logprobs=True)).pick(_logits(0), [])
     assert greedy[0] == int(np.argmax(_logits(0))) and greedy[1] is not None and greedy[1].top_tokens == ()
+
+
+def test_the_nucleus_from_a_threshold_equals_a_full_sort():
+    """top_p sorts only the tokens above a threshold; on flat and peaked distributions, with
+    ties, the support is the one a sort of the whole vocabulary gives."""
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        scale = [0.3, 3.0, 12.0][trial % 3]
+        z = rng.normal(0, scale, 2000)
+        if trial % 4 == 0:
+            z = np.round(z)  # many ties
+        s = Sampling(temperature=1.0, top_p=float(rng.uniform(0.05, 0.999)), min_p=[0.0, 0.01][trial % 2],
+                     top_k=[0, 40][trial % 5 == 0])
+        assert set(np.flatnonzero(keep_mask(z, s))) == _allowed(z, s), (trial, s)
