@@ -8,8 +8,9 @@ has the same interface:
   option letters after the prompt; ``continuation`` sums each option's token log-probs,
   computing the prompt's KV cache once and reusing it for all K options in one batch
   (one option per call on graphs without ``position_ids``, see :class:`OrtRunner`).
-- ``generate(prompt, max_new_tokens, stop) -> Generation``: greedy decoding with the KV
-  cache, timed as prefill and decode.
+- ``generate(prompt, max_new_tokens, stop, sampling=None) -> Generation``: decoding with the
+  KV cache (greedy, or sampled as ``sampling`` says: :mod:`edge_moe.runtime.sampling`),
+  timed as prefill and decode.
 
 Runners are chosen by name from :data:`RUNNERS`; :class:`Runner` is the interface a node
 needs, and the optional abilities a runner declares (streaming, batching) are in
