@@ -68,6 +68,8 @@ class NodeConfig:
     # onnxruntime weight prepacking on this node's CPU runners (faster GEMMs, a second copy
     # of the MatMul weights in memory; see benchmarks/batching_bench.py).
     prepack: bool = True
+    # onnxruntime intra-op threads per runner on this node; None: the cores of its host
+    threads: int | None = None
 
     @property
     def resource(self) -> str:

@@ -177,6 +177,11 @@ SCHEMA: tuple[Key, ...] = (
     Key(_N + "max_batch", "integer", 8, unit="TASKs", minimum=1,
         doc="Dynamic batching: at most this many TASKs for one expert served together (1: one at a time)."),
     Key(_N + "batch_wait_ms", "number", 5.0, unit="ms", doc="How long a batch waits for more TASKs."),
+    Key(_N + "threads", "integer", None, unit="threads", minimum=1, nullable=True,
+        shown="the host's cores",
+        doc="onnxruntime intra-op threads of each of the node's runners; `null`: the cores of the "
+            "node's host. Honoured by `deploy`, `calibrate --fleet` and `profile --fleet`, so "
+            "profiles are measured as served."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
             "second (packed) copy of the MatMul weights in memory."),

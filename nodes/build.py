@@ -11,6 +11,7 @@ one relative to ``artifacts_dir`` (default ``$EDGE_MOE_CACHE/artifacts``, i.e.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ def build_server(config: str | Path, node: str, *, endpoint: str | None = None,
         artifacts_dir: root for relative artifact paths (default ``$EDGE_MOE_CACHE/artifacts``).
         toy / toy_delay_ms: serve toy experts, each sleeping ``toy_delay_ms`` per request.
         meter: ``auto`` (measured where counters exist) or ``modelled``.
-        threads: onnxruntime intra-op threads (default: onnxruntime's).
+        threads: onnxruntime intra-op threads per runner (default: the fleet's
+            ``nodes[].threads``, else the cores of this host).
         curve_keys / key_name: the keys folder from ``edge-moe keys`` and this node's key
             pair name in it; needed when ``coordinator.curve`` is true.
 
@@ -92,15 +94,15 @@ def build_server(config: str | Path, node: str, *, endpoint: str | None = None,
             artifacts or the keys get wrong (any :class:`~edge_moe.errors.EdgeMoEError`).
     """
     fleet = load_fleet(config)
-    kwargs = {"intra_op_threads": threads} if threads else {}
-    experts = build_experts(fleet, node, artifacts_dir, toy, toy_delay_ms, kwargs)
+    spec = fleet.node(node)
+    threads = threads or spec.threads or os.cpu_count() or 1
+    experts = build_experts(fleet, node, artifacts_dir, toy, toy_delay_ms, {"intra_op_threads": threads})
     dc = fleet.device_class_of(node)
     curve = None
     if fleet.coordinator.curve:
         from edge_moe.security import load_client_keys
 
         curve = load_client_keys(curve_keys, key_name)
-    spec = fleet.node(node)
     return NodeServer(node, endpoint or backend_endpoint(fleet), experts, dc, fleet.coordinator,
                       meter=make_meter(dc, meter), curve=curve,
                       max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)

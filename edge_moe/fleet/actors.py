@@ -36,12 +36,14 @@ class NodeActor:
     """
 
     def __init__(self, fleet: FleetConfig, node: str, endpoint: str, artifacts: str | None,
-                 toy: bool, toy_delay_ms: float, threads: int, meter: str,
+                 toy: bool, toy_delay_ms: float, threads: int | None, meter: str,
                  artifact_paths: dict[str, str] | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         """``artifact_paths``: expert → the path of its shipped artifact on this host
         (:mod:`edge_moe.fleet.ship`), in place of the fleet file's; ``curve``: this node's
-        CURVE client keys ``(server_public, public, secret)``."""
+        CURVE client keys ``(server_public, public, secret)``; ``threads``: onnxruntime
+        intra-op threads per runner, overriding the fleet's ``nodes[].threads`` (None: that,
+        else the cores of this host)."""
         from edge_moe.energy import make_meter
         from nodes.server import NodeServer, build_experts
 
@@ -49,13 +51,14 @@ class NodeActor:
         if artifact_paths:
             fleet = replace(fleet, experts=tuple(replace(e, artifact=artifact_paths.get(e.name, e.artifact))
                                                  for e in fleet.experts))
-        kwargs = {"intra_op_threads": threads} if threads and not toy else {}
+        spec = fleet.node(node)
+        self.threads = threads or spec.threads or os.cpu_count() or 1
+        kwargs = {"intra_op_threads": self.threads} if not toy else {}
         experts = build_experts(fleet, node, artifacts, toy, toy_delay_ms, kwargs)
         dc = fleet.device_class_of(node)
         self.node = node
         self.started = time.time()
         self.artifact_paths = dict(artifact_paths or {})
-        spec = fleet.node(node)
         self.server = NodeServer(node, endpoint, experts, dc, fleet.coordinator,
                                  meter=make_meter(dc, meter), curve=curve,
                                  max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)
@@ -100,7 +103,8 @@ class NodeActor:
                 "serving": self.thread.is_alive(), "experts": list(self.server.experts),
                 "stats": dict(self.server.stats), "restarted": ctx.was_current_actor_reconstructed,
                 "ray_node_id": ctx.get_node_id(), "artifacts": self.artifact_paths,
-                "max_batch": self.server.max_batch, "batch_wait_ms": self.server.batch_wait_ms}
+                "max_batch": self.server.max_batch, "batch_wait_ms": self.server.batch_wait_ms,
+                "threads": self.threads}
 
 
 def _server_keys(curve: dict[str, Any]) -> Any:

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.PathLike[str],
            calibration: str | os.PathLike[str], profiles: str | os.PathLike[str],
            encoder: str | None = None, toy_encoder_dim: int | None = None, toy: bool = False,
-           toy_delay_ms: float = 0.0, artifacts: str | None = None, threads: int = 1,
+           toy_delay_ms: float = 0.0, artifacts: str | None = None, threads: int | None = None,
            meter: str = "auto", num_cpus: int | None = None, object_store_mb: int = 256,
            ready_timeout_s: float = 120.0, replace: bool = False,
            check_artifacts: bool = True, ship: str = "auto", verify_cached: bool = False,
@@ -68,7 +68,8 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
             toy encoder of that dimension (tests).
         toy / toy_delay_ms: serve :class:`edge_moe.runtime.toy.ToyExpert` instead of artifacts.
         artifacts: root for relative artifact paths (default ``$EDGE_MOE_CACHE/artifacts``).
-        threads: onnxruntime intra-op threads per runner.
+        threads: onnxruntime intra-op threads per runner on every node, overriding the fleet's
+            ``nodes[].threads`` (None: each node's, else the cores of its host).
         num_cpus, object_store_mb: for a local head.
         ready_timeout_s: how long to wait for every READY.
         replace: remove a deployment of the same name first.
@@ -150,7 +151,7 @@ class _Shipping:
 
 def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, profiles: Any,
            encoder: str | None, toy_encoder_dim: int | None, toy: bool, toy_delay_ms: float,
-           artifacts: str | None, threads: int, meter: str, ready_timeout_s: float,
+           artifacts: str | None, threads: int | None, meter: str, ready_timeout_s: float,
            shipping: _Shipping, keys: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -66,6 +66,7 @@ def status(name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
             info: Any = ray.get(handle.info.remote(), timeout=timeout_s)
             entry["actor"] = {k: info[k] for k in ("pid", "serving", "restarted", "stats")}
             entry["max_batch"] = info.get("max_batch")
+            entry["threads"] = info.get("threads")
         except Exception as exc:
             entry["actor"] = {"error": reason(exc)}
         nodes[n] = entry

@@ -7,6 +7,7 @@ left (found by its process group and private ``RAY_TMPDIR``). Nothing else is st
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ def test_deploy_query_status_down(deployed: F.Deployment) -> None:
         assert node["actor"]["serving"] and node["last_heartbeat_s_ago"] < HEARTBEAT_S * LIVENESS
         assert node["quarantined_s_left"] is None and node["queued"] == 0 == node["tasks_out"], node
         assert node["predicted_wait_ms"] == 0.0, node
+        assert node["threads"] == (os.cpu_count() or 1), node  # nodes[].threads: null → the host's cores
     assert {n["device_class"] for n in st["nodes"].values()} == {"cpu-fast", "cpu-slow", "edge"}
     assert st["ray"]["nodes_alive"] == 1
     assert st["http"].startswith("http://127.0.0.1:"), st["http"]  # coordinator.http: port 0 -> a free one
