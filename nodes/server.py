@@ -13,7 +13,8 @@ Run one with ``edge-moe node --config configs/fleet.local.yaml --node cpu-a``.
 from __future__ import annotations
 
 from nodes.build import backend_endpoint, build_experts, build_server
-from nodes.execution import Executor, HostedExpert, error_for
+from nodes.error_policy import error_for
+from nodes.execution import Executor, HostedExpert
 from nodes.load import LOAD_ALPHA, NodeLoad
 from nodes.loop import NodeServer
 from nodes.scheduler import MAX_QUEUE, Scheduler

@@ -10,7 +10,7 @@ import pytest
 
 from edge_moe.errors import RunnerError
 from edge_moe.wire import Error, ErrorCode, Message, Result, Task
-from nodes.execution import Late, error_for
+from nodes.error_policy import Late, error_for
 from tests.unit.nodes.fakes import BatchingToy, executor
 
 pytestmark = pytest.mark.timeout(60)
