@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from edge_moe.cli.common import app, console, handles_errors
+from edge_moe.cli.common import FLEET_NAME_HELP, JSON_HELP, app, console, deprecated, handles_errors, print_json
 
 
 @app.command()
 @handles_errors
 def status(
-    name: Annotated[str | None, typer.Option(help="fleet name (default: the only one deployed)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the full status as JSON")] = False,
+    fleet: Annotated[str | None, typer.Option(metavar="NAME", help=FLEET_NAME_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": the full status")] = False,
+    old_name: Annotated[str | None, typer.Option("--name", hidden=True, callback=deprecated("status --name", "--fleet"))] = None,
 ) -> None:
-    """Show a deployed fleet: nodes, experts, liveness, last heartbeat, ms and J so far, Ray's view."""
+    """Show a deployed fleet: its nodes and experts, liveness and last heartbeat, the ms and J spent so far, and Ray's view. Exits 3 when the Ray cluster does not answer.
+
+    Example: edge-moe status --fleet demo --json
+    """
     from edge_moe import fleet as fleet_mod
 
-    st = fleet_mod.status(name)
+    st = fleet_mod.status(old_name if old_name is not None else fleet)
     fleet_mod.disconnect()
     if as_json:
-        console.print(json.dumps(st, indent=2, default=str), highlight=False, markup=False)
+        print_json(st)
         return
     for t in status_tables(st):
         console.print(t)

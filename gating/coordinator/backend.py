@@ -19,11 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 
-from edge_moe.config import CoordinatorConfig
 from edge_moe.errors import ProtocolError
 from edge_moe.wire import (
     Cancel,
@@ -39,10 +38,8 @@ from edge_moe.wire import (
     encode,
 )
 from gating.coordinator import admission
-from gating.coordinator.inflight import CancelledTask, Closed, InFlight, Pending, TaskRecord, Why
-from gating.coordinator.load import LoadTracker
-from gating.coordinator.registry import Registry
-from gating.coordinator.routing import Router
+from gating.coordinator.inflight import CancelledTask, Closed, Pending, TaskRecord, Why
+from gating.coordinator.state import CoordinatorState
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +47,11 @@ MAX_PARTIAL_CHARS = 65536  # a longer PARTIAL from a node is dropped, not forwar
 MAX_REFUSALS_REMEMBERED = 1024  # identities whose refused READY was logged (one warning each)
 
 
-class NodeSide:
+class NodeSide(CoordinatorState):
     """The backend handlers of :class:`~gating.coordinator.loop.Coordinator` (a mixin: the
     attributes below are the coordinator's)."""
 
-    router: Router
-    config: CoordinatorConfig
-    registry: Registry
-    load: LoadTracker
-    inflight: InFlight
-    stats: dict[str, float]
-    default_deadline_ms: float
-    frontend: zmq.Socket
     backend: zmq.Socket
-    metrics: Any
     _refused: set[bytes]
 
     if TYPE_CHECKING:

@@ -18,9 +18,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import zmq
-
-from edge_moe.config import CoordinatorConfig
 from edge_moe.errors import EdgeMoEError, ProtocolError, SelectionError
 from edge_moe.wire import (
     Cancel,
@@ -35,30 +32,20 @@ from edge_moe.wire import (
 )
 from gating.coordinator import admission
 from gating.coordinator.embedding import EmbedWorker, Scored
-from gating.coordinator.inflight import InFlight, Pending, TaskRecord, Waiting
-from gating.coordinator.load import LoadTracker
+from gating.coordinator.inflight import Pending, TaskRecord, Waiting
 from gating.coordinator.metrics import mode_of
-from gating.coordinator.registry import Registry
 from gating.coordinator.replies import aggregate, plan_info
-from gating.coordinator.routing import Decision, Router, Status
+from gating.coordinator.routing import Decision, Status
+from gating.coordinator.state import CoordinatorState
 
 logger = logging.getLogger(__name__)
 
 
-class ClientSide:
+class ClientSide(CoordinatorState):
     """The frontend handlers of :class:`~gating.coordinator.loop.Coordinator` (a mixin: the
     attributes below are the coordinator's)."""
 
-    router: Router
-    config: CoordinatorConfig
-    registry: Registry
-    load: LoadTracker
-    inflight: InFlight
-    stats: dict[str, float]
-    default_deadline_ms: float
-    frontend: zmq.Socket
     embedder: EmbedWorker
-    metrics: Any
     on_reply: Any
 
     if TYPE_CHECKING:
