@@ -104,7 +104,10 @@ def test_a_node_that_reconnects_under_load_hands_its_tasks_to_fail_over(tmp_path
     print(f"{len(records)} queries, {len(errors)} errors {by_code}; "
           f"{len(pinned_ok)} pinned answered; {len(in_flight)} pinned in flight at a kill")
     assert by_code.get(ErrorCode.EXPERT_ERROR, 0) == 0, [e.message for e in errors][:5]
-    assert not errors, [f"{e.code}: {e.message}" for e in errors][:5]
+    # a query that arrives while the killed node is silent and not yet back is refused at once
+    # (overloaded, with retry_after_ms: admission, not a lost request); nothing else may fail
+    others = [e for e in errors if e.code != ErrorCode.OVERLOADED]
+    assert not others, [f"{e.code}: {e.message}" for e in others][:5]
     assert in_flight, "no pinned query was in flight at a kill: the soak tested nothing"
     assert all(isinstance(r, Reply) and any(u.name == DOOMED and u.status == "ok" for u in r.experts)
                for r in in_flight)
