@@ -92,6 +92,13 @@ def entry_points(tree: Path) -> tuple[list[str], list[str]]:
     return ["edge_moe.cli", "coordinator"], ["edge_moe.cli", "node"]
 
 
+def node_backend_flag(tree: Path) -> str:
+    """The node's option for the coordinator's backend: ``--backend`` (the one CLI's name
+    since its conventions), ``--endpoint`` in older trees."""
+    cli = tree / "edge_moe" / "cli" / "node.py"
+    return "--backend" if cli.exists() and "backend: Annotated" in cli.read_text() else "--endpoint"
+
+
 def bench_zmq(d: Path, n_queries: int, tree: Path = REPO) -> dict:
     cal, prof, gate, fleet, experts = make_assets(d)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
@@ -109,7 +116,7 @@ def bench_zmq(d: Path, n_queries: int, tree: Path = REPO) -> dict:
         for i in range(3):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", *node_cmd, "--config", str(fleet), "--node", f"node-{i}",
-                 "--toy", "--endpoint", backend, "--meter", "modelled"],
+                 "--toy", node_backend_flag(tree), backend, "--meter", "modelled"],
                 cwd=tree, env=env, stdout=subprocess.DEVNULL))
         with EdgeMoEClient(frontend, timeout_s=5) as client:
             end = time.monotonic() + 30

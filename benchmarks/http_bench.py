@@ -81,6 +81,13 @@ def entry_points(tree: Path) -> dict[str, list[str]]:
     return {k: ["edge_moe.cli", k] for k in ("coordinator", "node", "http")}
 
 
+def node_backend_flag(tree: Path) -> str:
+    """The node's option for the coordinator's backend: ``--backend`` (the one CLI's name
+    since its conventions), ``--endpoint`` in older trees."""
+    cli = tree / "edge_moe" / "cli" / "node.py"
+    return "--backend" if cli.exists() and "backend: Annotated" in cli.read_text() else "--endpoint"
+
+
 def fleet_run(n: int, tree: Path = ROOT) -> dict[str, object]:
     """Start the toy fleet and the front from ``tree``'s code, and :func:`run` the pairs."""
     cmd = entry_points(tree)
@@ -105,7 +112,8 @@ def fleet_run(n: int, tree: Path = ROOT) -> dict[str, object]:
             frontend, backend = coord.line.split()[2], coord.line.split()[4]
             for name in NODES:
                 procs.append(Proc([*cmd["node"], "--config", str(d / "fleet.yaml"), "--node", name, "--toy",
-                                   "--endpoint", backend, "--meter", "modelled"], f"node {name} serving", tree))
+                                   node_backend_flag(tree), backend, "--meter", "modelled"],
+                                  f"node {name} serving", tree))
             front = Proc([*cmd["http"], "--endpoint", frontend, "--listen", "127.0.0.1:0",
                           "--config", str(d / "fleet.yaml")], "http front ", tree)
             procs.append(front)

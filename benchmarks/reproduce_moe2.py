@@ -22,7 +22,7 @@ measured on TEST. This is the planner's own pipeline (``gating.planning.planner.
    expert that fits the same budget (``gating.offline.budget_sweep``, ``gating.offline.margins``,
    ``gating.offline.pareto``). MoE² here is the planner's default: ``--objective`` (loglik), on
    validation (or ``--folds`` k-fold CV), with the paired guard at ``--guard-confidence``.
-5. Robust selection (DESIGN.md §2.8): every objective variant (accuracy, loglik, loglik on
+5. Robust selection (docs/design.md §2.8): every objective variant (accuracy, loglik, loglik on
    ``--cv-folds``-fold CV; each without and with the guard) against its fair baseline, the
    single expert chosen on the same selection data by the same objective, with paired 95%
    bootstrap intervals on test per budget point and over the grid (``gating.offline.variants``);
@@ -370,7 +370,7 @@ NO_DEFAULT = {"show_default": False}  # the help text names the default
            "--out /tmp/moe2",
 )
 def reproduce(
-    table: Annotated[Path, typer.Option(help="calibration table .npz (README: formats)")],
+    table: Annotated[Path, typer.Option(help="calibration table .npz (docs/formats.md)")],
     profiles: Annotated[Path, typer.Option(help="profiles JSON: latency_ms and energy_j per expert and category")],
     out: Annotated[Path, typer.Option(help=f"output folder (default: {DEFAULT_OUT})", **NO_DEFAULT)] = DEFAULT_OUT,
     top_k: Annotated[int, typer.Option(help="experts that answer inside S, fixed k (0: all of S; default 2)",

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-RUNNER_NAMES = ("onnxruntime", "tensorrt")
+RUNNER_NAMES = ("onnxruntime", "tensorrt", "llama.cpp")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 ENERGY_COUNTERS = ("nvml", "rapl", "jetson")
 OBJECTIVES = ("accuracy", "loglik")
@@ -180,7 +180,7 @@ SCHEMA: tuple[Key, ...] = (
     Key(_N + "threads", "integer", None, unit="threads", minimum=1, nullable=True,
         shown="the host's cores",
         doc="onnxruntime intra-op threads of each of the node's runners; `null`: the cores of the "
-            "node's host. Honoured by `deploy`, `calibrate --fleet` and `profile --fleet`, so "
+            "node's host. Honoured by `deploy`, `calibrate --fleet` and `profile --config` (the served nodes), so "
             "profiles are measured as served."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
@@ -194,7 +194,8 @@ SCHEMA: tuple[Key, ...] = (
             "(a file, or a folder with `model.engine`). Relative paths start at `--artifacts` "
             "(default `$EDGE_MOE_CACHE/artifacts`). Deploy needs one."),
     Key(_E + "runner", "choice", "onnxruntime", choices=RUNNER_NAMES,
-        doc="The engine that runs it (`edge_moe.runtime.runners.RUNNERS`)."),
+        doc="The engine that runs it (`edge_moe.runtime.runners.RUNNERS`); `llama.cpp` serves a `.gguf` "
+            "file as the artifact, with no export (the `gguf` extra)."),
     Key(_E + "precision", "choice", "fp32", choices=PRECISIONS,
         doc="The artifact's precision; must equal its manifest's (`check-config --deep`)."),
 

@@ -1,6 +1,6 @@
 """Energy meters: joules per request, measured where counters exist, modelled elsewhere.
 
-DESIGN.md §4. Every reading says where it came from:
+docs/design.md §4. Every reading says where it came from:
 
 - ``"modelled"``: :class:`ModelledMeter`, the node's device-class busy power (W) times the
   measured busy time (s). This machine has no RAPL, NVML or GPU, so this is what runs here.

@@ -1,4 +1,4 @@
-"""Offline model and data assets shipped inside PyPI packages (DESIGN.md §5).
+"""Offline model and data assets shipped inside PyPI packages (docs/design.md §5).
 
 Each asset is one or more output files. An output file is the in-order concatenation of
 *parts*, each part a file inside an installed distribution (located through the

@@ -96,7 +96,7 @@ def _wrapper(model: Any, num_layers: int) -> Any:
 def _example_inputs(geom: dict[str, int], batch: int = 2, seq: int = 3, past: int = 2) -> tuple:
     import torch
 
-    # batch ≥ 2 and past ≥ 2, or torch.export specialises those axes (DESIGN.md §6).
+    # batch ≥ 2 and past ≥ 2, or torch.export specialises those axes (docs/design.md §6).
     ids = torch.randint(0, geom["vocab_size"], (batch, seq))
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
     pos = torch.arange(past, past + seq).expand(batch, seq).contiguous()

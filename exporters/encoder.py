@@ -1,6 +1,6 @@
 """Sentence encoder → ONNX with mean pooling and L2 normalisation inside the graph.
 
-The coordinator embeds prompts with it (DESIGN.md §2, the gate's input). The graph::
+The coordinator embeds prompts with it (docs/design.md §2.1, the gate's input). The graph::
 
     inputs   input_ids, attention_mask, token_type_ids   (batch, seq) int64
     outputs  embeddings                                  (batch, dim) float32, unit norm

@@ -56,7 +56,7 @@ def gguf_to_hf_dir(gguf: Path, sha256: str | None = None) -> Path:
     """Convert a GGUF file once to a cached fp32 safetensors folder and return it.
 
     Runs in a subprocess so the dequantisation's memory goes back to the OS before the
-    export starts (DESIGN.md §6). The folder is filled beside its final place and moved
+    export starts (docs/design.md §6). The folder is filled beside its final place and moved
     in whole (:func:`edge_moe.atomic.atomic_dir`), so a failed conversion leaves nothing.
 
     Raises:

@@ -5,7 +5,7 @@ dynamic axes (:func:`profile_shapes`), the engine cache key (:func:`engine_cache
 and the device check that makes a node refuse an engine built for another GPU or
 TensorRT version (:func:`check_engine_device`) instead of rebuilding on the hot path.
 :func:`build_engine` uses the real TensorRT Python API; it needs ``tensorrt`` (not
-installable on the CPU dev machine, DESIGN.md §6) and runs in the ``gpu`` test.
+installable on the CPU dev machine, docs/design.md §6) and runs in the ``gpu`` test.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The load a node reports in its HEARTBEATs (:class:`NodeLoad`): TASKs queued, moving
 averages of each expert's service ms (per scoring task, per generated token), and the mean
-batch size. The coordinator turns it into queue waits (DESIGN.md §2 step 7)."""
+batch size. The coordinator turns it into queue waits (docs/design.md §2.7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The layer table of DESIGN.md §1, held by a test instead of prose.
+"""The layer table of docs/design.md §1, held by a test instead of prose.
 
 Every ``import`` and ``from ... import`` in the project (``edge_moe``, ``exporters``,
 ``nodes``, ``gating``) and in ``benchmarks/`` is read from the AST (lazy imports inside
@@ -190,7 +190,7 @@ def test_the_walk_sees_the_project() -> None:
 
 def test_every_import_follows_the_layer_table() -> None:
     bad = violations(all_edges())
-    assert not bad, _report("imports that break the layer table (DESIGN.md §1)", bad)
+    assert not bad, _report("imports that break the layer table (docs/design.md §1)", bad)
 
 
 def test_no_import_cycles() -> None:

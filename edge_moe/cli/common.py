@@ -115,7 +115,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, DeadlineError):
         message += " (is a coordinator running there? `edge-moe status` shows its endpoint)"
     elif exit_code(exc) == EXIT_UNREACHABLE:
-        message += " (is the cluster up? `edge-moe status` checks it)"
+        message += " (check that the Ray cluster is up and reachable from here)"
     return f"{name}: {message}"
 
 
@@ -175,6 +175,7 @@ class EdgeMoEGroup(TyperGroup):
         except NoArgsIsHelpError:  # the help is printed already
             code = EXIT_USAGE
         except ClickException as exc:  # usage errors: Click's own message, code 1 (not Click's 2)
+            _hide_deprecated_suggestions(exc)
             rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
             code = exit_code(exc)
         except Abort:
@@ -188,6 +189,30 @@ class EdgeMoEGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """A command, listed in ``--help`` by the first sentence of its help paragraph."""
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not cmd.short_help and cmd.help:
+            cmd.short_help = first_sentence(cmd.help)
+        return cmd
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text (what a command list shows)."""
+    para = text.strip().split("\n\n")[0]
+    m = re.match(r"(.+?\.)(\s|$)", para, flags=re.S)
+    return " ".join((m.group(1) if m else para).split())
+
+
+def _hide_deprecated_suggestions(exc: BaseException) -> None:
+    """``No such option: --ot (Possible options: --out)``: never suggest a hidden (deprecated)
+    spelling; Click's suggestions include them."""
+    ctx, possible = getattr(exc, "ctx", None), getattr(exc, "possibilities", None)
+    if ctx is None or not possible:
+        return
+    hidden = {o for p in ctx.command.params if getattr(p, "hidden", False) for o in p.opts}
+    exc.possibilities = [p for p in possible if p not in hidden]  # type: ignore[attr-defined]
 
 
 app = typer.Typer(

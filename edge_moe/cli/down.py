@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from edge_moe.cli.common import FLEET_NAME_HELP, JSON_HELP, app, console, deprecated, handles_errors, print_json
+from edge_moe.cli.common import (
+    FLEET_NAME_HELP,
+    JSON_HELP,
+    app,
+    console,
+    deprecated,
+    handles_errors,
+    print_json,
+)
 
 
 @app.command()
@@ -17,7 +25,7 @@ def down(
                                           "survivors}")] = False,
     old_name: Annotated[str | None, typer.Option("--name", hidden=True, callback=deprecated("down --name", "--fleet"))] = None,
 ) -> None:
-    """Remove a deployed fleet: kill its node actors and coordinator, and stop its Ray head only if `edge-moe deploy` started it (by recorded PIDs).
+    """Remove a deployed fleet. Kills its node actors and coordinator, and stops its Ray head only if `edge-moe deploy` started it (by recorded PIDs).
 
     Example: edge-moe down --fleet demo
     """

@@ -1,81 +1,75 @@
 """``edge-moe export SOURCE [--precision ...]``: an HF checkpoint, GGUF or offline asset to an
-ONNX artifact with its manifest and parity report."""
+ONNX artifact with its manifest and parity report.
+
+Every artifact is parity-checked before it is kept: fp32 against torch (prefill, 8 decode
+steps, a padded batch, 16 greedy tokens), int8/int4 by next-token top-1 agreement with the
+fp32 artifact. The report is stored in the manifest.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from edge_moe.cli.common import app, handles_errors
+from edge_moe.cli.common import (
+    JSON_HELP,
+    app,
+    deprecated,
+    err_console,
+    handles_errors,
+    print_json,
+    stdout_to_stderr,
+)
 from edge_moe.errors import ConfigError
 from exporters.artifact import EXPORT_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
 BUILDERS = ("torch", "ortgenai")
-
+Precision = Literal["fp32", "int8", "int4"]  # exporters.artifact.EXPORT_PRECISIONS
+Builder = Literal["torch", "ortgenai"]
+Kind = Literal["decoder", "encoder"]
 
 
 @app.command("export")
 @handles_errors
 def export_command(
     source: Annotated[str, typer.Argument(help="asset name, .gguf file or HF checkpoint folder")],
-    precision: Annotated[
-        str, typer.Option(help="fp32, int8 or int4 (variants build on fp32)")
-    ] = "fp32",
-    out: Annotated[
-        Path | None, typer.Option(help="artifact folder (default under EDGE_MOE_CACHE)")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="expert name recorded in the manifest")] = None,
-    parity: Annotated[
-        bool, typer.Option(help="check against torch / fp32, record the report")
-    ] = True,
-    force: Annotated[
-        bool, typer.Option(help="re-export even if a cached artifact matches")
-    ] = False,
-    encoder: Annotated[
-        bool, typer.Option(help="export a sentence encoder (MiniLM) instead")
-    ] = False,
-    builder: Annotated[
-        str,
-        typer.Option(
-            help="torch: torch.onnx (dynamo) + onnxruntime.quantization variants; "
-            "ortgenai: onnxruntime-genai's model builder (fused GroupQueryAttention, "
-            "MatMulNBits int4/int8 built from the checkpoint)"
-        ),
-    ] = "torch",
-    builder_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--builder-option",
-            help="KEY=VALUE passed to the ortgenai builder's --extra_options (repeatable), "
-            "e.g. algo_config=k_quant_mixed, accuracy_level=4, block_size=32",
-        ),
-    ] = None,
-    int4_from_fp32: Annotated[
-        bool,
-        typer.Option(
-            "--int4-from-fp32",
-            help="with --builder ortgenai --precision int4: build fp32, then quantise it with "
-            "onnxruntime's MatMulNBits (asymmetric 4-bit blocks of 32, int8 activations) into "
-            "ortgenai-fp32-int4; under half the builder's peak memory (Qwen-1.5B: 9.4 vs 21.7 GB)",
-        ),
-    ] = False,
+    precision: Annotated[Precision, typer.Option(help="int8 and int4 variants build on fp32")] = "fp32",
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="the artifact folder to write (default: under $EDGE_MOE_CACHE/artifacts)")] = None,
+    expert_name: Annotated[str | None, typer.Option(help="the expert name recorded in the manifest (default: from the source)")] = None,
+    kind: Annotated[Kind, typer.Option(help="decoder: a language model expert; encoder: the gate's sentence encoder (MiniLM, fp32)")] = "decoder",
+    parity: Annotated[bool, typer.Option(help="check against torch / fp32, record the report")] = True,
+    force: Annotated[bool, typer.Option("--force", help="re-export even if a cached artifact matches")] = False,
+    builder: Annotated[Builder, typer.Option(
+        help="torch: torch.onnx (dynamo) + onnxruntime.quantization variants; ortgenai: onnxruntime-genai's model "
+             "builder (fused GroupQueryAttention, MatMulNBits int4/int8 built from the checkpoint)")] = "torch",
+    builder_option: Annotated[list[str] | None, typer.Option(
+        "--builder-option", metavar="KEY=VALUE",
+        help="passed to the ortgenai builder's --extra_options (repeatable), e.g. algo_config=k_quant_mixed, "
+             "accuracy_level=4, block_size=32")] = None,
+    int4_from_fp32: Annotated[bool, typer.Option(
+        "--int4-from-fp32",
+        help="with --builder ortgenai --precision int4: build fp32, then quantise it with onnxruntime's "
+             "MatMulNBits (asymmetric 4-bit blocks of 32, int8 activations) into ortgenai-fp32-int4; under half "
+             "the builder's peak memory (Qwen-1.5B: 9.4 vs 21.7 GB)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": {path, source, kind, precision, builder}")] = False,
+    old_out: Annotated[Path | None, typer.Option("--out", hidden=True, callback=deprecated("export --out", "--out-dir"))] = None,
+    old_name: Annotated[str | None, typer.Option("--name", hidden=True, callback=deprecated("export --name", "--expert-name"))] = None,
+    old_encoder: Annotated[bool, typer.Option("--encoder", hidden=True, callback=deprecated("export --encoder", "--kind encoder"))] = False,
 ) -> None:
-    """Export a model to an ONNX artifact with its manifest; print the folder.
+    """Export a model to an ONNX artifact with its manifest and print the artifact folder. Every artifact is parity-checked before it is kept: fp32 against torch, int8 and int4 against fp32.
 
-    Every artifact is parity-checked before it is kept: fp32 against torch (prefill,
-    8 decode steps, a padded batch, 16 greedy tokens), int8/int4 by next-token top-1
-    agreement with the fp32 artifact. The report is stored in the manifest.
+    Example: edge-moe export qwen2.5-coder-0.5b-instruct --precision int8
     """
-    if precision not in EXPORT_PRECISIONS:
-        raise ConfigError(f"--precision {precision!r} is not one of {list(EXPORT_PRECISIONS)}")
-    if builder not in BUILDERS:
-        raise ConfigError(f"--builder {builder!r} is not one of {list(BUILDERS)}")
+    out = old_out if old_out is not None else out_dir
+    name = old_name if old_name is not None else expert_name
+    encoder = kind == "encoder" or old_encoder
+    assert precision in EXPORT_PRECISIONS, precision
     if builder_option and builder != "ortgenai":
         raise ConfigError("--builder-option applies to --builder ortgenai only")
     if builder == "ortgenai" and encoder:
@@ -115,12 +109,14 @@ def export_command(
         base = export_decoder(source, None, name=name, parity=parity)
         return quantize_decoder(base, precision, out, check=parity, force=force)
 
-    from rich.console import Console
-
     # Exports take seconds (cached) to many minutes (a 1.5B model): say what is running.
     what = f"exporting {source} ({'encoder' if encoder else precision}, builder {builder})"
     t0 = time.perf_counter()
-    with Console(stderr=True).status(f"{what}: load, export, parity check ..."):
+    with stdout_to_stderr(as_json), err_console.status(f"{what}: load, export, parity check ..."):
         path = job()
     logger.info("%s took %.1f s", what, time.perf_counter() - t0)
+    if as_json:
+        print_json({"path": str(path), "source": source, "kind": "encoder" if encoder else "decoder",
+                    "precision": precision, "builder": builder})
+        return
     typer.echo(path)

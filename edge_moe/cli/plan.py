@@ -26,7 +26,7 @@ Objective = Literal["loglik", "accuracy"]
 @app.command()
 @handles_errors
 def plan(
-    calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (see README: formats)")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="calibration table .npz (see docs/formats.md)")] = None,
     profiles: Annotated[Path | None, typer.Option(help="profiles JSON with latency_ms and energy_j per expert")] = None,
     example: Annotated[bool, typer.Option("--example", help="plan on the shipped synthetic example table and profiles (no files needed)")] = False,
     energy_j: Annotated[str, typer.Option("--energy-j", metavar="J", help="energy budget per request, J (worst case over the active experts); 'inf' for none")] = "inf",
@@ -44,7 +44,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": the plan record written to plan.json")] = False,
     old_out: Annotated[Path | None, typer.Option("--out", hidden=True, callback=deprecated("plan --out", "--out-dir"))] = None,
 ) -> None:
-    """Plan which experts may answer under an energy and latency budget: train the gate on the table's train split (or load --gate), select the subset on the validation split (or k-fold CV) with the exact selector, keep a multi-expert plan only when the paired guard admits it, report accuracy on the test split and write OUT_DIR/plan.json. An infeasible budget is an answer: it says which budget binds and exits 2.
+    """Plan which experts may answer under an energy and latency budget, and write OUT_DIR/plan.json. The gate is trained on the table's train split (or loaded with --gate), the subset is chosen on the validation split (or k-fold CV) by the exact selector and replaces the best single expert only when the paired guard admits it, and accuracy is reported on the test split. An infeasible budget is an answer: it says which budget binds and exits 2.
 
     Example: edge-moe plan --example --energy-j 2 --latency-ms 400 --out-dir plans/
     """

@@ -43,7 +43,7 @@ def query(
     curve_keys: Annotated[Path | None, typer.Option(help="CURVE keys folder (from `edge-moe keys`)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the full REPLY (or ERROR) as JSON on stdout")] = False,
 ) -> None:
-    """Ask the gating coordinator one question and print the answer with the experts, their weights, ms and J. Exits 2 when the answer is a refusal (an infeasible budget, or an ERROR refused, overloaded or no_experts) and 3 when the coordinator does not answer.
+    """Ask the gating coordinator one question and print the answer. The breakdown shows the experts, their weights, ms and J. Exits 2 when the answer is a refusal (an infeasible budget, or an ERROR refused, overloaded or no_experts) and 3 when the coordinator does not answer.
 
     Example: edge-moe query "2+2=? A. 3 B. 4 Answer:" -o 3 -o 4 --endpoint tcp://127.0.0.1:5555 --energy-j 20
     """

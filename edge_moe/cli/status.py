@@ -7,7 +7,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edge_moe.cli.common import FLEET_NAME_HELP, JSON_HELP, app, console, deprecated, handles_errors, print_json
+from edge_moe.cli.common import (
+    FLEET_NAME_HELP,
+    JSON_HELP,
+    app,
+    console,
+    deprecated,
+    handles_errors,
+    print_json,
+)
 
 
 @app.command()
@@ -17,7 +25,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": the full status")] = False,
     old_name: Annotated[str | None, typer.Option("--name", hidden=True, callback=deprecated("status --name", "--fleet"))] = None,
 ) -> None:
-    """Show a deployed fleet: its nodes and experts, liveness and last heartbeat, the ms and J spent so far, and Ray's view. Exits 3 when the Ray cluster does not answer.
+    """Show a deployed fleet's nodes, liveness and work so far. The tables give each node's experts, liveness and last heartbeat, the ms and J spent so far, and Ray's view. Exits 3 when the Ray cluster does not answer.
 
     Example: edge-moe status --fleet demo --json
     """

@@ -23,7 +23,7 @@ The modules, one concept each:
 
 This package is the only importer of ``ray``, and it does so lazily (inside functions):
 Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported, and a driver for a
-loopback head must have it set to 0 first (DESIGN.md §6; :mod:`.driver`).
+loopback head must have it set to 0 first (docs/design.md §6; :mod:`.driver`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported, and a driver for a
 loopback head must have it set to 0 first, else it advertises the eth0 address and never
-reaches the head (DESIGN.md §6). So every module of :mod:`edge_moe.fleet` imports ``ray``
+reaches the head (docs/design.md §6). So every module of :mod:`edge_moe.fleet` imports ``ray``
 lazily, inside functions, and :func:`ensure_connected` sets the environment before the
 first import. Joining a head by explicit address also needs ``RAY_AUTH_MODE=token`` in the
 driver.

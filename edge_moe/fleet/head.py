@@ -2,7 +2,7 @@
 
 - :func:`start_local_head` runs ``ray start --head`` under
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and a private ``RAY_TMPDIR`` (:func:`ray_env`;
-  DESIGN.md §6), in a new session, with every fleet node's custom resource. Its output goes
+  docs/design.md §6), in a new session, with every fleet node's custom resource. Its output goes
   to a file, not a pipe: the daemons inherit it and never close it.
 - :func:`ensure_auth_token` creates Ray's token first on a fresh machine (token auth is on
   by default, and ``ray start`` refuses to create the token itself).
@@ -69,7 +69,7 @@ def resolve_endpoint(endpoint: str) -> str:
 
 
 def ray_env(tmpdir: str) -> dict[str, str]:
-    """The environment for a loopback-only Ray head of our own (DESIGN.md §6)."""
+    """The environment for a loopback-only Ray head of our own (docs/design.md §6)."""
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_TMPDIR": tmpdir, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
 

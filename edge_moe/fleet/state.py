@@ -68,7 +68,7 @@ def load_deployment(name: str | None = None) -> Deployment:
             raise FleetError(f"no deployed fleet recorded in {d} (run `edge-moe deploy CONFIG`)")
         if len(paths) > 1:
             raise FleetError(f"several fleets are deployed ({', '.join(p.stem for p in paths)}); "
-                             "name one with --name")
+                             "name one with --fleet")
     raw = json.loads(paths[0].read_text())
     if raw.get("format") != STATE_FORMAT:
         raise FleetError(f"{paths[0]}: format {raw.get('format')!r}, expected {STATE_FORMAT!r}")

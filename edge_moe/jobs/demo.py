@@ -1,4 +1,4 @@
-"""The main job (``make demo`` runs ``--fleet real``, :func:`run_real_demo`; ``--fleet smollm2``
+"""The main job (``make demo`` runs ``--demo-fleet real``, :func:`run_real_demo`; ``--demo-fleet smollm2``
 is :func:`run_demo`'s small fleet described here): real experts on a local Ray fleet,
 queried at three budgets.
 

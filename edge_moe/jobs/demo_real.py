@@ -1,4 +1,4 @@
-"""The heterogeneous demo fleet's inputs (``edge-moe demo --fleet real``): three model families.
+"""The heterogeneous demo fleet's inputs (``edge-moe demo --demo-fleet real``): three model families.
 
 The fleet (``configs/fleet.demo.real.yaml``): SmolLM2-135M (Llama family), Gemma-3-270M
 (Gemma) and Qwen2.5-Coder-1.5B (Qwen2, the one expert well above chance on MMLU) in its

@@ -5,7 +5,7 @@ Every figure carries its source (:mod:`edge_moe.profiles`):
 - latency on the class the latencies were measured on (``--host-class``, default ``cpu``):
   the measured p95, ``measured``;
 - energy there: the class's busy power × the measured mean busy time, ``modelled``
-  (no energy counter on this machine; DESIGN.md §4);
+  (no energy counter on this machine; docs/design.md §4);
 - a document from ``calibrate --fleet`` says where each expert was timed (``measured_on``:
   its node and device class): each expert's figures are measured on its own class;
 - on another class: latency ÷ (its ``throughput_factor`` / the host class's), and energy =

@@ -1,4 +1,4 @@
-"""The artifact manifest: the record every exported model carries (STYLE.md).
+"""The artifact manifest: the record every exported model carries (docs/style.md).
 
 An artifact is a folder::
 

@@ -15,7 +15,8 @@ has the same interface:
 Runners are chosen by name from :data:`RUNNERS`; :class:`Runner` is the interface a node
 needs, and the optional abilities a runner declares (streaming, batching) are in
 :mod:`edge_moe.runtime.capabilities`. The implementations: :class:`~edge_moe.runtime.decoder.OrtRunner` (onnxruntime),
-:class:`TrtRunner` (TensorRT), and the sentence encoder
+:class:`TrtRunner` (TensorRT), :class:`~edge_moe.runtime.gguf.GgufRunner` (llama.cpp on a GGUF
+file, the ``gguf`` extra), and the sentence encoder
 :class:`~edge_moe.runtime.encoder.EncoderRunner`; sessions and tokenizers are opened by
 :mod:`edge_moe.runtime.session`. numpy, onnxruntime and `tokenizers` only: never torch or
 transformers (a test checks).
@@ -30,9 +31,10 @@ from edge_moe.errors import ConfigError, RunnerError
 from edge_moe.runtime.capabilities import Capability, Runner
 from edge_moe.runtime.decoder import Generation, OrtRunner
 from edge_moe.runtime.encoder import EncoderRunner
+from edge_moe.runtime.gguf import GgufRunner
 from edge_moe.runtime.session import make_session
 
-__all__ = ["RUNNERS", "EncoderRunner", "Generation", "OrtRunner", "Runner", "TrtRunner", "make_runner",
+__all__ = ["RUNNERS", "EncoderRunner", "Generation", "GgufRunner", "OrtRunner", "Runner", "TrtRunner", "make_runner",
            "make_session"]
 
 
@@ -64,7 +66,7 @@ class TrtRunner:
         )
 
 
-RUNNERS: dict[str, type] = {"onnxruntime": OrtRunner, "tensorrt": TrtRunner}
+RUNNERS: dict[str, type] = {"onnxruntime": OrtRunner, "tensorrt": TrtRunner, "llama.cpp": GgufRunner}
 
 
 def make_runner(name: str, artifact_dir: str | Path, **kwargs: Any) -> Runner:

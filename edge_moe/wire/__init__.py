@@ -1,6 +1,6 @@
 """The edge-moe wire protocol: every message the client, coordinator and nodes exchange.
 
-The protocol lives in this one package (STYLE.md), in three parts and a helper:
+The protocol lives in this one package (docs/style.md), in three parts and a helper:
 
 - :mod:`edge_moe.wire.messages`, the schema: the version frame, :class:`MsgType`, one frozen
   dataclass per message, :class:`ErrorCode`, and the value limits (:data:`MODES`,
@@ -15,7 +15,7 @@ The protocol lives in this one package (STYLE.md), in three parts and a helper:
 - :mod:`edge_moe.wire.values`, how a value is written out: the one NaN/inf → JSON rule
   (:func:`json_float`, :func:`json_safe`) and :func:`finite_or_none`.
 
-Who sends what (DESIGN.md §3; the README section "Wire protocol" gives the full field tables):
+Who sends what (docs/design.md §3; docs/protocol.md gives the full field tables):
 
 - client → coordinator frontend (ROUTER): QUERY; answered by PARTIALs (when streamed) and
   REPLY or ERROR; CANCEL stops a QUERY in flight.

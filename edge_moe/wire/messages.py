@@ -13,7 +13,7 @@ and reads them); this module says what they may hold:
   :data:`MODES`, :data:`MAX_ID_CHARS`, :data:`MAX_OPTIONS`, :data:`MAX_NEW_TOKENS`,
   :data:`MAX_DEADLINE_MS`, :data:`ENERGY_SOURCES`, :data:`LOGPROB_SUM_TOLERANCE`.
 
-The README section "Wire protocol" gives the full field tables.
+docs/protocol.md gives the full field tables.
 """
 
 from __future__ import annotations

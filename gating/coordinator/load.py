@@ -1,6 +1,6 @@
 """What each node's queue will cost a new TASK: the coordinator's load bookkeeping.
 
-Load-aware planning (DESIGN.md §2.7) plans against each expert's *predicted completion
+Load-aware planning (docs/design.md §2.7) plans against each expert's *predicted completion
 time*: the wait before its node can start a new TASK, plus the expert's own profile. The
 selector stays pure; the wait enters as a cost added to the latency profile
 (:meth:`gating.coordinator.routing.Router.decide`). This module predicts the wait. Time is passed in as

@@ -1,6 +1,6 @@
 """The retrain gap: how much the masked full gate θ* loses against a gate retrained on S.
 
-The paper's claim 1 (DESIGN.md §2 step 2) is that masking θ* to a subset S and
+The paper's claim 1 (docs/design.md §2.2) is that masking θ* to a subset S and
 renormalising is optimality-preserving, so no per-subset retraining is needed. This
 module measures it. For R seeded random proper subsets S (|S| ≥ ``min_size``):
 

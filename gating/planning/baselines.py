@@ -1,4 +1,4 @@
-"""Baseline expert selections that MoE² is compared against (DESIGN.md §2.6).
+"""Baseline expert selections that MoE² is compared against (docs/design.md §2.6).
 
 Each baseline takes the selector's :class:`~gating.planning.selector.SelectionProblem` and
 :class:`~gating.planning.selector.Budget` and returns a :class:`~gating.planning.selector.Selection`, with the

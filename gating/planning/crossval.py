@@ -1,6 +1,6 @@
 """k-fold cross-validated selection data: every train + validation row, scored out of fold.
 
-F(S) measured on the 251 validation rows alone is noisy (DESIGN.md §2.8). With ``folds`` = k,
+F(S) measured on the 251 validation rows alone is noisy (docs/design.md §2.8). With ``folds`` = k,
 the train and validation rows are shuffled (seeded) and dealt into k folds; for fold f the
 per-expert temperatures are refitted on the other k − 1 folds
 (:func:`gating.planning.temperature.fit_temperature`, over the prior-corrected log-probs) and applied

@@ -1,6 +1,6 @@
 """The gate network g(x; θ): an MLP from a prompt embedding to one logit per expert.
 
-Training (DESIGN.md §2 step 1) minimises the cross-entropy of the gated mixture of the
+Training (docs/design.md §2.1) minimises the cross-entropy of the gated mixture of the
 experts' calibrated option probabilities on the TRAIN split::
 
     min_θ  −mean_i log Σ_{n∈S} softmax_S(g(x_i; θ))_n · p'_n(y_i | x_i)
@@ -62,7 +62,7 @@ class GateConfig:
     random expert subset instead of the full set (each expert kept with probability 1/2, at
     least one kept). The gate is still trained once, on all experts, but it also learns to
     rank the experts it would otherwise suppress, which is what masked reuse for a subset
-    S needs (DESIGN.md §2.2). 0 gives the plain full-set objective.
+    S needs (docs/design.md §2.2). 0 gives the plain full-set objective.
     """
 
     hidden_dim: int = 128

@@ -1,6 +1,6 @@
 """The paired guard: a multi-expert plan must beat the best single expert, significantly.
 
-A plan that wins by one validation question can lose by ten on test (DESIGN.md §2.8). So
+A plan that wins by one validation question can lose by ten on test (docs/design.md §2.8). So
 after the selector has chosen S, and when S has more than one expert:
 
 1. b = the single expert that fits the same budget and scores best on the same objective

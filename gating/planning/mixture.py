@@ -1,4 +1,4 @@
-"""The gated mixture of expert option probabilities, in numpy (DESIGN.md §2, steps 1–3).
+"""The gated mixture of expert option probabilities, in numpy (docs/design.md §2.1–2.3).
 
 This is the arithmetic that the trainer, the selector, the baselines and the coordinator
 share. With M samples, N experts and K options:

@@ -4,7 +4,7 @@ One module because the branch and bound, its polish and certificate steps and th
 oracle that tests hold it to are one algorithm over one instance (``Instance``, ``Evaluator``,
 the incumbent); split, each half would import the other's private state.
 
-This is the coarse level of MoE² (DESIGN.md §2.4–2.5). With experts n ∈ N, categories c,
+This is the coarse level of MoE² (docs/design.md §2.4–2.5). With experts n ∈ N, categories c,
 per-request energy ``E[n, c]`` (J) and p95 latency ``L[n, c]`` (ms), it solves::
 
     max_S  F(S)

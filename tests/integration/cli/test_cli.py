@@ -32,7 +32,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One plan run that trains the gate; later tests reuse its gate.onnx."""
     out = tmp_path_factory.mktemp("plan")
     res = invoke("plan", "--calibration", str(CAL), "--profiles", str(PROF),
-                 "--energy-j", "2", "--latency-ms", "600", "--out", str(out))
+                 "--energy-j", "2", "--latency-ms", "600", "--out-dir", str(out))
     assert res.exit_code == 0, res.output
     return out
 
@@ -63,7 +63,7 @@ def test_plan_writes_a_feasible_plan_consistent_with_the_mixture(trained: Path) 
 
 def test_plan_reuses_gate_and_sweeps(trained: Path, tmp_path: Path) -> None:
     res = invoke("plan", "--calibration", str(CAL), "--profiles", str(PROF), "--gate", str(trained / "gate.onnx"),
-                 "--energy-j", "2", "--latency-ms", "600", "--sweep", "--out", str(tmp_path))
+                 "--energy-j", "2", "--latency-ms", "600", "--sweep", "--out-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     first = json.loads((trained / "plan.json").read_text())
     again = json.loads((tmp_path / "plan.json").read_text())
@@ -87,15 +87,37 @@ def test_plan_reuses_gate_and_sweeps(trained: Path, tmp_path: Path) -> None:
     assert (tmp_path / "tradeoffs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_infeasible_budget_exits_zero_and_says_which(trained: Path, tmp_path: Path) -> None:
+def test_infeasible_budget_exits_two_and_says_which(trained: Path, tmp_path: Path) -> None:
+    """An infeasible budget is an answer with its own exit code (2), never a traceback."""
     res = invoke("plan", "--calibration", str(CAL), "--profiles", str(PROF), "--gate", str(trained / "gate.onnx"),
-                 "--energy-j", "0.0001", "--out", str(tmp_path))
-    assert res.exit_code == 0, res.output
+                 "--energy-j", "0.0001", "--out-dir", str(tmp_path))
+    assert res.exit_code == 2, res.output
     assert "infeasible" in res.output and "energy" in res.output
     assert json.loads((tmp_path / "plan.json").read_text())["status"] == "infeasible"
     res = invoke("plan", "--calibration", str(CAL), "--profiles", str(PROF), "--gate", str(trained / "gate.onnx"),
-                 "--latency-ms", "synth-cat-1=1", "--out", str(tmp_path))
-    assert res.exit_code == 0 and "latency" in res.output and "synth-cat-1" in res.output, res.output
+                 "--latency-ms", "synth-cat-1=1", "--out-dir", str(tmp_path))
+    assert res.exit_code == 2 and "latency" in res.output and "synth-cat-1" in res.output, res.output
+
+
+def test_plan_json_is_the_record_alone_on_stdout(trained: Path, tmp_path: Path) -> None:
+    res = invoke("plan", "--example", "--gate", str(trained / "gate.onnx"), "--energy-j", "0.0001",
+                 "--out-dir", str(tmp_path), "--json")
+    assert res.exit_code == 2, res.output
+    record = json.loads(res.stdout)  # nothing else on stdout: the progress lines went to stderr
+    assert record == json.loads((tmp_path / "plan.json").read_text())
+    assert record["status"] == "infeasible" and "energy budget 0.0001 J" in record["message"]
+    assert "infeasible" in res.stderr and "wrote" in res.stderr
+    res = invoke("plan", "--example", "--gate", str(trained / "gate.onnx"), "--energy-j", "2",
+                 "--out-dir", str(tmp_path), "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["status"] == "optimal", res.output
+
+
+def test_the_old_out_spelling_still_works_for_one_release(trained: Path, tmp_path: Path) -> None:
+    res = invoke("plan", "--example", "--gate", str(trained / "gate.onnx"), "--energy-j", "2",
+                 "--out", str(tmp_path / "old"))
+    assert res.exit_code == 0, res.output
+    assert "warning: plan --out is deprecated and goes in the next release; use --out-dir" in res.stderr
+    assert (tmp_path / "old" / "plan.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -111,7 +133,7 @@ def test_infeasible_budget_exits_zero_and_says_which(trained: Path, tmp_path: Pa
 )
 def test_bad_input_exits_one_and_names_it(trained: Path, tmp_path: Path, args: list[str], message: str) -> None:
     base = {"--calibration": str(CAL), "--profiles": str(PROF), "--gate": str(trained / "gate.onnx"),
-            "--out": str(tmp_path)}
+            "--out-dir": str(tmp_path)}
     argv = ["plan"]
     for k, v in base.items():
         if k not in args:
@@ -124,7 +146,7 @@ def test_bad_input_exits_one_and_names_it(trained: Path, tmp_path: Path, args: l
 def test_malformed_profiles_exit_one(trained: Path, tmp_path: Path) -> None:
     bad = tmp_path / "p.json"
     bad.write_text('{"experts": {}}')
-    res = invoke("plan", "--calibration", str(CAL), "--profiles", str(bad), "--out", str(tmp_path))
+    res = invoke("plan", "--calibration", str(CAL), "--profiles", str(bad), "--out-dir", str(tmp_path))
     assert res.exit_code == 1
     assert f"DataFormatError: {bad}" in res.output
 
@@ -145,7 +167,7 @@ def test_console_script_help() -> None:
 
 def test_retrain_check_writes_the_gap(tmp_path: Path) -> None:
     res = invoke("plan", "--calibration", str(CAL), "--profiles", str(PROF), "--energy-j", "30",
-                 "--retrain-check", "2", "--out", str(tmp_path))
+                 "--retrain-check", "2", "--out-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     gap = json.loads((tmp_path / "retrain_gap.json").read_text())
     assert len(gap["rows"]) == 2

@@ -36,7 +36,7 @@ def test_known_similarities(artifact):
         ]
     )
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    # sentence-transformers values measured in ../shared/notes/offline-models.md §4
+    # sentence-transformers values measured (docs/design.md §5)
     assert abs(float(emb[0] @ emb[1]) - 0.7553) < 1e-3
     assert abs(float(emb[0] @ emb[2]) - (-0.105)) < 1e-3
 

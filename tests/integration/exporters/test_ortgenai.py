@@ -143,15 +143,15 @@ def test_bad_precision_and_cli_options(tmp_path):
     res = CliRunner().invoke(app, ["export", "x", "--builder", "ortgenai", "--builder-option", "novalue"])
     assert res.exit_code == 1 and "KEY=VALUE" in res.output
     res = CliRunner().invoke(app, ["export", "x", "--builder", "tensorflow"])
-    assert res.exit_code == 1 and "--builder 'tensorflow'" in res.output
-    res = CliRunner().invoke(app, ["export", "x", "--encoder", "--precision", "int8"])
+    assert res.exit_code == 1 and "'tensorflow' is not one of" in res.output
+    res = CliRunner().invoke(app, ["export", "x", "--kind", "encoder", "--precision", "int8"])
     assert res.exit_code == 1 and "fp32 only" in res.output
     res = CliRunner().invoke(app, ["export", "x", "--int4-from-fp32", "--precision", "int4"])  # torch builder
     assert res.exit_code == 1 and "--int4-from-fp32 applies to --builder ortgenai" in res.output
     # the happy path prints the artifact folder
     ckpt = make_tiny_checkpoint("qwen2", tmp_path / "ckpt", head_dim=16)
-    res = CliRunner().invoke(app, ["export", str(ckpt), "--builder", "ortgenai", "--out",
-                                   str(tmp_path / "art"), "--name", "cli-tiny"])
+    res = CliRunner().invoke(app, ["export", str(ckpt), "--builder", "ortgenai", "--out-dir",
+                                   str(tmp_path / "art"), "--expert-name", "cli-tiny"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == str(tmp_path / "art")
     assert load_manifest(tmp_path / "art").name == "cli-tiny"

@@ -94,7 +94,7 @@ def test_real_artifact_ships_verified_and_second_deploy_skips(cluster: Cluster, 
         used = {u["name"]: u["status"] for u in reply["experts"]}
         assert used.get("synth-expert-1") == "ok", reply
     finally:
-        c.edge_moe("head", "down", "--name", "ship")
+        c.edge_moe("head", "down", "--fleet", "ship")
     t0 = time.monotonic()
     out = c.edge_moe("head", *deploy_args(c, fleet), timeout_s=240)
     redeploy_s = time.monotonic() - t0
@@ -103,7 +103,7 @@ def test_real_artifact_ships_verified_and_second_deploy_skips(cluster: Cluster, 
         assert rec2["w1"]["skipped"] is True and "already there" in out, out
         skip_s = rec2["w1"]["seconds"]
     finally:
-        c.edge_moe("head", "down", "--name", "ship")
+        c.edge_moe("head", "down", "--fleet", "ship")
     print(f"MEASURED ship {want.total_bytes / 1e6:.0f} MB head→w1 over veth: {ship_s:.1f} s "
           f"({want.total_bytes / 1e6 / ship_s:.0f} MB/s); second deploy: skip check {skip_s:.2f} s "
           f"(hashing {want.total_bytes / 1e6:.0f} MB on the driver {max(r['hash_s'] for r in rec2.values()):.2f} s), "
@@ -123,7 +123,7 @@ def toy_fleet(cluster: Cluster) -> Iterator[dict[str, Any]]:
         yield {"name": "faults", "frontend": c.deployment("faults")["frontend"],
                "on": {"head": [c.experts[0]], "w1": [c.experts[1], c.experts[2]], "w2": [c.experts[3]]}}
     finally:
-        c.edge_moe("head", "down", "--name", "faults")
+        c.edge_moe("head", "down", "--fleet", "faults")
 
 
 def test_the_http_front_reaches_a_curve_coordinator_across_hosts(cluster: Cluster,
@@ -131,7 +131,7 @@ def test_the_http_front_reaches_a_curve_coordinator_across_hosts(cluster: Cluste
     """coordinator.curve is on: the OpenAI front deploy starts beside the coordinator is a
     CURVE client of it, and a client on another host gets answers through it (API key)."""
     c = cluster
-    st = _json_of(c.edge_moe("head", "status", "--name", "faults", "--json"))
+    st = _json_of(c.edge_moe("head", "status", "--fleet", "faults", "--json"))
     url = st["http"]
     assert url and not url.startswith("http://127."), url
     code = ("import httpx, sys; r = httpx.post(sys.argv[1] + '/v1/chat/completions', timeout=30, "
@@ -151,7 +151,7 @@ def _json_of(text: str) -> dict[str, Any]:
 
 def test_calibrate_and_profile_on_the_fleet_nodes(cluster: Cluster, toy_fleet: dict[str, Any]) -> None:
     """`calibrate --fleet` scores and times each expert on its own node, across the namespaces;
-    `profile --fleet` then calls every figure measured (not projected); a rerun resumes."""
+    `profile --config` then calls every figure measured (not projected); a rerun resumes."""
     from exporters.encoder import export_encoder
 
     c = cluster
@@ -177,7 +177,7 @@ def test_calibrate_and_profile_on_the_fleet_nodes(cluster: Cluster, toy_fleet: d
     assert rows == {e: (work / "experts" / f"{e}.jsonl").read_text() for e in c.experts}
     prof = c.dir / "fleet-profiles.json"
     c.edge_moe("head", "profile", str(c.dir / "fleet-cal.latency.json"), "--out", str(prof),
-               "--fleet", str(c.dir / "faults.yaml"))
+               "--config", str(c.dir / "faults.yaml"))
     doc = json.loads(prof.read_text())
     text = json.dumps(doc)
     assert '"measured"' in text and '"projected"' not in text, text[:2000]

@@ -44,7 +44,7 @@ def test_the_wheel_runs_plan_from_an_empty_folder(tmp_path):
     exe = str(env_dir / "bin" / "edge-moe")
     version = _run([exe, "--version"], elsewhere).stdout.strip()
     assert version.startswith("edge-moe ") and "unknown" not in version
-    out = _run([exe, "plan", "--example", "--energy-j", "2", "--out", "plans"], elsewhere)
+    out = _run([exe, "plan", "--example", "--energy-j", "2", "--out-dir", "plans"], elsewhere)
     plan = json.loads((elsewhere / "plans" / "plan.json").read_text())
     assert plan and "wrote" in out.stdout
     where = _run([str(py), "-c", "import edge_moe.paths as p; print(p.CONFIGS); print(p.MMLU_TABLES)"], elsewhere)

@@ -83,7 +83,7 @@ class Fleet:
 
     def start_node(self, name: str, delay_ms: float = 0.0) -> Proc:
         proc = Proc(["edge_moe.cli", "node", "--config", str(self.assets.fleet), "--node", name, "--toy",
-                     "--toy-delay-ms", str(delay_ms), "--endpoint", self.backend, "--meter", "modelled"])
+                     "--toy-delay-ms", str(delay_ms), "--backend", self.backend, "--meter", "modelled"])
         proc.expect(f"node {name} serving")
         self.nodes[name] = proc
         return proc

@@ -249,7 +249,7 @@ def test_no_experts_is_503_with_retry_after_and_a_deadline_is_504(assets):
         assert int(r.headers["retry-after"]) >= 1
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
         node = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", "node-c", "--toy",
-                     "--toy-delay-ms", "2000", "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
+                     "--toy-delay-ms", "2000", "--backend", coord.backend_endpoint, "--meter", "modelled"])
         node.expect("node node-c serving")
         end = time.monotonic() + 10
         while not coord.registry.live_experts and time.monotonic() < end:
@@ -293,7 +293,7 @@ def test_the_coordinator_counts_every_answer_zeromq_clients_included(assets):
     loop = threading.Thread(target=coord.run, daemon=True)
     loop.start()
     node = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", "node-b", "--toy",
-                 "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
+                 "--backend", coord.backend_endpoint, "--meter", "modelled"])
     try:
         node.expect("node node-b serving")
         end = time.monotonic() + 10

@@ -352,7 +352,7 @@ class Served:
 
     def start_node(self, assets, name, delay_ms):
         proc = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", name, "--toy",
-                     "--toy-delay-ms", str(delay_ms), "--endpoint", self.coord.backend_endpoint,
+                     "--toy-delay-ms", str(delay_ms), "--backend", self.coord.backend_endpoint,
                      "--meter", "modelled"])
         proc.expect(f"node {name} serving")
         return proc

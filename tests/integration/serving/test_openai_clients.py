@@ -189,7 +189,7 @@ def test_clients_that_disconnect_cancel_their_generations(assets):
     loop = threading.Thread(target=coord.run, daemon=True)
     loop.start()
     node = Proc(["edge_moe.cli", "node", "--config", str(assets.fleet), "--node", "node-c", "--toy",
-                 "--toy-delay-ms", str(DELAY_MS), "--endpoint", coord.backend_endpoint, "--meter", "modelled"])
+                 "--toy-delay-ms", str(DELAY_MS), "--backend", coord.backend_endpoint, "--meter", "modelled"])
     front = None
     try:
         node.expect("node node-c serving")

@@ -238,7 +238,7 @@ def _use(r: Reply, expert: str):  # type: ignore[no-untyped-def]
 
 
 def _assert_valid(r: Reply) -> None:
-    """The README's REPLY rules for an options query."""
+    """docs/protocol.md's REPLY rules for an options query."""
     assert r.probabilities is not None and len(r.probabilities) == len(OPTIONS)
     assert all(math.isfinite(p) and p >= 0 for p in r.probabilities)
     assert math.isclose(sum(r.probabilities), 1.0, rel_tol=1e-6)  # float32 prior correction

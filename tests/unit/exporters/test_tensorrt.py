@@ -102,7 +102,7 @@ def test_node_refuses_an_engine_for_another_device():
 
 @pytest.mark.gpu
 def test_real_engine_build(tmp_path):
-    pytest.importorskip("tensorrt", reason="tensorrt does not import here (DESIGN.md §6)")
+    pytest.importorskip("tensorrt", reason="tensorrt does not import here (docs/design.md §6)")
     from exporters.llm import export_decoder
     from exporters.tensorrt import build_engine, current_device
     from exporters.tiny import make_tiny_checkpoint

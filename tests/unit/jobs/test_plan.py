@@ -46,9 +46,9 @@ def test_plan_json_records_objective_folds_and_guard(toy: tuple[Path, Path, Path
 
 def test_cli_rejects_bad_objective_folds_and_confidence(toy: tuple[Path, Path, Path], tmp_path: Path) -> None:
     cal, prof, gate = toy
-    base = ["plan", "--calibration", str(cal), "--profiles", str(prof), "--gate", str(gate), "--out", str(tmp_path)]
+    base = ["plan", "--calibration", str(cal), "--profiles", str(prof), "--gate", str(gate), "--out-dir", str(tmp_path)]
     runner = CliRunner()
-    for extra, message in ((["--objective", "nll"], "--objective='nll'"), (["--folds", "1"], "--folds=1"),
+    for extra, message in ((["--objective", "nll"], "'nll' is not one of"), (["--folds", "1"], "--folds=1"),
                            (["--guard-confidence", "1.5"], "--guard-confidence=1.5")):
         res = runner.invoke(app, [*base, *extra])
         assert res.exit_code == 1 and message in res.output, res.output

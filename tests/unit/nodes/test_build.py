@@ -39,8 +39,8 @@ def test_the_node_command_has_help_and_fails_cleanly():
     runner = CliRunner()
     res = runner.invoke(app, ["node", "--help"])
     assert res.exit_code == 0
-    for option in ("--config", "--node", "--endpoint", "--artifacts", "--toy", "--toy-delay-ms", "--meter",
-                   "--threads", "--curve-keys", "--key-name", "--verbose"):
+    for option in ("--config", "--node", "--backend", "--artifacts", "--toy", "--toy-delay-ms", "--meter",
+                   "--threads", "--curve-keys", "--key-name"):
         assert option in res.output, option
     res = runner.invoke(app, ["node", "--config", str(CONFIGS / "fleet.local.yaml"), "--node", "nope", "--toy"])
     assert res.exit_code == 1 and "ConfigError" in res.output and "unknown node 'nope'" in res.output

@@ -44,7 +44,7 @@ def test_check_query_applies_the_one_k_or_tau_rule():
 # ---------------------------------------------------------------- budgets and queries
 
 
-@pytest.mark.parametrize("budget, message", [  # the README's example text, word for word
+@pytest.mark.parametrize("budget, message", [  # docs/protocol.md's example text, word for word
     (WireBudget(energy_j=math.nan), "budget.energy_j=nan must be a number >= 0 (inf for no budget)"),
     (WireBudget(latency_ms=-1.0), "budget.latency_ms=-1.0 must be a number >= 0 (inf for no budget)"),
 ])

@@ -1,0 +1,294 @@
+"""Engine benchmark (not a test): our served ONNX artifact (onnxruntime) vs llama.cpp on the source GGUF.
+
+For each model, at the runner level and with the same threads: the ONNX artifact the demo
+serves (``configs/fleet.demo.real.yaml``) against runner ``llama.cpp``
+(:class:`edge_moe.runtime.gguf.GgufRunner`) on the GGUF that artifact was exported from.
+
+- **speed**, ``--rounds`` rounds (default 3), the two engines alternating (A B, B A, …), each
+  run in a fresh process that loads the model, warms up once, then greedily generates
+  ``--new-tokens`` tokens after a fixed ~110-token prompt (no chat template): prefill tok/s
+  (prompt tokens / the prompt's forward pass), TTFT (call to first streamed text), decode
+  tok/s (tokens after the first / decode time), load s, and the process's peak RSS
+  (``os.wait4``'s ``ru_maxrss`` for that child alone). Medians over rounds.
+- **fidelity**, once per engine: letter-mode scoring of the first ``--questions`` questions of
+  the committed MMLU table (``benchmarks/results/mmlu/work/samples.jsonl``); agreement of each
+  engine's argmax with the table's fp32 ONNX column (the reference: the GGUF dequantised to
+  fp32), accuracy, the mean of the largest per-question log-prob gap to it, and ms per question.
+
+Writes ``benchmarks/results/engine_bench.{json,md}`` with the CPU flags (``lscpu``), the command
+and llama.cpp's build (its system info, the CPU backend variant loaded, the Makefile's flags).
+
+    .venv/bin/python benchmarks/engine_bench.py [--models smollm2-135m-instruct,gemma3-270m]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+FLEET = REPO / "configs" / "fleet.demo.real.yaml"
+TABLE = REPO / "benchmarks" / "results" / "mmlu" / "calibration.npz"
+SAMPLES = REPO / "benchmarks" / "results" / "mmlu" / "work" / "samples.jsonl"
+OUT = REPO / "benchmarks" / "results" / "engine_bench"
+ENGINES = ("onnxruntime", "llama.cpp")
+# model (asset name, and the committed table's fp32 column) -> its expert in the demo fleet
+MODELS = {"smollm2-135m-instruct": "smollm2-135m-instruct", "gemma3-270m": "gemma3-270m",
+          "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b-int4"}
+PROMPT = (
+    "The history of computing spans several centuries, from mechanical calculators such as the "
+    "abacus and Pascal's adding machine to the programmable electronic computers of the twentieth "
+    "century. Charles Babbage designed the Analytical Engine, a general-purpose mechanical computer, "
+    "and Ada Lovelace wrote what is often called the first computer program for it. During the "
+    "Second World War, machines such as Colossus and ENIAC showed that electronic circuits could "
+    "perform calculations thousands of times faster than people. In the decades that followed,"
+)
+
+
+# ---------------------------------------------------------------- inside one engine's process
+
+
+def _runner(engine: str, artifact: str, threads: int) -> Any:
+    if engine == "onnxruntime":
+        from edge_moe.runtime.decoder import OrtRunner
+
+        return OrtRunner(artifact, intra_op_threads=threads)
+    from edge_moe.runtime.gguf import GgufRunner
+
+    return GgufRunner(artifact, intra_op_threads=threads)
+
+
+def _speed(runner: Any, new_tokens: int) -> dict[str, Any]:
+    runner.generate(PROMPT, 4, chat=False)  # warm-up
+    first: list[float] = []
+    t0 = time.perf_counter()
+    g = runner.generate(PROMPT, new_tokens, chat=False,
+                        on_text=lambda _: first.append(time.perf_counter()) if not first else None)
+    n_prompt = len(runner.prompt_ids(PROMPT, False))
+    return {"prompt_tokens": n_prompt, "new_tokens": g.n_tokens, "stop_reason": g.stop_reason,
+            "prefill_tok_s": n_prompt / (g.prefill_ms / 1e3),
+            "ttft_ms": (first[0] - t0) * 1e3 if first else None,
+            "decode_tok_s": (g.n_tokens - 1) / (g.decode_ms / 1e3) if g.n_tokens > 1 else None,
+            "text": g.text}
+
+
+def _fidelity(runner: Any, questions: int) -> dict[str, Any]:
+    rows = [json.loads(line) for line in SAMPLES.read_text().splitlines()[:questions]]
+    logprobs, ms = [], []
+    for q in rows:
+        t0 = time.perf_counter()
+        logprobs.append(runner.score_options(q["prompt"], q["options"], "letter").tolist())
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return {"logprobs": logprobs, "ms": ms}
+
+
+def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int, questions: int,
+           out: Path) -> None:
+    """One engine, one task, in this process; the result goes to ``out`` as JSON."""
+    t0 = time.perf_counter()
+    runner = _runner(engine, artifact, threads)
+    res: dict[str, Any] = {"load_s": time.perf_counter() - t0}
+    if engine == "llama.cpp":
+        import llama_cpp
+
+        res["backend"] = runner.backend
+        res["system_info"] = llama_cpp.llama_print_system_info().decode()
+    res.update(_speed(runner, new_tokens) if task == "speed" else _fidelity(runner, questions))
+    out.write_text(json.dumps(res))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int, questions: int) -> dict:
+    """Run :func:`worker` in a fresh process; its result and that process's peak RSS (MB)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "out.json"
+        cmd = [sys.executable, __file__, "--worker", engine, "--artifact", artifact, "--threads",
+               str(threads), "--task", task, "--new-tokens", str(new_tokens), "--questions",
+               str(questions), "--worker-out", str(out)]
+        with open(Path(d) / "log", "w+b") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0 or not out.is_file():
+                log.seek(0)
+                raise RuntimeError(f"{engine} {task} failed ({proc.returncode}):\n"
+                                   f"{log.read().decode(errors='replace')[-3000:]}")
+        res = json.loads(out.read_text())
+    res["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    return res
+
+
+def _artifacts(model: str) -> tuple[Path | None, Path | None, str]:
+    """(served ONNX artifact, source GGUF, why one is missing)."""
+    import yaml
+
+    from edge_moe.paths import artifacts_dir
+    from exporters.assets import fetch_asset
+
+    experts = {e["name"]: e for e in yaml.safe_load(FLEET.read_text())["experts"]}
+    e = experts[MODELS[model]]
+    onnx = artifacts_dir() / e["artifact"]
+    why = "" if (onnx / "manifest.json").is_file() else f"no ONNX artifact at {onnx}"
+    try:
+        gguf: Path | None = fetch_asset(model, install=False)
+    except Exception as exc:  # not installed / does not assemble
+        gguf, why = None, f"the GGUF does not assemble: {exc}"
+    return (onnx if not why.startswith("no ONNX") else None), gguf, why
+
+
+def _cpu() -> dict[str, Any]:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    keep = sorted(f for f in flags if re.match(r"(avx|amx|fma|f16c|sse4|bmi2)", f))
+    return {"model": fields.get("Model name", "").strip(), "cpus": os.cpu_count(), "flags": keep}
+
+
+def _median(xs: list[Any]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return float(np.median(v)) if v else None
+
+
+def _makefile_flags() -> str:
+    m = re.search(r"^GGUF_CMAKE_ARGS \?= (.*)$", (REPO / "Makefile").read_text(), re.M)
+    return m.group(1) if m else ""
+
+
+def _fidelity_summary(res: dict, model: str, n: int) -> dict[str, float]:
+    from edge_moe.calibration import load_calibration
+
+    table = load_calibration(TABLE)
+    col = table.experts.index(model)
+    agree, correct, gaps = [], [], []
+    for i, lp in enumerate(res["logprobs"]):
+        k = len(lp)
+        ref = table.logprobs[i, col, :k].astype(np.float64)
+        agree.append(int(np.argmax(lp)) == int(np.argmax(ref)))
+        correct.append(int(np.argmax(lp)) == int(table.labels[i]))
+        gaps.append(float(np.abs(np.asarray(lp) - ref).max()))
+    return {"questions": n, "agreement": float(np.mean(agree)), "accuracy": float(np.mean(correct)),
+            "mean_max_gap_nats": float(np.mean(gaps)), "ms_per_question": float(np.median(res["ms"]))}
+
+
+METRICS = (("prefill_tok_s", "prefill tok/s", True), ("ttft_ms", "TTFT ms", False),
+           ("decode_tok_s", "decode tok/s", True), ("load_s", "load s", False),
+           ("peak_rss_mb", "peak RSS MB", False))
+
+
+def _markdown(result: dict) -> str:
+    cpu = result["cpu"]
+    lines = ["# Engines side by side: onnxruntime (our served ONNX) vs llama.cpp (the source GGUF)\n",
+             f"{cpu['model']}, {result['threads']} threads, {result['rounds']} rounds alternating "
+             f"(medians), prompt ~110 tokens, {result['new_tokens']} new tokens, greedy.\n",
+             "| model | metric | onnxruntime | llama.cpp | llama.cpp / onnxruntime |", "|---|---|---|---|---|"]
+    for model, r in result["models"].items():
+        if "skipped" in r:
+            lines.append(f"| {model} | skipped: {r['skipped']} | | | |")
+            continue
+        o, g = r["onnxruntime"]["median"], r["llama.cpp"]["median"]
+        for key, label, _ in METRICS:
+            ratio = f"{g[key] / o[key]:.2f}x" if o.get(key) and g.get(key) else "–"
+            lines.append(f"| {model} | {label} | {_fmt(o.get(key))} | {_fmt(g.get(key))} | {ratio} |")
+        fo, fg = r["onnxruntime"]["fidelity"], r["llama.cpp"]["fidelity"]
+        for key, label in (("agreement", "agreement with fp32 letter"), ("accuracy", "MMLU accuracy"),
+                           ("mean_max_gap_nats", "mean max log-prob gap to fp32"),
+                           ("ms_per_question", "ms / question (letter)")):
+            ratio = f"{fg[key] / fo[key]:.2f}x" if key == "ms_per_question" else ""
+            lines.append(f"| {model} | {label} | {_fmt(fo[key])} | {_fmt(fg[key])} | {ratio} |")
+        lines.append(f"| {model} | artifact | `{r['onnxruntime']['artifact']}` | `{r['llama.cpp']['artifact']}` | |")
+    lines += ["", f"Fidelity: the first {result['questions']} questions of the committed MMLU table; the "
+              "reference is its fp32 ONNX column (each GGUF dequantised to fp32).", "",
+              f"Run: `{result['command']}` on {result['date']}.", "",
+              f"CPU flags: {' '.join(cpu['flags'])}", "",
+              f"llama.cpp: llama-cpp-python {result['llama_cpp_version']}, CPU backend variant "
+              f"`{result['llama_cpp_backend']}`, built with `CMAKE_ARGS=\"{result['build_flags']}\"`; "
+              f"system info: `{result['llama_cpp_system_info']}`", ""]
+    return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.0f}"
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    models: Annotated[str, typer.Option(help="comma-separated asset names")] = ",".join(MODELS),
+    threads: Annotated[int, typer.Option(help="threads of each engine")] = 2,
+    rounds: Annotated[int, typer.Option(help="speed rounds (engines alternate)")] = 3,
+    new_tokens: Annotated[int, typer.Option(help="greedy tokens per speed run")] = 64,
+    questions: Annotated[int, typer.Option(help="MMLU questions for the fidelity pass")] = 100,
+    out: Annotated[Path, typer.Option(help="writes OUT.json and OUT.md")] = OUT,
+    worker_engine: Annotated[str | None, typer.Option("--worker", hidden=True)] = None,
+    artifact: Annotated[str, typer.Option(hidden=True)] = "",
+    task: Annotated[str, typer.Option(hidden=True)] = "speed",
+    worker_out: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    if worker_engine is not None:
+        assert worker_out is not None
+        worker(worker_engine, artifact, threads, task, new_tokens, questions, worker_out)
+        return
+    import llama_cpp
+
+    result: dict[str, Any] = {
+        "command": "benchmarks/engine_bench.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+        "cpu": _cpu(), "python": platform.python_version(), "threads": threads, "rounds": rounds,
+        "new_tokens": new_tokens, "questions": questions, "llama_cpp_version": llama_cpp.__version__,
+        "build_flags": _makefile_flags(), "models": {}}
+    for model in models.split(","):
+        onnx, gguf, why = _artifacts(model)
+        if onnx is None or gguf is None:
+            print(f"{model}: skipped ({why})")
+            result["models"][model] = {"skipped": why}
+            continue
+        paths = {"onnxruntime": str(onnx), "llama.cpp": str(gguf)}
+        runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
+        for r in range(rounds):
+            for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
+                res = _child(engine, paths[engine], threads, "speed", new_tokens, questions)
+                runs[engine].append(res)
+                print(f"{model} round {r + 1} {engine}: " + ", ".join(
+                    f"{k} {_fmt(res.get(k))}" for k, _, _ in METRICS), flush=True)
+        entry: dict[str, Any] = {}
+        for engine in ENGINES:
+            fid = _child(engine, paths[engine], threads, "fidelity", new_tokens, questions)
+            entry[engine] = {"artifact": paths[engine], "runs": runs[engine],
+                             "median": {k: _median([x.get(k) for x in runs[engine]]) for k, _, _ in METRICS},
+                             "fidelity": _fidelity_summary(fid, model, questions),
+                             "fidelity_peak_rss_mb": fid["peak_rss_mb"]}
+            print(f"{model} {engine} fidelity: {entry[engine]['fidelity']}", flush=True)
+            if engine == "llama.cpp":
+                result["llama_cpp_backend"] = fid.get("backend")
+                result["llama_cpp_system_info"] = fid.get("system_info", "").strip()
+        result["models"][model] = entry
+        o, g = entry["onnxruntime"]["median"], entry["llama.cpp"]["median"]
+        print(f"{model}: " + ", ".join(f"{label} {_fmt(o[k])} vs {_fmt(g[k])}"
+                                       for k, label, _ in METRICS if o[k] and g[k]), flush=True)
+    result.setdefault("llama_cpp_backend", None)
+    result.setdefault("llama_cpp_system_info", "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(f"{out}.md").write_text(_markdown(result))
+    print(_markdown(result))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    app()

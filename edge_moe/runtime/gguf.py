@@ -1,0 +1,498 @@
+"""The llama.cpp runner: a GGUF file served as an expert, with no export step.
+
+:class:`GgufRunner` (registry name ``llama.cpp``) runs a ``.gguf`` file through llama.cpp's C
+API (the ``llama-cpp-python`` bindings, the ``gguf`` extra) and keeps the runner interface
+and RESULT contract of :class:`~edge_moe.runtime.decoder.OrtRunner`:
+
+- **tokens** are llama.cpp's own tokenizer (what llama.cpp users get), with OrtRunner's
+  rules: plain text gets the model's BOS when its vocabulary asks for one, chat-formatted
+  text none; special-token text is parsed as special tokens (as `tokenizers` does); decoding
+  skips control tokens and turns a character cut between tokens into U+FFFD;
+- **chat**: the GGUF's ``tokenizer.chat_template`` is rendered once, at load, around a
+  sentinel user message (as the exporter does for a manifest's ``chat_prefix`` and
+  ``chat_suffix``), so a prompt is formatted by concatenation exactly as OrtRunner formats it;
+- **scoring**: ``letter`` reads the option letters' logits at the prompt's last position and
+  renormalises over them; ``continuation`` sums each option's token log-probs, computing the
+  prompt's KV cache once and dropping each option's tail from it before the next;
+- **generation**: :class:`~edge_moe.runtime.generation.Decoding` picks every token from
+  llama.cpp's logits with our :class:`~edge_moe.runtime.sampling.Sampler` (not llama.cpp's
+  sampler chain), so a seed draws the same way on every runner and greedy is ``argmax``;
+  stop strings, streaming and the stop reasons are the shared rule. A sequence ends at any
+  of llama.cpp's end-of-generation tokens (``llama_vocab_is_eog``: for SmolLM2 both
+  ``<|im_end|>`` and ``<|endoftext|>``, where the exported manifest names the first only).
+
+Capabilities: ``STREAM``, ``SAMPLE``, ``CANCEL``; no batching (one sequence at a time in
+one llama.cpp context; a node serves its tasks one by one).
+
+**Memory.** llama.cpp allocates the KV cache for the whole context up front (f16), so
+``max_context`` (default :data:`DEFAULT_CONTEXT` tokens, at most the model's training
+context) sets a fixed part of the runner's memory; OrtRunner's cache grows with the prompt.
+
+**CPU backends.** A ``llama-cpp-python`` built with ``GGML_BACKEND_DL`` and
+``GGML_CPU_ALL_VARIANTS`` (``make install-gguf``) ships one CPU backend per x86 level and
+picks one at run time. :func:`start_llama_cpp` makes that pick itself, from the package's
+own folder, and skips the AMX variant unless ``EDGE_MOE_GGML_AMX=1``: ggml's AMX path
+crashed in the first decode on VMs of this project's kind that report AMX (docs/design.md §6).
+
+numpy and ``llama_cpp`` only (imported lazily, when a runner is built).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import string
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_moe.errors import ArtifactError, RunnerError
+from edge_moe.runtime.batch import _renormalise
+from edge_moe.runtime.capabilities import Capability
+from edge_moe.runtime.generation import Decoding, Generation, GenRequest, Outcome, stop_strings
+from edge_moe.runtime.sampling import log_softmax64
+from edge_moe.wire import MODES, Sampling
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_CONTEXT", "EXTRA_HINT", "GgufRunner", "start_llama_cpp"]
+
+DEFAULT_CONTEXT = 4096  # tokens of KV cache llama.cpp allocates (see the module docstring)
+EXTRA_HINT = ("pip install 'edge-moe[gguf]' (or `make install-gguf`, which builds it portably for "
+              "these CPUs)")
+_SENTINEL = "\x00EDGE_MOE_USER_MESSAGE\x00"
+_AMX_VARIANTS = ("sapphirerapids",)  # ggml's CPU variants built with AMX_TILE / AMX_INT8
+_backend_lock = threading.Lock()
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except Exception as exc:  # ImportError, or OSError when its shared library will not load
+        raise RunnerError(
+            f"runner 'llama.cpp' needs the `llama-cpp-python` package, which does not import here "
+            f"({type(exc).__name__}: {exc}); {EXTRA_HINT}"
+        ) from exc
+    quiet = logging.getLogger("llama-cpp-python")  # llama.cpp's log, which prints at NOTSET
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR)
+    return llama_cpp
+
+
+_started: list[str | None] = []  # once per process: the CPU variant loaded (None: built in)
+
+
+def start_llama_cpp(ll: Any, allow_amx: bool | None = None) -> str | None:
+    """Load llama.cpp's CPU backend and ``llama_backend_init``, once per process.
+
+    A ``GGML_BACKEND_DL`` build links no CPU backend in (ggml would look for one beside the
+    Python executable and in the working directory): each ``libggml-cpu-<variant>.so`` beside
+    ``libggml.so`` reports its score on this CPU (``ggml_backend_score``: 0 where an
+    instruction it uses is missing) and the best is loaded; AMX variants only when
+    ``allow_amx`` (default: ``EDGE_MOE_GGML_AMX=1``).
+
+    Returns:
+        The variant loaded, or None for a build with its CPU backend linked in.
+
+    Raises:
+        RunnerError: no variant runs on this CPU, or the best will not load.
+    """
+    with _backend_lock:
+        if _started:
+            return _started[0]
+        if allow_amx is None:
+            allow_amx = os.environ.get("EDGE_MOE_GGML_AMX") == "1"
+        lib_dir = Path(ll.__file__).parent / "lib"
+        variant = None
+        scores: dict[Path, int] = {}
+        for path in sorted(lib_dir.glob("libggml-cpu-*.so")):
+            if allow_amx or path.stem.removeprefix("libggml-cpu-") not in _AMX_VARIANTS:
+                fn = getattr(ctypes.CDLL(str(path)), "ggml_backend_score", None)
+                scores[path] = int(fn()) if fn is not None else 0
+        if scores:
+            best = max(scores, key=lambda p: scores[p])
+            if scores[best] <= 0:
+                raise RunnerError(f"no llama.cpp CPU backend in {lib_dir} runs on this CPU (scores: "
+                                  f"{ {p.name: s for p, s in scores.items()} })")
+            ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+            ggml.ggml_backend_load.restype = ctypes.c_void_p
+            ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+            if not ggml.ggml_backend_load(str(best).encode()):
+                raise RunnerError(f"llama.cpp could not load its CPU backend {best}")
+            variant = best.stem.removeprefix("libggml-cpu-")
+            logger.info("llama.cpp CPU backend: %s (score %d of %s)", variant, scores[best],
+                        {p.stem.removeprefix("libggml-cpu-"): s for p, s in scores.items()})
+        ll.llama_backend_init()
+        _started.append(variant)
+        return variant
+
+
+def _gguf_path(artifact: str | Path) -> Path:
+    """The ``.gguf`` file of an expert's artifact: the file, or the one ``.gguf`` in a folder."""
+    p = Path(artifact)
+    if p.is_dir():
+        found = sorted(p.glob("*.gguf"))
+        if len(found) != 1:
+            raise ArtifactError(f"{p}: runner 'llama.cpp' needs one .gguf file in the folder, found "
+                                f"{[f.name for f in found]}")
+        p = found[0]
+    if not p.is_file() or p.suffix != ".gguf":
+        raise ArtifactError(f"{p}: runner 'llama.cpp' needs a .gguf file (the expert's artifact)")
+    return p
+
+
+class GgufRunner:
+    """A GGUF file run by llama.cpp (see the module docstring).
+
+    Args:
+        artifact: the ``.gguf`` file, or a folder holding exactly one.
+        intra_op_threads: llama.cpp threads for prefill and decode (default: the host's cores).
+        max_context: KV cache size in tokens (default :data:`DEFAULT_CONTEXT`, capped at
+            the model's training context).
+        n_batch: tokens per ``llama_decode`` of a prompt (longer prompts go in chunks).
+
+    Raises:
+        RunnerError: ``llama_cpp`` does not import (the message names the extra).
+        ArtifactError: no .gguf file, or llama.cpp cannot load it.
+    """
+
+    name = "llama.cpp"
+    runner_name = "llama.cpp"
+    capabilities: frozenset[Capability] = frozenset(
+        {Capability.STREAM, Capability.SAMPLE, Capability.CANCEL})
+
+    def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
+                 max_context: int | None = None, n_batch: int = 512) -> None:
+        self.path = _gguf_path(artifact)
+        ll = self._ll = _import_llama_cpp()
+        self.backend = start_llama_cpp(ll)
+        self.threads = int(intra_op_threads or os.cpu_count() or 1)
+        self.n_batch = int(n_batch)
+        self.model: Any = None  # llama.cpp handles, freed by close()
+        self.ctx: Any = None
+        self._batch: Any = None
+        mp = ll.llama_model_default_params()
+        self.model = ll.llama_model_load_from_file(str(self.path).encode(), mp)
+        if not self.model:
+            raise ArtifactError(f"llama.cpp cannot load {self.path} (not a GGUF it knows? its log says why "
+                                "with EDGE_MOE_LOG_LEVEL=DEBUG)")
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))
+        self.max_context = min(int(max_context or DEFAULT_CONTEXT), self.n_ctx_train)
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = self.max_context
+        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            self.close()
+            raise ArtifactError(f"llama.cpp cannot make a context of {self.max_context} tokens for {self.path}")
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self.model_name = self._meta("general.name") or self.path.stem
+        self.eos = {t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)}
+        self._pieces: dict[int, bytes] = {}
+        self.chat_prefix, self.chat_suffix = self._chat_parts()
+        self._lock = threading.Lock()  # one llama.cpp context: one request at a time
+        logger.info("llama.cpp runner %s: %d threads, context %d, backend %s", self.path.name,
+                    self.threads, self.max_context, self.backend or "built in")
+
+    # ---- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the batch, the context and the model (idempotent)."""
+        ll = self._ll
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            ll.llama_batch_free(batch)
+        ctx, self.ctx = self.ctx, None
+        if ctx:
+            ll.llama_free(ctx)
+        model, self.model = self.model, None
+        if model:
+            ll.llama_model_free(model)
+
+    def __del__(self) -> None:
+        if getattr(self, "_ll", None) is not None and hasattr(self, "model"):
+            self.close()
+
+    def __enter__(self) -> GgufRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- tokens ---------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None."""
+        buf = ctypes.create_string_buffer(512)
+        n = self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def _chat_parts(self) -> tuple[str | None, str | None]:
+        """The GGUF's chat template rendered around one user message: (prefix, suffix)."""
+        raw = self._ll.llama_model_chat_template(self.model, None)
+        if not raw:
+            return None, None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(tok: int) -> str:
+            return self._piece(tok, special=True).decode("utf-8", "replace") if tok >= 0 else ""
+
+        try:
+            fmt = Jinja2ChatFormatter(raw.decode("utf-8"), eos_token=text(self._ll.llama_vocab_eos(self.vocab)),
+                                      bos_token=text(self._ll.llama_vocab_bos(self.vocab)),
+                                      add_generation_prompt=True)
+            rendered = fmt(messages=[{"role": "user", "content": _SENTINEL}]).prompt
+        except Exception as exc:  # a template jinja2 cannot render
+            raise ArtifactError(f"{self.path}: its chat template does not render: {exc}") from exc
+        if rendered.count(_SENTINEL) != 1:
+            raise ArtifactError(f"{self.path}: chat template does not render the user message exactly once")
+        prefix, suffix = rendered.split(_SENTINEL)
+        return prefix, suffix
+
+    @property
+    def has_chat(self) -> bool:
+        """True when the GGUF carries a chat template."""
+        return self.chat_prefix is not None
+
+    def format_prompt(self, prompt: str, chat: bool) -> str:
+        """The text the model sees: the chat-formatted prompt, or the prompt itself.
+
+        Raises:
+            RunnerError: ``chat`` for a model without a chat template.
+        """
+        if not chat:
+            return prompt
+        if self.chat_prefix is None:
+            raise RunnerError(f"{self.model_name} has no chat template (a base model); call with chat=False")
+        return f"{self.chat_prefix}{prompt}{self.chat_suffix}"
+
+    def encode(self, text: str, *, formatted_chat: bool = False) -> list[int]:
+        """Token ids of ``text`` (BOS as the vocabulary asks, unless ``formatted_chat``)."""
+        raw = text.encode("utf-8")
+        n_max = len(raw) + 8
+        while True:
+            buf = (self._ll.llama_token * n_max)()
+            n = self._ll.llama_tokenize(self.vocab, raw, len(raw), buf, n_max, not formatted_chat, True)
+            if n >= 0:
+                return list(buf[:n])
+            n_max = -n
+
+    def _piece(self, tok: int, special: bool = False) -> bytes:
+        """The bytes of one token (control tokens: empty unless ``special``)."""
+        piece = None if special else self._pieces.get(tok)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = self._ll.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, special)
+            piece = buf.raw[:max(n, 0)]
+            if not special:
+                self._pieces[tok] = piece
+        return piece
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, control tokens skipped; a cut character is U+FFFD."""
+        return b"".join(self._piece(int(t)) for t in ids).decode("utf-8", "replace")
+
+    def check_context(self, n: int, what: str = "prompt") -> None:
+        """Raises RunnerError when ``n`` tokens are none or more than the context."""
+        if n == 0:
+            raise RunnerError(f"{what} is empty after tokenisation")
+        if n > self.max_context:
+            raise RunnerError(f"{what} has {n} tokens, longer than {self.model_name}'s context of "
+                              f"{self.max_context} tokens")
+
+    def prompt_ids(self, prompt: str, chat: bool | None = None) -> list[int]:
+        """The token ids :meth:`generate` decodes from: the prompt, chat-formatted when
+        ``chat`` (default: when the model has a chat template)."""
+        use_chat = self.has_chat if chat is None else chat
+        return self.encode(self.format_prompt(prompt, use_chat), formatted_chat=use_chat)
+
+    # ---- the context ----------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), True)
+
+    def _truncate(self, n: int) -> bool:
+        """Drop every cached position from ``n`` on; False when the cache cannot."""
+        return bool(self._ll.llama_memory_seq_rm(self._ll.llama_get_memory(self.ctx), 0, n, -1))
+
+    def _eval(self, ids: Sequence[int], start: int, logits_from: int | None = None) -> np.ndarray:
+        """Decode ``ids`` at positions ``start``… into the cache, in chunks of ``n_batch``.
+
+        Args:
+            ids: the new tokens.
+            start: the position of ``ids[0]`` (the cache holds positions before it).
+            logits_from: return the logits of ``ids[logits_from:]``; None: of the last only.
+
+        Returns:
+            (T, V) float32 logits of the asked positions.
+
+        Raises:
+            RunnerError: llama_decode failed.
+        """
+        ll, b = self._ll, self._batch
+        first = len(ids) - 1 if logits_from is None else logits_from
+        rows: list[np.ndarray] = []
+        for c0 in range(0, len(ids), self.n_batch):
+            chunk = ids[c0:c0 + self.n_batch]
+            b.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                b.token[i] = int(tok)
+                b.pos[i] = start + c0 + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = c0 + i >= first
+            rc = ll.llama_decode(self.ctx, b)
+            if rc != 0:
+                raise RunnerError(f"llama_decode returned {rc} on {len(chunk)} tokens at position "
+                                  f"{start + c0} ({self.model_name})")
+            for i in range(max(first - c0, 0), len(chunk)):
+                ptr = ll.llama_get_logits_ith(self.ctx, i)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+        return np.stack(rows)
+
+    # ---- requests -------------------------------------------------------------------
+
+    def _letter_ids(self, text: str, prompt_ids: list[int], k: int, chat: bool) -> list[int]:
+        """The token of each option letter right after ``text``: " A" if that is one extra
+        token, else "A" (OrtRunner's rule)."""
+        ids, n = [], len(prompt_ids)
+        for letter in string.ascii_uppercase[:k]:
+            for cand in (f" {letter}", letter):
+                joint = self.encode(text + cand, formatted_chat=chat)
+                if len(joint) == n + 1 and joint[:n] == prompt_ids:
+                    ids.append(joint[-1])
+                    break
+            else:
+                raise RunnerError(f"option letter {letter!r} is not a single token after the prompt "
+                                  f"for {self.model_name}'s tokenizer")
+        return ids
+
+    def _continuation_ids(self, text: str, prompt_ids: list[int], option: str, chat: bool) -> list[int]:
+        joint = self.encode(text + option, formatted_chat=chat)
+        n = len(prompt_ids)
+        if joint[:n] == prompt_ids and len(joint) > n:
+            return joint[n:]
+        # the option merges with the prompt's last token: tokenise it on its own
+        return self.encode(option, formatted_chat=True)
+
+    def score_options(self, prompt: str, options: Sequence[str], mode: str = "letter", *,
+                      chat: bool = False) -> np.ndarray:
+        """Log-probabilities over the K options, renormalised so they logsumexp to 0
+        (the contract of :meth:`OrtRunner.score_options <edge_moe.runtime.decoder.OrtRunner.score_options>`).
+
+        Args:
+            prompt: the question; in ``letter`` mode it lists the options and ends where the
+                letter should follow ("Answer:").
+            options: the K option texts (in ``letter`` mode only K is used).
+            mode: ``letter`` or ``continuation``.
+            chat: wrap the prompt in the model's chat template first.
+
+        Returns:
+            (K,) float64 log-probabilities.
+
+        Raises:
+            RunnerError: empty options, K > 26 in letter mode, unknown mode, empty prompt, a
+                prompt (plus option) longer than the context, or a llama.cpp failure.
+        """
+        if mode not in MODES:
+            raise RunnerError(f"unknown scoring mode {mode!r}; choose one of {list(MODES)}")
+        if isinstance(options, str) or len(options) == 0:
+            raise RunnerError("options must be a non-empty list of strings (got none)")
+        if mode == "letter" and len(options) > 26:
+            raise RunnerError(f"letter mode supports at most 26 options, got {len(options)}")
+        text = self.format_prompt(prompt, chat)
+        ids = self.encode(text, formatted_chat=chat)
+        self.check_context(len(ids))
+        if mode == "letter":
+            letters = self._letter_ids(text, ids, len(options), chat)
+            with self._lock:
+                self._reset()
+                z = self._eval(ids, 0)[-1]  # (V,)
+            return _renormalise(z[letters].astype(np.float64))
+        conts = [self._continuation_ids(text, ids, o, chat) for o in options]
+        for i, c in enumerate(conts):
+            if not c:
+                raise RunnerError(f"option {i} ({options[i]!r}) has no tokens")
+            self.check_context(len(ids) + len(c), f"prompt + option {i}")
+        with self._lock:
+            return self._continuations(ids, conts)
+
+    def _continuations(self, ids: list[int], conts: list[list[int]]) -> np.ndarray:
+        """Each option's summed token log-probs on the prompt's cache, computed once."""
+        self._reset()
+        first = log_softmax64(self._eval(ids, 0)[-1])  # (V,) each option's first token
+        scores = np.array([first[c[0]] for c in conts])
+        n = len(ids)
+        for i, c in enumerate(conts):
+            if len(c) < 2:
+                continue
+            if not self._truncate(n):  # a cache that cannot drop a tail: start again
+                self._reset()
+                self._eval(ids, 0)
+            logp = np.array([log_softmax64(row) for row in self._eval(c[:-1], n, logits_from=0)])
+            scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
+        return _renormalise(scores)
+
+    def generate_ids(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None,
+        on_text: Callable[[str], None] | None = None, *, sampling: Sampling | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generation:
+        """Decoding from token ids, one sequence; see :meth:`generate`."""
+        if max_new_tokens < 1:
+            raise RunnerError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        ids = list(prompt_ids)
+        self.check_context(len(ids))
+        req = GenRequest(tuple(ids), max_new_tokens, on_text, stop_strings(stop, sampling), sampling)
+        seq = Decoding(None, req, Outcome(), lambda t: self.decode([t]))
+        if should_stop is not None and should_stop():
+            return seq.result("cancelled", self.decode)
+        with self._lock:
+            self._reset()
+            t0 = time.perf_counter()
+            logits = self._eval(ids, 0)[-1]
+            seq.prefill_ms = (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
+            pos = len(ids)
+            while True:
+                tok, logprob = seq.pick(logits)
+                reason = seq.take(tok, self.eos, self.decode, self.max_context, logprob)
+                if reason is None and should_stop is not None and should_stop():
+                    reason = "cancelled"
+                if reason is not None:
+                    break
+                logits = self._eval([tok], pos)[-1]
+                pos += 1
+            seq.decode_ms = (time.perf_counter() - t1) * 1e3
+        return seq.result(reason, self.decode)
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] | None = None,
+        *,
+        chat: bool | None = None,
+        on_text: Callable[[str], None] | None = None,
+        sampling: Sampling | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generation:
+        """Generation with llama.cpp's KV cache, greedy or sampled as ``sampling`` says: the
+        arguments and result of :meth:`OrtRunner.generate <edge_moe.runtime.decoder.OrtRunner.generate>`.
+
+        Raises:
+            RunnerError: empty prompt, prompt longer than the context, bad max_new_tokens,
+                or a llama.cpp failure.
+        """
+        return self.generate_ids(self.prompt_ids(prompt, chat), max_new_tokens, stop, on_text,
+                                 sampling=sampling, should_stop=should_stop)
+

