@@ -27,8 +27,9 @@ HEADER = """# Command-line reference
      .venv/bin/python docs/gen_cli.py -->
 
 Every `edge-moe` command with its arguments and options, as `edge-moe COMMAND --help` prints
-them. An `EdgeMoEError` exits 1 with `ClassName: message` on stderr; an infeasible budget is
-an answer (exit 0). The fleet file's keys are in [fleet-yaml.md](fleet-yaml.md).
+them; the exit codes are the same for every command (below, and `edge_moe/cli/common.py`).
+An expected failure prints one line `ClassName: message` on stderr, never a traceback. The
+fleet file's keys are in [fleet-yaml.md](fleet-yaml.md).
 """
 
 

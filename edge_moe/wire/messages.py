@@ -243,7 +243,8 @@ class Reply:
     generation is answered by the gate's top expert alone), with ``finish_reason`` and, when
     asked, ``token_logprobs`` of the expert whose text it is.
     Infeasible budget: no answer, ``plan.status == "infeasible"``.
-    ``stage_ms`` keys: embed, gate, select, fanout, aggregate (and total).
+    ``stage_ms`` keys: embed, gate, select, queue (time waiting for the embedding worker;
+    absent when the query was answered at admission), fanout, aggregate (and total).
     """
 
     id: str

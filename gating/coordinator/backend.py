@@ -154,7 +154,7 @@ class NodeSide(CoordinatorState):
                            type(msg).__name__.upper(), msg.id, node, identity, rec.node)
             return
         expert = rec.expert
-        p.rtt_ms[expert] = (now - p.dispatched) * 1e3
+        p.rtt_ms[expert] = (now - rec.sent_at) * 1e3  # this task: its own dispatch to its answer
         problem = check_result(msg, expert, p.query.options) if isinstance(msg, Result) else None
         if isinstance(msg, Result) and problem is None:
             p.results[expert] = msg

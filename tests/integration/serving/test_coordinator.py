@@ -284,3 +284,14 @@ def test_a_coordinator_with_no_nodes_answers_no_experts_and_bad_requests(assets)
         coord.stop()
         loop.join(5)
         coord.close()
+
+
+def test_each_experts_round_trip_covers_its_compute(client):
+    """``rtt_ms`` runs from that task's own dispatch to its answer, so it is never less than
+    the compute the node reports (it was once measured from the end of the whole fan-out)."""
+    for i in range(20):
+        r = client.query(f"rtt question {i}: which colour?", ["red", "green", "blue", "black"], top_k=4)
+        assert isinstance(r, Reply)
+        for u in r.experts:
+            if u.status == "ok":
+                assert u.rtt_ms >= u.compute_ms > 0, u
