@@ -284,7 +284,7 @@ class Coordinator(ClientSide, NodeSide):
         self._answer_asks()
 
     def _answer_asks(self) -> None:
-        while True:
+        while not self._asks.empty():  # cheap on every turn; raising Empty is not
             try:
                 fn, fut = self._asks.get_nowait()
             except queue.Empty:
