@@ -42,7 +42,11 @@ FLEET = REPO / "configs" / "fleet.demo.real.yaml"
 TABLE = REPO / "benchmarks" / "results" / "mmlu" / "calibration.npz"
 SAMPLES = REPO / "benchmarks" / "results" / "mmlu" / "work" / "samples.jsonl"
 OUT = REPO / "benchmarks" / "results" / "engine_bench"
-ENGINES = ("onnxruntime", "llama.cpp")
+ENGINES = ("onnxruntime", "llama.cpp", "llama.cpp-spin")
+# llama.cpp-spin: the same runner with OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, what
+# llama.cpp does by default) in place of the runner's PASSIVE (edge_moe/runtime/gguf_start.py)
+ENV = {"llama.cpp-spin": {"OMP_WAIT_POLICY": "ACTIVE"}}
+FIDELITY = ("onnxruntime", "llama.cpp")  # the spin variant computes the same numbers
 # model (asset name, and the committed table's fp32 column) -> its expert in the demo fleet
 MODELS = {"smollm2-135m-instruct": "smollm2-135m-instruct", "gemma3-270m": "gemma3-270m",
           "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b-int4"}
@@ -99,12 +103,13 @@ def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
     t0 = time.perf_counter()
     runner = _runner(engine, artifact, threads)
     res: dict[str, Any] = {"load_s": time.perf_counter() - t0}
-    if engine == "llama.cpp":
+    if engine != "onnxruntime":
         import llama_cpp
 
         res["backend"] = runner.backend
         res["system_info"] = llama_cpp.llama_print_system_info().decode()
     res.update(_speed(runner, new_tokens) if task == "speed" else _fidelity(runner, questions))
+    res["loadavg_1min"] = os.getloadavg()[0]  # other processes on the machine show up here
     out.write_text(json.dumps(res))
 
 
@@ -119,7 +124,7 @@ def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
                str(threads), "--task", task, "--new-tokens", str(new_tokens), "--questions",
                str(questions), "--worker-out", str(out)]
         with open(Path(d) / "log", "w+b") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV.get(engine, {})})
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0 or not out.is_file():
@@ -191,24 +196,35 @@ METRICS = (("prefill_tok_s", "prefill tok/s", True), ("ttft_ms", "TTFT ms", Fals
 def _markdown(result: dict) -> str:
     cpu = result["cpu"]
     lines = ["# Engines side by side: onnxruntime (our served ONNX) vs llama.cpp (the source GGUF)\n",
-             f"{cpu['model']}, {result['threads']} threads, {result['rounds']} rounds alternating "
-             f"(medians), prompt ~110 tokens, {result['new_tokens']} new tokens, greedy.\n",
-             "| model | metric | onnxruntime | llama.cpp | llama.cpp / onnxruntime |", "|---|---|---|---|---|"]
+             f"{cpu['model']}, {result['threads']} threads each, {result['rounds']} rounds, engines in rotating "
+             f"order, medians; prompt ~110 tokens, {result['new_tokens']} new tokens, greedy. `llama.cpp`: runner "
+             "`llama.cpp` as served (OMP_WAIT_POLICY=PASSIVE); `llama.cpp-spin`: the same with "
+             "OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, llama.cpp's own default).\n",
+             "| model | metric | onnxruntime | llama.cpp | llama.cpp-spin | llama.cpp / onnxruntime | "
+             "llama.cpp-spin / onnxruntime |", "|---|---|---|---|---|---|---|"]
     for model, r in result["models"].items():
         if "skipped" in r:
-            lines.append(f"| {model} | skipped: {r['skipped']} | | | |")
+            lines.append(f"| {model} | skipped: {r['skipped']} | | | | | |")
             continue
-        o, g = r["onnxruntime"]["median"], r["llama.cpp"]["median"]
+        med = {e: r[e]["median"] for e in ENGINES}
         for key, label, _ in METRICS:
-            ratio = f"{g[key] / o[key]:.2f}x" if o.get(key) and g.get(key) else "–"
-            lines.append(f"| {model} | {label} | {_fmt(o.get(key))} | {_fmt(g.get(key))} | {ratio} |")
+            o = med["onnxruntime"].get(key)
+            ratios = [f"{med[e][key] / o:.2f}x" if o and med[e].get(key) else "–" for e in ENGINES[1:]]
+            lines.append(f"| {model} | {label} | " + " | ".join(_fmt(med[e].get(key)) for e in ENGINES)
+                         + " | " + " | ".join(ratios) + " |")
         fo, fg = r["onnxruntime"]["fidelity"], r["llama.cpp"]["fidelity"]
         for key, label in (("agreement", "agreement with fp32 letter"), ("accuracy", "MMLU accuracy"),
                            ("mean_max_gap_nats", "mean max log-prob gap to fp32"),
                            ("ms_per_question", "ms / question (letter)")):
             ratio = f"{fg[key] / fo[key]:.2f}x" if key == "ms_per_question" else ""
-            lines.append(f"| {model} | {label} | {_fmt(fo[key])} | {_fmt(fg[key])} | {ratio} |")
-        lines.append(f"| {model} | artifact | `{r['onnxruntime']['artifact']}` | `{r['llama.cpp']['artifact']}` | |")
+            lines.append(f"| {model} | {label} | {_fmt(fo[key])} | {_fmt(fg[key])} | (same) | {ratio} | |")
+        lines.append(f"| {model} | artifact | `{r['onnxruntime']['artifact']}` | `{r['llama.cpp']['artifact']}` "
+                     "| (same) | | |")
+    loads = [x["loadavg_1min"] for r in result["models"].values() if "skipped" not in r
+             for e in ENGINES for x in r[e]["runs"]]
+    if loads:
+        lines += ["", f"1-minute load average at the end of the speed runs: {min(loads):.2f} to {max(loads):.2f} "
+                  f"(a run of {result['threads']} threads alone adds about {result['threads']})."]
     lines += ["", f"Fidelity: the first {result['questions']} questions of the committed MMLU table; the "
               "reference is its fp32 ONNX column (each GGUF dequantised to fp32).", "",
               f"Run: `{result['command']}` on {result['date']}.", "",
@@ -258,29 +274,30 @@ def main(
             print(f"{model}: skipped ({why})")
             result["models"][model] = {"skipped": why}
             continue
-        paths = {"onnxruntime": str(onnx), "llama.cpp": str(gguf)}
+        paths = {e: str(onnx) if e == "onnxruntime" else str(gguf) for e in ENGINES}
         runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
         for r in range(rounds):
-            for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:
+            for engine in ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]:  # rotating order
                 res = _child(engine, paths[engine], threads, "speed", new_tokens, questions)
                 runs[engine].append(res)
                 print(f"{model} round {r + 1} {engine}: " + ", ".join(
                     f"{k} {_fmt(res.get(k))}" for k, _, _ in METRICS), flush=True)
         entry: dict[str, Any] = {}
         for engine in ENGINES:
-            fid = _child(engine, paths[engine], threads, "fidelity", new_tokens, questions)
             entry[engine] = {"artifact": paths[engine], "runs": runs[engine],
-                             "median": {k: _median([x.get(k) for x in runs[engine]]) for k, _, _ in METRICS},
-                             "fidelity": _fidelity_summary(fid, model, questions),
-                             "fidelity_peak_rss_mb": fid["peak_rss_mb"]}
+                             "median": {k: _median([x.get(k) for x in runs[engine]]) for k, _, _ in METRICS}}
+            if engine not in FIDELITY:
+                continue
+            fid = _child(engine, paths[engine], threads, "fidelity", new_tokens, questions)
+            entry[engine].update(fidelity=_fidelity_summary(fid, model, questions),
+                                 fidelity_peak_rss_mb=fid["peak_rss_mb"])
             print(f"{model} {engine} fidelity: {entry[engine]['fidelity']}", flush=True)
             if engine == "llama.cpp":
                 result["llama_cpp_backend"] = fid.get("backend")
                 result["llama_cpp_system_info"] = fid.get("system_info", "").strip()
         result["models"][model] = entry
-        o, g = entry["onnxruntime"]["median"], entry["llama.cpp"]["median"]
-        print(f"{model}: " + ", ".join(f"{label} {_fmt(o[k])} vs {_fmt(g[k])}"
-                                       for k, label, _ in METRICS if o[k] and g[k]), flush=True)
+        print(f"{model}: " + "; ".join(f"{label} " + " vs ".join(_fmt(entry[e]["median"][k]) for e in ENGINES)
+                                       for k, label, _ in METRICS), flush=True)
     result.setdefault("llama_cpp_backend", None)
     result.setdefault("llama_cpp_system_info", "")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,8 @@ one llama.cpp context; a node serves its tasks one by one).
 ``max_context`` (default :data:`DEFAULT_CONTEXT` tokens, at most the model's training
 context) sets a fixed part of the runner's memory; OrtRunner's cache grows with the prompt.
 
-**CPU backends.** A ``llama-cpp-python`` built with ``GGML_BACKEND_DL`` and
-``GGML_CPU_ALL_VARIANTS`` (``make install-gguf``) ships one CPU backend per x86 level and
-picks one at run time. :func:`start_llama_cpp` makes that pick itself, from the package's
-own folder, and skips the AMX variant unless ``EDGE_MOE_GGML_AMX=1``: ggml's AMX path
-crashed in the first decode on VMs of this project's kind that report AMX (docs/design.md §6).
+Starting llama.cpp in a process (its CPU backend, its threads' wait policy, its log) is
+:mod:`edge_moe.runtime.gguf_start`.
 
 numpy and ``llama_cpp`` only (imported lazily, when a runner is built).
 """
@@ -55,91 +52,16 @@ from edge_moe.errors import ArtifactError, RunnerError
 from edge_moe.runtime.batch import _renormalise
 from edge_moe.runtime.capabilities import Capability
 from edge_moe.runtime.generation import Decoding, Generation, GenRequest, Outcome, stop_strings
+from edge_moe.runtime.gguf_start import import_llama_cpp, start_llama_cpp
 from edge_moe.runtime.sampling import log_softmax64
 from edge_moe.wire import MODES, Sampling
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CONTEXT", "EXTRA_HINT", "GgufRunner", "start_llama_cpp"]
+__all__ = ["DEFAULT_CONTEXT", "GgufRunner"]
 
 DEFAULT_CONTEXT = 4096  # tokens of KV cache llama.cpp allocates (see the module docstring)
-EXTRA_HINT = ("pip install 'edge-moe[gguf]' (or `make install-gguf`, which builds it portably for "
-              "these CPUs)")
 _SENTINEL = "\x00EDGE_MOE_USER_MESSAGE\x00"
-_AMX_VARIANTS = ("sapphirerapids",)  # ggml's CPU variants built with AMX_TILE / AMX_INT8
-_backend_lock = threading.Lock()
-
-
-def _import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except Exception as exc:  # ImportError, or OSError when its shared library will not load
-        raise RunnerError(
-            f"runner 'llama.cpp' needs the `llama-cpp-python` package, which does not import here "
-            f"({type(exc).__name__}: {exc}); {EXTRA_HINT}"
-        ) from exc
-    quiet = logging.getLogger("llama-cpp-python")  # llama.cpp's log, which prints at NOTSET
-    if quiet.level == logging.NOTSET:
-        quiet.setLevel(logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR)
-    return llama_cpp
-
-
-_started: list[str | None] = []  # once per process: the CPU variant loaded (None: built in)
-
-
-def _loaded_ggml(lib_dir: Path) -> Any:
-    """The ``libggml`` that ``libllama`` uses, found by its soname (a wheel holds copies, not
-    symlinks: ``libggml.so`` is another library with its own, empty backend registry)."""
-    try:
-        return ctypes.CDLL("libggml.so.0", mode=os.RTLD_NOLOAD)
-    except OSError:
-        return ctypes.CDLL(str(lib_dir / "libggml.so.0"))
-
-
-def start_llama_cpp(ll: Any, allow_amx: bool | None = None) -> str | None:
-    """Load llama.cpp's CPU backend and ``llama_backend_init``, once per process.
-
-    A ``GGML_BACKEND_DL`` build links no CPU backend in (ggml would look for one beside the
-    Python executable and in the working directory): each ``libggml-cpu-<variant>.so`` beside
-    ``libggml.so`` reports its score on this CPU (``ggml_backend_score``: 0 where an
-    instruction it uses is missing) and the best is loaded; AMX variants only when
-    ``allow_amx`` (default: ``EDGE_MOE_GGML_AMX=1``).
-
-    Returns:
-        The variant loaded, or None for a build with its CPU backend linked in.
-
-    Raises:
-        RunnerError: no variant runs on this CPU, or the best will not load.
-    """
-    with _backend_lock:
-        if _started:
-            return _started[0]
-        if allow_amx is None:
-            allow_amx = os.environ.get("EDGE_MOE_GGML_AMX") == "1"
-        lib_dir = Path(ll.__file__).parent / "lib"
-        variant = None
-        scores: dict[Path, int] = {}
-        # scikit-build installs ggml's backend modules to <site-packages>/bin, not beside libggml
-        for path in sorted([*lib_dir.glob("libggml-cpu-*.so"), *(lib_dir.parents[1] / "bin").glob("libggml-cpu-*.so")]):
-            if allow_amx or path.stem.removeprefix("libggml-cpu-") not in _AMX_VARIANTS:
-                fn = getattr(ctypes.CDLL(str(path)), "ggml_backend_score", None)
-                scores[path] = int(fn()) if fn is not None else 0
-        if scores:
-            best = max(scores, key=lambda p: scores[p])
-            if scores[best] <= 0:
-                raise RunnerError(f"no llama.cpp CPU backend in {lib_dir} runs on this CPU (scores: "
-                                  f"{ {p.name: s for p, s in scores.items()} })")
-            ggml = _loaded_ggml(lib_dir)
-            ggml.ggml_backend_load.restype = ctypes.c_void_p
-            ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
-            if not ggml.ggml_backend_load(str(best).encode()):
-                raise RunnerError(f"llama.cpp could not load its CPU backend {best}")
-            variant = best.stem.removeprefix("libggml-cpu-")
-            logger.info("llama.cpp CPU backend: %s (score %d of %s)", variant, scores[best],
-                        {p.stem.removeprefix("libggml-cpu-"): s for p, s in scores.items()})
-        ll.llama_backend_init()
-        _started.append(variant)
-        return variant
 
 
 def _gguf_path(artifact: str | Path) -> Path:
@@ -167,7 +89,7 @@ class GgufRunner:
         n_batch: tokens per ``llama_decode`` of a prompt (longer prompts go in chunks).
         precise: an f32 KV cache and no flash attention, in place of llama.cpp's defaults (f16
             cache, flash attention where it can): on the same F32 weights, SmolLM2's letter
-            log-probs are then within 2e-5 nats of onnxruntime's fp32, instead of 1e-2. For
+            log-probs are then within 4e-5 nats of onnxruntime's fp32, instead of 1e-2. For
             parity checks; the defaults are what llama.cpp users run.
 
     Raises:
@@ -183,7 +105,7 @@ class GgufRunner:
     def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
                  max_context: int | None = None, n_batch: int = 512, precise: bool = False) -> None:
         self.path = _gguf_path(artifact)
-        ll = self._ll = _import_llama_cpp()
+        ll = self._ll = import_llama_cpp()
         self.backend = start_llama_cpp(ll)
         self.threads = int(intra_op_threads or os.cpu_count() or 1)
         self.n_batch = int(n_batch)
@@ -194,7 +116,7 @@ class GgufRunner:
         self.model = ll.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise ArtifactError(f"llama.cpp cannot load {self.path} (not a GGUF it knows? its log says why "
-                                "with EDGE_MOE_LOG_LEVEL=DEBUG)")
+                                "at debug level: `edge-moe -vv ...`)")
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))

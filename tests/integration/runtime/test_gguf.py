@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -163,6 +164,7 @@ def test_the_runner_contract(gguf) -> None:
     assert check_runner(gguf, "test") is gguf and gguf.runner_name == "llama.cpp"
     assert gguf.max_context == 4096 and gguf.threads == 2
     assert {2, 0} <= gguf.eos  # <|im_end|>, <|endoftext|>
+    assert gguf.backend != "sapphirerapids" and os.environ.get("OMP_WAIT_POLICY")  # gguf_start's choices
     with pytest.raises(RunnerError, match="unknown scoring mode"):
         gguf.score_options("q", ["a", "b"], "nope")
     with pytest.raises(RunnerError, match="non-empty"):
