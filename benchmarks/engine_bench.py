@@ -224,7 +224,8 @@ def _markdown(result: dict) -> str:
              for e in ENGINES for x in r[e]["runs"]]
     if loads:
         lines += ["", f"1-minute load average at the end of the speed runs: {min(loads):.2f} to {max(loads):.2f} "
-                  f"(a run of {result['threads']} threads alone adds about {result['threads']})."]
+                  f"(a run of {result['threads']} threads alone adds about {result['threads']}): other processes "
+                  "shared these cores at times, which hurts the spinning engines most; every run is in the JSON."]
     lines += ["", f"Fidelity: the first {result['questions']} questions of the committed MMLU table; the "
               "reference is its fp32 ONNX column (each GGUF dequantised to fp32).", "",
               f"Run: `{result['command']}` on {result['date']}.", "",
@@ -264,7 +265,8 @@ def main(
     import llama_cpp
 
     result: dict[str, Any] = {
-        "command": "benchmarks/engine_bench.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join([".venv/bin/python benchmarks/engine_bench.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
         "cpu": _cpu(), "python": platform.python_version(), "threads": threads, "rounds": rounds,
         "new_tokens": new_tokens, "questions": questions, "llama_cpp_version": llama_cpp.__version__,
         "build_flags": _makefile_flags(), "models": {}}

@@ -191,6 +191,13 @@ def _artifact_problems(fleet: FleetConfig, artifacts: Path | None) -> tuple[list
                 warnings.append(f"{where}: runner 'tensorrt' does not execute engines yet "
                                 "(edge_moe/runtime/runners.py); use runner 'onnxruntime'")
             continue
+        if e.runner == "llama.cpp":  # a GGUF file, served as it is (no manifest)
+            if not p.is_file():
+                errors.append(f"{where}: runner 'llama.cpp' needs a .gguf file and {p} is not a file")
+            elif _magic(p) != b"GGUF":
+                errors.append(f"{where}: runner 'llama.cpp' needs a GGUF file and {p} does not start "
+                              "with the GGUF magic")
+            continue
         try:
             m = load_manifest(p)
         except ArtifactError as exc:
@@ -200,6 +207,12 @@ def _artifact_problems(fleet: FleetConfig, artifacts: Path | None) -> tuple[list
             errors.append(f"{fleet.path}: experts[{i}].precision={e.precision!r} but its artifact's "
                           f"{MANIFEST_FILE} ({p}) says {m.precision!r}")
     return errors, warnings
+
+
+def _magic(path: Path) -> bytes:
+    """A file's first four bytes (a GGUF file starts with b"GGUF")."""
+    with path.open("rb") as fh:
+        return fh.read(4)
 
 
 def _address_problems(fleet: FleetConfig) -> tuple[list[str], list[str]]:

@@ -55,10 +55,11 @@ def test_the_base_runtime_and_serving_path_import_no_torch():
 
 
 def test_registry_and_unknown_runner(artifact):
-    assert RUNNERS == {"onnxruntime": OrtRunner, "tensorrt": TrtRunner}
+    assert RUNNERS["onnxruntime"] is OrtRunner and RUNNERS["tensorrt"] is TrtRunner
+    assert set(RUNNERS) == {"onnxruntime", "tensorrt", "llama.cpp"}
     assert isinstance(make_runner("onnxruntime", artifact), OrtRunner)
     with pytest.raises(
-        ConfigError, match=r"unknown runner 'trt'; choose one of \['onnxruntime', 'tensorrt'\]"
+        ConfigError, match=r"unknown runner 'trt'; choose one of \['llama.cpp', 'onnxruntime', 'tensorrt'\]"
     ):
         make_runner("trt", artifact)
 

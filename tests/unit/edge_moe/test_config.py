@@ -86,7 +86,7 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r.update(extra=1), "extra is not a known field"),
         (lambda r: r["nodes"][2].update(device_class="tpu"), "nodes[2].device_class='tpu' is not a device class"),
         (lambda r: r["nodes"].append({"name": "cpu-a", "device_class": "cpu"}), "nodes[3].name='cpu-a' is a duplicate"),
-        (lambda r: r["experts"][0].update(runner="trt"), "experts[0].runner='trt' is not one of ['onnxruntime', 'tensorrt']"),
+        (lambda r: r["experts"][0].update(runner="trt"), "experts[0].runner='trt' is not one of ['onnxruntime', 'tensorrt', 'llama.cpp']"),
         (lambda r: r["budget"].update(energy_j=float("nan")), "budget.energy_j=nan must be finite"),
         (lambda r: r["budget"].update(energy_j=-1), "budget.energy_j=-1 must be >= 0"),
         (lambda r: r["budget"].update(latency_ms={"stem": 5}), "budget.latency_ms lacks categories"),
