@@ -114,19 +114,33 @@ def test_every_coordinator_error_has_its_exit_code(code: ErrorCode, exit: int) -
     assert answer_code(Error(id="q", code=code.value, message="m")) == exit
 
 
-def test_status_of_a_fleet_whose_cluster_is_gone_exits_three(tmp_path, monkeypatch) -> None:
+def test_status_of_a_fleet_whose_cluster_is_gone_exits_three(tmp_path) -> None:
+    """Run as its own process, as the CLI always is: importing ray for a remote cluster in
+    this test process would leave it unable to reach a local head later (Ray reads
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import)."""
+    import os
+    import subprocess
+    import sys
+
     from edge_moe.fleet.state import Deployment
 
-    monkeypatch.setenv("EDGE_MOE_STATE", str(tmp_path))
-    for key in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE"):
-        monkeypatch.delenv(key, raising=False)  # the driver sets them: undo it after the test
     with socket.socket() as s:  # a port with nothing behind it
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    Deployment(name="gone", config="fleet.yaml", namespace="edge-moe-gone", address=f"127.0.0.1:{port}",
-               frontend="tcp://127.0.0.1:5555", backend="tcp://127.0.0.1:5556", started_head=False).save()
-    res = runner.invoke(app, ["status", "--fleet", "gone"])
-    assert res.exit_code == 3, res.output
+    env = {**os.environ, "EDGE_MOE_STATE": str(tmp_path)}
+    old = os.environ.get("EDGE_MOE_STATE")
+    os.environ["EDGE_MOE_STATE"] = str(tmp_path)
+    try:
+        Deployment(name="gone", config="fleet.yaml", namespace="edge-moe-gone", address=f"127.0.0.1:{port}",
+                   frontend="tcp://127.0.0.1:5555", backend="tcp://127.0.0.1:5556", started_head=False).save()
+    finally:
+        if old is None:
+            os.environ.pop("EDGE_MOE_STATE", None)
+        else:
+            os.environ["EDGE_MOE_STATE"] = old
+    res = subprocess.run([sys.executable, "-m", "edge_moe.cli", "status", "--fleet", "gone"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stdout + res.stderr
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith(f"FleetError: cannot reach the Ray cluster at 127.0.0.1:{port}"), res.stderr
-    assert "Traceback" not in res.output
+    assert "Traceback" not in res.stdout + res.stderr
