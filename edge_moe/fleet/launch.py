@@ -303,9 +303,11 @@ def _curve_bundle(fleet: FleetConfig, directory: str | os.PathLike[str] | None
 def inputs_mismatch(fleet: FleetConfig, gate: str | os.PathLike[str], calibration: str | os.PathLike[str],
                     profiles: str | os.PathLike[str]) -> list[str]:
     """Why the coordinator's inputs do not fit ``fleet``: each of the gate, the calibration
-    table and the profiles must name exactly the fleet's experts (a gate made for other
-    experts would refuse every query with ``no_experts``). One problem per file, naming
-    both lists; a file that cannot be read is a problem too. Empty when they fit."""
+    table and the profiles must know every expert of the fleet (a gate made for other
+    experts would refuse every query with ``no_experts``). They may know more: the gate is
+    trained once on all experts and masked to the ones deployed. One problem per file,
+    naming both lists and the missing experts; a file that cannot be read is a problem too.
+    Empty when they fit."""
     from edge_moe.calibration import load_calibration
     from edge_moe.errors import EdgeMoEError
     from edge_moe.profiles import load_profiles
@@ -322,8 +324,10 @@ def inputs_mismatch(fleet: FleetConfig, gate: str | os.PathLike[str], calibratio
         except EdgeMoEError as exc:
             out.append(f"the {what} {path} cannot be read: {exc}")
             continue
-        if have != want:
-            out.append(f"the {what} {path} is for experts {have}, the fleet '{fleet.name}' has {want}")
+        missing = sorted(set(want) - set(have))
+        if missing:
+            out.append(f"the {what} {path} is for experts {have}, the fleet '{fleet.name}' has {want} "
+                       f"(unknown to it: {missing})")
     return out
 
 

@@ -55,3 +55,11 @@ def test_deploy_takes_the_demo_files_of_the_fleet_it_deploys(tmp_path, monkeypat
     assert "run `make demo` once" in res.output
     res = CliRunner().invoke(app, ["deploy", str(paths.CONFIGS / "fleet.demo.yaml")])
     assert str(tmp_path / "cache" / "demo" / "gate.onnx") in res.output.replace("\n", "")
+
+
+def test_a_fleet_of_some_of_the_gates_experts_fits(assets, tmp_path):
+    """The gate is trained once on all experts and masked to the deployed ones: a fleet of a
+    subset is fine; only an expert the files do not know is refused."""
+    fleet = load_fleet(write_fleet(tmp_path / "sub.yaml", assets.experts, assets.categories, "sub",
+                                   nodes={"node-a": [0], "node-b": [1]}))
+    assert inputs_mismatch(fleet, assets.gate, assets.calibration, assets.profiles) == []
