@@ -17,8 +17,9 @@ can tell); 1 any error (:mod:`edge_moe.cli.common`). Warnings never change the e
   ``*`` and port 0 always are) and differ, and a non-loopback ZeroMQ address has
   ``curve: true`` (the coordinator refuses plaintext there). When the coordinator node's
   ``host`` is not this machine, these are left to a run there (a warning says so);
-- with ``--gate``, ``--calibration`` and ``--profiles``: each names exactly the fleet's
-  experts (:func:`edge_moe.fleet.launch.inputs_mismatch`, as deploy checks).
+- with ``--gate``, ``--calibration`` and ``--profiles``: each knows every expert of the
+  fleet (more is fine: the gate is masked to the deployed ones;
+  :func:`edge_moe.fleet.launch.inputs_mismatch`, as deploy checks).
 """
 
 from __future__ import annotations
