@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import string
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from edge_moe.runtime.batch import (
 )
 from edge_moe.runtime.capabilities import Capability
 from edge_moe.runtime.chat import format_chat, has_chat
-from edge_moe.runtime.generation import Decoding, Generation, GenRequest, stop_strings
+from edge_moe.runtime.generation import Decoding, Generation, GenRequest, decode_alone, stop_strings
 from edge_moe.runtime.manifest import load_manifest
 from edge_moe.runtime.session import ORT_DTYPES, load_tokenizer, log_softmax, make_session
 from edge_moe.wire import MODES, Sampling
@@ -329,22 +328,19 @@ class OrtRunner:
         eos = set(self.manifest.eos_token_ids)
         req = GenRequest(tuple(ids), max_new_tokens, on_text, stop_strings(stop, sampling), sampling)
         seq = Decoding(None, req, Outcome(), lambda t: self.decode([t]))
-        if should_stop is not None and should_stop():
-            return seq.result("cancelled", self.decode)
-        t0 = time.perf_counter()
-        logits, past = self.forward(np.array([ids]))
-        seq.prefill_ms = (time.perf_counter() - t0) * 1e3
-        t1 = time.perf_counter()
-        while True:
-            tok, logprob = seq.pick(logits[0, -1])
-            reason = seq.take(tok, eos, self.decode, self.max_context, logprob)
-            if reason is None and should_stop is not None and should_stop():
-                reason = "cancelled"
-            if reason is not None:
-                break
-            logits, past = self.forward(np.array([[tok]]), None, past)
-        seq.decode_ms = (time.perf_counter() - t1) * 1e3
-        return seq.result(reason, self.decode)
+        past: list[np.ndarray] = []
+
+        def prefill() -> np.ndarray:
+            logits, present = self.forward(np.array([ids]))
+            past[:] = present
+            return logits[0, -1]  # (V,)
+
+        def step(tok: int) -> np.ndarray:
+            logits, present = self.forward(np.array([[tok]]), None, list(past))
+            past[:] = present
+            return logits[0, -1]  # (V,)
+
+        return decode_alone(seq, prefill, step, eos, self.decode, self.max_context, should_stop)
 
     def generate(
         self,

@@ -23,6 +23,7 @@ numpy only.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from edge_moe.wire import Sampling, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FINISH_OF", "Decoding", "GenRequest", "Generation", "Outcome", "finish_reason", "held_back",
+__all__ = ["FINISH_OF", "Decoding", "decode_alone", "GenRequest", "Generation", "Outcome", "finish_reason", "held_back",
            "stop_strings"]
 
 # Generation.stop_reason -> the wire's finish_reason (RESULT, REPLY)
@@ -202,3 +203,29 @@ class Decoding:
         logprobs = tuple(self.logprobs) if self.sampler.logprobs else None
         return Generation(text, list(self.new), len(self.new), self.prefill_ms, self.decode_ms,
                           reason, logprobs)
+
+
+def decode_alone(seq: Decoding, prefill: Callable[[], Any], step: Callable[[int], Any],
+                 eos: set[int], decode: Callable[[Sequence[int]], str], max_context: int,
+                 should_stop: Callable[[], bool] | None = None) -> Generation:
+    """One sequence decoded on its own, the loop every single-sequence runner shares:
+    ``prefill()`` gives the (V,) logits after the prompt, ``step(token)`` feeds one token
+    and gives the next (V,) logits; each token is picked and judged by ``seq`` (the rule
+    batched decoding uses too), and ``should_stop`` (a CANCEL) ends it as "cancelled"
+    before the next step. Prefill and decode wall times go into the Generation."""
+    if should_stop is not None and should_stop():
+        return seq.result("cancelled", decode)
+    t0 = time.perf_counter()
+    logits = prefill()
+    seq.prefill_ms = (time.perf_counter() - t0) * 1e3
+    t1 = time.perf_counter()
+    while True:
+        tok, logprob = seq.pick(logits)
+        reason = seq.take(tok, eos, decode, max_context, logprob)
+        if reason is None and should_stop is not None and should_stop():
+            reason = "cancelled"
+        if reason is not None:
+            break
+        logits = step(tok)
+    seq.decode_ms = (time.perf_counter() - t1) * 1e3
+    return seq.result(reason, decode)

@@ -41,7 +41,6 @@ import logging
 import os
 import string
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,14 @@ import numpy as np
 from edge_moe.errors import ArtifactError, RunnerError
 from edge_moe.runtime.batch import _renormalise
 from edge_moe.runtime.capabilities import Capability
-from edge_moe.runtime.generation import Decoding, Generation, GenRequest, Outcome, stop_strings
+from edge_moe.runtime.generation import (
+    Decoding,
+    Generation,
+    GenRequest,
+    Outcome,
+    decode_alone,
+    stop_strings,
+)
 from edge_moe.runtime.gguf_start import import_llama_cpp, start_llama_cpp
 from edge_moe.runtime.sampling import log_softmax64
 from edge_moe.wire import MODES, Sampling
@@ -393,26 +399,17 @@ class GgufRunner:
         self.check_context(len(ids))
         req = GenRequest(tuple(ids), max_new_tokens, on_text, stop_strings(stop, sampling), sampling)
         seq = Decoding(None, req, Outcome(), lambda t: self.decode([t]))
-        if should_stop is not None and should_stop():
-            return seq.result("cancelled", self.decode)
+        pos = [len(ids)]
+
+        def step(tok: int) -> Any:
+            logits = self._eval([tok], pos[0])[-1]
+            pos[0] += 1
+            return logits
+
         with self._lock:
             self._reset()
-            t0 = time.perf_counter()
-            logits = self._eval(ids, 0)[-1]
-            seq.prefill_ms = (time.perf_counter() - t0) * 1e3
-            t1 = time.perf_counter()
-            pos = len(ids)
-            while True:
-                tok, logprob = seq.pick(logits)
-                reason = seq.take(tok, self.eos, self.decode, self.max_context, logprob)
-                if reason is None and should_stop is not None and should_stop():
-                    reason = "cancelled"
-                if reason is not None:
-                    break
-                logits = self._eval([tok], pos)[-1]
-                pos += 1
-            seq.decode_ms = (time.perf_counter() - t1) * 1e3
-        return seq.result(reason, self.decode)
+            return decode_alone(seq, lambda: self._eval(ids, 0)[-1], step, self.eos, self.decode,
+                                self.max_context, should_stop)
 
     def generate(
         self,
