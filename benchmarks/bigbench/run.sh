@@ -6,6 +6,13 @@
 #                                                  LIMIT=N: only the first N listed)
 #   bash benchmarks/bigbench/run.sh table            # the table over what every expert finished
 #   bash benchmarks/bigbench/run.sh report           # profiles + REPORT.md (MMLU's report code)
+# The same with each question's options shuffled (seeded), on the committed table's 150 questions
+# (LIMIT, default 150: the first N listed, the samples every expert finished in the file-order run):
+#   bash benchmarks/bigbench/run.sh dataset-shuffled # bigbench_mc.jsonl, options permuted (seed 0)
+#   bash benchmarks/bigbench/run.sh score-shuffled EXPERT
+#   bash benchmarks/bigbench/run.sh table-shuffled EXPERT...   # default: every expert of EXPERTS
+#   bash benchmarks/bigbench/run.sh report-shuffled
+#   bash benchmarks/bigbench/run.sh compare-shuffled # baselines + file order vs shuffled (compare.md)
 # Experts run one per process (1 onnxruntime thread each, nice 10) so two share the 2 cores.
 set -euo pipefail
 EM=".venv/bin/edge-moe"
@@ -13,6 +20,9 @@ PY=".venv/bin/python"
 R=benchmarks/results/bigbench
 DATA=benchmarks/bigbench/bigbench_mc.jsonl
 COMMON=(--work "$R/work" --dataset "$DATA" --per-topic 0 --seed 0 --threads 1 --no-progress --generation-prompts 0)
+RS=benchmarks/results/bigbench_shuffled
+DATA_S="$RS/bigbench_mc_shuffled.jsonl"
+COMMON_S=(--work "$RS/work" --dataset "$DATA_S" --per-topic 0 --seed 0 --threads 1 --no-progress --generation-prompts 0)
 # The experts scored, in RULE.md's priority; the 1.5B model through onnxruntime-genai's builder.
 EXPERTS=(smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-0.5b-instruct:int8
          qwen2.5-coder-1.5b-instruct:ortgenai-fp32 gemma3-270m)
@@ -37,5 +47,21 @@ case "${1:-}" in
       --energy-points 10 --latency-points 8 --random-draws 5 --objective loglik --folds 0 \
       --guard-confidence 0.95 --cv-folds 5 --no-progress
     $PY benchmarks/bigbench/report_header.py "$R/REPORT.md" ;;
-  *) echo "usage: $0 dataset|export|score EXPERT|table|report" >&2; exit 2 ;;
+  dataset-shuffled) $PY benchmarks/resplit_spread.py shuffle-bigbench --out "$DATA_S" --seed 0 ;;
+  score-shuffled)
+    e="$2"
+    nice -n 10 $EM calibrate --expert "$e" "${COMMON_S[@]}" --limit "${LIMIT:-150}" --out "$RS/partial/${e//:/-}.npz" ;;
+  table-shuffled)
+    shift; names=("$@"); [ ${#names[@]} -gt 0 ] || names=("${EXPERTS[@]}")
+    args=(); for e in "${names[@]}"; do args+=(--expert "$e"); done
+    $EM calibrate "${args[@]}" "${COMMON_S[@]}" --no-score --out "$RS/calibration.npz" ;;
+  report-shuffled)
+    $EM profile "$RS/calibration.latency.json" --device-class cpu --out "$RS/profiles.cpu.json"
+    $PY benchmarks/reproduce_moe2.py --table "$RS/calibration.npz" --profiles "$RS/profiles.cpu.json" \
+      --out "$RS" --top-k 2 --tau 0.8 --subsets 30 --seed 0 \
+      --energy-points 10 --latency-points 8 --random-draws 5 --objective loglik --folds 0 \
+      --guard-confidence 0.95 --cv-folds 5 --no-progress
+    $PY benchmarks/bigbench/shuffled_compare.py header "$RS/REPORT.md" ;;
+  compare-shuffled) $PY benchmarks/bigbench/shuffled_compare.py ;;
+  *) echo "usage: $0 dataset|export|score EXPERT|table|report|dataset-shuffled|score-shuffled EXPERT|table-shuffled [EXPERT...]|report-shuffled|compare-shuffled" >&2; exit 2 ;;
 esac
