@@ -23,11 +23,13 @@ $(STAMP): pyproject.toml
 # The `gguf` extra (runner `llama.cpp`): llama-cpp-python compiled from source, portably: one CPU
 # backend per x86 level, picked at run time (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS), never
 # -march=native, AMX off (docs/design.md §6). pip's own cache keys a built wheel by version, not by
-# CMAKE_ARGS, so the wheel is kept in a folder named after the flags instead: 23 min on 2 cores
-# the first time, seconds after.
+# CMAKE_ARGS, so the wheel is kept in a folder named after the flags instead, in the model cache
+# (outside the checkout, so a fresh clone or a new .venv reuses it): 23 min on 2 cores the first
+# time, seconds after.
 GGUF_PIN        := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
 GGUF_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-GGUF_WHEELS     := $(VENV)/wheels/gguf-$(shell echo "$(GGUF_PIN) $(GGUF_CMAKE_ARGS)" | cksum | cut -d' ' -f1)
+GGUF_CACHE      ?= $(or $(EDGE_MOE_CACHE),$(HOME)/.cache/edge-moe)
+GGUF_WHEELS     := $(GGUF_CACHE)/wheels/gguf-$(shell echo "$(GGUF_PIN) $(GGUF_CMAKE_ARGS)" | cksum | cut -d' ' -f1)
 
 install-gguf: install
 	ls $(GGUF_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \

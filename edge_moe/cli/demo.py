@@ -43,7 +43,7 @@ def demo(
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads per node (smollm2: 1, real: 2)")] = None,
     old_fleet: Annotated[DemoFleet | None, typer.Option("--fleet", hidden=True, callback=deprecated("demo --fleet", "--demo-fleet"))] = None,
 ) -> None:
-    """Run the main job end to end on embedded Ray. It exports the fleet's experts and MiniLM, plans three energy budgets, deploys a 3-node fleet, asks held-out MMLU test questions at each budget, tears down, and prints accuracy with its 95% CI, ms (measured) and J (modelled) per budget. Exports and measurements are cached under $EDGE_MOE_CACHE: a cold run takes about 20 min and a 9.7 GB peak on 2 cores, a warm one about 3.5 min.
+    """Run the main job end to end on embedded Ray. It exports the fleet's experts and MiniLM, plans three energy budgets, deploys a 3-node fleet, asks held-out MMLU test questions at each budget, tears down, and prints accuracy with its 95% CI, ms (measured) and J (modelled) per budget. Its plans, Pareto front and plot go to out/demo/ under the current folder. Exports and measurements are cached under $EDGE_MOE_CACHE: a cold run takes about 20 min and a 9.7 GB peak on 2 cores, a warm one about 3.5 min.
 
     Example: edge-moe demo --demo-fleet smollm2
     """
