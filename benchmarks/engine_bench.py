@@ -1,8 +1,11 @@
 """Engine benchmark (not a test): our served ONNX artifact (onnxruntime) vs llama.cpp on the source GGUF.
 
-For each model, at the runner level and with the same threads: the ONNX artifact the demo
-serves (``configs/fleet.demo.real.yaml``) against runner ``llama.cpp``
-(:class:`edge_moe.runtime.gguf.GgufRunner`) on the GGUF that artifact was exported from.
+For each model, with the same threads: the ONNX artifact the demo serves
+(``configs/fleet.demo.real.yaml``) against runner ``llama.cpp``
+(:class:`edge_moe.runtime.gguf.GgufRunner`) on the GGUF that artifact was exported from, at
+two levels (``--levels``, default both):
+
+**runner level** (``runner``):
 
 - **speed**, ``--rounds`` rounds (default 3), the two engines alternating (A B, B A, …), each
   run in a fresh process that loads the model, warms up once, then greedily generates
@@ -15,10 +18,19 @@ serves (``configs/fleet.demo.real.yaml``) against runner ``llama.cpp``
   engine's argmax with the table's fp32 ONNX column (the reference: the GGUF dequantised to
   fp32), accuracy, the mean of the largest per-question log-prob gap to it, and ms per question.
 
+**served level** (``served``, :mod:`benchmarks.engine_served`): each engine's model behind a
+one-node, one-expert fleet (``edge-moe deploy``, a fresh local Ray head per run), streamed
+through the HTTP front's ``/v1/completions`` with the same prompt and ``--new-tokens``: TTFT,
+decode tok/s and the node process's peak RSS, the engines alternating within each round after
+the runner level's engines, medians over rounds. The reference row "llama.cpp direct" is the
+runner level's ``llama.cpp`` in the same run (with ``--levels served`` alone, only that
+engine's speed runs of the runner level are made, for this row).
+
 Writes ``benchmarks/results/engine_bench.{json,md}`` with the CPU flags (``lscpu``), the command
 and llama.cpp's build (its system info, the CPU backend variant loaded, the Makefile's flags).
 
     .venv/bin/python benchmarks/engine_bench.py [--models smollm2-135m-instruct,gemma3-270m]
+        [--levels runner,served] [--rounds 3] [--out benchmarks/results/engine_bench]
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ ENGINES = ("onnxruntime", "llama.cpp", "llama.cpp-spin")
 # llama.cpp does by default) in place of the runner's PASSIVE (edge_moe/runtime/gguf_start.py)
 ENV = {"llama.cpp-spin": {"OMP_WAIT_POLICY": "ACTIVE"}}
 FIDELITY = ("onnxruntime", "llama.cpp")  # the spin variant computes the same numbers
+SERVED = ("onnxruntime", "llama.cpp")  # the engines of the served level
+LEVELS = ("runner", "served")
 # model (asset name, and the committed table's fp32 column) -> its expert in the demo fleet
 MODELS = {"smollm2-135m-instruct": "smollm2-135m-instruct", "gemma3-270m": "gemma3-270m",
           "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b-int4"}
@@ -80,11 +94,19 @@ def _speed(runner: Any, new_tokens: int) -> dict[str, Any]:
     g = runner.generate(PROMPT, new_tokens, chat=False,
                         on_text=lambda _: first.append(time.perf_counter()) if not first else None)
     n_prompt = len(runner.prompt_ids(PROMPT, False))
+    # the prompt as a node serves it (the model's chat template), the served level's reference
+    chat_first: list[float] = []
+    t1 = time.perf_counter()
+    c = runner.generate(PROMPT, new_tokens, chat=True,
+                        on_text=lambda _: chat_first.append(time.perf_counter()) if not chat_first else None)
     return {"prompt_tokens": n_prompt, "new_tokens": g.n_tokens, "stop_reason": g.stop_reason,
             "prefill_tok_s": n_prompt / (g.prefill_ms / 1e3),
             "ttft_ms": (first[0] - t0) * 1e3 if first else None,
             "decode_tok_s": (g.n_tokens - 1) / (g.decode_ms / 1e3) if g.n_tokens > 1 else None,
-            "text": g.text}
+            "text": g.text,
+            "chat_prompt_tokens": len(runner.prompt_ids(PROMPT)), "chat_new_tokens": c.n_tokens,
+            "chat_ttft_ms": (chat_first[0] - t1) * 1e3 if chat_first else None,
+            "chat_decode_tok_s": (c.n_tokens - 1) / (c.decode_ms / 1e3) if c.n_tokens > 1 else None}
 
 
 def _fidelity(runner: Any, questions: int) -> dict[str, Any]:
@@ -136,15 +158,19 @@ def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
     return res
 
 
-def _artifacts(model: str) -> tuple[Path | None, Path | None, str]:
-    """(served ONNX artifact, source GGUF, why one is missing)."""
+def _demo_expert(model: str) -> dict[str, Any]:
+    """``model``'s expert entry in the demo fleet (name, artifact, precision)."""
     import yaml
 
+    return {e["name"]: e for e in yaml.safe_load(FLEET.read_text())["experts"]}[MODELS[model]]
+
+
+def _artifacts(model: str) -> tuple[Path | None, Path | None, str]:
+    """(served ONNX artifact, source GGUF, why one is missing)."""
     from edge_moe.paths import artifacts_dir
     from exporters.assets import fetch_asset
 
-    experts = {e["name"]: e for e in yaml.safe_load(FLEET.read_text())["experts"]}
-    e = experts[MODELS[model]]
+    e = _demo_expert(model)
     onnx = artifacts_dir() / e["artifact"]
     why = "" if (onnx / "manifest.json").is_file() else f"no ONNX artifact at {onnx}"
     try:
@@ -191,14 +217,42 @@ def _fidelity_summary(res: dict, model: str, n: int) -> dict[str, float]:
 METRICS = (("prefill_tok_s", "prefill tok/s", True), ("ttft_ms", "TTFT ms", False),
            ("decode_tok_s", "decode tok/s", True), ("load_s", "load s", False),
            ("peak_rss_mb", "peak RSS MB", False))
+# served metric -> llama.cpp direct's, on the same prompt as served (the chat template)
+SERVED_VS_DIRECT = (("ttft_ms", "chat_ttft_ms"), ("decode_tok_s", "chat_decode_tok_s"),
+                    ("node_peak_rss_mb", "peak_rss_mb"))
 
 
 def _markdown(result: dict) -> str:
     cpu = result["cpu"]
-    lines = ["# Engines side by side: onnxruntime (our served ONNX) vs llama.cpp (the source GGUF)\n",
-             f"{cpu['model']}, {result['threads']} threads each, {result['rounds']} rounds, engines in rotating "
-             f"order, medians; prompt ~110 tokens, {result['new_tokens']} new tokens, greedy. `llama.cpp`: runner "
-             "`llama.cpp` as served (OMP_WAIT_POLICY=PASSIVE); `llama.cpp-spin`: the same with "
+    lines = ["# Engines side by side: onnxruntime (our served ONNX) vs llama.cpp (the source GGUF)\n"]
+    if "runner" in result["levels"]:
+        lines += _runner_table(result)
+    if "served" in result["levels"]:
+        lines += _served_table(result)
+    loads = [x["loadavg_1min"] for r in result["models"].values() if "skipped" not in r
+             for e in ENGINES if e in r for x in r[e]["runs"]]
+    loads += [x["loadavg_1min"] for r in result["models"].values() for e in r.get("served", {})
+              for x in r["served"][e]["runs"]]
+    if loads:
+        lines += ["", f"1-minute load average at the end of the speed runs: {min(loads):.2f} to {max(loads):.2f} "
+                  f"(a run of {result['threads']} threads alone adds about {result['threads']}): other processes "
+                  "shared these cores at times, which hurts the spinning engines most; every run is in the JSON."]
+    if "runner" in result["levels"]:
+        lines += ["", f"Fidelity: the first {result['questions']} questions of the committed MMLU table; the "
+                  "reference is its fp32 ONNX column (each GGUF dequantised to fp32)."]
+    lines += ["", f"Run: `{result['command']}` on {result['date']}.", "",
+              f"CPU flags: {' '.join(cpu['flags'])}", "",
+              f"llama.cpp: llama-cpp-python {result['llama_cpp_version']}, CPU backend variant "
+              f"`{result['llama_cpp_backend']}`, built with `CMAKE_ARGS=\"{result['build_flags']}\"`; "
+              f"system info: `{result['llama_cpp_system_info']}`", ""]
+    return "\n".join(lines)
+
+
+def _runner_table(result: dict) -> list[str]:
+    lines = ["## Runner level\n",
+             f"{result['cpu']['model']}, {result['threads']} threads each, {result['rounds']} rounds, engines in "
+             f"rotating order, medians; prompt ~110 tokens, {result['new_tokens']} new tokens, greedy. `llama.cpp`: "
+             "runner `llama.cpp` as served (OMP_WAIT_POLICY=PASSIVE); `llama.cpp-spin`: the same with "
              "OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, llama.cpp's own default).\n",
              "| model | metric | onnxruntime | llama.cpp | llama.cpp-spin | llama.cpp / onnxruntime | "
              "llama.cpp-spin / onnxruntime |", "|---|---|---|---|---|---|---|"]
@@ -220,20 +274,44 @@ def _markdown(result: dict) -> str:
             lines.append(f"| {model} | {label} | {_fmt(fo[key])} | {_fmt(fg[key])} | (same) | {ratio} | |")
         lines.append(f"| {model} | artifact | `{r['onnxruntime']['artifact']}` | `{r['llama.cpp']['artifact']}` "
                      "| (same) | | |")
-    loads = [x["loadavg_1min"] for r in result["models"].values() if "skipped" not in r
-             for e in ENGINES for x in r[e]["runs"]]
-    if loads:
-        lines += ["", f"1-minute load average at the end of the speed runs: {min(loads):.2f} to {max(loads):.2f} "
-                  f"(a run of {result['threads']} threads alone adds about {result['threads']}): other processes "
-                  "shared these cores at times, which hurts the spinning engines most; every run is in the JSON."]
-    lines += ["", f"Fidelity: the first {result['questions']} questions of the committed MMLU table; the "
-              "reference is its fp32 ONNX column (each GGUF dequantised to fp32).", "",
-              f"Run: `{result['command']}` on {result['date']}.", "",
-              f"CPU flags: {' '.join(cpu['flags'])}", "",
-              f"llama.cpp: llama-cpp-python {result['llama_cpp_version']}, CPU backend variant "
-              f"`{result['llama_cpp_backend']}`, built with `CMAKE_ARGS=\"{result['build_flags']}\"`; "
-              f"system info: `{result['llama_cpp_system_info']}`", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _served_table(result: dict) -> list[str]:
+    from benchmarks.engine_served import REQUESTS, WARMUPS
+
+    lines = ["", "## Served path: a one-node, one-expert fleet through the HTTP front\n",
+             f"`edge-moe deploy` (a local Ray head, `nodes[].threads: {result['threads']}`), then streamed "
+             f"`POST /v1/completions` (the `openai` client; `model` pins the expert; `max_tokens` "
+             f"{result['new_tokens']}, temperature 0: greedy): {WARMUPS} warm-up and {REQUESTS} measured requests "
+             f"per deployment (their median), one deployment per engine per round, engines alternating, "
+             f"{result['rounds']} rounds, medians. TTFT: request sent → first chunk with text; decode tok/s: "
+             "(the stream's usage completion tokens − 1) / (last − first chunk with text); node peak RSS: VmHWM "
+             "of the node actor's process (a Ray worker: Ray's own memory is in it), read before `edge-moe down`. "
+             "The coordinator embeds with MiniLM (in TTFT); its gate is a trivial one over the one expert. "
+             "**llama.cpp direct**: the runner level's `llama.cpp` process of this run, generating from the "
+             "same prompt as served (a node formats it with the model's chat template, on both endpoints), "
+             "after its raw-prompt run (a fresh process; peak RSS its `ru_maxrss`); ratios are served ÷ "
+             "direct. `prompt tokens` (llama.cpp's tokenizer) and `new tokens` are medians.\n",
+             "| model | engine | prompt tokens | new tokens | TTFT ms | decode tok/s | node peak RSS MB | "
+             "TTFT ÷ direct | decode tok/s ÷ direct | peak RSS ÷ direct |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, r in result["models"].items():
+        if "skipped" in r:
+            lines.append(f"| {model} | skipped: {r['skipped']} | | | | | | | | |")
+            continue
+        runs = r["llama.cpp"]["runs"]
+        direct = {d: _median([x.get(d) for x in runs]) for _, d in SERVED_VS_DIRECT}
+        chat_tokens = _median([x.get("chat_prompt_tokens") for x in runs])
+        for engine, m in r["served"].items():
+            med = m["median"]
+            ratios = [f"{med[k] / direct[d]:.2f}x" if med.get(k) and direct.get(d) else "–"
+                      for k, d in SERVED_VS_DIRECT]
+            lines.append(f"| {model} | {engine} (served) | {_fmt(chat_tokens)} | {_fmt(med.get('completion_tokens'))} | "
+                         + " | ".join(_fmt(med.get(k)) for k, _ in SERVED_VS_DIRECT) + " | " + " | ".join(ratios) + " |")
+        new = _median([x.get("chat_new_tokens") for x in runs])
+        lines.append(f"| {model} | llama.cpp direct | {_fmt(chat_tokens)} | {_fmt(new)} | "
+                     + " | ".join(_fmt(direct.get(d)) for _, d in SERVED_VS_DIRECT) + " | 1.00x | 1.00x | 1.00x |")
+    return lines
 
 
 def _fmt(x: Any) -> str:
@@ -248,6 +326,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command(help=__doc__.splitlines()[0])
 def main(
     models: Annotated[str, typer.Option(help="comma-separated asset names")] = ",".join(MODELS),
+    levels: Annotated[str, typer.Option(help="comma-separated levels: runner, served")] = ",".join(LEVELS),
     threads: Annotated[int, typer.Option(help="threads of each engine")] = 2,
     rounds: Annotated[int, typer.Option(help="speed rounds (engines alternate)")] = 3,
     new_tokens: Annotated[int, typer.Option(help="greedy tokens per speed run")] = 64,
@@ -264,9 +343,15 @@ def main(
         return
     import llama_cpp
 
+    wanted = tuple(lv.strip() for lv in levels.split(","))
+    if not wanted or set(wanted) - set(LEVELS):
+        raise typer.BadParameter(f"--levels {levels!r}: choose from {list(LEVELS)}")
+    # without the runner level, only llama.cpp's speed runs: the served table's reference row
+    engines = ENGINES if "runner" in wanted else ("llama.cpp",)
+    served = SERVED if "served" in wanted else ()
     result: dict[str, Any] = {
         "command": " ".join([".venv/bin/python benchmarks/engine_bench.py", *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "levels": [lv for lv in LEVELS if lv in wanted],
         "cpu": _cpu(), "python": platform.python_version(), "threads": threads, "rounds": rounds,
         "new_tokens": new_tokens, "questions": questions, "llama_cpp_version": llama_cpp.__version__,
         "build_flags": _makefile_flags(), "models": {}}
@@ -277,28 +362,39 @@ def main(
             result["models"][model] = {"skipped": why}
             continue
         paths = {e: str(onnx) if e == "onnxruntime" else str(gguf) for e in ENGINES}
-        runs: dict[str, list[dict]] = {e: [] for e in ENGINES}
+        runs: dict[str, list[dict]] = {e: [] for e in (*engines, *(f"served {e}" for e in served))}
         for r in range(rounds):
-            for engine in ENGINES[r % len(ENGINES):] + ENGINES[:r % len(ENGINES)]:  # rotating order
+            for engine in engines[r % len(engines):] + engines[:r % len(engines)]:  # rotating order
                 res = _child(engine, paths[engine], threads, "speed", new_tokens, questions)
                 runs[engine].append(res)
+                result["llama_cpp_backend"] = res.get("backend", result.get("llama_cpp_backend"))
+                result["llama_cpp_system_info"] = res.get("system_info", result.get("llama_cpp_system_info", "")).strip()
                 print(f"{model} round {r + 1} {engine}: " + ", ".join(
                     f"{k} {_fmt(res.get(k))}" for k, _, _ in METRICS), flush=True)
+            for engine in (served[r % 2:] + served[:r % 2]) if served else ():  # alternating
+                res = _served(model, engine, paths[engine], threads, new_tokens)
+                runs[f"served {engine}"].append(res)
+                print(f"{model} round {r + 1} {engine} served: " + ", ".join(
+                    f"{k} {_fmt(res.get(k))}" for k, _ in SERVED_VS_DIRECT) + f" (deploy {res['deploy_s']:.0f} s)",
+                    flush=True)
         entry: dict[str, Any] = {}
-        for engine in ENGINES:
+        for engine in engines:
             entry[engine] = {"artifact": paths[engine], "runs": runs[engine],
                              "median": {k: _median([x.get(k) for x in runs[engine]]) for k, _, _ in METRICS}}
-            if engine not in FIDELITY:
+            if engine not in FIDELITY or "runner" not in wanted:
                 continue
             fid = _child(engine, paths[engine], threads, "fidelity", new_tokens, questions)
             entry[engine].update(fidelity=_fidelity_summary(fid, model, questions),
                                  fidelity_peak_rss_mb=fid["peak_rss_mb"])
             print(f"{model} {engine} fidelity: {entry[engine]['fidelity']}", flush=True)
-            if engine == "llama.cpp":
-                result["llama_cpp_backend"] = fid.get("backend")
-                result["llama_cpp_system_info"] = fid.get("system_info", "").strip()
+        if served:
+            entry["served"] = {e: {"artifact": paths[e], "runner": e, "runs": runs[f"served {e}"],
+                                   "median": {k: _median([x.get(k) for x in runs[f"served {e}"]])
+                                              for k in ("ttft_ms", "decode_tok_s", "node_peak_rss_mb",
+                                                        "completion_tokens", "deploy_s")}}
+                               for e in served}
         result["models"][model] = entry
-        print(f"{model}: " + "; ".join(f"{label} " + " vs ".join(_fmt(entry[e]["median"][k]) for e in ENGINES)
+        print(f"{model}: " + "; ".join(f"{label} " + " vs ".join(_fmt(entry[e]["median"][k]) for e in engines)
                                        for k, label, _ in METRICS), flush=True)
     result.setdefault("llama_cpp_backend", None)
     result.setdefault("llama_cpp_system_info", "")
@@ -306,6 +402,17 @@ def main(
     Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(f"{out}.md").write_text(_markdown(result))
     print(_markdown(result))
+
+
+def _served(model: str, engine: str, artifact: str, threads: int, new_tokens: int) -> dict[str, Any]:
+    """One served-level run (:func:`benchmarks.engine_served.served_run`) of ``model`` on ``engine``."""
+    from benchmarks.engine_served import served_run
+
+    expert = _demo_expert(model)
+    precision = expert["precision"] if engine == "onnxruntime" else "int4"  # the GGUFs are 4-bit
+    res = served_run(expert["name"], artifact, engine, precision, threads, PROMPT, new_tokens)
+    res["completion_tokens"] = _median([x["completion_tokens"] for x in res["requests"]])
+    return res
 
 
 if __name__ == "__main__":
