@@ -315,9 +315,10 @@ def run_demo(n_questions: int = 4, per_category: int = 12, seed: int = 0, recali
 
 def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REAL_FLEET,
                   threads: int = 2, in_flight: int = 1) -> list[dict[str, Any]]:
-    """The heterogeneous fleet: prepare (:func:`edge_moe.jobs.demo_real.prepare`), plan three
-    energy tiers with the guard, deploy, ask ``per_category`` x 4 held-out test questions per
-    tier (a progress bar each) and one question through the HTTP front, tear down, print.
+    """The heterogeneous fleet: prepare (:func:`edge_moe.jobs.demo_real.prepare`, which also
+    chooses each expert's engine), plan three energy tiers with the guard, deploy, ask
+    ``per_category`` x 4 held-out test questions per tier (a progress bar each) and one
+    question through the HTTP front, tear down, print.
 
     Returns the per-tier summary rows (accuracy with its Wilson CI, ms, modelled J)."""
     from edge_moe.jobs import demo_real, demo_tiers
@@ -334,7 +335,9 @@ def run_real_demo(per_category: int = 10, seed: int = 0, config: Path = DEMO_REA
     if len({tr.experts for tr in tiers}) < len(tiers):
         _say("[demo]   (two tiers share a plan: the experts' modelled J are too close to separate them)")
     rows: list[dict[str, Any]] = []
-    with deployed(fleet, inputs.gate, inputs.calibration, inputs.profiles, inputs.encoder, threads) as (dep, st):
+    # inputs.fleet: the fleet file's nodes and experts, each expert on the engine demo_real chose
+    with deployed(inputs.fleet, inputs.gate, inputs.calibration, inputs.profiles, inputs.encoder,
+                  threads) as (dep, st):
         t0 = time.perf_counter()
         with progress_bar() as bar:
             for tr in tiers:

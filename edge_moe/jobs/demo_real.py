@@ -16,14 +16,21 @@ onnxruntime-genai weight-only build. What this module prepares, each step cached
 2. **The planning table** is the committed real MMLU table
    (``benchmarks/results/mmlu/calibration.npz``: 1,254 questions, seeded 60/20/20 split)
    restricted to the fleet's experts. SmolLM2's and Gemma's columns are the committed rows of
-   the very artifacts served. The 1.5B's column is the committed row of its fp32 artifact,
-   which stands in for the served weight-only build; step 3 measures how closely.
-3. **Fidelity** of the served 1.5B: its letter scores on a fixed sample of the *train*
-   split (15 per category), against the committed fp32 row on the same questions:
-   accuracy of each and argmax agreement. Printed, and cached by artifact hash.
-4. **Profiles**: each served artifact timed on this machine (p95 ms per category over
-   the fidelity sample's first questions, the node's thread count), energy MODELLED as the
+   the fleet file's own ONNX artifacts. The 1.5B's column is the committed row of its fp32
+   artifact, which stands in for the weight-only builds; step 3 measures how closely each
+   engine serving an expert follows its column.
+3. **Engines**: each expert's candidates (its ONNX artifact; its source GGUF through
+   runner ``llama.cpp`` when ``llama_cpp`` imports; :mod:`edge_moe.jobs.demo_engines`) are
+   measured by one path, :func:`measure`: letter scores on a fixed sample of the *train*
+   split (15 per category) against the committed fp32 column on the same questions
+   (accuracy of each and argmax agreement), cached by the weights' hash, threads and seed.
+   Per expert the fastest candidate with agreement >= 0.95 (else the most faithful) is
+   served: the demo writes and deploys ``fleet.chosen.yaml`` and prints why.
+4. **Profiles**: each candidate timed on this machine (p95 ms per category over the
+   fidelity sample's first questions, the node's thread count), energy MODELLED as the
    node's device-class busy W x mean ms; the generation cost model from timed generate calls.
+   ``profiles.chosen.json`` (the chosen engines) plans the demo; ``profiles.json`` (the
+   fleet file's ONNX engines) is what ``edge-moe deploy configs/fleet.demo.real.yaml`` reads.
 5. **Held-out questions**: the table's *test* split only, which neither the gate, nor the
    temperatures, nor the planner's selection ever see: ``per_category`` per category, seeded.
 
@@ -45,6 +52,8 @@ import numpy as np
 from edge_moe.calibration import TEST, TRAIN, CalibrationTable, load_calibration, save_calibration
 from edge_moe.config import FleetConfig
 from edge_moe.errors import ConfigError, DataFormatError
+from edge_moe.jobs import demo_engines
+from edge_moe.jobs.demo_engines import Candidate, Measured
 from edge_moe.paths import CONFIGS, MMLU_TABLES, artifacts_dir, demo_dir
 
 logger = logging.getLogger(__name__)
@@ -107,6 +116,7 @@ class RealInputs:
     profiles: Path
     held_out: list[Sample]
     fidelity: dict[str, Any]
+    fleet: FleetConfig  # the fleet the demo deploys: each expert on its chosen engine
 
 
 def _say(msg: str) -> None:
@@ -249,68 +259,127 @@ def _timed_generations(runner: Any, samples: list[Sample]) -> list[Any]:
     return measure_generation(runner, generation_plan(first, FREE_FORM_TOKENS, 2))
 
 
-def measure(fleet: FleetConfig, artifacts: dict[str, Path], samples: list[Sample], threads: int,
-            seed: int, out: Path) -> tuple[Path, dict[str, Any]]:
-    """Fidelity of every ortgenai expert against its committed column, and the profiles."""
+def _record(c: Candidate, todo: list[Sample], prof_set: list[Sample], threads: int, seed: int,
+            out: Path) -> dict[str, Any]:
+    """One candidate's letter scores on ``todo`` and timed generations, cached by its weights'
+    hash, the thread count and the seed. The runner comes from the registry by name, so every
+    engine is measured by this one path."""
+    from edge_moe.runtime.runners import make_runner
+
+    # the fleet file's own engine keeps the file name it had before there were candidates
+    tag = "" if c.engine == "onnxruntime" else f"-{c.engine}"
+    cache = out / f"measure-{c.expert}{tag}-{c.sha}-t{threads}-s{seed}.json"
+    rows = [s.row for s in todo]
+    if cache.is_file() and (rec := json.loads(cache.read_text())).get("rows") == rows:
+        return dict(rec)
+    runner = make_runner(c.engine, c.path, intra_op_threads=threads)
+    t0 = time.perf_counter()
+    lp, ms = _score(runner, todo)
+    calls = _timed_generations(runner, prof_set)
+    del runner
+    rec = {"artifact": str(c.path), "engine": c.engine, "rows": rows, "logprobs": lp.tolist(), "ms": ms.tolist(),
+           "calls": [x.to_json() for x in calls], "seconds": round(time.perf_counter() - t0, 1)}
+    cache.write_text(json.dumps(rec))
+    _say(f"[demo]   {c.expert} ({c.label}): {len(todo)} questions + {len(calls)} timed generations in "
+         f"{rec['seconds']:.0f} s")
+    return rec
+
+
+def measure(fleet: FleetConfig, candidates: dict[str, list[Candidate]], samples: list[Sample], threads: int,
+            seed: int, out: Path) -> dict[str, list[Measured]]:
+    """Every candidate of every expert: agreement with (and accuracy against) the expert's
+    committed column on the fidelity sample, and its profile (p95 ms per category,
+    modelled J, the generation model). A candidate other than the fleet file's own engine
+    that fails to load or run is dropped, with a line saying why."""
+    from edge_moe.errors import EdgeMoEError
     from edge_moe.jobs.generation import GenerationCall, fit_generation, generation_figures
-    from edge_moe.profiles import ExpertProfile, Figure, Profiles, save_profiles
-    from edge_moe.runtime.manifest import load_manifest
-    from edge_moe.runtime.runners import OrtRunner
+    from edge_moe.profiles import ExpertProfile, Figure
 
     table = load_calibration(COMMITTED_TABLE)
     fid_set = pick(samples, TRAIN, FIDELITY_PER_CATEGORY, seed)
     prof_set = [s for c in fleet.categories for s in [x for x in fid_set if x.category == c][:PROFILE_PER_CATEGORY]]
     labels = np.array([s.label for s in fid_set])
-    fidelity: dict[str, Any] = {}
-    experts = []
+    result: dict[str, list[Measured]] = {}
     for e in fleet.experts:
-        spec = real_experts(fleet)[e.name]
-        sha = load_manifest(artifacts[e.name]).model_sha256[:12]
-        cache = out / f"measure-{e.name}-{sha}-t{threads}-s{seed}.json"
-        if cache.is_file():
-            rec = json.loads(cache.read_text())
-        else:
-            runner = OrtRunner(artifacts[e.name], intra_op_threads=threads)
-            t0 = time.perf_counter()
-            todo = fid_set if spec.builder != "torch" else prof_set
-            lp, ms = _score(runner, todo)
-            calls = _timed_generations(runner, prof_set)
-            rec = {"artifact": str(artifacts[e.name]), "rows": [s.row for s in todo], "logprobs": lp.tolist(),
-                   "ms": ms.tolist(), "calls": [c.to_json() for c in calls],
-                   "seconds": round(time.perf_counter() - t0, 1)}
-            cache.write_text(json.dumps(rec))
-            del runner
-            _say(f"[demo]   {e.name}: {len(todo)} questions + {len(calls)} timed generations in "
-                 f"{rec['seconds']:.0f} s")
-        lp = np.asarray(rec["logprobs"], np.float32)
-        by_row = dict(zip(rec["rows"], rec["ms"], strict=True))
-        if spec.builder != "torch":
-            col = table.experts.index(spec.column)
-            ref = table.logprobs[[s.row for s in fid_set], col]
-            fidelity[e.name] = {
-                "questions": len(fid_set), "split": "train", "reference": f"committed column {spec.column}",
-                "accuracy": float(np.mean(lp.argmax(-1) == labels)),
-                "reference_accuracy": float(np.mean(ref.argmax(-1) == labels)),
-                "argmax_agreement": float(np.mean(lp.argmax(-1) == ref.argmax(-1))),
-                "mean_ms": float(np.mean(rec["ms"]))}
+        ref = table.logprobs[[s.row for s in fid_set], table.experts.index(real_experts(fleet)[e.name].column)]
         dc = fleet.device_class_of(e.node)
-        lat, en, floor = {}, {}, {}
-        for cat in fleet.categories:
-            t = np.array([by_row[s.row] for s in prof_set if s.category == cat])
-            p95 = float(np.percentile(t, 95))
-            lat[cat] = Figure(round(p95, 2), "measured")
-            en[cat] = Figure(round(dc.power_busy_w * float(np.mean(t)) / 1e3, 4), "modelled")
-            floor[cat] = p95 / max(float(np.mean(t)), 1e-9)
-        calls = [GenerationCall(**c) for c in rec["calls"]]
-        gen = generation_figures(fit_generation(calls), dc.power_busy_w, min_margin=floor)
-        experts.append(ExpertProfile(e.name, e.node, lat, en, gen))
-    prof = save_profiles(Profiles(tuple(experts), tuple(fleet.categories), aggregation_ms=2.0,
-                                  note=f"latency: p95 of {PROFILE_PER_CATEGORY} committed-table train questions per "
-                                       f"category scored on this machine ({threads} onnxruntime threads); energy: "
-                                       "MODELLED, device-class busy W x mean latency; generation: prefill + per-token "
-                                       "ms fitted to timed generate calls, J modelled"),
-                         out / "profiles.json")
-    return Path(prof), fidelity
+        result[e.name] = []
+        for i, c in enumerate(candidates[e.name]):
+            try:
+                rec = _record(c, fid_set, prof_set, threads, seed, out)
+            except EdgeMoEError as exc:
+                if i == 0:
+                    raise
+                _say(f"[demo]   {e.name} ({c.label}) dropped: {type(exc).__name__}: {exc}")
+                continue
+            lp = np.asarray(rec["logprobs"], np.float32)
+            by_row = dict(zip(rec["rows"], rec["ms"], strict=True))
+            lat, en, floor = {}, {}, {}
+            for cat in fleet.categories:
+                t = np.array([by_row[s.row] for s in prof_set if s.category == cat])
+                p95 = float(np.percentile(t, 95))
+                lat[cat] = Figure(round(p95, 2), "measured")
+                en[cat] = Figure(round(dc.power_busy_w * float(np.mean(t)) / 1e3, 4), "modelled")
+                floor[cat] = p95 / max(float(np.mean(t)), 1e-9)
+            calls = [GenerationCall(**x) for x in rec["calls"]]
+            gen = generation_figures(fit_generation(calls), dc.power_busy_w, min_margin=floor)
+            result[e.name].append(Measured(
+                c, agreement=float(np.mean(lp.argmax(-1) == ref.argmax(-1))),
+                mean_ms=float(np.mean([f.value for f in lat.values()])),
+                accuracy=float(np.mean(lp.argmax(-1) == labels)),
+                reference_accuracy=float(np.mean(ref.argmax(-1) == labels)), questions=len(fid_set),
+                profile=ExpertProfile(e.name, e.node, lat, en, gen)))
+    return result
+
+
+def save_measured_profiles(fleet: FleetConfig, chosen: dict[str, Measured], threads: int, path: Path) -> Path:
+    """The profiles of one candidate per expert (``chosen``), in the fleet's expert order."""
+    from edge_moe.profiles import Profiles, save_profiles
+
+    engines = ", ".join(f"{n}: {m.label}" for n, m in chosen.items())
+    return Path(save_profiles(Profiles(
+        tuple(chosen[e.name].profile for e in fleet.experts), tuple(fleet.categories), aggregation_ms=2.0,
+        note=f"latency: p95 of {PROFILE_PER_CATEGORY} committed-table train questions per category scored on this "
+             f"machine ({threads} threads; engines: {engines}); energy: MODELLED, device-class busy W x mean "
+             "latency; generation: prefill + per-token ms fitted to timed generate calls, J modelled"), path))
+
+
+def choose_engines(fleet: FleetConfig, artifacts: dict[str, Path], samples: list[Sample], threads: int, seed: int,
+                   out: Path, step: Callable[[str, Callable[[], Any]], Any]) -> tuple[FleetConfig, Path, dict]:
+    """Measure each expert's candidates, choose its engine
+    (:func:`edge_moe.jobs.demo_engines.choose_engine`), print the table, and write the fleet
+    and profiles the demo deploys. Returns (that fleet, its profiles, the fidelity lines'
+    records: the experts not served by their committed column's own artifact)."""
+    from edge_moe.config import load_fleet
+
+    llama = demo_engines.llama_cpp_available()
+    if not llama:
+        _say(f"[demo] {demo_engines.NO_LLAMA_CPP}")
+    cands: dict[str, list[Candidate]] = {}
+    for e in fleet.experts:
+        cands[e.name] = [demo_engines.onnx_candidate(e, artifacts[e.name])]
+        gguf = demo_engines.gguf_candidate(e.name, real_experts(fleet)[e.name].asset) if llama else None
+        cands[e.name] += [gguf] if gguf is not None else []
+    measured = step("measure each expert's engines (agreement with its committed column, latency; cached)",
+                    lambda: measure(fleet, cands, samples, threads, seed, out))
+    choices = {name: demo_engines.choose_engine(ms) for name, ms in measured.items()}
+    demo_engines.print_choices(measured, choices, FIDELITY_PER_CATEGORY * len(fleet.categories))
+    chosen = {name: best for name, (best, _) in choices.items()}
+    # Two profiles files. profiles.json holds the fleet file's own engines (ONNX): it is what
+    # `edge-moe deploy configs/fleet.demo.real.yaml` reads by default (edge_moe/cli/deploy.py,
+    # the README's next step), and that file serves ONNX. profiles.chosen.json holds the chosen
+    # engines: the demo plans with it and deploys fleet.chosen.yaml with it.
+    save_measured_profiles(fleet, {n: ms[0] for n, ms in measured.items()}, threads, out / "profiles.json")
+    prof = save_measured_profiles(fleet, chosen, threads, out / "profiles.chosen.json")
+    path = demo_engines.write_chosen_fleet(Path(fleet.path), {n: m.candidate for n, m in chosen.items()}, out)
+    _say(f"[demo] deploying {path} (to deploy it yourself: edge-moe deploy {path} --profiles {prof})")
+    fidelity = {n: {"questions": m.questions, "split": "train", "accuracy": m.accuracy,
+                    "reference": f"committed column {real_experts(fleet)[n].column}",
+                    "reference_accuracy": m.reference_accuracy, "argmax_agreement": m.agreement,
+                    "mean_ms": m.mean_ms, "engine": m.label}
+                for n, m in chosen.items()
+                if not (real_experts(fleet)[n].builder == "torch" and m.candidate.engine == "onnxruntime")}
+    return load_fleet(path), prof, fidelity
 
 
 # ---------------------------------------------------------------- the whole preparation
@@ -318,7 +387,8 @@ def measure(fleet: FleetConfig, artifacts: dict[str, Path], samples: list[Sample
 
 def prepare(fleet: FleetConfig, seed: int, per_category: int, threads: int,
             step: Callable[[str, Callable[[], Any]], Any]) -> RealInputs:
-    """Exports, table, gate, fidelity, profiles and held-out questions (each cached)."""
+    """Exports, table, gate, each expert's engine (measured, chosen), profiles and held-out
+    questions (each cached)."""
     from gating.planning.gate import GateConfig, export_gate_onnx, train_gate
 
     out = demo_dir() / "real"
@@ -338,10 +408,9 @@ def prepare(fleet: FleetConfig, seed: int, per_category: int, threads: int,
                              gate)
             stamp.write_text(json.dumps(key))
         step(f"gate on the committed MMLU table ({int((table.split == 0).sum())} train questions)", build)
-    prof, fidelity = step("measure the served artifacts (fidelity of the 1.5B, latency profiles; cached)",
-                          lambda: measure(fleet, artifacts, samples, threads, seed, out))
+    served, prof, fidelity = choose_engines(fleet, artifacts, samples, threads, seed, out, step)
     held = pick(samples, TEST, per_category, seed)
-    return RealInputs(artifacts["encoder"], cal, gate, prof, held, fidelity)
+    return RealInputs(artifacts["encoder"], cal, gate, prof, held, fidelity, served)
 
 
 def _sha(path: Path) -> str:

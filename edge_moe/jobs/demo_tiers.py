@@ -175,7 +175,8 @@ def print_tiers(tiers: list[Tier], rows: list[dict[str, Any]], fidelity: dict[st
             _say("[demo] no multi-expert plan: the selector chose a single expert at every tier "
                  "(a mixture did not raise the validation log-likelihood)")
     for name, f in fidelity.items():
-        _say(f"[demo] {name} planned with the {f['reference']} (fp32); the served artifact on {f['questions']} fixed "
+        served = f"the served {f['engine']}" if f.get("engine") else "the served artifact"
+        _say(f"[demo] {name} planned with the {f['reference']} (fp32); {served} on {f['questions']} fixed "
              f"{f['split']} questions: accuracy {f['accuracy']:.2f} vs {f['reference_accuracy']:.2f}, "
              f"argmax agreement {f['argmax_agreement']:.2f} (measured once and cached; live ms are in the table)")
     errors = [r for r in rows if r["ok"] is None]
