@@ -97,7 +97,7 @@ def _speed(runner: Any, new_tokens: int) -> dict[str, Any]:
     # the prompt as a node serves it (the model's chat template), the served level's reference
     chat_first: list[float] = []
     t1 = time.perf_counter()
-    c = runner.generate(PROMPT, new_tokens, chat=True,
+    c = runner.generate(PROMPT, new_tokens,  # chat: the default, as a node calls it
                         on_text=lambda _: chat_first.append(time.perf_counter()) if not chat_first else None)
     return {"prompt_tokens": n_prompt, "new_tokens": g.n_tokens, "stop_reason": g.stop_reason,
             "prefill_tok_s": n_prompt / (g.prefill_ms / 1e3),

@@ -168,6 +168,8 @@ async def _ask_all(link: CoordinatorLink, qs: Sequence[Query], wait: float) -> l
         except TimeoutError:
             return None
 
+    if len(qs) == 1:  # the usual request: no gather, no task of its own
+        return [await one(qs[0])]
     return list(await asyncio.gather(*(one(q) for q in qs)))
 
 
@@ -180,18 +182,32 @@ async def _disconnect(request: Request) -> None:
 
 async def _unless_gone(request: Request, front: Front, qs: Sequence[Query], work: Awaitable[T]) -> T | None:
     """``work``'s result, or None when the client disconnects first: the queries still in
-    flight are then cancelled (:meth:`Front.forget`) and ``work`` with them."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnect(request))
+    flight are then cancelled (:meth:`Front.forget`) and ``work`` with them.
+
+    ``work`` runs in the request's own task; only the disconnect watch is a task of its own,
+    and it cancels the request's task when the client goes (one task per request, not two,
+    and no ``asyncio.wait``)."""
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnect(request)
+        gone = True
+        front.forget(qs)  # before the work is cancelled: forget sends (and counts) the CANCELs
+        me.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        me.uncancel()  # the cancel was ours: the request goes on, to answer GONE
+        return None
     finally:
-        gone.cancel()
-        finished = task.done()
-        if not finished:
-            front.forget(qs)
-            task.cancel()
-    return task.result() if finished else None
+        watcher.cancel()
 
 
 async def _streamed(request: Request, front: Front, qs: Sequence[Query], chat: bool, model: str,
