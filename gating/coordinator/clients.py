@@ -18,6 +18,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edge_moe.errors import EdgeMoEError, ProtocolError, SelectionError
 from edge_moe.wire import (
     Cancel,
@@ -127,11 +129,18 @@ class ClientSide(CoordinatorState):
         if d.status != Status.OK:
             self._answer_decision(envelope, q, d, t0)
             return
+        budget_ms = admission.deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
+        if q.expert is not None:
+            # pinned: the plan is that expert alone, answering with weight 1 whatever the gate
+            # says, so its prompt is not embedded (the embedding was a pinned stream's largest
+            # share of the coordinator's time to first token: ~33 ms of MiniLM here)
+            self.inflight.wait(key, Waiting(envelope, q, t0, t0 + budget_ms / 1e3))
+            self._on_scored(Scored(key, np.zeros(len(self.router.experts), np.float32), None, 0.0, 0.0, 0))
+            return
         if not self.embedder.submit(key, q.prompt):
             self._overloaded(envelope, q, f"{self.config.max_waiting} prompts are waiting to be "
                              "embedded, the limit (coordinator.max_waiting)", 50.0)
             return
-        budget_ms = admission.deadline_ms(q, self.router.latency_budget_ms(q), self.default_deadline_ms)
         self.inflight.wait(key, Waiting(envelope, q, t0, t0 + budget_ms / 1e3))
 
     def _decide(self, q: Query, s: Scored | None, now: float, elapsed_ms: float) -> Decision:

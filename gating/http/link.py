@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import zmq
@@ -41,6 +41,7 @@ class CoordinatorLink:
         self.endpoint = endpoint
         self.curve = curve
         self.cancels = 0
+        self.on_cancel: Callable[[], object] | None = None  # called once per CANCEL sent
         self._sock: zmq.asyncio.Socket | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._waiting: dict[str, asyncio.Queue[Reply | Error | Partial]] = {}
@@ -108,6 +109,8 @@ class CoordinatorLink:
         sent = asyncio.ensure_future(self._sock.send_multipart([b"", *encode(Cancel(query_id))]))
         sent.add_done_callback(_log_failure)
         self.cancels += 1
+        if self.on_cancel is not None:
+            self.on_cancel()
         return True
 
     @property

@@ -71,14 +71,17 @@ class Front:
         if self.own:
             self.metrics.answered(msg, mode, time.perf_counter() - t0)
 
+    def __post_init__(self) -> None:
+        # every CANCEL the link sends is counted where it is sent, whichever path sends it first
+        # (this, or a closing stream's own clean-up)
+        if self.own:
+            self.link.on_cancel = self.metrics.cancelled_queries.inc
+
     def forget(self, qs: Sequence[Query]) -> int:
         """Cancel the queries of ``qs`` still waiting for their answers (CANCEL each, on the
-        link); counted in ``edge_moe_cancelled_queries_total`` when the metrics are the
-        front's own. Returns how many were cancelled (0 once all are answered)."""
-        cancelled = sum(self.link.cancel(q.id) for q in qs)
-        if cancelled and self.own:
-            self.metrics.cancelled_queries.inc(cancelled)
-        return cancelled
+        link, which counts them in ``edge_moe_cancelled_queries_total`` when the metrics are
+        the front's own). Returns how many were cancelled here (0 once all are answered)."""
+        return sum(self.link.cancel(q.id) for q in qs)
 
 
 def _front(request: Request) -> Front:
