@@ -37,6 +37,9 @@ class Tier:
     table_accuracy: float | None  # the plan's accuracy on the committed table's test split
 
 
+ROOM = 1.4  # a tier's budget over what its plan needs (plan_tiers)
+
+
 def plan_tiers(cal: Path, prof: Path, gate: Path, top_k: int, seed: int,
                confidence: float = 0.95) -> list[Tier]:
     """Three energy tiers placed between the experts' worst-case modelled J, so that the
@@ -48,14 +51,17 @@ def plan_tiers(cal: Path, prof: Path, gate: Path, top_k: int, seed: int,
     worst = inputs.energy_j.max(axis=1)  # (N,) worst-case J over categories
     order = np.argsort(worst)
     j = worst[order]
-    # Each budget sits midway between what its plan needs and what the next expert needs: the
-    # coordinator plans at the joules measured lately (its energy factor), and on a quiet
-    # machine those ran 1.26x above a profile taken from 4 questions per category, which
-    # refused 11 of 40 tight-tier questions at a 1.25x margin. A tier's single-expert plan is
-    # pinned (ask_tier), so the room above cannot let the next expert in.
-    tight = (j[0] + j[1]) / 2
+    # Each budget sits midway between what its plan needs and what the next expert needs, and
+    # at least ROOM x what its plan needs: the coordinator plans at the joules measured lately
+    # (its energy factor), and on a quiet machine those ran 1.26x above a profile taken from 4
+    # questions per category, which refused 11 of 40 tight-tier questions at a 1.25x margin
+    # (and 26 of 40 at 1.09x, when the demo served Gemma through llama.cpp at 1.18x SmolLM2's
+    # joules). Where the next expert is that close, the tier's budget admits it and the
+    # planner picks between them: the cheapest expert alone is then not a tier of its own. A
+    # tier's single-expert plan is pinned (ask_tier), so the room above cannot let another in.
+    tight = max((j[0] + j[1]) / 2, ROOM * j[0])
     pair = j[0] + j[1] if top_k >= 2 else j[1]
-    medium = (pair + j[2]) / 2 if len(j) > 2 else math.inf
+    medium = max((pair + j[2]) / 2, ROOM * pair) if len(j) > 2 else math.inf
     lat = planner.latency_budget(inputs, math.inf)
     tiers = []
     for name, energy in (("tight", tight), ("medium", medium), ("loose", math.inf)):
