@@ -338,6 +338,22 @@ def summarise_resplits(committed: dict[str, Any], rows: list[dict[str, Any]]) ->
 # --------------------------------------------------------------------------- the report
 
 
+def accuracy_table(scope: str, s: dict[str, Any], mcnemar_head: str) -> list[str]:
+    """Markdown lines: one split's BIG-bench accuracies (baselines, then experts) with their
+    Wilson interval, p against chance, McNemar against always-A and share of "A" answers."""
+    out = [f"**{scope} ({s['n']} questions)**: chance {_pct(s['chance'])}%; correct letter counts "
+           f"{s['label_counts']}; options per question {s['options_counts']}.", "",
+           f"| | right | accuracy [Wilson 95%] | p vs chance | {mcnemar_head} | answers A |",
+           "|---|---|---|---|---|---|"]
+    for r in [*s["baselines"], *s["experts"]]:
+        m = r["vs_always_a"]
+        out.append(f"| {r['name']} | {r['right']}/{r['n']} | {_pct(r['accuracy'])} "
+                   f"[{_pct(r['wilson95'][0])}, {_pct(r['wilson95'][1])}] | {r['p_vs_chance']:.3f} | "
+                   f"{m['a_only']}/{m['b_only']}, p={m['p']:.2f} | "
+                   f"{'' if 'answers_a' not in r else _pct(r['answers_a']) + '%'} |")
+    return [*out, ""]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -373,18 +389,7 @@ def render(doc: dict[str, Any]) -> str:
                 "(question i right with probability 1/K_i); McNemar: exact two-sided against always-A on the "
                 "same questions (right only here / right only with A).", ""]
         for scope in ("test", "all"):
-            s = b[scope]
-            out += [f"**{scope} ({s['n']} questions)**: chance {_pct(s['chance'])}%; correct letter counts "
-                    f"{s['label_counts']}; options per question {s['options_counts']}.", "",
-                    "| | right | accuracy [Wilson 95%] | p vs chance | vs always-A (McNemar) | answers A |",
-                    "|---|---|---|---|---|---|"]
-            for r in [*s["baselines"], *s["experts"]]:
-                m = r["vs_always_a"]
-                out.append(f"| {r['name']} | {r['right']}/{r['n']} | {_pct(r['accuracy'])} "
-                           f"[{_pct(r['wilson95'][0])}, {_pct(r['wilson95'][1])}] | {r['p_vs_chance']:.3f} | "
-                           f"{m['a_only']}/{m['b_only']}, p={m['p']:.2f} | "
-                           f"{'' if 'answers_a' not in r else _pct(r['answers_a']) + '%'} |")
-            out.append("")
+            out += accuracy_table(scope, b[scope], "vs always-A (McNemar)")
         ml = ch.get("mmlu_letters")
         if ml:
             out += [f"**MMLU test ({ml['test_rows']} questions, 4 options: chance 25%)**, the same baselines "

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.resplit_spread import mcnemar_exact, poisson_binomial_sf, wilson  # noqa: E402
+from benchmarks.resplit_spread import accuracy_table, mcnemar_exact, poisson_binomial_sf, wilson  # noqa: E402
 
 FILE = REPO / "benchmarks" / "results" / "bigbench"
 SHUF = REPO / "benchmarks" / "results" / "bigbench_shuffled"
@@ -215,18 +215,7 @@ def render(doc: dict[str, Any]) -> str:
         b = doc[order]
         out += [f"## {'Options shuffled (seed 0)' if order == 'shuffled' else 'File order (the committed table)'}", ""]
         for scope in ("test", "all"):
-            s = b[scope]
-            out += [f"**{scope} ({s['n']} questions)**: chance {_pct(s['chance'])}%; correct letter counts "
-                    f"{s['label_counts']}; options per question {s['options_counts']}.", "",
-                    "| | right | accuracy [Wilson 95%] | p vs chance | vs always-A (McNemar: only here / only A) | answers A |",
-                    "|---|---|---|---|---|---|"]
-            for r in [*s["baselines"], *s["experts"]]:
-                m = r["vs_always_a"]
-                out.append(f"| {r['name']} | {r['right']}/{r['n']} | {_pct(r['accuracy'])} "
-                           f"[{_pct(r['wilson95'][0])}, {_pct(r['wilson95'][1])}] | {r['p_vs_chance']:.3f} | "
-                           f"{m['a_only']}/{m['b_only']}, p={m['p']:.2f} | "
-                           f"{'' if 'answers_a' not in r else _pct(r['answers_a']) + '%'} |")
-            out.append("")
+            out += accuracy_table(scope, b[scope], "vs always-A (McNemar: only here / only A)")
     p = doc["paired"]
     out += ["## Paired: file order against shuffled, the same questions", "",
             "McNemar: exact two-sided; *only file* / *only shuffled* = questions right in one order only. "
