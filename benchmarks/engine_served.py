@@ -5,7 +5,8 @@ One run (:func:`served_run`) deploys a ONE-node, ONE-expert fleet with ``edge-mo
 (a subprocess; a local Ray head on loopback; a private ``EDGE_MOE_STATE``; the real cache):
 ``nodes[0].threads`` as the runner level, the expert the demo's ONNX artifact (runner
 ``onnxruntime``) or the source GGUF (runner ``llama.cpp``), the coordinator's HTTP front on a
-free loopback port. The coordinator embeds with the real MiniLM encoder, as the demo does; its
+free loopback port. The coordinator loads the real MiniLM encoder, as the demo does (a pinned
+query's prompt is not embedded: its one expert answers with weight 1); its
 gate, calibration table and profiles are synthetic, made here for that one expert (with one
 expert every plan is that expert, and the reply must name it). Then, with the ``openai``
 client, :data:`WARMUPS` requests and :data:`REQUESTS` measured ones, one at a time, each
