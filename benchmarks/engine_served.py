@@ -75,13 +75,16 @@ def planner_inputs(d: Path, expert: str) -> tuple[Path, Path, Path]:
             Path(save_calibration(table, d / "calibration.npz")), Path(save_profiles(prof, d / "profiles.json")))
 
 
-def write_fleet(path: Path, expert: str, artifact: str, runner: str, precision: str, threads: int) -> Path:
-    """The one-node, one-expert fleet YAML, with the HTTP front on a free loopback port."""
+def write_fleet(path: Path, expert: str, artifact: str, runner: str, precision: str, threads: int,
+                spin: int | None = None) -> Path:
+    """The one-node, one-expert fleet YAML, with the HTTP front on a free loopback port
+    (``spin``: the node's ``nodes[].spin``, None: its default)."""
     fleet = {
         "name": FLEET_NAME,
         "device_classes": {"cpu": {"power_idle_w": 5.0, "power_busy_w": 15.0,
                                    "source": "benchmarks/engine_served.py (energy is not measured here)"}},
-        "nodes": [{"name": NODE, "device_class": "cpu", "threads": threads}],
+        "nodes": [{"name": NODE, "device_class": "cpu", "threads": threads,
+                   **({"spin": spin} if spin is not None else {})}],
         "experts": [{"name": expert, "node": NODE, "artifact": artifact, "runner": runner,
                      "precision": precision}],
         "categories": ["synth-cat-0", "synth-cat-1"],  # planner_inputs' table
@@ -155,7 +158,7 @@ def _median(xs: list[Any]) -> float | None:
 
 
 def served_run(expert: str, artifact: str, runner: str, precision: str, threads: int, prompt: str,
-               new_tokens: int) -> dict[str, Any]:
+               new_tokens: int, spin: int | None = None) -> dict[str, Any]:
     """Deploy, measure and tear down one engine's fleet (the module docstring); the medians of
     the measured requests, each request, the node's peak RSS, and how long each step took."""
     from openai import OpenAI
@@ -164,7 +167,7 @@ def served_run(expert: str, artifact: str, runner: str, precision: str, threads:
         d = Path(tmp)
         env = {**os.environ, "EDGE_MOE_STATE": str(d / "state")}
         gate, cal, prof = planner_inputs(d, expert)
-        fleet = write_fleet(d / "fleet.yaml", expert, artifact, runner, precision, threads)
+        fleet = write_fleet(d / "fleet.yaml", expert, artifact, runner, precision, threads, spin)
         t0 = time.perf_counter()
         res: dict[str, Any] = {}
         try:
@@ -173,7 +176,8 @@ def served_run(expert: str, artifact: str, runner: str, precision: str, threads:
             res["deploy_s"] = time.perf_counter() - t0
             st = _cli(["status", "--fleet", FLEET_NAME], env, 120)
             pid, url = st["nodes"][NODE]["actor"]["pid"], st["http"]
-            res.update(node_pid=pid, http=url, node_threads=st["nodes"][NODE].get("threads"))
+            res.update(node_pid=pid, http=url, node_threads=st["nodes"][NODE].get("threads"),
+                       node_spin=st["nodes"][NODE].get("spin"))
             client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=REQUEST_TIMEOUT_S, max_retries=0)
             for _ in range(WARMUPS):
                 stream_once(client, expert, prompt, new_tokens)

@@ -65,11 +65,15 @@ class NodeConfig:
     # max_batch at once (1: one at a time), waiting at most batch_wait_ms for more.
     max_batch: int = 8
     batch_wait_ms: float = 5.0
+    # a streamed generation's PARTIALs after the first: at most one per this many ms
+    stream_flush_ms: float = 30.0
     # onnxruntime weight prepacking on this node's CPU runners (faster GEMMs, a second copy
     # of the MatMul weights in memory; see benchmarks/batching_bench.py).
     prepack: bool = True
     # onnxruntime intra-op threads per runner on this node; None: the cores of its host
     threads: int | None = None
+    # llama.cpp threads' spin count at ggml's barrier (GOMP_SPINCOUNT); None: the runner's default
+    spin: int | None = None
 
     @property
     def resource(self) -> str:

@@ -177,11 +177,22 @@ SCHEMA: tuple[Key, ...] = (
     Key(_N + "max_batch", "integer", 8, unit="TASKs", minimum=1,
         doc="Dynamic batching: at most this many TASKs for one expert served together (1: one at a time)."),
     Key(_N + "batch_wait_ms", "number", 5.0, unit="ms", doc="How long a batch waits for more TASKs."),
+    Key(_N + "stream_flush_ms", "number", 30.0, unit="ms",
+        doc="A streamed generation's first piece of text goes to the coordinator at once; later "
+            "pieces at most once per this many ms, joined (0: one PARTIAL per token). Each PARTIAL "
+            "wakes the node, the coordinator and the HTTP front, which share the engine's cores."),
     Key(_N + "threads", "integer", None, unit="threads", minimum=1, nullable=True,
         shown="the host's cores",
         doc="onnxruntime intra-op threads of each of the node's runners; `null`: the cores of the "
             "node's host. Honoured by `deploy`, `calibrate --fleet` and `profile --config` (the served nodes), so "
             "profiles are measured as served."),
+    Key(_N + "spin", "integer", None, unit="spins", minimum=0, nullable=True, shown="100",
+        doc="How long each llama.cpp thread of the node's `llama.cpp` experts polls at ggml's "
+            "barrier before it sleeps (libgomp's `GOMP_SPINCOUNT`). Polling makes decode fast "
+            "while the node has its cores to itself (SmolLM2 Q4_1, 2 threads, quiet: 0 gives 50 "
+            "tok/s, 100 gives 96, 300 gives 131) and costs when other processes share them (one "
+            "core busy: 57, 55, 44 tok/s); `null`: 100. An `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` "
+            "in the node's environment wins."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
             "second (packed) copy of the MatMul weights in memory."),

@@ -66,6 +66,8 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
         kwargs = dict(runner_kwargs or {})
         if e.runner == "onnxruntime":
             kwargs.setdefault("prepack", fleet.node(node).prepack)
+        elif e.runner == "llama.cpp":
+            kwargs.setdefault("spin", fleet.node(node).spin)
         runner = make_runner(e.runner, path, **kwargs)
         out[e.name] = HostedExpert(runner, e.runner, e.precision)
     return out
@@ -105,4 +107,5 @@ def build_server(config: str | Path, node: str, *, endpoint: str | None = None,
         curve = load_client_keys(curve_keys, key_name)
     return NodeServer(node, endpoint or backend_endpoint(fleet), experts, dc, fleet.coordinator,
                       meter=make_meter(dc, meter), curve=curve,
-                      max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)
+                      max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms,
+                      stream_flush_ms=spec.stream_flush_ms)

@@ -61,7 +61,7 @@ from edge_moe.wire import (
     decode,
     encode,
 )
-from nodes.execution import Executor, HostedExpert
+from nodes.execution import STREAM_FLUSH_MS, Executor, HostedExpert
 from nodes.load import LOAD_ALPHA, NodeLoad
 from nodes.scheduler import MAX_QUEUE, Scheduler
 
@@ -99,6 +99,8 @@ class NodeServer:
             (:class:`NodeLoad`).
         max_batch / batch_wait_ms: dynamic batching (:class:`nodes.scheduler.Scheduler`);
             ``max_batch=1`` serves one TASK at a time.
+        stream_flush_ms: a streamed TASK's PARTIALs after the first go at most this often,
+            each with the text decoded since the last (:class:`nodes.execution.PartialStream`).
 
     Raises:
         ConfigError: no experts, bad batching settings, or an expert that is not a runner.
@@ -109,7 +111,8 @@ class NodeServer:
                  meter: EnergyMeter | None = None,
                  curve: tuple[bytes, bytes, bytes] | None = None,
                  context: zmq.Context | None = None, load_alpha: float = LOAD_ALPHA,
-                 max_queue: int = MAX_QUEUE, max_batch: int = 8, batch_wait_ms: float = 5.0) -> None:
+                 max_queue: int = MAX_QUEUE, max_batch: int = 8, batch_wait_ms: float = 5.0,
+                 stream_flush_ms: float = STREAM_FLUSH_MS) -> None:
         if not experts:
             raise ConfigError(f"node '{name}' hosts no experts")
         # the batching settings are checked first: they do not depend on the experts
@@ -125,7 +128,8 @@ class NodeServer:
                       "overloaded": 0, "batches": 0, "batched_tasks": 0, "cancelled": 0}
         self._load = NodeLoad(load_alpha)
         self.scheduler.runners.update({k: e.runner for k, e in self.experts.items()})
-        self.executor = Executor(name, self.experts, self.meter, self._load, self.scheduler, self.stats)
+        self.executor = Executor(name, self.experts, self.meter, self._load, self.scheduler, self.stats,
+                                 stream_flush_ms)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self._stop = threading.Event()

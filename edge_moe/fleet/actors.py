@@ -61,7 +61,8 @@ class NodeActor:
         self.artifact_paths = dict(artifact_paths or {})
         self.server = NodeServer(node, endpoint, experts, dc, fleet.coordinator,
                                  meter=make_meter(dc, meter), curve=curve,
-                                 max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms)
+                                 max_batch=spec.max_batch, batch_wait_ms=spec.batch_wait_ms,
+                                 stream_flush_ms=spec.stream_flush_ms)
         self.thread = threading.Thread(target=self._serve, name=f"edge-moe-{node}", daemon=True)
         self.thread.start()
 
@@ -104,7 +105,9 @@ class NodeActor:
                 "stats": dict(self.server.stats), "restarted": ctx.was_current_actor_reconstructed,
                 "ray_node_id": ctx.get_node_id(), "artifacts": self.artifact_paths,
                 "max_batch": self.server.max_batch, "batch_wait_ms": self.server.batch_wait_ms,
-                "threads": self.threads}
+                "threads": self.threads,
+                "spin": next((getattr(h.runner, "spin") for h in self.server.experts.values()
+                              if hasattr(h.runner, "spin")), None)}
 
 
 def _server_keys(curve: dict[str, Any]) -> Any:

@@ -67,6 +67,8 @@ def status(name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
             entry["actor"] = {k: info[k] for k in ("pid", "serving", "restarted", "stats")}
             entry["max_batch"] = info.get("max_batch")
             entry["threads"] = info.get("threads")
+            if info.get("spin") is not None:  # llama.cpp experts: their threads' spin count
+                entry["spin"] = info["spin"]
         except Exception as exc:
             entry["actor"] = {"error": reason(exc)}
         nodes[n] = entry

@@ -266,8 +266,13 @@ def _record(c: Candidate, todo: list[Sample], prof_set: list[Sample], threads: i
     engine is measured by this one path."""
     from edge_moe.runtime.runners import make_runner
 
-    # the fleet file's own engine keeps the file name it had before there were candidates
+    # the fleet file's own engine keeps the file name it had before there were candidates;
+    # llama.cpp's speed depends on its threads' spin count (edge_moe.runtime.gguf_start)
     tag = "" if c.engine == "onnxruntime" else f"-{c.engine}"
+    if c.engine == "llama.cpp":
+        from edge_moe.runtime.gguf_start import DEFAULT_SPIN
+
+        tag += f"-spin{DEFAULT_SPIN}"
     cache = out / f"measure-{c.expert}{tag}-{c.sha}-t{threads}-s{seed}.json"
     rows = [s.row for s in todo]
     if cache.is_file() and (rec := json.loads(cache.read_text())).get("rows") == rows:

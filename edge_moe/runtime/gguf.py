@@ -58,7 +58,7 @@ from edge_moe.runtime.generation import (
     decode_alone,
     stop_strings,
 )
-from edge_moe.runtime.gguf_start import import_llama_cpp, start_llama_cpp
+from edge_moe.runtime.gguf_start import import_llama_cpp, spin_in_effect, start_llama_cpp
 from edge_moe.runtime.sampling import log_softmax64
 from edge_moe.wire import MODES, Sampling
 
@@ -97,6 +97,10 @@ class GgufRunner:
             cache, flash attention where it can): on the same F32 weights, SmolLM2's letter
             log-probs are then within 4e-5 nats of onnxruntime's fp32, instead of 1e-2. For
             parity checks; the defaults are what llama.cpp users run.
+        spin: how long each thread polls at ggml's barrier before sleeping (``GOMP_SPINCOUNT``;
+            None: :data:`~edge_moe.runtime.gguf_start.DEFAULT_SPIN`; the environment's
+            ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT`` win, and libgomp reads them once per
+            process). ``self.spin``: what is in effect.
 
     Raises:
         RunnerError: ``llama_cpp`` does not import (the message names the extra).
@@ -109,10 +113,12 @@ class GgufRunner:
         {Capability.STREAM, Capability.SAMPLE, Capability.CANCEL})
 
     def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
-                 max_context: int | None = None, n_batch: int = 512, precise: bool = False) -> None:
+                 max_context: int | None = None, n_batch: int = 512, precise: bool = False,
+                 spin: int | None = None) -> None:
         self.path = _gguf_path(artifact)
-        ll = self._ll = import_llama_cpp()
+        ll = self._ll = import_llama_cpp(spin)
         self.backend = start_llama_cpp(ll)
+        self.spin = spin_in_effect()
         self.threads = int(intra_op_threads or os.cpu_count() or 1)
         self.n_batch = int(n_batch)
         self.model: Any = None  # llama.cpp handles, freed by close()

@@ -9,13 +9,22 @@ unless ``EDGE_MOE_GGML_AMX=1``: ggml's AMX path crashed in the first decode on V
 project's kind that report AMX (docs/design.md §6; not re-checked here: this EPYC has no AMX).
 
 **Threads.** ggml's CPU backend meets its threads at an OpenMP barrier after every op,
-and libgomp's default barrier spins. SmolLM2 Q4_1, 2 threads on 2 cores, greedy decode:
-spinning gave 135 tok/s on a quiet machine but 0.8 tok/s with one core busy with another
-process (1 thread: 83); ``OMP_WAIT_POLICY=PASSIVE`` gave 51 quiet and 63 busy. Nodes share
-their cores (a coordinator, other nodes, an encoder), so the runner sets ``PASSIVE`` before
-llama.cpp loads, unless the environment sets the policy (``OMP_WAIT_POLICY=ACTIVE`` for a
-node with cores to itself); it has no effect if libgomp was loaded before.
-``benchmarks/engine_bench.py`` measures both.
+and a thread that arrives first either polls (spins) or sleeps in the kernel. libgomp's
+default polls for a long time; ``OMP_WAIT_POLICY=PASSIVE`` sleeps at once. SmolLM2 Q4_1, 2
+threads on 2 cores, greedy decode tok/s by ``GOMP_SPINCOUNT`` (polls before sleeping):
+
+=============================  =====  =====  =====  =====  ================
+spin count                     0      100    300    1000   ACTIVE (forever)
+quiet machine                  50     96     131    136    135
+one core busy (another proc.)  57     55     44     34     43 (0.8 seen)
+=============================  =====  =====  =====  =====  ================
+
+Nodes share their cores (a coordinator, other nodes, an encoder), so the runner polls 100
+times by default (:data:`DEFAULT_SPIN`; ``nodes[].spin`` in the fleet file sets it per node:
+300 or more for a node with its cores to itself). It sets ``GOMP_SPINCOUNT`` before llama.cpp
+loads, unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` itself; libgomp
+reads them once, so the first runner in a process decides for the process (:func:`spin_in_effect`).
+``benchmarks/engine_bench.py`` measures the runner's setting against libgomp's spinning.
 
 numpy-free: ``ctypes`` and ``llama_cpp`` only.
 """
@@ -33,22 +42,32 @@ from edge_moe.errors import RunnerError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXTRA_HINT", "import_llama_cpp", "start_llama_cpp"]
+__all__ = ["DEFAULT_SPIN", "EXTRA_HINT", "import_llama_cpp", "spin_in_effect", "start_llama_cpp"]
 
 EXTRA_HINT = ("pip install 'edge-moe[gguf]' (or `make install-gguf`, which builds it portably for "
               "these CPUs)")
+DEFAULT_SPIN = 100  # polls at a barrier before sleeping (the module docstring's table)
 _AMX_VARIANTS = ("sapphirerapids",)  # ggml's CPU variants built with AMX_TILE / AMX_INT8
 _lock = threading.Lock()
 
 
-def import_llama_cpp() -> Any:
-    """``llama_cpp``, imported with the wait policy and log level above.
+def import_llama_cpp(spin: int | None = None) -> Any:
+    """``llama_cpp``, imported with the threads' spin count and log level above.
+
+    Args:
+        spin: polls at a barrier before a thread sleeps (None: :data:`DEFAULT_SPIN`); ignored
+            where the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, and once
+            libgomp has loaded in this process.
 
     Raises:
-        RunnerError: it does not import (the message names the extra).
+        RunnerError: it does not import (the message names the extra); a negative ``spin``.
     """
-    # before libgomp loads: it reads the variable once (the module docstring)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if spin is not None and int(spin) < 0:
+        raise RunnerError(f"runner 'llama.cpp': spin must be >= 0 (got {spin})")
+    # before libgomp loads: it reads the variables once (the module docstring)
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # GOMP_SPINCOUNT wins over it; 0 polls: sleep
+        os.environ["GOMP_SPINCOUNT"] = str(DEFAULT_SPIN if spin is None else int(spin))
     try:
         import llama_cpp
     except Exception as exc:  # ImportError, or OSError when its shared library will not load
@@ -62,6 +81,18 @@ def import_llama_cpp() -> Any:
     if quiet.level == logging.NOTSET:
         quiet.setLevel(logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
     return llama_cpp
+
+
+def spin_in_effect() -> int | str:
+    """What llama.cpp's threads do at a barrier in this process, as libgomp was told: the spin
+    count, or the wait policy (``"ACTIVE"``, ``"PASSIVE"``) where no count is set."""
+    count = os.environ.get("GOMP_SPINCOUNT")
+    if count is not None:
+        try:
+            return int(count)
+        except ValueError:
+            return count
+    return os.environ.get("OMP_WAIT_POLICY", "default")
 
 
 _started: list[str | None] = []  # once per process: the CPU variant loaded (None: built in)

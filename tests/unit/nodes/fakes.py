@@ -13,7 +13,7 @@ from edge_moe.errors import ArtifactError, RunnerError
 from edge_moe.runtime.batch import Generation, GenRequest, Outcome, ScoreRequest
 from edge_moe.runtime.capabilities import Capability
 from edge_moe.runtime.toy import ToyExpert
-from nodes.execution import Executor, HostedExpert
+from nodes.execution import STREAM_FLUSH_MS, Executor, HostedExpert
 from nodes.load import NodeLoad
 from nodes.scheduler import Scheduler
 
@@ -141,9 +141,9 @@ class BatchingToy:
         return ToyDecode(self)
 
 
-def executor(runner: object, max_batch: int = 8) -> Executor:
+def executor(runner: object, max_batch: int = 8, stream_flush_ms: float = STREAM_FLUSH_MS) -> Executor:
     """An in-process executor for one expert ``e`` (no sockets)."""
     experts = {"e": HostedExpert(runner)}  # type: ignore[arg-type]
     stats = {"results": 0, "errors": 0, "batches": 0, "batched_tasks": 0, "cancelled": 0}
     scheduler = Scheduler("n", {"e": runner}, max_batch=max_batch)  # type: ignore[dict-item]
-    return Executor("n", experts, ModelledMeter(CPU), NodeLoad(), scheduler, stats)
+    return Executor("n", experts, ModelledMeter(CPU), NodeLoad(), scheduler, stats, stream_flush_ms)

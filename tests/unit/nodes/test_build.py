@@ -32,6 +32,7 @@ def test_build_server_takes_the_node_settings_from_the_config():
         spec = load_fleet(CONFIGS / "fleet.local.yaml").node("cpu-a")
         assert server.endpoint == "tcp://127.0.0.1:5556" and list(server.experts) == ["smollm2-135m"]
         assert (server.max_batch, server.batch_wait_ms) == (spec.max_batch, spec.batch_wait_ms)
+        assert server.executor.stream_flush_ms == spec.stream_flush_ms == 30.0
         assert server.meter.source == "modelled"
 
 
@@ -44,3 +45,25 @@ def test_the_node_command_has_help_and_fails_cleanly():
         assert option in res.output, option
     res = runner.invoke(app, ["node", "--config", str(CONFIGS / "fleet.local.yaml"), "--node", "nope", "--toy"])
     assert res.exit_code == 1 and "ConfigError" in res.output and "unknown node 'nope'" in res.output
+
+
+def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
+    """onnxruntime experts get ``prepack``, llama.cpp experts ``spin`` (nodes[] of the file)."""
+    import yaml
+
+    import edge_moe.runtime.runners as runners
+
+    made = []
+    monkeypatch.setattr(runners, "make_runner", lambda name, path, **kw: made.append((name, kw)) or object())
+    raw = yaml.safe_load((CONFIGS / "fleet.local.yaml").read_text())
+    raw["nodes"][0].update(spin=250, prepack=False)
+    raw["experts"] = [{"name": "a", "node": raw["nodes"][0]["name"], "artifact": "a/fp32"},
+                      {"name": "b", "node": raw["nodes"][0]["name"], "artifact": "b.gguf", "runner": "llama.cpp",
+                       "precision": "int4"}]
+    raw["device_classes"] = str(CONFIGS / raw["device_classes"]) if isinstance(raw["device_classes"], str) \
+        else raw["device_classes"]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    build_experts(load_fleet(path), raw["nodes"][0]["name"], runner_kwargs={"intra_op_threads": 2})
+    assert made == [("onnxruntime", {"intra_op_threads": 2, "prepack": False}),
+                    ("llama.cpp", {"intra_op_threads": 2, "spin": 250})]
