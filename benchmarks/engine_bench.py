@@ -22,9 +22,10 @@ two levels (``--levels``, default both):
 one-node, one-expert fleet (``edge-moe deploy``, a fresh local Ray head per run), streamed
 through the HTTP front's ``/v1/completions`` with the same prompt and ``--new-tokens``: TTFT,
 decode tok/s and the node process's peak RSS, the engines alternating within each round after
-the runner level's engines, medians over rounds. The reference row "llama.cpp direct" is the
-runner level's ``llama.cpp`` in the same run (with ``--levels served`` alone, only that
-engine's speed runs of the runner level are made, for this row).
+the runner level's engines, medians over rounds. The reference rows "llama.cpp direct" and
+"llama.cpp-spin direct" are the runner level's ``llama.cpp`` (the node's spin count) and
+``llama.cpp-spin`` (llama.cpp's own spinning barrier) in the same run (with ``--levels served``
+alone, only those engines' speed runs of the runner level are made, for these rows).
 
 Writes ``benchmarks/results/engine_bench.{json,md}`` with the CPU flags (``lscpu``), the command
 and llama.cpp's build (its system info, the CPU backend variant loaded, the Makefile's flags).
@@ -56,7 +57,7 @@ SAMPLES = REPO / "benchmarks" / "results" / "mmlu" / "work" / "samples.jsonl"
 OUT = REPO / "benchmarks" / "results" / "engine_bench"
 ENGINES = ("onnxruntime", "llama.cpp", "llama.cpp-spin")
 # llama.cpp-spin: the same runner with OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, what
-# llama.cpp does by default) in place of the runner's PASSIVE (edge_moe/runtime/gguf_start.py)
+# llama.cpp does by default) in place of the runner's bounded spin (edge_moe/runtime/gguf_start.py)
 ENV = {"llama.cpp-spin": {"OMP_WAIT_POLICY": "ACTIVE"}}
 FIDELITY = ("onnxruntime", "llama.cpp")  # the spin variant computes the same numbers
 SERVED = ("onnxruntime", "llama.cpp")  # the engines of the served level
@@ -82,9 +83,11 @@ def _runner(engine: str, artifact: str, threads: int) -> Any:
         from edge_moe.runtime.decoder import OrtRunner
 
         return OrtRunner(artifact, intra_op_threads=threads)
+    from edge_moe.config import SPIN_ALONE
     from edge_moe.runtime.gguf import GgufRunner
 
-    return GgufRunner(artifact, intra_op_threads=threads)
+    # as the served level's node runs it: alone on its host (the environment's policy wins)
+    return GgufRunner(artifact, intra_op_threads=threads, spin=SPIN_ALONE)
 
 
 def _speed(runner: Any, new_tokens: int) -> dict[str, Any]:
@@ -129,6 +132,7 @@ def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
         import llama_cpp
 
         res["backend"] = runner.backend
+        res["spin"] = runner.spin  # what its threads do at a barrier: a spin count or a wait policy
         res["system_info"] = llama_cpp.llama_print_system_info().decode()
     res.update(_speed(runner, new_tokens) if task == "speed" else _fidelity(runner, questions))
     res["loadavg_1min"] = os.getloadavg()[0]  # other processes on the machine show up here
@@ -220,6 +224,7 @@ METRICS = (("prefill_tok_s", "prefill tok/s", True), ("ttft_ms", "TTFT ms", Fals
 # served metric -> llama.cpp direct's, on the same prompt as served (the chat template)
 SERVED_VS_DIRECT = (("ttft_ms", "chat_ttft_ms"), ("decode_tok_s", "chat_decode_tok_s"),
                     ("node_peak_rss_mb", "peak_rss_mb"))
+SPEED_VS_DIRECT = SERVED_VS_DIRECT[:2]  # also against llama.cpp-spin (its RSS is the same)
 
 
 def _markdown(result: dict) -> str:
@@ -252,7 +257,9 @@ def _runner_table(result: dict) -> list[str]:
     lines = ["## Runner level\n",
              f"{result['cpu']['model']}, {result['threads']} threads each, {result['rounds']} rounds, engines in "
              f"rotating order, medians; prompt ~110 tokens, {result['new_tokens']} new tokens, greedy. `llama.cpp`: "
-             "runner `llama.cpp` as served (OMP_WAIT_POLICY=PASSIVE); `llama.cpp-spin`: the same with "
+             f"runner `llama.cpp` as the served level's node runs it (its threads poll {_spin(result, 'llama.cpp')} "
+             "times at ggml's barrier, then sleep: `nodes[].spin`'s default for a node alone on its host); "
+             "`llama.cpp-spin`: the same with "
              "OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, llama.cpp's own default).\n",
              "| model | metric | onnxruntime | llama.cpp | llama.cpp-spin | llama.cpp / onnxruntime | "
              "llama.cpp-spin / onnxruntime |", "|---|---|---|---|---|---|---|"]
@@ -290,29 +297,51 @@ def _served_table(result: dict) -> list[str]:
              "of the node actor's process (a Ray worker: Ray's own memory is in it), read before `edge-moe down`. "
              "The coordinator loads the real MiniLM encoder, but a pinned query's prompt is not embedded (since commit "
              "43e9aca; before it, ~33 ms of MiniLM was in TTFT); its gate is a trivial one over the one expert. "
-             "**llama.cpp direct**: the runner level's `llama.cpp` process of this run, generating from the "
+             "**llama.cpp direct**: the runner level's `llama.cpp` process of this run (the node's spin "
+             "count), generating from the "
              "same prompt as served (a node formats it with the model's chat template, on both endpoints), "
              "after its raw-prompt run (a fresh process; peak RSS its `ru_maxrss`); ratios are served ÷ "
-             "direct. `prompt tokens` (llama.cpp's tokenizer) and `new tokens` are medians.\n",
+             "direct; **÷ spin**: served ÷ `llama.cpp-spin` direct (llama.cpp's own spinning barrier). "
+             "A node sends a stream's first piece at once and the rest at most every "
+             "`nodes[].stream_flush_ms` (30 ms). `prompt tokens` (llama.cpp's tokenizer) and `new tokens` "
+             "are medians.\n",
              "| model | engine | prompt tokens | new tokens | TTFT ms | decode tok/s | node peak RSS MB | "
-             "TTFT ÷ direct | decode tok/s ÷ direct | peak RSS ÷ direct |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "TTFT ÷ direct | decode tok/s ÷ direct | peak RSS ÷ direct | TTFT ÷ spin | decode ÷ spin |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in result["models"].items():
         if "skipped" in r:
-            lines.append(f"| {model} | skipped: {r['skipped']} | | | | | | | | |")
+            lines.append(f"| {model} | skipped: {r['skipped']} | | | | | | | | | | |")
             continue
         runs = r["llama.cpp"]["runs"]
         direct = {d: _median([x.get(d) for x in runs]) for _, d in SERVED_VS_DIRECT}
+        spin_runs = r.get("llama.cpp-spin", {}).get("runs", [])
+        spin = {d: _median([x.get(d) for x in spin_runs]) for _, d in SPEED_VS_DIRECT}
         chat_tokens = _median([x.get("chat_prompt_tokens") for x in runs])
         for engine, m in r["served"].items():
             med = m["median"]
-            ratios = [f"{med[k] / direct[d]:.2f}x" if med.get(k) and direct.get(d) else "–"
-                      for k, d in SERVED_VS_DIRECT]
             lines.append(f"| {model} | {engine} (served) | {_fmt(chat_tokens)} | {_fmt(med.get('completion_tokens'))} | "
-                         + " | ".join(_fmt(med.get(k)) for k, _ in SERVED_VS_DIRECT) + " | " + " | ".join(ratios) + " |")
+                         + " | ".join(_fmt(med.get(k)) for k, _ in SERVED_VS_DIRECT) + " | "
+                         + " | ".join(_ratios(med, direct, SERVED_VS_DIRECT) + _ratios(med, spin, SPEED_VS_DIRECT)) + " |")
         new = _median([x.get("chat_new_tokens") for x in runs])
         lines.append(f"| {model} | llama.cpp direct | {_fmt(chat_tokens)} | {_fmt(new)} | "
-                     + " | ".join(_fmt(direct.get(d)) for _, d in SERVED_VS_DIRECT) + " | 1.00x | 1.00x | 1.00x |")
+                     + " | ".join(_fmt(direct.get(d)) for _, d in SERVED_VS_DIRECT) + " | 1.00x | 1.00x | 1.00x | "
+                     + " | ".join(_ratios({k: direct[d] for k, d in SPEED_VS_DIRECT}, spin, SPEED_VS_DIRECT)) + " |")
+        if spin_runs:
+            lines.append(f"| {model} | llama.cpp-spin direct | {_fmt(chat_tokens)} | "
+                         f"{_fmt(_median([x.get('chat_new_tokens') for x in spin_runs]))} | "
+                         + " | ".join(_fmt(spin.get(d)) for _, d in SPEED_VS_DIRECT) + " | (same) | | | | 1.00x | 1.00x |")
     return lines
+
+
+def _ratios(med: dict, ref: dict, pairs: tuple) -> list[str]:
+    """``med[k] / ref[d]`` for each pair, formatted (– where either is missing)."""
+    return [f"{med[k] / ref[d]:.2f}x" if med.get(k) and ref.get(d) else "–" for k, d in pairs]
+
+
+def _spin(result: dict, engine: str) -> str:
+    """The spin count (or wait policy) ``engine``'s runs had, as the workers recorded it."""
+    seen = {str(x.get("spin")) for r in result["models"].values() if engine in r for x in r[engine]["runs"]}
+    return "/".join(sorted(seen)) or "?"
 
 
 def _fmt(x: Any) -> str:
@@ -347,8 +376,8 @@ def main(
     wanted = tuple(lv.strip() for lv in levels.split(","))
     if not wanted or set(wanted) - set(LEVELS):
         raise typer.BadParameter(f"--levels {levels!r}: choose from {list(LEVELS)}")
-    # without the runner level, only llama.cpp's speed runs: the served table's reference row
-    engines = ENGINES if "runner" in wanted else ("llama.cpp",)
+    # without the runner level, only llama.cpp's speed runs: the served table's reference rows
+    engines = ENGINES if "runner" in wanted else ("llama.cpp", "llama.cpp-spin")
     served = SERVED if "served" in wanted else ()
     result: dict[str, Any] = {
         "command": " ".join([".venv/bin/python benchmarks/engine_bench.py", *sys.argv[1:]]),

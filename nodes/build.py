@@ -67,7 +67,7 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
         if e.runner == "onnxruntime":
             kwargs.setdefault("prepack", fleet.node(node).prepack)
         elif e.runner == "llama.cpp":
-            kwargs.setdefault("spin", fleet.node(node).spin)
+            kwargs.setdefault("spin", fleet.spin_of(node))
         runner = make_runner(e.runner, path, **kwargs)
         out[e.name] = HostedExpert(runner, e.runner, e.precision)
     return out

@@ -19,11 +19,12 @@ quiet machine                  50     96     131    136    135
 one core busy (another proc.)  57     55     44     34     43 (0.8 seen)
 =============================  =====  =====  =====  =====  ================
 
-Nodes share their cores (a coordinator, other nodes, an encoder), so the runner polls 100
-times by default (:data:`DEFAULT_SPIN`; ``nodes[].spin`` in the fleet file sets it per node:
-300 or more for a node with its cores to itself). It sets ``GOMP_SPINCOUNT`` before llama.cpp
-loads, unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` itself; libgomp
-reads them once, so the first runner in a process decides for the process (:func:`spin_in_effect`).
+A runner polls 100 times by default (:data:`DEFAULT_SPIN`); a node is told its fleet file's
+``nodes[].spin``, by default 300 when it is the only node on its host and 100 when it shares
+the cores with other nodes (:meth:`edge_moe.config.FleetConfig.spin_of`). The runner sets
+``GOMP_SPINCOUNT`` before llama.cpp loads, unless the environment sets ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT`` itself; libgomp reads them once, so the first runner in a process decides
+for the process (:func:`spin_in_effect`).
 ``benchmarks/engine_bench.py`` measures the runner's setting against libgomp's spinning.
 
 numpy-free: ``ctypes`` and ``llama_cpp`` only.

@@ -268,3 +268,22 @@ def test_the_minimal_example_loads(tmp_path: Path) -> None:
     p.write_text(MINIMAL_EXAMPLE)
     fleet = load_fleet(p)
     assert fleet.name == "tiny" and fleet.coordinator.frontend == "tcp://127.0.0.1:5555"
+
+
+def test_a_node_alone_on_its_host_spins_longer(tmp_path: Path) -> None:
+    """``spin_of``: a node's ``spin``, else 300 alone on its host, 100 sharing it with a node
+    that has experts (the tables in edge_moe/runtime/gguf_start.py)."""
+    from edge_moe.config import SPIN_ALONE, SPIN_SHARED
+    from edge_moe.runtime.gguf_start import DEFAULT_SPIN
+
+    assert (SPIN_SHARED, SPIN_ALONE) == (DEFAULT_SPIN, 300)
+    demo = load_fleet(CONFIGS / "fleet.demo.real.yaml")  # three nodes on one host
+    assert {demo.spin_of(n.name) for n in demo.nodes} == {SPIN_SHARED}
+
+    def apart(r: dict) -> None:  # type: ignore[type-arg]
+        for i, n in enumerate(r["nodes"]):
+            n["host"] = f"10.0.0.{i + 1}"
+        r["nodes"][1]["spin"] = 0
+
+    fleet = load_fleet(_write(tmp_path, apart))
+    assert [fleet.spin_of(n.name) for n in fleet.nodes] == [SPIN_ALONE, 0, SPIN_ALONE]
