@@ -62,7 +62,7 @@ def status_tables(st: dict[str, Any]) -> list[Table]:
     work_t = Table(title="work so far")
     for col in ("node", "class", "ready", "live", "beat s", "queue", "batch", "pid"):
         live_t.add_column(col, overflow="fold", min_width=11 if col == "live" else None)
-    for col in ("node", "experts", "threads", "answers", "ms", "J (source)"):  # an expert name is never split
+    for col in ("node", "experts", "answers", "ms", "J (source)"):  # an expert name is never split
         work_t.add_column(col, overflow="fold", no_wrap=col == "experts")
     for n, e in st["nodes"].items():
         experts = e.get("experts", [])
@@ -78,7 +78,9 @@ def status_tables(st: dict[str, Any]) -> list[Table]:
                        f"{e['last_heartbeat_s_ago']:.2f}" if "last_heartbeat_s_ago" in e else "-", queue,
                        f"{e['batch']:.1f}/{e.get('max_batch', '-')}" if e.get("batch") else "-",
                        str(actor.get("pid", actor.get("error", "-"))))
-        threads = str(e.get("threads") or "-") + (f"\nspin {e['spin']}" if e.get("spin") is not None else "")
-        work_t.add_row(n, "\n".join(experts) or "-", threads, str(ans), f"{ms:.0f}",
+        # the runners' threads, and for llama.cpp experts their spin count (nodes[].threads, .spin)
+        threads = ([f"({e['threads']} threads" + (f", spin {e['spin']})" if e.get("spin") is not None else ")")]
+                   if e.get("threads") else [])
+        work_t.add_row(n, "\n".join([*experts, *threads]) or "-", str(ans), f"{ms:.0f}",
                        f"{joules:.3g} ({e.get('energy_source', '-')})")
     return [live_t, work_t]
