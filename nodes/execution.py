@@ -28,7 +28,8 @@ once (time to first token), later pieces at most one PARTIAL per ``stream_flush_
 (:class:`PartialStream`; the node's ``nodes[].stream_flush_ms``), joined, and what is left
 just before the RESULT. Every PARTIAL wakes the node's I/O thread, the coordinator and the
 HTTP front, which share the cores the engine decodes on: one per token cost SmolLM2 on
-llama.cpp a third of its decode speed on 2 cores (``benchmarks/engine_bench.py``).
+llama.cpp, served on 2 cores, 16–21% of its decode speed (docs/howto/tuning.md). A piece
+slower than ``stream_flush_ms`` goes at once, so only fast decoders are joined.
 """
 
 from __future__ import annotations
