@@ -83,7 +83,7 @@ def _runner(engine: str, artifact: str, threads: int) -> Any:
         from edge_moe.runtime.decoder import OrtRunner
 
         return OrtRunner(artifact, intra_op_threads=threads)
-    from edge_moe.config import SPIN_ALONE
+    from nodes.build import SPIN_ALONE
     from edge_moe.runtime.gguf import GgufRunner
 
     # as the served level's node runs it: alone on its host (the environment's policy wins)

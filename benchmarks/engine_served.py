@@ -37,6 +37,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,12 @@ def _median(xs: list[Any]) -> float | None:
 
 
 def served_run(expert: str, artifact: str, runner: str, precision: str, threads: int, prompt: str,
-               new_tokens: int, spin: int | None = None) -> dict[str, Any]:
+               new_tokens: int, spin: int | None = None, requests: int = REQUESTS,
+               between: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Deploy, measure and tear down one engine's fleet (the module docstring); the medians of
-    the measured requests, each request, the node's peak RSS, and how long each step took."""
+    the measured requests, each request, the node's peak RSS, and how long each step took.
+    ``between``: called before each measured request (a paired reference run, e.g. the same
+    generation in this process); its results are ``res["between"]``, in order."""
     from openai import OpenAI
 
     with tempfile.TemporaryDirectory(prefix="engine-served-") as tmp:
@@ -181,7 +185,11 @@ def served_run(expert: str, artifact: str, runner: str, precision: str, threads:
             client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=REQUEST_TIMEOUT_S, max_retries=0)
             for _ in range(WARMUPS):
                 stream_once(client, expert, prompt, new_tokens)
-            reqs = [stream_once(client, expert, prompt, new_tokens) for _ in range(REQUESTS)]
+            reqs, res["between"] = [], []
+            for _ in range(requests):
+                if between is not None:
+                    res["between"].append(between())
+                reqs.append(stream_once(client, expert, prompt, new_tokens))
             res["node_peak_rss_mb"] = _vm_hwm_mb(pid)
         except BaseException:
             _down(env, failed=True)

@@ -54,12 +54,6 @@ class DeviceClass:
     energy_counters: tuple[str, ...] = ()  # e.g. ("nvml",), ("jetson",), ("rapl",)
 
 
-# llama.cpp experts' threads poll this many times at ggml's barrier before they sleep, on a
-# node sharing its host with other nodes / alone on it (FleetConfig.spin_of; nodes[].spin)
-SPIN_SHARED = 100
-SPIN_ALONE = 300
-
-
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
@@ -71,15 +65,12 @@ class NodeConfig:
     # max_batch at once (1: one at a time), waiting at most batch_wait_ms for more.
     max_batch: int = 8
     batch_wait_ms: float = 5.0
-    # a streamed generation's PARTIALs after the first: at most one per this many ms
-    stream_flush_ms: float = 30.0
+    stream_flush_ms: float = 30.0  # a stream's PARTIALs after the first: at most one per this
     # onnxruntime weight prepacking on this node's CPU runners (faster GEMMs, a second copy
     # of the MatMul weights in memory; see benchmarks/batching_bench.py).
     prepack: bool = True
-    # onnxruntime intra-op threads per runner on this node; None: the cores of its host
-    threads: int | None = None
-    # llama.cpp threads' spin count at ggml's barrier (GOMP_SPINCOUNT); None: FleetConfig.spin_of
-    spin: int | None = None
+    threads: int | None = None  # intra-op threads per runner on this node; None: its host's cores
+    spin: int | None = None  # llama.cpp threads' polls at a barrier; None: nodes.build.node_spin
 
     @property
     def resource(self) -> str:
@@ -168,16 +159,6 @@ class FleetConfig:
 
     def device_class_of(self, node: str) -> DeviceClass:
         return self.device_classes[self.node(node).device_class]
-
-    def spin_of(self, node: str) -> int:
-        """How many times ``node``'s llama.cpp threads poll at a barrier before sleeping: its
-        ``spin``, else :data:`SPIN_ALONE` when no other node with experts has its ``host``,
-        else :data:`SPIN_SHARED` (``edge_moe/runtime/gguf_start.py`` has the measurements)."""
-        spec = self.node(node)
-        if spec.spin is not None:
-            return spec.spin
-        shared = any(n.host == spec.host and n.name != node and self.experts_on(n.name) for n in self.nodes)
-        return SPIN_SHARED if shared else SPIN_ALONE
 
     def experts_on(self, node: str) -> tuple[ExpertConfig, ...]:
         return tuple(e for e in self.experts if e.node == node)

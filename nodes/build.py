@@ -36,6 +36,23 @@ def backend_endpoint(fleet: FleetConfig) -> str:
     return ep
 
 
+# llama.cpp experts' threads poll this many times at ggml's barrier before they sleep, on a
+# node sharing its host with other nodes / alone on it (node_spin; nodes[].spin)
+SPIN_SHARED = 100
+SPIN_ALONE = 300
+
+
+def node_spin(fleet: FleetConfig, node: str) -> int:
+    """How many times ``node``'s llama.cpp threads poll at a barrier before sleeping: its
+    ``spin``, else :data:`SPIN_ALONE` when no other node with experts has its ``host``,
+    else :data:`SPIN_SHARED` (``edge_moe/runtime/gguf_start.py`` has the measurements)."""
+    spec = fleet.node(node)
+    if spec.spin is not None:
+        return spec.spin
+    shared = any(n.host == spec.host and n.name != node and fleet.experts_on(n.name) for n in fleet.nodes)
+    return SPIN_SHARED if shared else SPIN_ALONE
+
+
 def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | None = None,
                   toy: bool = False, toy_delay_ms: float = 0.0,
                   runner_kwargs: Mapping[str, Any] | None = None) -> dict[str, HostedExpert]:
@@ -67,7 +84,7 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
         if e.runner == "onnxruntime":
             kwargs.setdefault("prepack", fleet.node(node).prepack)
         elif e.runner == "llama.cpp":
-            kwargs.setdefault("spin", fleet.spin_of(node))
+            kwargs.setdefault("spin", node_spin(fleet, node))
         runner = make_runner(e.runner, path, **kwargs)
         out[e.name] = HostedExpert(runner, e.runner, e.precision)
     return out

@@ -21,7 +21,7 @@ one core busy (another proc.)  57     55     44     34     43 (0.8 seen)
 
 A runner polls 100 times by default (:data:`DEFAULT_SPIN`); a node is told its fleet file's
 ``nodes[].spin``, by default 300 when it is the only node on its host and 100 when it shares
-the cores with other nodes (:meth:`edge_moe.config.FleetConfig.spin_of`). The runner sets
+the cores with other nodes (:func:`nodes.build.node_spin`). The runner sets
 ``GOMP_SPINCOUNT`` before llama.cpp loads, unless the environment sets ``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT`` itself; libgomp reads them once, so the first runner in a process decides
 for the process (:func:`spin_in_effect`).

@@ -271,14 +271,14 @@ def test_the_minimal_example_loads(tmp_path: Path) -> None:
 
 
 def test_a_node_alone_on_its_host_spins_longer(tmp_path: Path) -> None:
-    """``spin_of``: a node's ``spin``, else 300 alone on its host, 100 sharing it with a node
+    """``node_spin``: a node's ``spin``, else 300 alone on its host, 100 sharing it with a node
     that has experts (the tables in edge_moe/runtime/gguf_start.py)."""
-    from edge_moe.config import SPIN_ALONE, SPIN_SHARED
     from edge_moe.runtime.gguf_start import DEFAULT_SPIN
+    from nodes.build import SPIN_ALONE, SPIN_SHARED, node_spin
 
     assert (SPIN_SHARED, SPIN_ALONE) == (DEFAULT_SPIN, 300)
     demo = load_fleet(CONFIGS / "fleet.demo.real.yaml")  # three nodes on one host
-    assert {demo.spin_of(n.name) for n in demo.nodes} == {SPIN_SHARED}
+    assert {node_spin(demo, n.name) for n in demo.nodes} == {SPIN_SHARED}
 
     def apart(r: dict) -> None:  # type: ignore[type-arg]
         for i, n in enumerate(r["nodes"]):
@@ -286,4 +286,4 @@ def test_a_node_alone_on_its_host_spins_longer(tmp_path: Path) -> None:
         r["nodes"][1]["spin"] = 0
 
     fleet = load_fleet(_write(tmp_path, apart))
-    assert [fleet.spin_of(n.name) for n in fleet.nodes] == [SPIN_ALONE, 0, SPIN_ALONE]
+    assert [node_spin(fleet, n.name) for n in fleet.nodes] == [SPIN_ALONE, 0, SPIN_ALONE]

@@ -1,0 +1,140 @@
+"""Served path against llama.cpp direct, request by request (not a test): what the fleet adds.
+
+``benchmarks/engine_bench.py`` measures the served level and llama.cpp direct in separate
+processes minutes apart; on a shared 2-core VM the machine's speed drifts by more than the
+difference between them. Here each served request is paired with a direct one made just
+before it, in the same minute:
+
+- **direct**: llama.cpp in this process (:class:`edge_moe.runtime.gguf.GgufRunner` on the
+  source GGUF, the same threads, the spin count of a node alone on its host), greedy
+  ``--new-tokens`` tokens after the prompt in the model's chat template, as a node formats
+  it; TTFT is the call to its first streamed text, decode tok/s (tokens − 1) / decode time.
+- **served**: the model behind a one-node fleet (``edge-moe deploy``; runner ``llama.cpp`` on
+  the same GGUF, or ``onnxruntime`` on the demo's ONNX artifact), streamed through the HTTP
+  front with the ``openai`` client (:func:`benchmarks.engine_served.served_run`: TTFT from
+  the request to the first chunk with text, decode tok/s from the first to the last).
+
+For each model and served engine: ``--pairs`` pairs after one warm-up of each; the medians, and
+the median of the per-pair ratios served ÷ direct with a 95% bootstrap interval (2,000
+resamples of the pairs). TTFT ratio < 1 and decode ratio > 1 favour the served path.
+
+    .venv/bin/python benchmarks/served_paired.py [--models ...] [--engines llama.cpp,onnxruntime]
+        [--pairs 8] [--out benchmarks/results/served_paired]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "results" / "served_paired"
+
+
+def _direct(runner: Any, prompt: str, new_tokens: int) -> dict[str, Any]:
+    first: list[float] = []
+    t0 = time.perf_counter()
+    g = runner.generate(prompt, new_tokens, on_text=lambda _: first.append(time.perf_counter()) if not first else None)
+    return {"ttft_ms": (first[0] - t0) * 1e3, "decode_tok_s": (g.n_tokens - 1) / (g.decode_ms / 1e3),
+            "n_tokens": g.n_tokens}
+
+
+def _ratio_ci(served: list[float], direct: list[float], seed: int = 0) -> dict[str, float]:
+    """Median of the per-pair ratios and its 95% bootstrap interval."""
+    r = np.asarray(served, float) / np.asarray(direct, float)
+    rng = np.random.default_rng(seed)
+    boots = np.median(r[rng.integers(0, len(r), (2000, len(r)))], axis=1)
+    return {"median": float(np.median(r)), "lo": float(np.quantile(boots, 0.025)),
+            "hi": float(np.quantile(boots, 0.975))}
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = ["# Served path vs llama.cpp direct, paired request by request\n",
+             f"{result['cpu']}, {result['threads']} threads, {result['pairs']} pairs per row (a direct "
+             "generation in the driver process, then a streamed request through the fleet, alternating), "
+             f"{result['new_tokens']} new tokens, greedy, the prompt of `benchmarks/engine_bench.py` in the model's "
+             f"chat template. llama.cpp direct: spin {result['spin']} (a lone node's default). Ratios: the median "
+             "of per-pair served ÷ direct, with a 95% bootstrap interval; TTFT below 1 and decode above 1 "
+             "favour the served path.\n",
+             "| model | served engine | TTFT ms direct / served | TTFT ratio [95% CI] | decode tok/s direct / served "
+             "| decode ratio [95% CI] |", "|---|---|---|---|---|---|"]
+    for model, rows in result["models"].items():
+        for engine, row in rows.items():
+            t, d = row["ttft_ratio"], row["decode_ratio"]
+            lines.append(f"| {model} | {engine} | {row['direct_ttft_ms']:.0f} / {row['served_ttft_ms']:.0f} | "
+                         f"{t['median']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}] | {row['direct_decode_tok_s']:.1f} / "
+                         f"{row['served_decode_tok_s']:.1f} | {d['median']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}] |")
+    lines += ["", f"Run: `{result['command']}` on {result['date']}; 1-minute load average after each row: "
+              + ", ".join(f"{v:.2f}" for v in result["loadavg"]) + ".", ""]
+    return "\n".join(lines)
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    models: Annotated[str, typer.Option(help="comma-separated asset names")] =
+        "smollm2-135m-instruct,gemma3-270m,qwen2.5-coder-1.5b-instruct",
+    engines: Annotated[str, typer.Option(help="served engines: llama.cpp, onnxruntime")] = "llama.cpp,onnxruntime",
+    threads: Annotated[int, typer.Option(help="threads of both")] = 2,
+    pairs: Annotated[int, typer.Option(min=2, help="measured pairs per model and engine")] = 8,
+    new_tokens: Annotated[int, typer.Option(help="greedy tokens per run")] = 64,
+    out: Annotated[Path, typer.Option(help="writes OUT.json and OUT.md")] = OUT,
+) -> None:
+    import os
+
+    from benchmarks.engine_bench import PROMPT, _artifacts, _cpu, _demo_expert
+    from benchmarks.engine_served import served_run
+    from nodes.build import SPIN_ALONE
+    from edge_moe.runtime.gguf import GgufRunner
+
+    result: dict[str, Any] = {"command": " ".join([".venv/bin/python benchmarks/served_paired.py", *sys.argv[1:]]),
+                              "date": time.strftime("%Y-%m-%d"), "cpu": _cpu()["model"], "threads": threads,
+                              "pairs": pairs, "new_tokens": new_tokens, "spin": SPIN_ALONE, "models": {},
+                              "loadavg": []}
+    for model in models.split(","):
+        onnx, gguf, why = _artifacts(model)
+        if gguf is None:
+            print(f"{model}: skipped ({why})")
+            continue
+        direct = GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE)
+        direct.generate(PROMPT, 4)
+        expert = _demo_expert(model)
+        rows: dict[str, Any] = {}
+        for engine in engines.split(","):
+            artifact = str(gguf) if engine == "llama.cpp" else str(onnx)
+            precision = "int4" if engine == "llama.cpp" else expert["precision"]
+            res = served_run(expert["name"], artifact, engine, precision, threads, PROMPT, new_tokens,
+                             requests=pairs + 1, between=lambda: _direct(direct, PROMPT, new_tokens))
+            d, s = res["between"][1:], res["requests"][1:]  # the first pair is a warm-up
+            rows[engine] = {
+                "direct": d, "served": s, "node_spin": res.get("node_spin"),
+                "direct_ttft_ms": float(np.median([x["ttft_ms"] for x in d])),
+                "served_ttft_ms": float(np.median([x["ttft_ms"] for x in s])),
+                "direct_decode_tok_s": float(np.median([x["decode_tok_s"] for x in d])),
+                "served_decode_tok_s": float(np.median([x["decode_tok_s"] for x in s])),
+                "ttft_ratio": _ratio_ci([x["ttft_ms"] for x in s], [x["ttft_ms"] for x in d]),
+                "decode_ratio": _ratio_ci([x["decode_tok_s"] for x in s], [x["decode_tok_s"] for x in d])}
+            result["loadavg"].append(os.getloadavg()[0])
+            r = rows[engine]
+            print(f"{model} {engine}: TTFT {r['direct_ttft_ms']:.0f} -> {r['served_ttft_ms']:.0f} ms "
+                  f"(ratio {r['ttft_ratio']['median']:.2f}), decode {r['direct_decode_tok_s']:.1f} -> "
+                  f"{r['served_decode_tok_s']:.1f} tok/s (ratio {r['decode_ratio']['median']:.2f})", flush=True)
+        direct.close()
+        result["models"][model] = rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(f"{out}.md").write_text(_markdown(result))
+    print(_markdown(result))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    app()
