@@ -186,13 +186,13 @@ SCHEMA: tuple[Key, ...] = (
         doc="onnxruntime intra-op threads of each of the node's runners; `null`: the cores of the "
             "node's host. Honoured by `deploy`, `calibrate --fleet` and `profile --config` (the served nodes), so "
             "profiles are measured as served."),
-    Key(_N + "spin", "integer", None, unit="spins", minimum=0, nullable=True, shown="300 alone, 100 shared",
+    Key(_N + "spin", "integer", None, unit="spins", minimum=0, nullable=True, shown="300 alone, 0 shared",
         doc="How long each llama.cpp thread of the node's `llama.cpp` experts polls at ggml's "
             "barrier before it sleeps (libgomp's `GOMP_SPINCOUNT`). Polling makes decode fast "
             "while the node has its cores to itself (SmolLM2 Q4_1, 2 threads, quiet: 0 gives 50 "
             "tok/s, 100 gives 96, 300 gives 131) and costs when other processes share them (one "
             "core busy: 57, 55, 44 tok/s); `null`: 300 when no other node with experts has this "
-            "node's `host`, 100 when one does. An `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` "
+            "node's `host`, 0 when one does. An `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` "
             "in the node's environment wins."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "

@@ -38,7 +38,7 @@ def backend_endpoint(fleet: FleetConfig) -> str:
 
 # llama.cpp experts' threads poll this many times at ggml's barrier before they sleep, on a
 # node sharing its host with other nodes / alone on it (node_spin; nodes[].spin)
-SPIN_SHARED = 100
+SPIN_SHARED = 0
 SPIN_ALONE = 300
 
 

@@ -272,7 +272,7 @@ def _record(c: Candidate, todo: list[Sample], prof_set: list[Sample], threads: i
     if c.engine == "llama.cpp":
         from edge_moe.runtime.gguf_start import DEFAULT_SPIN
 
-        tag += f"-spin{DEFAULT_SPIN}"
+        tag += f"-spin{DEFAULT_SPIN}" if DEFAULT_SPIN else ""  # 0: as before there was a spin
     cache = out / f"measure-{c.expert}{tag}-{c.sha}-t{threads}-s{seed}.json"
     rows = [s.row for s in todo]
     if cache.is_file() and (rec := json.loads(cache.read_text())).get("rows") == rows:

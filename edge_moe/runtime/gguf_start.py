@@ -19,9 +19,12 @@ quiet machine                  50     96     131    136    135
 one core busy (another proc.)  57     55     44     34     43 (0.8 seen)
 =============================  =====  =====  =====  =====  ================
 
-A runner polls 100 times by default (:data:`DEFAULT_SPIN`); a node is told its fleet file's
-``nodes[].spin``, by default 300 when it is the only node on its host and 100 when it shares
-the cores with other nodes (:func:`nodes.build.node_spin`). The runner sets
+A runner sleeps at once by default (:data:`DEFAULT_SPIN` 0); a node is told its fleet file's
+``nodes[].spin``, by default 300 when it is the only node on its host and 0 when it shares
+the cores with other nodes, where another process often holds a core (the second row) and
+polling can cost far more (:func:`nodes.build.node_spin`). The demo's three nodes on 2 cores
+did not separate 0 from 100 (first-tier Gemma questions 172–237 ms at 0, 189–257 at 100,
+runs minutes apart). The runner sets
 ``GOMP_SPINCOUNT`` before llama.cpp loads, unless the environment sets ``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT`` itself; libgomp reads them once, so the first runner in a process decides
 for the process (:func:`spin_in_effect`).
@@ -47,7 +50,7 @@ __all__ = ["DEFAULT_SPIN", "EXTRA_HINT", "import_llama_cpp", "spin_in_effect", "
 
 EXTRA_HINT = ("pip install 'edge-moe[gguf]' (or `make install-gguf`, which builds it portably for "
               "these CPUs)")
-DEFAULT_SPIN = 100  # polls at a barrier before sleeping (the module docstring's table)
+DEFAULT_SPIN = 0  # polls at a barrier before sleeping (the module docstring's table)
 _AMX_VARIANTS = ("sapphirerapids",)  # ggml's CPU variants built with AMX_TILE / AMX_INT8
 _lock = threading.Lock()
 

@@ -120,9 +120,14 @@ def test_real_tiers_change_the_plan_and_the_guard_speaks(tmp_path: Path) -> None
     assert tiers[0].energy_j < tiers[1].energy_j < tiers[2].energy_j == math.inf
     from gating.planning import planner
 
-    worst = np.sort(planner.load_inputs(Path(cal), _committed_profiles(fleet, tmp_path), Path(gate)).energy_j.max(axis=1))
-    # room for the coordinator's energy factor (measured J ran 1.26x above a quiet profile)
-    assert tiers[0].energy_j >= 1.4 * worst[0] and tiers[1].energy_j >= 1.4 * (worst[0] + worst[1])
+    inputs = planner.load_inputs(Path(cal), _committed_profiles(fleet, tmp_path), Path(gate))
+    worst = np.sort(inputs.energy_j.max(axis=1))
+    # room for the coordinator's energy factor (measured J ran 1.26x-1.42x above a profile)
+    room = demo_tiers.ROOM
+    assert tiers[0].energy_j >= room * worst[0] and tiers[1].energy_j >= room * (worst[0] + worst[1])
+    by_name = dict(zip(inputs.experts, inputs.energy_j.max(axis=1)))
+    for t in tiers[:2]:  # and over what the plan it got needs, not only over the cheapest
+        assert t.energy_j >= room * sum(by_name[e] for e in t.experts) - 1e-3, t
     assert len({t.experts for t in tiers}) == 3, tiers  # the plan changes at every tier
     assert tiers[0].experts == ("smollm2-135m-instruct",)  # the cheapest expert alone
     assert any(e.startswith("qwen2.5-coder-1.5b") for e in tiers[2].experts)

@@ -283,7 +283,7 @@ def test_a_node_alone_on_its_host_spins_longer(tmp_path: Path) -> None:
     def apart(r: dict) -> None:  # type: ignore[type-arg]
         for i, n in enumerate(r["nodes"]):
             n["host"] = f"10.0.0.{i + 1}"
-        r["nodes"][1]["spin"] = 0
+        r["nodes"][1]["spin"] = 7
 
     fleet = load_fleet(_write(tmp_path, apart))
-    assert [node_spin(fleet, n.name) for n in fleet.nodes] == [SPIN_ALONE, 0, SPIN_ALONE]
+    assert [node_spin(fleet, n.name) for n in fleet.nodes] == [SPIN_ALONE, 7, SPIN_ALONE]
