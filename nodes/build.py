@@ -20,6 +20,7 @@ from edge_moe import paths
 from edge_moe.config import FleetConfig, load_fleet
 from edge_moe.energy import make_meter
 from edge_moe.errors import ConfigError
+from edge_moe.runtime.gguf_start import DEFAULT_SPIN
 from nodes.execution import HostedExpert
 from nodes.loop import NodeServer
 
@@ -38,7 +39,7 @@ def backend_endpoint(fleet: FleetConfig) -> str:
 
 # llama.cpp experts' threads poll this many times at ggml's barrier before they sleep, on a
 # node sharing its host with other nodes / alone on it (node_spin; nodes[].spin)
-SPIN_SHARED = 0
+SPIN_SHARED = DEFAULT_SPIN  # the runner's own default: sleep at once
 SPIN_ALONE = 300
 
 

@@ -106,7 +106,7 @@ class NodeActor:
                 "ray_node_id": ctx.get_node_id(), "artifacts": self.artifact_paths,
                 "max_batch": self.server.max_batch, "batch_wait_ms": self.server.batch_wait_ms,
                 "threads": self.threads,
-                "spin": next((getattr(h.runner, "spin") for h in self.server.experts.values()
+                "spin": next((h.runner.spin for h in self.server.experts.values()
                               if hasattr(h.runner, "spin")), None)}
 
 

@@ -260,24 +260,24 @@ def _timed_generations(runner: Any, samples: list[Sample]) -> list[Any]:
 
 
 def _record(c: Candidate, todo: list[Sample], prof_set: list[Sample], threads: int, seed: int,
-            out: Path) -> dict[str, Any]:
+            out: Path, spin: int = 0) -> dict[str, Any]:
     """One candidate's letter scores on ``todo`` and timed generations, cached by its weights'
     hash, the thread count and the seed. The runner comes from the registry by name, so every
     engine is measured by this one path."""
     from edge_moe.runtime.runners import make_runner
 
     # the fleet file's own engine keeps the file name it had before there were candidates;
-    # llama.cpp's speed depends on its threads' spin count (edge_moe.runtime.gguf_start)
+    # llama.cpp is measured at its node's spin count (nodes.build.node_spin), which sets its speed
     tag = "" if c.engine == "onnxruntime" else f"-{c.engine}"
+    kwargs: dict[str, Any] = {}
     if c.engine == "llama.cpp":
-        from edge_moe.runtime.gguf_start import DEFAULT_SPIN
-
-        tag += f"-spin{DEFAULT_SPIN}" if DEFAULT_SPIN else ""  # 0: as before there was a spin
+        kwargs["spin"] = spin
+        tag += f"-spin{spin}" if spin else ""  # 0: as before there was a spin
     cache = out / f"measure-{c.expert}{tag}-{c.sha}-t{threads}-s{seed}.json"
     rows = [s.row for s in todo]
     if cache.is_file() and (rec := json.loads(cache.read_text())).get("rows") == rows:
         return dict(rec)
-    runner = make_runner(c.engine, c.path, intra_op_threads=threads)
+    runner = make_runner(c.engine, c.path, intra_op_threads=threads, **kwargs)
     t0 = time.perf_counter()
     lp, ms = _score(runner, todo)
     calls = _timed_generations(runner, prof_set)
@@ -297,6 +297,7 @@ def measure(fleet: FleetConfig, candidates: dict[str, list[Candidate]], samples:
     modelled J, the generation model). A candidate other than the fleet file's own engine
     that fails to load or run is dropped, with a line saying why."""
     from edge_moe.errors import EdgeMoEError
+    from nodes.build import node_spin
     from edge_moe.jobs.generation import GenerationCall, fit_generation, generation_figures
     from edge_moe.profiles import ExpertProfile, Figure
 
@@ -311,7 +312,7 @@ def measure(fleet: FleetConfig, candidates: dict[str, list[Candidate]], samples:
         result[e.name] = []
         for i, c in enumerate(candidates[e.name]):
             try:
-                rec = _record(c, fid_set, prof_set, threads, seed, out)
+                rec = _record(c, fid_set, prof_set, threads, seed, out, node_spin(fleet, e.node))
             except EdgeMoEError as exc:
                 if i == 0:
                     raise

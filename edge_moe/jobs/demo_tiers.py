@@ -57,9 +57,10 @@ def plan_tiers(cal: Path, prof: Path, gate: Path, top_k: int, seed: int,
     # questions per category, which refused 11 of 40 tight-tier questions at a 1.25x margin
     # (and 26 of 40 at 1.09x, when the demo served Gemma through llama.cpp at 1.18x SmolLM2's
     # joules; and 11-26 of 40 at 1.4x on a slower afternoon: Gemma's live joules 1.42x its
-    # profile's, at a budget 1.35x its own need: the room is now over the plan's need, too). Where the next expert is that close, the tier's budget admits it and the
-    # planner picks between them: the cheapest expert alone is then not a tier of its own. A
-    # tier's single-expert plan is pinned (ask_tier), so the room above cannot let another in.
+    # profile's, at a budget 1.35x its own need: the room is now over the plan's need, too).
+    # Where the next expert is that close, the tier's budget admits it and the planner picks
+    # between them: the cheapest expert alone is then not a tier of its own. A tier's
+    # single-expert plan is pinned (ask_tier), so the room above cannot let another in.
     tight = max((j[0] + j[1]) / 2, ROOM * j[0])
     pair = j[0] + j[1] if top_k >= 2 else j[1]
     medium = max((pair + j[2]) / 2, ROOM * pair) if len(j) > 2 else math.inf
