@@ -59,19 +59,24 @@ METRICS = (("ttft_ms", "TTFT ms", False), ("decode_tok_s", "decode tok/s", True)
            ("node_peak_rss_mb", "node peak RSS MB", False))  # (key, label, higher is better)
 
 
-def planner_inputs(d: Path, expert: str) -> tuple[Path, Path, Path]:
-    """Synthetic gate, calibration table and profiles for a one-expert fleet whose expert is
-    ``expert`` (on :data:`NODE`), over MiniLM's embedding width; (gate, calibration, profiles)."""
+def planner_inputs(d: Path, expert: str | tuple[str, ...],
+                   nodes: tuple[str, ...] | None = None) -> tuple[Path, Path, Path]:
+    """Synthetic gate, calibration table and profiles for a fleet whose experts are ``expert``
+    (one name or several), on ``nodes`` (one per expert; default all on :data:`NODE`), over
+    MiniLM's embedding width; (gate, calibration, profiles)."""
     from edge_moe.calibration import save_calibration
     from edge_moe.profiles import save_profiles
     from edge_moe.runtime.toy import write_linear_gate
     from gating.offline.synthetic import make_synthetic_profiles, make_synthetic_table
 
-    table, size = make_synthetic_table(n_samples=200, n_experts=1, n_categories=2,
+    names = (expert,) if isinstance(expert, str) else tuple(expert)
+    table, size = make_synthetic_table(n_samples=200, n_experts=len(names), n_categories=2,
                                        embedding_dim=MINILM_DIM, seed=0)
-    table = dataclasses.replace(table, experts=(expert,))
+    table = dataclasses.replace(table, experts=names)
     prof = make_synthetic_profiles(table, size, seed=0)
-    prof = dataclasses.replace(prof, experts=tuple(dataclasses.replace(e, node=NODE) for e in prof.experts))
+    where = nodes or (NODE,) * len(names)
+    prof = dataclasses.replace(prof, experts=tuple(dataclasses.replace(e, node=n)
+                                                   for e, n in zip(prof.experts, where, strict=True)))
     return (write_linear_gate(d / "gate.onnx", table.experts, MINILM_DIM),
             Path(save_calibration(table, d / "calibration.npz")), Path(save_profiles(prof, d / "profiles.json")))
 
@@ -140,11 +145,11 @@ def stream_once(client: Any, expert: str, prompt: str, new_tokens: int) -> dict[
             "stage_ms": decision["stage_ms"], "finish": "".join(text)[-40:]}
 
 
-def _down(env: dict[str, str], failed: bool) -> None:
+def _down(env: dict[str, str], failed: bool, fleet: str = FLEET_NAME) -> None:
     """``edge-moe down``; RuntimeError when it fails or Ray processes survive it (after a
     ``failed`` run only logged: a deploy that failed has removed what it started)."""
     try:
-        down = _cli(["down", "--fleet", FLEET_NAME], env, 300)
+        down = _cli(["down", "--fleet", fleet], env, 300)
         if down.get("survivors"):
             raise RuntimeError(f"Ray processes survived edge-moe down: {down['survivors']}")
     except (RuntimeError, subprocess.TimeoutExpired) as exc:

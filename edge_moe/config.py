@@ -66,11 +66,10 @@ class NodeConfig:
     max_batch: int = 8
     batch_wait_ms: float = 5.0
     stream_flush_ms: float = 30.0  # a stream's PARTIALs after the first: at most one per this
-    # onnxruntime weight prepacking on this node's CPU runners (faster GEMMs, a second copy
-    # of the MatMul weights in memory; see benchmarks/batching_bench.py).
-    prepack: bool = True
+    prepack: bool = True  # onnxruntime weight prepacking on CPU runners (benchmarks/batching_bench.py)
     threads: int | None = None  # intra-op threads per runner on this node; None: its host's cores
     spin: int | None = None  # llama.cpp threads' polls at a barrier; None: nodes.build.node_spin
+    reuse_prefix: bool = True  # llama.cpp experts compute only what a prompt adds to the cached one
 
     @property
     def resource(self) -> str:

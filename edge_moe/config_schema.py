@@ -194,6 +194,13 @@ SCHEMA: tuple[Key, ...] = (
             "core busy: 57, 55, 44 tok/s); `null`: 300 when no other node with experts has this "
             "node's `host`, 0 when one does. An `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` "
             "in the node's environment wins."),
+    Key(_N + "reuse_prefix", "bool", True,
+        doc="The node's `llama.cpp` experts keep the last request's tokens in their KV cache, and "
+            "a new prompt computes only what follows the whole 64-token chunks it shares with "
+            "that request's prompt: a conversation's earlier turns, a retried prompt, a long shared "
+            "system prompt or few-shot header. Replies are bit for bit those of a fresh context "
+            "(prompts are computed in chunks with fixed bounds); it costs no memory (the cache is "
+            "allocated for the context anyway). `false`: every prompt from its first token."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
             "second (packed) copy of the MatMul weights in memory."),

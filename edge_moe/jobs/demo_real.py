@@ -271,8 +271,11 @@ def _record(c: Candidate, todo: list[Sample], prof_set: list[Sample], threads: i
     tag = "" if c.engine == "onnxruntime" else f"-{c.engine}"
     kwargs: dict[str, Any] = {}
     if c.engine == "llama.cpp":
+        from edge_moe.runtime.gguf import CHUNK
+
         kwargs["spin"] = spin
         tag += f"-spin{spin}" if spin else ""  # 0: as before there was a spin
+        tag += f"-c{CHUNK}"  # prompts in aligned chunks of CHUNK (its log-probs: measured again)
     cache = out / f"measure-{c.expert}{tag}-{c.sha}-t{threads}-s{seed}.json"
     rows = [s.row for s in todo]
     if cache.is_file() and (rec := json.loads(cache.read_text())).get("rows") == rows:

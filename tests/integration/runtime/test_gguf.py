@@ -272,6 +272,72 @@ def test_should_stop_cancels_between_tokens(gguf) -> None:
     assert gguf.generate("Write a long poem.", 32, should_stop=lambda: True).n_tokens == 0
 
 
+@needs_llama
+@pytest.mark.slow
+def test_prefix_reuse_answers_bit_for_bit_as_a_fresh_context(gguf_path: Path, questions, monkeypatch) -> None:
+    """Prefix reuse (the default) against a runner that computes every prompt whole: the same
+    greedy tokens and the same log-probs, bit for bit, through prompts that share a long
+    preamble, a conversation's next turn, MMLU questions asked again in both modes, a cancelled
+    generation and a pass that fails half way; and it computes less (whole chunks of 64)."""
+    from edge_moe.runtime.gguf import CHUNK, GgufRunner
+
+    with GgufRunner(gguf_path, intra_op_threads=2) as reuse, \
+            GgufRunner(gguf_path, intra_op_threads=2, reuse_prefix=False) as whole:
+        assert reuse.reuse_prefix and not whole.reuse_prefix and reuse.n_batch == CHUNK
+
+        def same_generation(prompt: str, n: int = 12, chat: bool | None = None) -> None:
+            a, b = reuse.generate(prompt, n, chat=chat), whole.generate(prompt, n, chat=chat)
+            assert (a.token_ids, a.text, a.stop_reason) == (b.token_ids, b.text, b.stop_reason), prompt
+
+        preamble = ("You answer in one short sentence, plainly, without lists, and you say so when "
+                    "you do not know. " * 3)
+        assert len(reuse.prompt_ids(preamble, True)) > CHUNK
+        before = reuse.reused_tokens
+        for p in PROMPTS:
+            same_generation(preamble + p)
+        assert reuse.reused_tokens - before >= CHUNK * (len(PROMPTS) - 1) and whole.reused_tokens == 0
+
+        # a conversation: the next prompt holds the first and its reply (raw text, no template)
+        # a reply long enough to fill a chunk of its own: those rows were computed one token
+        # per pass, so they are computed again (a fresh context computes them as a prompt chunk)
+        turn = preamble + "\nQ: Count from 1 to 40, separated by commas.\nA: 1, 2,"
+        reply = reuse.generate(turn, 64, chat=False)
+        assert whole.generate(turn, 64, chat=False).token_ids == reply.token_ids
+        n_turn = len(reuse.prompt_ids(turn, False))
+        assert n_turn + reply.n_tokens >= (n_turn // CHUNK + 1) * CHUNK + 2, "the reply fills no chunk"
+        before = reuse.reused_tokens
+        same_generation(f"{turn}{reply.text}\nQ: And from 40 to 50?\nA:", chat=False)
+        assert reuse.reused_tokens - before == n_turn // CHUNK * CHUNK
+
+        before = reuse.reused_tokens
+        for q in questions[:4]:
+            for mode in ("letter", "continuation", "letter"):
+                a = reuse.score_options(q["prompt"], q["options"], mode)
+                b = whole.score_options(q["prompt"], q["options"], mode)
+                np.testing.assert_array_equal(a, b, err_msg=f"{mode}: {q['prompt'][:60]}")
+        assert reuse.reused_tokens > before
+
+        # a cancelled generation, then a pass that fails half way: the next answers still agree
+        stops = iter([False] * 3 + [True] * 99)
+        assert reuse.generate(preamble + PROMPTS[1], 12, should_stop=stops.__next__).n_tokens == 3
+        same_generation(preamble + PROMPTS[1])
+        real_eval, calls = reuse._eval, []
+
+        def fails_on_the_fourth(*args, **kw):
+            calls.append(1)
+            if len(calls) == 4:
+                raise RunnerError("llama_decode returned 1 (injected)")
+            return real_eval(*args, **kw)
+
+        monkeypatch.setattr(reuse, "_eval", fails_on_the_fourth)
+        with pytest.raises(RunnerError, match="injected"):
+            reuse.generate(preamble + PROMPTS[2], 12)
+        monkeypatch.setattr(reuse, "_eval", real_eval)
+        assert reuse._cached == []  # emptied, not left half written
+        same_generation(preamble + PROMPTS[2])
+        same_generation(preamble + PROMPTS[2])  # again: its whole chunks reused
+
+
 # ---------------------------------------------------------------- a fleet serving the GGUF
 
 
