@@ -1,7 +1,7 @@
 """Prefix reuse in the llama.cpp runner (not a test): time to first token with and without it.
 
 :class:`edge_moe.runtime.gguf.GgufRunner` keeps the last request's tokens in its KV cache and
-computes only what follows the whole 64-token chunks a new prompt shares with that request's
+computes only what follows the whole 128-token chunks a new prompt shares with that request's
 prompt (``nodes[].reuse_prefix``, on by default). Here two runners on the same GGUF, same
 threads, in one process: ``reuse`` (the default) and ``whole`` (``reuse_prefix=False``). Each
 request goes to both, one after the other, the order alternating; their greedy tokens must be

@@ -196,7 +196,7 @@ SCHEMA: tuple[Key, ...] = (
             "in the node's environment wins."),
     Key(_N + "reuse_prefix", "bool", True,
         doc="The node's `llama.cpp` experts keep the last request's tokens in their KV cache, and "
-            "a new prompt computes only what follows the whole 64-token chunks it shares with "
+            "a new prompt computes only what follows the whole 128-token chunks it shares with "
             "that request's prompt: a conversation's earlier turns, a retried prompt, a long shared "
             "system prompt or few-shot header. Replies are bit for bit those of a fresh context "
             "(prompts are computed in chunks with fixed bounds); it costs no memory (the cache is "

@@ -28,8 +28,8 @@ one llama.cpp context; a node serves its tasks one by one).
 :data:`CHUNK`) tokens whose bounds are multiples of ``n_batch`` in absolute positions. llama.cpp's
 CPU kernels give a row results that depend on the batch it was computed in (splitting SmolLM2's
 Q4_1 prompt anywhere moves its last logits by up to 1.0), so fixed bounds are what make the
-prefix reuse below exact; 64-token chunks cost nothing measurable in prefill (SmolLM2 129
-tokens: 352 against 354 ms in one batch; Qwen 1.5B: 1,213 against 1,204 ms).
+prefix reuse below exact. 128-token chunks cost 0 to 6% of prefill against one 512-token batch
+(~100 and ~500-token prompts, the three demo models, 2 threads; 64-token chunks cost 7 to 23%).
 
 **Prefix reuse.** The context keeps the last request's tokens in its KV cache. A new request
 keeps the whole chunks it shares with them that were computed as whole chunks of a prompt, and
@@ -88,7 +88,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CHUNK", "DEFAULT_CONTEXT", "GgufRunner"]
 
 DEFAULT_CONTEXT = 4096  # tokens of KV cache llama.cpp allocates (see the module docstring)
-CHUNK = 64  # tokens per aligned prompt chunk (see the module docstring)
+CHUNK = 128  # tokens per aligned prompt chunk (see the module docstring)
 _SENTINEL = "\x00EDGE_MOE_USER_MESSAGE\x00"
 
 

@@ -163,7 +163,7 @@ def gguf_f32(gguf_path: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_the_runner_contract(gguf) -> None:
     check_runner(gguf, "test")  # ConfigError if a declared capability lacks its method
     assert gguf.runner_name == "llama.cpp"
-    assert gguf.max_context == 4096 and gguf.threads == 2
+    assert gguf.max_context == 4096 and gguf.threads == 2 and gguf.n_batch == 128 and gguf.reuse_prefix
     assert {2, 0} <= gguf.eos  # <|im_end|>, <|endoftext|>
     assert gguf.backend != "sapphirerapids" and os.environ.get("OMP_WAIT_POLICY")  # gguf_start's choices
     with pytest.raises(RunnerError, match="unknown scoring mode"):
@@ -278,36 +278,40 @@ def test_prefix_reuse_answers_bit_for_bit_as_a_fresh_context(gguf_path: Path, qu
     """Prefix reuse (the default) against a runner that computes every prompt whole: the same
     greedy tokens and the same log-probs, bit for bit, through prompts that share a long
     preamble, a conversation's next turn, MMLU questions asked again in both modes, a cancelled
-    generation and a pass that fails half way; and it computes less (whole chunks of 64)."""
+    generation and a pass that fails half way; and it computes less (whole chunks; 64 tokens
+    here, so that short prompts hold several: batches of 32 rows or fewer give the same rows
+    however split, so a smaller chunk would not test the alignment)."""
     from edge_moe.runtime.gguf import CHUNK, GgufRunner
 
-    with GgufRunner(gguf_path, intra_op_threads=2) as reuse, \
-            GgufRunner(gguf_path, intra_op_threads=2, reuse_prefix=False) as whole:
-        assert reuse.reuse_prefix and not whole.reuse_prefix and reuse.n_batch == CHUNK
+    assert gguf_path and CHUNK == 128
+    C = 64
+    with GgufRunner(gguf_path, intra_op_threads=2, n_batch=C) as reuse, \
+            GgufRunner(gguf_path, intra_op_threads=2, n_batch=C, reuse_prefix=False) as whole:
+        assert reuse.reuse_prefix and not whole.reuse_prefix
 
         def same_generation(prompt: str, n: int = 12, chat: bool | None = None) -> None:
             a, b = reuse.generate(prompt, n, chat=chat), whole.generate(prompt, n, chat=chat)
             assert (a.token_ids, a.text, a.stop_reason) == (b.token_ids, b.text, b.stop_reason), prompt
 
         preamble = ("You answer in one short sentence, plainly, without lists, and you say so when "
-                    "you do not know. " * 3)
-        assert len(reuse.prompt_ids(preamble, True)) > CHUNK
+                    "you do not know. " * 5)
+        assert len(reuse.prompt_ids(preamble, True)) > 2 * C
         before = reuse.reused_tokens
         for p in PROMPTS:
             same_generation(preamble + p)
-        assert reuse.reused_tokens - before >= CHUNK * (len(PROMPTS) - 1) and whole.reused_tokens == 0
+        assert reuse.reused_tokens - before >= 2 * C * (len(PROMPTS) - 1) and whole.reused_tokens == 0
 
         # a conversation: the next prompt holds the first and its reply (raw text, no template)
         # a reply long enough to fill a chunk of its own: those rows were computed one token
         # per pass, so they are computed again (a fresh context computes them as a prompt chunk)
         turn = preamble + "\nQ: Count from 1 to 40, separated by commas.\nA: 1, 2,"
-        reply = reuse.generate(turn, 64, chat=False)
-        assert whole.generate(turn, 64, chat=False).token_ids == reply.token_ids
+        reply = reuse.generate(turn, 72, chat=False)
+        assert whole.generate(turn, 72, chat=False).token_ids == reply.token_ids
         n_turn = len(reuse.prompt_ids(turn, False))
-        assert n_turn + reply.n_tokens >= (n_turn // CHUNK + 1) * CHUNK + 2, "the reply fills no chunk"
+        assert n_turn + reply.n_tokens >= (n_turn // C + 1) * C + 2, "the reply fills no chunk"
         before = reuse.reused_tokens
         same_generation(f"{turn}{reply.text}\nQ: And from 40 to 50?\nA:", chat=False)
-        assert reuse.reused_tokens - before == n_turn // CHUNK * CHUNK
+        assert reuse.reused_tokens - before == n_turn // C * C
 
         before = reuse.reused_tokens
         for q in questions[:4]:
