@@ -1,33 +1,35 @@
-"""Prefix reuse in the llama.cpp runner (not a test): time to first token with and without it.
+"""Prefix reuse in the llama.cpp runner (not a test): time to first token by ``prefix_reuse`` mode.
 
-:class:`edge_moe.runtime.gguf.GgufRunner` keeps the last request's tokens in its KV cache and
-computes only what follows the whole 128-token chunks a new prompt shares with that request's
-prompt (``nodes[].reuse_prefix``, on by default). Here two runners on the same GGUF, same
-threads, in one process: ``reuse`` (the default) and ``whole`` (``reuse_prefix=False``). Each
-request goes to both, one after the other, the order alternating; their greedy tokens must be
-equal (the reuse is exact by construction; a difference stops the run). Three workloads, in
-this order, each prompt in the chat template (as a node formats a chat request; a base model
-without one gets the raw text), ``--new-tokens`` greedy tokens:
+:class:`edge_moe.runtime.gguf.GgufRunner` keeps the last request's tokens in its KV cache and a
+new prompt computes only what follows the part it shares with them (``nodes[].prefix_reuse``):
+``exact`` (the default: whole 128-token chunks of an earlier prompt, replies bit for bit a fresh
+context's), ``tokens`` (every shared token, as llama.cpp's own prompt cache) or ``off``. Here,
+in one process, on the same GGUF with the same threads and spin: a runner per mode, and
+**llama-cpp-python** (``llama_cpp.Llama.create_completion``, streamed, greedy, a 512-token
+batch: how a Python user runs llama.cpp; it reuses any shared prefix token by token, as
+``tokens``), given the same prompt text. Each request goes to all four, the order rotating;
+``exact`` must give ``off``'s greedy tokens (a difference stops the run); how often ``tokens``
+does is recorded. Three workloads, in this order, each prompt in the chat template (as a node
+formats a chat request; a base model without one gets the raw text), ``--new-tokens`` greedy
+tokens:
 
-- **distinct**: short questions that share nothing but the template (nothing to reuse: the
-  cost of the bookkeeping, expected ratio 1);
-- **system**: one ~220-token system prompt, then each question, as the HTTP front flattens a
-  chat request's messages (``System: …\\nUser: …\\nAssistant:``);
+- **distinct**: short questions that share only the template;
+- **system**: one ~180-token system prompt, then each question, as the HTTP front flattens a
+  chat request's messages (``System: …\nUser: …\nAssistant:``);
 - **conversation**: one conversation of ``--turns`` turns; each turn's prompt holds every
   earlier question and the model's own reply (the front's flattening of the whole history,
   which is what OpenAI chat clients send every turn).
 
-Per workload: median TTFT of each runner, prompt tokens, the share of prompt tokens reused, and
-the median of per-request ratios whole ÷ reuse (above 1: reuse is faster) with a 95% bootstrap
-interval. The first request of a workload is a warm-up (left out).
+Per workload and engine: the median TTFT (call to the first streamed text) and the share of
+prompt tokens reused; ratios are medians of per-request ratios with a 95% bootstrap interval
+(above 1: the second engine named is faster). The first request of a workload is a warm-up.
 
 ``--served`` adds the same workloads through a fleet: one ``edge-moe deploy`` (a local Ray head)
-of two nodes on this host, each serving the GGUF (``nodes[].spin`` 300 on both, the same
-threads), one with ``reuse_prefix: true`` and one with ``false``; each request is a streamed
-``POST /v1/chat/completions`` from the ``openai`` client with ``model`` pinning one node's
-expert, the two alternating; the system prompt and the conversation are real ``messages``
-(system, user, assistant), flattened by the front. TTFT: request to the first chunk with text;
-the two replies must be equal.
+of three nodes on this host, each serving the GGUF with one ``prefix_reuse`` mode
+(``nodes[].spin`` 300 on all, the same threads); each request is a streamed ``POST
+/v1/chat/completions`` from the ``openai`` client with ``model`` pinning one node's expert, the
+three rotating; the system prompt and the conversation are real ``messages`` (system, user,
+assistant), flattened by the front. TTFT: request to the first chunk with text.
 
     .venv/bin/python benchmarks/prefix_reuse_bench.py [--models ...] [--threads 2] [--served]
         [--out benchmarks/results/prefix_reuse_bench]
@@ -67,45 +69,74 @@ DISTINCT = ["What is the capital of France?", "Name three prime numbers.", "Why 
             "What does a CPU do?", "Translate 'good morning' into Spanish."]
 
 
+MODES = ("exact", "tokens", "off")
+LLAMA = "llama-cpp-python"
+RATIOS = (("off", "exact"), ("off", "tokens"), (LLAMA, "exact"), (LLAMA, "tokens"))  # (num, den) of TTFT
+
+
 def _timed(runner: Any, prompt: str, new_tokens: int) -> dict[str, Any]:
     first: list[float] = []
     before = runner.reused_tokens
     t0 = time.perf_counter()
     g = runner.generate(prompt, new_tokens, on_text=lambda _: first.append(time.perf_counter()) if not first else None)
-    return {"ttft_ms": ((first[0] if first else time.perf_counter()) - t0) * 1e3, "prefill_ms": g.prefill_ms,
+    return {"ttft_ms": ((first[0] if first else time.perf_counter()) - t0) * 1e3,
             "prompt_tokens": len(runner.prompt_ids(prompt)), "reused": runner.reused_tokens - before,
             "tokens": g.token_ids, "text": g.text}
 
 
-def _pair(reuse: Any, whole: Any, prompt: str, new_tokens: int, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    if i % 2 == 0:
-        a = _timed(reuse, prompt, new_tokens)
-        b = _timed(whole, prompt, new_tokens)
-    else:
-        b = _timed(whole, prompt, new_tokens)
-        a = _timed(reuse, prompt, new_tokens)
-    if a["tokens"] != b["tokens"]:
-        raise SystemExit(f"reuse and whole disagree on {prompt[-80:]!r}: {a['text']!r} vs {b['text']!r}")
-    return a, b
+def _llama(llm: Any, text: str, new_tokens: int) -> dict[str, Any]:
+    """llama-cpp-python's own API: ms from the call to the first streamed text."""
+    t0, first, out = time.perf_counter(), None, []
+    for chunk in llm.create_completion(text, max_tokens=new_tokens, temperature=0.0, stream=True):
+        if chunk["choices"][0]["text"]:
+            first = first or time.perf_counter()
+            out.append(chunk["choices"][0]["text"])
+    return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1e3, "text": "".join(out)}
 
 
-def _workloads(reuse: Any, whole: Any, new_tokens: int, turns: int) -> dict[str, list[tuple[dict, dict]]]:
-    out: dict[str, list[tuple[dict, dict]]] = {"distinct": [], "system": [], "conversation": []}
+def _request(call: dict[str, Any], prompt: Any, i: int) -> dict[str, dict[str, Any]]:
+    """``prompt`` to every engine of ``call`` (name → fn(prompt)), the order rotating by ``i``;
+    stops the run when ``exact`` and ``off`` answer differently."""
+    names = list(call)
+    k = i % len(names)
+    got = {n: call[n](prompt) for n in names[k:] + names[:k]}
+    if got["exact"]["text"] != got["off"]["text"]:
+        raise SystemExit(f"exact and off disagree: {got['exact']['text']!r} vs {got['off']['text']!r}")
+    got["tokens"]["same_as_off"] = got["tokens"]["text"] == got["off"]["text"]
+    return got
+
+
+def _flatten(msgs: list[dict[str, str]]) -> str:
+    """OpenAI ``messages`` as the HTTP front hands them to a node (``gating/http/protocol.py``)."""
+    if len(msgs) == 1 and msgs[0]["role"] == "user":
+        return msgs[0]["content"]
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in msgs) + "\nAssistant:"
+
+
+def _workloads(call: dict[str, Any], turns: int, chat: bool) -> dict[str, list[dict[str, dict[str, Any]]]]:
+    """The three workloads (the module docstring); ``chat``: prompts are OpenAI ``messages``."""
+    def prompt(msgs: list[dict[str, str]]) -> Any:
+        return msgs if chat else _flatten(msgs)
+
+    out: dict[str, list[dict[str, dict[str, Any]]]] = {"distinct": [], "system": [], "conversation": []}
     for i, q in enumerate(DISTINCT):
-        out["distinct"].append(_pair(reuse, whole, q, new_tokens, i))
+        out["distinct"].append(_request(call, prompt([{"role": "user", "content": q}]), i))
     for i, q in enumerate(QUESTIONS):
-        out["system"].append(_pair(reuse, whole, f"System: {SYSTEM}\nUser: {q}\nAssistant:", new_tokens, i))
-    history = f"System: {SYSTEM}"
+        out["system"].append(_request(call, prompt([{"role": "system", "content": SYSTEM},
+                                                     {"role": "user", "content": q}]), i))
+    history = [{"role": "system", "content": SYSTEM}]
     for i in range(turns):
-        history += f"\nUser: {QUESTIONS[i % len(QUESTIONS)]}\nAssistant:"
-        a, b = _pair(reuse, whole, history, new_tokens, i)
-        out["conversation"].append((a, b))
-        history += a["text"]
+        history.append({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]})
+        got = _request(call, prompt(history), i)
+        out["conversation"].append(got)
+        history.append({"role": "assistant", "content": got["exact"]["text"]})
     return out
 
 
-def _served(model: str, gguf: Path, threads: int, new_tokens: int, turns: int) -> dict[str, list[tuple[dict, dict]]]:
-    """The workloads through a two-node fleet (the module docstring)."""
+def _served(model: str, gguf: Path, threads: int, new_tokens: int, turns: int,
+            llama: Any) -> dict[str, list[dict]]:
+    """The workloads through a three-node fleet (the module docstring); ``llama``: fn(text) of
+    llama-cpp-python in this process, given each request's flattened, formatted prompt."""
     import tempfile
 
     import yaml
@@ -113,17 +144,17 @@ def _served(model: str, gguf: Path, threads: int, new_tokens: int, turns: int) -
 
     from benchmarks.engine_served import REQUEST_TIMEOUT_S, _cli, _down, planner_inputs
 
-    names = {"reuse": f"{model}-reuse", "whole": f"{model}-whole"}
+    names = {m: f"{model}-{m}" for m in MODES}
     fleet = {
         "name": "prefix-reuse-bench",
         "device_classes": {"cpu": {"power_idle_w": 5.0, "power_busy_w": 15.0,
                                    "source": "benchmarks/prefix_reuse_bench.py (energy is not measured here)"}},
-        "nodes": [{"name": n, "device_class": "cpu", "threads": threads, "spin": 300, "reuse_prefix": n == "reuse"}
-                  for n in names],
-        "experts": [{"name": e, "node": n, "artifact": str(gguf), "runner": "llama.cpp", "precision": "int4"}
-                    for n, e in names.items()],
+        "nodes": [{"name": m, "device_class": "cpu", "threads": threads, "spin": 300, "prefix_reuse": m}
+                  for m in MODES],
+        "experts": [{"name": e, "node": m, "artifact": str(gguf), "runner": "llama.cpp", "precision": "int4"}
+                    for m, e in names.items()],
         "categories": ["synth-cat-0", "synth-cat-1"],
-        "coordinator": {"node": "reuse", "frontend": "tcp://127.0.0.1:0", "backend": "tcp://127.0.0.1:0",
+        "coordinator": {"node": "exact", "frontend": "tcp://127.0.0.1:0", "backend": "tcp://127.0.0.1:0",
                         "http": "127.0.0.1:0", "top_k": 1},
     }
     with tempfile.TemporaryDirectory(prefix="prefix-reuse-") as tmp:
@@ -145,31 +176,11 @@ def _served(model: str, gguf: Path, threads: int, new_tokens: int, turns: int) -
                         if c.delta.content:
                             first = first or time.perf_counter()
                             text.append(c.delta.content)
-                return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1e3, "text": "".join(text),
-                        "prompt_tokens": 0, "reused": 0}
+                return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1e3, "text": "".join(text)}
 
-            def pair(messages: list[dict[str, str]], i: int) -> tuple[dict, dict]:
-                if i % 2 == 0:
-                    a = one(names["reuse"], messages)
-                    b = one(names["whole"], messages)
-                else:
-                    b = one(names["whole"], messages)
-                    a = one(names["reuse"], messages)
-                if a["text"] != b["text"]:
-                    raise SystemExit(f"served reuse and whole disagree: {a['text']!r} vs {b['text']!r}")
-                return a, b
-
-            out: dict[str, list[tuple[dict, dict]]] = {"distinct": [], "system": [], "conversation": []}
-            for i, q in enumerate(DISTINCT):
-                out["distinct"].append(pair([{"role": "user", "content": q}], i))
-            for i, q in enumerate(QUESTIONS):
-                out["system"].append(pair([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], i))
-            history = [{"role": "system", "content": SYSTEM}]
-            for i in range(turns):
-                history.append({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]})
-                a, b = pair(list(history), i)
-                out["conversation"].append((a, b))
-                history.append({"role": "assistant", "content": a["text"]})
+            call: dict[str, Any] = {m: (lambda msgs, e=e: one(e, msgs)) for m, e in names.items()}
+            call[LLAMA] = lambda msgs: llama(_flatten(msgs))
+            out = _workloads(call, turns, chat=True)
         except BaseException:
             _down(env, failed=True, fleet=fleet["name"])
             raise
@@ -184,37 +195,52 @@ def _ratio_ci(num: list[float], den: list[float], seed: int = 0) -> dict[str, fl
             "hi": float(np.quantile(boots, 0.975))}
 
 
-def _summary(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
-    m = pairs[1:]  # the first is a warm-up
-    on, off = [a["ttft_ms"] for a, _ in m], [b["ttft_ms"] for _, b in m]
-    tokens = sum(a["prompt_tokens"] for a, _ in m)
-    return {"requests": len(m), "prompt_tokens": float(np.median([a["prompt_tokens"] for a, _ in m])),
-            "reused_share": sum(a["reused"] for a, _ in m) / tokens if tokens else None,
-            "ttft_ms_reuse": float(np.median(on)), "ttft_ms_whole": float(np.median(off)),
-            "ratio": _ratio_ci(off, on),
-            "per_request": [{k: v for k, v in a.items() if k not in ("tokens", "text")} | {
-                "whole_ttft_ms": b["ttft_ms"]} for a, b in m]}
+def _summary(reqs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    m = reqs[1:]  # the first is a warm-up
+    engines = list(m[0])
+    out: dict[str, Any] = {"requests": len(m), "ttft_ms": {}, "reused_share": {}, "ratios": {},
+                           "tokens_same_as_off": sum(r["tokens"]["same_as_off"] for r in m)}
+    for e in engines:
+        out["ttft_ms"][e] = float(np.median([r[e]["ttft_ms"] for r in m]))
+        if "prompt_tokens" in m[0][e]:
+            out["prompt_tokens"] = float(np.median([r[e]["prompt_tokens"] for r in m]))
+            out["reused_share"][e] = sum(r[e]["reused"] for r in m) / sum(r[e]["prompt_tokens"] for r in m)
+    for num, den in RATIOS:
+        if num in engines:
+            out["ratios"][f"{num} / {den}"] = _ratio_ci([r[num]["ttft_ms"] for r in m], [r[den]["ttft_ms"] for r in m])
+    out["per_request"] = [{e: {k: v for k, v in r[e].items() if k != "tokens"} for e in engines} for r in m]
+    return out
 
 
 def _markdown(res: dict[str, Any]) -> str:
-    lines = ["# Prefix reuse in the llama.cpp runner: TTFT with and without it\n",
+    lines = ["# Prefix reuse in the llama.cpp runner: TTFT by `prefix_reuse` mode\n",
              f"{res['cpu']}, {res['threads']} threads, spin {res['spin']}, {res['new_tokens']} new tokens, greedy; "
-             "two runners on the same GGUF in one process, each request to both, the order alternating; "
-             "greedy tokens equal on every request (checked). Ratio: median of per-request whole ÷ reuse TTFT "
-             "(above 1: reuse is faster), 95% bootstrap interval; the first request of each workload is a "
-             "warm-up.\n",
-             "| model | workload | requests | prompt tokens (median) | reused share | TTFT ms whole | TTFT ms reuse "
-             "| whole ÷ reuse [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+             "`exact`, `tokens`, `off`: our llama.cpp runner in each mode (served: a node in each mode, through "
+             "the HTTP front); llama-cpp-python: `Llama.create_completion` in the benchmark's process on the same "
+             "GGUF, threads and spin, given the prompt a node formats (at the served level too). Each request to every engine, the order "
+             "rotating; `exact` gave `off`'s greedy reply on every request (checked; the run stops otherwise). "
+             "TTFT ratios: medians of per-request ratios, 95% bootstrap interval; above 1, the second named is "
+             "faster. The first request of each workload is a warm-up.\n",
+             "| model | level | workload | requests | prompt tokens | reused: exact / tokens | TTFT ms: off / exact / "
+             "tokens / llama-cpp-python | off ÷ exact | off ÷ tokens | llama-cpp-python ÷ exact | llama-cpp-python ÷ "
+             "tokens | `tokens` replies = `off`'s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ci(s: dict[str, Any], key: str) -> str:
+        r = s["ratios"].get(key)
+        return f"{r['median']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]" if r else ""
+
     for level, key in (("runner", "models"), ("served", "served")):
         for model, wl in res.get(key, {}).items():
             for name, s in wl.items():
-                r, share = s["ratio"], s["reused_share"]
-                tokens = f"{s['prompt_tokens']:.0f}" if share is not None else "(as runner)"
-                shared = f"{share:.2f}" if share is not None else "(as runner)"
-                lines.append(f"| {model} ({level}) | {name} | {s['requests']} | {tokens} | {shared} | "
-                             f"{s['ttft_ms_whole']:.0f} | {s['ttft_ms_reuse']:.0f} | {r['median']:.2f} "
-                             f"[{r['lo']:.2f}, {r['hi']:.2f}] |")
-    lines += ["", f"Run: `{res['command']}` on {res['date']}; 1-minute load average after each model: "
+                t, sh = s["ttft_ms"], s["reused_share"]
+                ttft = " / ".join(f"{t[e]:.0f}" for e in ("off", "exact", "tokens", LLAMA))
+                tokens = f"{s['prompt_tokens']:.0f}" if "prompt_tokens" in s else "(as runner)"
+                lines.append(f"| {model} | {level} | {name} | {s['requests']} | {tokens} | "
+                             + (f"{sh['exact']:.2f} / {sh['tokens']:.2f}" if sh else "(as runner)")
+                             + f" | {ttft} | {ci(s, 'off / exact')} | {ci(s, 'off / tokens')} | "
+                             f"{ci(s, LLAMA + ' / exact')} | {ci(s, LLAMA + ' / tokens')} | "
+                             f"{s['tokens_same_as_off']}/{s['requests']} |")
+    lines += ["", f"Run: `{res['command']}` on {res['date']}; 1-minute load average after each part: "
               + ", ".join(f"{v:.2f}" for v in res["loadavg"]) + ".", ""]
     return "\n".join(lines)
 
@@ -244,21 +270,30 @@ def main(
         if gguf is None:
             print(f"{model}: skipped ({why})")
             continue
-        with GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE) as reuse, \
-                GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE, reuse_prefix=False) as whole:
-            wl = _workloads(reuse, whole, new_tokens, turns)
-        res["models"][model] = {k: _summary(v) for k, v in wl.items()}
+        runners = {m: GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse=m) for m in MODES}
+        from llama_cpp import Llama  # after the runners: their spin is in the environment
+
+        llm = Llama(str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=4096, n_batch=512, verbose=False)
+        fmt = runners["exact"]
+        call: dict[str, Any] = {m: (lambda p, r=r: _timed(r, p, new_tokens)) for m, r in runners.items()}
+        def llama(text: str) -> dict[str, Any]:
+            return _llama(llm, fmt.format_prompt(text, fmt.has_chat), new_tokens)
+
+        call[LLAMA] = llama
+        res["models"][model] = {k: _summary(v) for k, v in _workloads(call, turns, chat=False).items()}
+        for r in runners.values():
+            r.close()
         res["loadavg"].append(os.getloadavg()[0])
         for k, s in res["models"][model].items():
-            print(f"{model} {k}: TTFT {s['ttft_ms_whole']:.0f} -> {s['ttft_ms_reuse']:.0f} ms "
-                  f"(x{s['ratio']['median']:.2f}), reused {s['reused_share']:.0%} of {s['prompt_tokens']:.0f} tokens",
-                  flush=True)
+            print(f"{model} {k}: TTFT ms " + ", ".join(f"{e} {v:.0f}" for e, v in s["ttft_ms"].items()), flush=True)
         if served:
-            res["served"][model] = {k: _summary(v) for k, v in _served(model, gguf, threads, new_tokens, turns).items()}
+            res["served"][model] = {k: _summary(v) for k, v in
+                                    _served(model, gguf, threads, new_tokens, turns, llama).items()}
             res["loadavg"].append(os.getloadavg()[0])
             for k, s in res["served"][model].items():
-                print(f"{model} served {k}: TTFT {s['ttft_ms_whole']:.0f} -> {s['ttft_ms_reuse']:.0f} ms "
-                      f"(x{s['ratio']['median']:.2f})", flush=True)
+                print(f"{model} served {k}: TTFT ms " + ", ".join(f"{e} {v:.0f}" for e, v in s["ttft_ms"].items()),
+                      flush=True)
+        llm.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")
     Path(f"{out}.md").write_text(_markdown(res))

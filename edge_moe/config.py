@@ -69,7 +69,7 @@ class NodeConfig:
     prepack: bool = True  # onnxruntime weight prepacking on CPU runners (benchmarks/batching_bench.py)
     threads: int | None = None  # intra-op threads per runner on this node; None: its host's cores
     spin: int | None = None  # llama.cpp threads' polls at a barrier; None: nodes.build.node_spin
-    reuse_prefix: bool = True  # llama.cpp experts compute only what a prompt adds to the cached one
+    prefix_reuse: str = "exact"  # llama.cpp experts: what a prompt keeps of the cached one
 
     @property
     def resource(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 RUNNER_NAMES = ("onnxruntime", "tensorrt", "llama.cpp")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+PREFIX_REUSE = ("exact", "tokens", "off")  # nodes[].prefix_reuse (edge_moe/runtime/gguf.py)
 ENERGY_COUNTERS = ("nvml", "rapl", "jetson")
 OBJECTIVES = ("accuracy", "loglik")
 
@@ -194,13 +195,15 @@ SCHEMA: tuple[Key, ...] = (
             "core busy: 57, 55, 44 tok/s); `null`: 300 when no other node with experts has this "
             "node's `host`, 0 when one does. An `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` "
             "in the node's environment wins."),
-    Key(_N + "reuse_prefix", "bool", True,
-        doc="The node's `llama.cpp` experts keep the last request's tokens in their KV cache, and "
-            "a new prompt computes only what follows the whole 128-token chunks it shares with "
-            "that request's prompt: a conversation's earlier turns, a retried prompt, a long shared "
-            "system prompt or few-shot header. Replies are bit for bit those of a fresh context "
-            "(prompts are computed in chunks with fixed bounds); it costs no memory (the cache is "
-            "allocated for the context anyway). `false`: every prompt from its first token."),
+    Key(_N + "prefix_reuse", "choice", "exact", choices=PREFIX_REUSE,
+        doc="The node's `llama.cpp` experts keep the last request's tokens in their KV cache, and a "
+            "new prompt computes only what follows the part it shares with them (a conversation's "
+            "earlier turns, a retried prompt, a shared system prompt). `exact`: whole 128-token "
+            "chunks of an earlier prompt only, so every reply is bit for bit a fresh context's; "
+            "`tokens`: every shared token, as llama.cpp's own prompt cache, faster on short "
+            "shared prefixes, but a reply then depends on the request before it (llama.cpp's "
+            "batch rounding); `off`: every prompt whole. No memory cost (the cache is "
+            "allocated for the context anyway)."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
             "second (packed) copy of the MatMul weights in memory."),

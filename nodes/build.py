@@ -86,7 +86,7 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
             kwargs.setdefault("prepack", fleet.node(node).prepack)
         elif e.runner == "llama.cpp":
             kwargs.setdefault("spin", node_spin(fleet, node))
-            kwargs.setdefault("reuse_prefix", fleet.node(node).reuse_prefix)
+            kwargs.setdefault("prefix_reuse", fleet.node(node).prefix_reuse)
         runner = make_runner(e.runner, path, **kwargs)
         out[e.name] = HostedExpert(runner, e.runner, e.precision)
     return out

@@ -31,17 +31,26 @@ Q4_1 prompt anywhere moves its last logits by up to 1.0), so fixed bounds are wh
 prefix reuse below exact. 128-token chunks cost 0 to 6% of prefill against one 512-token batch
 (~100 and ~500-token prompts, the three demo models, 2 threads; 64-token chunks cost 7 to 23%).
 
-**Prefix reuse.** The context keeps the last request's tokens in its KV cache. A new request
-keeps the whole chunks it shares with them that were computed as whole chunks of a prompt, and
-computes the rest: a conversation's earlier turns, a retried or repeated prompt, a long shared
-system prompt or few-shot header. Rows computed while generating (one token per pass) are not
-reused, nor is a chunk the new prompt only partly shares; so every answer is bit for bit the
-one the same request gets from a fresh context (tested). A prefix shorter than one chunk (a
-chat template's short system prompt) is computed again. It is one sequence in the cache
-llama.cpp already allocates for ``max_context`` tokens, so it costs no memory. With a
+**Prefix reuse** (``prefix_reuse``). The context keeps the last request's tokens in its KV
+cache; a new request keeps part of what it shares with them and computes the rest (a
+conversation's earlier turns, a retried prompt, a shared system prompt or few-shot header):
+
+- ``"exact"`` (the default): only the whole chunks it shares with rows computed as whole
+  chunks of a prompt; rows computed while generating (one token per pass), and a chunk shared
+  only in part, are computed again. Every answer is then bit for bit what the same request
+  gets from a fresh context (tested), whatever came before it. A shared prefix shorter than
+  one chunk (a chat template's short system prompt) is computed again.
+- ``"tokens"``: every shared token, as llama.cpp's own prompt cache (llama-server,
+  ``llama_cpp.Llama``) does. Faster on short shared prefixes; the reused rows were computed
+  in another batch, so an answer depends on the request before it, by llama.cpp's batch
+  rounding (up to 0.24 nats on SmolLM2's Q4_1 letter log-probs; a greedy reply may change).
+- ``"off"``: every prompt from position 0.
+
+It is one sequence in the cache llama.cpp already allocates for ``max_context`` tokens, so it
+costs no memory. The last prompt token is always computed (its logits are the answer). With a
 sliding-window model (Gemma 3) the prefix is reused only while the window's positions before it
-are still cached (llama.cpp's own server rule). ``reuse_prefix=False`` turns it off;
-``self.reused_tokens`` / ``self.prompt_tokens`` count what was reused and asked.
+are still cached (llama.cpp's own server rule). ``self.reused_tokens`` / ``self.prompt_tokens``
+count what was reused and asked.
 
 **Memory.** llama.cpp allocates the KV cache for the whole context up front (f16), so
 ``max_context`` (default :data:`DEFAULT_CONTEXT` tokens, at most the model's training
@@ -68,6 +77,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_moe.config_schema import PREFIX_REUSE
 from edge_moe.errors import ArtifactError, RunnerError
 from edge_moe.runtime.batch import _renormalise
 from edge_moe.runtime.capabilities import Capability
@@ -123,8 +133,8 @@ class GgufRunner:
             None: :data:`~edge_moe.runtime.gguf_start.DEFAULT_SPIN`; the environment's
             ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT`` win, and libgomp reads them once per
             process). ``self.spin``: what is in effect.
-        reuse_prefix: keep the whole chunks a request shares with the tokens in the cache (the
-            module docstring); False: every request from position 0.
+        prefix_reuse: what a request keeps of the tokens it shares with the cache: ``"exact"``,
+            ``"tokens"`` or ``"off"`` (the module docstring).
 
     Raises:
         RunnerError: ``llama_cpp`` does not import (the message names the extra).
@@ -138,12 +148,14 @@ class GgufRunner:
 
     def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
                  max_context: int | None = None, n_batch: int = CHUNK, precise: bool = False,
-                 spin: int | None = None, reuse_prefix: bool = True) -> None:
+                 spin: int | None = None, prefix_reuse: str = "exact") -> None:
+        if prefix_reuse not in PREFIX_REUSE:
+            raise RunnerError(f"prefix_reuse={prefix_reuse!r}: choose one of {list(PREFIX_REUSE)}")
         self.path = _gguf_path(artifact)
-        self.reuse_prefix = bool(reuse_prefix)
+        self.prefix_reuse = prefix_reuse
         self._cached: list[int] = []  # the tokens at positions 0… of the cache (sequence 0)
         self._exact = 0  # its leading positions computed in whole aligned chunks of a prompt
-        self.prompt_tokens = self.reused_tokens = 0  # totals over requests (see reuse_prefix)
+        self.prompt_tokens = self.reused_tokens = 0  # totals over requests (see prefix_reuse)
         ll = self._ll = import_llama_cpp(spin)
         self.backend = start_llama_cpp(ll)
         self.spin = spin_in_effect()
@@ -312,17 +324,19 @@ class GgufRunner:
 
     def _reusable(self, ids: Sequence[int]) -> int:
         """How many leading tokens of ``ids`` the cache already holds and may keep: the
-        prefix shared with :attr:`_cached` (less the last prompt token, whose logits are
-        needed), cut to the whole chunks computed as a prompt's; 0 when a sliding window has
-        dropped positions the rest would attend to."""
-        if not self.reuse_prefix or not self._cached:
+        prefix shared with :attr:`_cached`, less the last prompt token (whose logits are
+        needed); with ``"exact"`` cut to the whole chunks computed as a prompt's; 0 when a
+        sliding window has dropped positions the rest would attend to."""
+        if self.prefix_reuse == "off" or not self._cached:
             return 0
+        exact = self.prefix_reuse == "exact"
         n = 0
-        for a, b in zip(self._cached[:self._exact], ids[:-1]):
+        for a, b in zip(self._cached[:self._exact] if exact else self._cached, ids[:-1]):
             if a != b:
                 break
             n += 1
-        n -= n % self.n_batch
+        if exact:
+            n -= n % self.n_batch
         if n and self.n_swa > 0:
             pos_min = int(self._ll.llama_memory_seq_pos_min(self._ll.llama_get_memory(self.ctx), 0))
             if pos_min > max(0, n - self.n_swa):

@@ -42,6 +42,7 @@ Q4_ATOL = 0.6  # nats; measured max 0.39 over 12 questions (Q4_1 weights, q8 act
 Q4_MEDIAN = 0.25  # nats; measured median 0.145
 Q4_MIN_AGREE = 0.75  # measured 12/12
 PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "2 + 2 ="]
+TOKENS_ATOL = 0.5  # nats, prefix_reuse "tokens" against whole prompts (Q4_1); measured max 0.24
 
 needs_llama = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
@@ -163,7 +164,7 @@ def gguf_f32(gguf_path: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_the_runner_contract(gguf) -> None:
     check_runner(gguf, "test")  # ConfigError if a declared capability lacks its method
     assert gguf.runner_name == "llama.cpp"
-    assert gguf.max_context == 4096 and gguf.threads == 2 and gguf.n_batch == 128 and gguf.reuse_prefix
+    assert gguf.max_context == 4096 and gguf.threads == 2 and gguf.n_batch == 128 and gguf.prefix_reuse == "exact"
     assert {2, 0} <= gguf.eos  # <|im_end|>, <|endoftext|>
     assert gguf.backend != "sapphirerapids" and os.environ.get("OMP_WAIT_POLICY")  # gguf_start's choices
     with pytest.raises(RunnerError, match="unknown scoring mode"):
@@ -286,8 +287,8 @@ def test_prefix_reuse_answers_bit_for_bit_as_a_fresh_context(gguf_path: Path, qu
     assert gguf_path and CHUNK == 128
     C = 64
     with GgufRunner(gguf_path, intra_op_threads=2, n_batch=C) as reuse, \
-            GgufRunner(gguf_path, intra_op_threads=2, n_batch=C, reuse_prefix=False) as whole:
-        assert reuse.reuse_prefix and not whole.reuse_prefix
+            GgufRunner(gguf_path, intra_op_threads=2, n_batch=C, prefix_reuse="off") as whole:
+        assert (reuse.prefix_reuse, whole.prefix_reuse) == ("exact", "off")
 
         def same_generation(prompt: str, n: int = 12, chat: bool | None = None) -> None:
             a, b = reuse.generate(prompt, n, chat=chat), whole.generate(prompt, n, chat=chat)
@@ -340,6 +341,30 @@ def test_prefix_reuse_answers_bit_for_bit_as_a_fresh_context(gguf_path: Path, qu
         assert reuse._cached == []  # emptied, not left half written
         same_generation(preamble + PROMPTS[2])
         same_generation(preamble + PROMPTS[2])  # again: its whole chunks reused
+
+
+@needs_llama
+@pytest.mark.slow
+def test_prefix_reuse_tokens_keeps_every_shared_token(gguf_path: Path, questions) -> None:
+    """``prefix_reuse="tokens"`` (llama.cpp's own prompt cache): a question asked again reuses
+    all but its last token, and its log-probs stay within TOKENS_ATOL of a whole prompt's
+    (llama.cpp's batch rounding; not bit for bit)."""
+    from edge_moe.runtime.gguf import GgufRunner
+
+    with GgufRunner(gguf_path, intra_op_threads=2, prefix_reuse="tokens") as tok, \
+            GgufRunner(gguf_path, intra_op_threads=2, prefix_reuse="off") as whole:
+        worst = 0.0
+        for q in questions[:6]:
+            n = len(tok.prompt_ids(q["prompt"], False))
+            b = whole.score_options(q["prompt"], q["options"])
+            for again in (False, True):
+                before = tok.reused_tokens
+                a = tok.score_options(q["prompt"], q["options"])
+                worst = max(worst, float(np.abs(a - b).max()))
+                if again:
+                    assert tok.reused_tokens - before == n - 1
+        print(f"prefix_reuse tokens: max |reused - whole| = {worst:.3f} nats")
+        assert worst < TOKENS_ATOL and whole.reused_tokens == 0
 
 
 # ---------------------------------------------------------------- a fleet serving the GGUF

@@ -85,7 +85,7 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r["nodes"][0].update(prepack="no"), "nodes[0].prepack='no' must be true or false"),
         (lambda r: r["nodes"][0].update(spin=-1), "nodes[0].spin=-1"),
         (lambda r: r["nodes"][0].update(spin=1.5), "nodes[0].spin=1.5"),
-        (lambda r: r["nodes"][0].update(reuse_prefix="yes"), "nodes[0].reuse_prefix='yes' must be true or false"),
+        (lambda r: r["nodes"][0].update(prefix_reuse="yes"), "nodes[0].prefix_reuse='yes'"),
         (lambda r: r["nodes"][0].update(stream_flush_ms=float("nan")), "nodes[0].stream_flush_ms=nan"),
         (lambda r: r["nodes"][0].update(stream_flush_ms=-5), "nodes[0].stream_flush_ms=-5"),
         (lambda r: r.update(extra=1), "extra is not a known field"),
@@ -189,7 +189,7 @@ def test_node_batching_defaults_and_set(tmp_path: Path) -> None:
     assert (a.max_batch, a.batch_wait_ms) == (8, 5.0)
     assert (b.max_batch, b.batch_wait_ms) == (1, 0.0)
     assert a.prepack and b.prepack
-    assert (a.spin, a.stream_flush_ms, a.reuse_prefix) == (None, 30.0, True)
+    assert (a.spin, a.stream_flush_ms, a.prefix_reuse) == (None, 30.0, "exact")
     fleet = load_fleet(_write(tmp_path, lambda r: r["nodes"][0].update(spin=0, stream_flush_ms=0)))
     assert (fleet.node("cpu-a").spin, fleet.node("cpu-a").stream_flush_ms) == (0, 0.0)
 

@@ -48,7 +48,7 @@ def test_the_node_command_has_help_and_fails_cleanly():
 
 
 def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
-    """onnxruntime experts get ``prepack``, llama.cpp experts ``spin`` and ``reuse_prefix``
+    """onnxruntime experts get ``prepack``, llama.cpp experts ``spin`` and ``prefix_reuse``
     (nodes[] of the file)."""
     import yaml
 
@@ -57,7 +57,7 @@ def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
     made = []
     monkeypatch.setattr(runners, "make_runner", lambda name, path, **kw: made.append((name, kw)) or object())
     raw = yaml.safe_load((CONFIGS / "fleet.local.yaml").read_text())
-    raw["nodes"][0].update(spin=250, prepack=False, reuse_prefix=False)
+    raw["nodes"][0].update(spin=250, prepack=False, prefix_reuse="tokens")
     raw["experts"] = [{"name": "a", "node": raw["nodes"][0]["name"], "artifact": "a/fp32"},
                       {"name": "b", "node": raw["nodes"][0]["name"], "artifact": "b.gguf", "runner": "llama.cpp",
                        "precision": "int4"}]
@@ -67,4 +67,4 @@ def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     build_experts(load_fleet(path), raw["nodes"][0]["name"], runner_kwargs={"intra_op_threads": 2})
     assert made == [("onnxruntime", {"intra_op_threads": 2, "prepack": False}),
-                    ("llama.cpp", {"intra_op_threads": 2, "spin": 250, "reuse_prefix": False})]
+                    ("llama.cpp", {"intra_op_threads": 2, "spin": 250, "prefix_reuse": "tokens"})]

@@ -15,9 +15,9 @@ C = 4  # the chunk here (the runner's default is 64)
 
 
 def _runner(cached: list[int], exact: int | None = None, *, n_swa: int = 0, pos_min: int = 0,
-            reuse: bool = True, chunk: int = C) -> GgufRunner:
+            mode: str = "exact", chunk: int = C) -> GgufRunner:
     r = GgufRunner.__new__(GgufRunner)  # no model: only the rule's inputs
-    r.reuse_prefix, r._cached, r.n_swa, r.ctx, r.n_batch = reuse, list(cached), n_swa, object(), chunk
+    r.prefix_reuse, r._cached, r.n_swa, r.ctx, r.n_batch = mode, list(cached), n_swa, object(), chunk
     r._exact = len(cached) - len(cached) % chunk if exact is None else exact
     r._ll = SimpleNamespace(llama_get_memory=lambda ctx: "mem",
                             llama_memory_seq_pos_min=lambda mem, seq: pos_min)
@@ -45,7 +45,24 @@ def test_rows_a_generation_computed_are_not_reused() -> None:
 
 
 def test_off_reuses_nothing() -> None:
-    assert _runner(list(range(8)), reuse=False)._reusable(list(range(12))) == 0
+    assert _runner(list(range(8)), mode="off")._reusable(list(range(12))) == 0
+
+
+@pytest.mark.parametrize(("cached", "exact", "ids", "want"), [
+    (list(range(10)), 8, [*range(9), 99, 99], 9),  # every shared token
+    (list(range(12)), 4, [*range(12), 50], 12),  # generated rows too
+    (list(range(8)), 8, list(range(8)), 7),  # the same prompt: all but its last token
+    (list(range(10)), 8, [*range(3), 99], 3),  # less than a chunk
+])
+def test_tokens_keeps_every_shared_token(cached, exact, ids, want) -> None:
+    assert _runner(cached, exact, mode="tokens")._reusable(ids) == want
+
+
+def test_an_unknown_mode_is_refused(tmp_path) -> None:
+    from edge_moe.errors import RunnerError
+
+    with pytest.raises(RunnerError, match=r"prefix_reuse='all': choose one of \['exact', 'tokens', 'off'\]"):
+        GgufRunner(tmp_path / "m.gguf", prefix_reuse="all")
 
 
 def test_a_sliding_window_that_dropped_positions_the_rest_needs() -> None:
