@@ -87,7 +87,9 @@ def _runner(engine: str, artifact: str, threads: int) -> Any:
     from edge_moe.runtime.gguf import GgufRunner
 
     # as the served level's node runs it: alone on its host (the environment's policy wins)
-    return GgufRunner(artifact, intra_op_threads=threads, spin=SPIN_ALONE)
+    # prefix reuse off: the warm-up runs the same prompt, and this measures the engine's prefill
+    # (benchmarks/prefix_reuse_bench.py measures reuse)
+    return GgufRunner(artifact, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
 
 
 def _speed(runner: Any, new_tokens: int) -> dict[str, Any]:
@@ -258,7 +260,7 @@ def _runner_table(result: dict) -> list[str]:
              f"{result['cpu']['model']}, {result['threads']} threads each, {result['rounds']} rounds, engines in "
              f"rotating order, medians; prompt ~110 tokens, {result['new_tokens']} new tokens, greedy. `llama.cpp`: "
              f"runner `llama.cpp` as the served level's node runs it (its threads poll {_spin(result, 'llama.cpp')} "
-             "times at ggml's barrier, then sleep: `nodes[].spin`'s default for a node alone on its host); "
+             "times at ggml's barrier, then sleep: `nodes[].spin`'s default for a node alone on its host; prefix reuse off, at both levels); "
              "`llama.cpp-spin`: the same with "
              "OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, llama.cpp's own default).\n",
              "| model | metric | onnxruntime | llama.cpp | llama.cpp-spin | llama.cpp / onnxruntime | "
@@ -288,7 +290,7 @@ def _served_table(result: dict) -> list[str]:
     from benchmarks.engine_served import REQUESTS, WARMUPS
 
     lines = ["", "## Served path: a one-node, one-expert fleet through the HTTP front\n",
-             f"`edge-moe deploy` (a local Ray head, `nodes[].threads: {result['threads']}`), then streamed "
+             f"`edge-moe deploy` (a local Ray head, `nodes[].threads: {result['threads']}`; llama.cpp nodes `prefix_reuse: off`, as every request repeats one prompt: this measures prefill, `benchmarks/prefix_reuse_bench.py` the prompt cache), then streamed "
              f"`POST /v1/completions` (the `openai` client; `model` pins the expert; `max_tokens` "
              f"{result['new_tokens']}, temperature 0: greedy): {WARMUPS} warm-up and {REQUESTS} measured requests "
              f"per deployment (their median), one deployment per engine per round, engines alternating, "

@@ -90,7 +90,10 @@ def write_fleet(path: Path, expert: str, artifact: str, runner: str, precision: 
         "device_classes": {"cpu": {"power_idle_w": 5.0, "power_busy_w": 15.0,
                                    "source": "benchmarks/engine_served.py (energy is not measured here)"}},
         "nodes": [{"name": NODE, "device_class": "cpu", "threads": threads,
-                   **({"spin": spin} if spin is not None else {})}],
+                   **({"spin": spin} if spin is not None else {}),
+                   # every request repeats one prompt: measure the engine's prefill, not the
+                   # prompt cache (benchmarks/prefix_reuse_bench.py measures that)
+                   **({"prefix_reuse": "off"} if runner == "llama.cpp" else {})}],
         "experts": [{"name": expert, "node": NODE, "artifact": artifact, "runner": runner,
                      "precision": precision}],
         "categories": ["synth-cat-0", "synth-cat-1"],  # planner_inputs' table

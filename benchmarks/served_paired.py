@@ -104,7 +104,7 @@ def main(
         if gguf is None:
             print(f"{model}: skipped ({why})")
             continue
-        direct = GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE)
+        direct = GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
         direct.generate(PROMPT, 4)
         expert = _demo_expert(model)
         rows: dict[str, Any] = {}
