@@ -81,6 +81,10 @@ def status_tables(st: dict[str, Any]) -> list[Table]:
         # the runners' threads, and for llama.cpp experts their spin count (nodes[].threads, .spin)
         threads = ([f"({e['threads']} threads" + (f", spin {e['spin']})" if e.get("spin") is not None else ")")]
                    if e.get("threads") else [])
+        if e.get("prefix"):  # llama.cpp experts' prompt reuse (nodes[].prefix_reuse): mode, share reused
+            p = e["prefix"]
+            threads.append(f"(prefix {p['mode']}: {p['reused_tokens'] / max(p['prompt_tokens'], 1):.0%} "
+                           f"of {p['prompt_tokens']} prompt tokens reused)")
         work_t.add_row(n, "\n".join([*experts, *threads]) or "-", str(ans), f"{ms:.0f}",
                        f"{joules:.3g} ({e.get('energy_source', '-')})")
     return [live_t, work_t]

@@ -107,7 +107,18 @@ class NodeActor:
                 "max_batch": self.server.max_batch, "batch_wait_ms": self.server.batch_wait_ms,
                 "threads": self.threads,
                 "spin": next((h.runner.spin for h in self.server.experts.values()
-                              if hasattr(h.runner, "spin")), None)}
+                              if hasattr(h.runner, "spin")), None),
+                "prefix": _prefix(self.server.experts.values())}
+
+
+def _prefix(hosted: Any) -> dict[str, Any] | None:
+    """The llama.cpp experts' prompt reuse (nodes[].prefix_reuse): its mode and the prompt
+    tokens asked and reused so far; None on a node without them."""
+    runners = [h.runner for h in hosted if hasattr(h.runner, "prefix_reuse")]
+    if not runners:
+        return None
+    return {"mode": runners[0].prefix_reuse, "prompt_tokens": sum(r.prompt_tokens for r in runners),
+            "reused_tokens": sum(r.reused_tokens for r in runners)}
 
 
 def _server_keys(curve: dict[str, Any]) -> Any:

@@ -69,6 +69,8 @@ def status(name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
             entry["threads"] = info.get("threads")
             if info.get("spin") is not None:  # llama.cpp experts: their threads' spin count
                 entry["spin"] = info["spin"]
+            if info.get("prefix") is not None:  # and their prompt reuse (mode, tokens asked, reused)
+                entry["prefix"] = info["prefix"]
         except Exception as exc:
             entry["actor"] = {"error": reason(exc)}
         nodes[n] = entry

@@ -212,3 +212,18 @@ def test_the_table_fits_80_columns(tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, "\n".join(lines)
     assert sum("orin-1" in line for line in lines) == 1 and "qwen2.5-coder-0.5b" in res.stdout
+
+
+def test_llama_cpp_nodes_show_their_spin_and_prompt_reuse(tmp_path: Path) -> None:
+    """A node with a llama.cpp expert shows its spin and ``prefix_reuse`` (table and --json)."""
+    raw = yaml.safe_load((CONFIGS / "fleet.local.yaml").read_text())
+    raw["experts"][0].update(runner="llama.cpp", artifact="x/model.gguf", precision="int4")
+    raw["nodes"][0]["prefix_reuse"] = "tokens"
+    p = tmp_path / "fleet.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    (tmp_path / "device_classes.yaml").write_text((CONFIGS / "device_classes.yaml").read_text())
+    res = invoke(str(p))
+    assert res.exit_code == 0, res.output
+    assert "prefix tokens" in res.output and res.output.count("prefix ") == 1
+    nodes = json.loads(invoke(str(p), "--json").stdout)["fleet"]["nodes"]
+    assert [n["prefix_reuse"] for n in nodes] == ["tokens"] + ["exact"] * (len(nodes) - 1)

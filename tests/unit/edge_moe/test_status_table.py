@@ -20,7 +20,8 @@ def _status() -> dict:
                     "ready": True, "live": i != 2, "quarantined_s_left": 12.5 if i == 2 else None,
                     "last_heartbeat_s_ago": 0.31, "queued": 3, "predicted_wait_ms": 1234.0,
                     "batch": 2.5, "max_batch": 8, "actor": {"pid": 123456 + i}, "energy_source": "modelled",
-                    "threads": 2, **({"spin": 300} if i == 2 else {})}
+                    "threads": 2, **({"spin": 300, "prefix": {"mode": "exact", "prompt_tokens": 1200,
+                                                               "reused_tokens": 768}} if i == 2 else {})}
     so_far = {e: {"answers": 1234, "compute_ms": 98765.4, "energy_j": 123.456} for v in EXPERTS.values() for e in v}
     return {"fleet": "demo-real", "frontend": "tcp://127.0.0.1:5555", "address": "127.0.0.1:6379",
             "nodes": nodes, "coordinator": {"experts_so_far": so_far}}
@@ -40,3 +41,4 @@ def test_status_fits_80_columns_without_cutting_a_cell():
             assert any(e in line for line in out.splitlines()), e
     assert "quarantined" in out and "1234" in out
     assert "spin 300" in out and out.count("spin") == 1  # only the llama.cpp node has a spin count
+    assert "prefix exact: 64%" in " ".join(out.split()) and out.count("prefix") == 1  # and prompt reuse
