@@ -188,14 +188,9 @@ def _served(model: str, gguf: Path, threads: int, new_tokens: int, turns: int,
     return out
 
 
-def _ratio_ci(num: list[float], den: list[float], seed: int = 0) -> dict[str, float]:
-    r = np.asarray(num, float) / np.asarray(den, float)
-    boots = np.median(r[np.random.default_rng(seed).integers(0, len(r), (2000, len(r)))], axis=1)
-    return {"median": float(np.median(r)), "lo": float(np.quantile(boots, 0.025)),
-            "hi": float(np.quantile(boots, 0.975))}
-
-
 def _summary(reqs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    from benchmarks.served_paired import _ratio_ci  # median of per-request ratios, bootstrap CI
+
     m = reqs[1:]  # the first is a warm-up
     engines = list(m[0])
     out: dict[str, Any] = {"requests": len(m), "ttft_ms": {}, "reused_share": {}, "ratios": {},
@@ -252,10 +247,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def main(
     models: Annotated[str, typer.Option(help="comma-separated asset names (their source GGUF)")] =
         "smollm2-135m-instruct,gemma3-270m,qwen2.5-coder-1.5b-instruct",
-    threads: Annotated[int, typer.Option(help="llama.cpp threads of both runners")] = 2,
+    threads: Annotated[int, typer.Option(help="llama.cpp threads of every engine")] = 2,
     new_tokens: Annotated[int, typer.Option(help="greedy tokens per request")] = 24,
     turns: Annotated[int, typer.Option(min=2, help="turns of the conversation workload")] = 6,
-    served: Annotated[bool, typer.Option(help="also through a two-node fleet (the module docstring)")] = False,
+    served: Annotated[bool, typer.Option(help="also through a three-node fleet (the module docstring)")] = False,
     out: Annotated[Path, typer.Option(help="writes OUT.json and OUT.md")] = OUT,
 ) -> None:
     from benchmarks.engine_bench import _artifacts, _cpu
