@@ -348,33 +348,21 @@ class GgufRunner:
         docstring's prefix reuse); the cache then holds ``ids``. On an error the cache is
         emptied."""
         n = self._reusable(ids)
-        if n < len(self._cached) and not self._truncate(n):
-            n = 0
         if n == 0:
             self._reset()
+        elif n < len(self._cached) and not self._truncate(n):
+            self._reset()
+            n = 0
         self.prompt_tokens += len(ids)
         self.reused_tokens += n
-        try:
-            logits = self._eval(ids[n:], n)[-1]
-        except BaseException:
-            self._reset()
-            raise
-        self._cached, self._exact = list(ids), len(ids) - len(ids) % self.n_batch
-        return logits
-
-    def _feed(self, tok: int, pos: int) -> np.ndarray:
-        """One generated token into the cache at ``pos``; its (V,) logits."""
-        try:
-            logits = self._eval([tok], pos)[-1]
-        except BaseException:
-            self._reset()
-            raise
-        self._cached.append(int(tok))
+        logits = self._eval(ids[n:], n)[-1]
+        self._exact = len(ids) - len(ids) % self.n_batch
         return logits
 
     def _eval(self, ids: Sequence[int], start: int, logits_from: int | None = None) -> np.ndarray:
         """Decode ``ids`` at positions ``start``… into the cache, in chunks whose bounds are
-        multiples of ``n_batch`` (the module docstring).
+        multiples of ``n_batch`` (the module docstring); :attr:`_cached` then ends with them.
+        On an error the cache is emptied (not left half written).
 
         Args:
             ids: the new tokens.
@@ -387,6 +375,15 @@ class GgufRunner:
         Raises:
             RunnerError: llama_decode failed.
         """
+        try:
+            rows = self._decode_chunks(ids, start, logits_from)
+        except BaseException:
+            self._reset()
+            raise
+        self._cached.extend(int(t) for t in ids)
+        return rows
+
+    def _decode_chunks(self, ids: Sequence[int], start: int, logits_from: int | None) -> np.ndarray:
         ll, b = self._ll, self._batch
         first = len(ids) - 1 if logits_from is None else logits_from
         rows: list[np.ndarray] = []
@@ -488,13 +485,7 @@ class GgufRunner:
             if not self._truncate(n):  # a cache that cannot drop a tail: start again
                 self._reset()
                 self._prefill(ids)
-            try:
-                rows = self._eval(c[:-1], n, logits_from=0)
-            except BaseException:
-                self._reset()
-                raise
-            self._cached.extend(int(t) for t in c[:-1])
-            logp = np.array([log_softmax64(row) for row in rows])
+            logp = np.array([log_softmax64(row) for row in self._eval(c[:-1], n, logits_from=0)])
             scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
         return _renormalise(scores)
 
@@ -513,7 +504,7 @@ class GgufRunner:
         pos = [len(ids)]
 
         def step(tok: int) -> Any:
-            logits = self._feed(tok, pos[0])
+            logits = self._eval([tok], pos[0])[-1]
             pos[0] += 1
             return logits
 

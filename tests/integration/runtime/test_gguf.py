@@ -326,18 +326,20 @@ def test_prefix_reuse_answers_bit_for_bit_as_a_fresh_context(gguf_path: Path, qu
         stops = iter([False] * 3 + [True] * 99)
         assert reuse.generate(preamble + PROMPTS[1], 12, should_stop=stops.__next__).n_tokens == 3
         same_generation(preamble + PROMPTS[1])
-        real_eval, calls = reuse._eval, []
+        real_ll, calls = reuse._ll, []
 
-        def fails_on_the_fourth(*args, **kw):
-            calls.append(1)
-            if len(calls) == 4:
-                raise RunnerError("llama_decode returned 1 (injected)")
-            return real_eval(*args, **kw)
+        class FailsOnTheFourthDecode:  # llama.cpp, but its fourth llama_decode fails
+            def __getattr__(self, name: str):
+                return getattr(real_ll, name)
 
-        monkeypatch.setattr(reuse, "_eval", fails_on_the_fourth)
-        with pytest.raises(RunnerError, match="injected"):
+            def llama_decode(self, ctx, batch):
+                calls.append(1)
+                return 1 if len(calls) == 4 else real_ll.llama_decode(ctx, batch)
+
+        monkeypatch.setattr(reuse, "_ll", FailsOnTheFourthDecode())
+        with pytest.raises(RunnerError, match="llama_decode returned 1"):
             reuse.generate(preamble + PROMPTS[2], 12)
-        monkeypatch.setattr(reuse, "_eval", real_eval)
+        monkeypatch.setattr(reuse, "_ll", real_ll)
         assert reuse._cached == []  # emptied, not left half written
         same_generation(preamble + PROMPTS[2])
         same_generation(preamble + PROMPTS[2])  # again: its whole chunks reused
