@@ -1,5 +1,6 @@
 """``edge-moe export SOURCE [--precision ...]``: an HF checkpoint, GGUF or offline asset to an
-ONNX artifact with its manifest and parity report.
+ONNX artifact with its manifest and parity report; ``--gguf-type TYPE``: a GGUF to another
+GGUF type for runner ``llama.cpp`` (:mod:`exporters.gguf_requant`).
 
 Every artifact is parity-checked before it is kept: fp32 against torch (prefill, 8 decode
 steps, a padded batch, 16 greedy tokens), int8/int4 by next-token top-1 agreement with the
@@ -57,14 +58,21 @@ def export_command(
         help="with --builder ortgenai --precision int4: build fp32, then quantise it with onnxruntime's "
              "MatMulNBits (asymmetric 4-bit blocks of 32, int8 activations) into ortgenai-fp32-int4; under half "
              "the builder's peak memory (Qwen-1.5B: 9.4 vs 21.7 GB)")] = False,
+    gguf_type: Annotated[str | None, typer.Option(
+        "--gguf-type", metavar="TYPE",
+        help="instead of ONNX: requantise a GGUF source with llama.cpp's quantiser to TYPE (Q8_0, F16, BF16, Q4_0, "
+             "Q4_K_M) for runner llama.cpp, e.g. SmolLM2's Q4_1 to Q8_0, which llama.cpp runs with its fast "
+             "kernels; parity-checked against the source (next-token agreement); needs the gguf extra")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP + ": {path, source, kind, precision, builder}")] = False,
     old_out: Annotated[Path | None, typer.Option("--out", hidden=True, callback=deprecated("export --out", "--out-dir"))] = None,
     old_name: Annotated[str | None, typer.Option("--name", hidden=True, callback=deprecated("export --name", "--expert-name"))] = None,
     old_encoder: Annotated[bool, typer.Option("--encoder", hidden=True, callback=deprecated("export --encoder", "--kind encoder"))] = False,
 ) -> None:
-    """Export a model to an ONNX artifact with its manifest and print the artifact folder. Every artifact is parity-checked before it is kept: fp32 against torch, int8 and int4 against fp32.
+    """Export a model to an ONNX artifact with its manifest and print the artifact folder. Every artifact is parity-checked before it is kept: fp32 against torch, int8 and int4 against fp32. With --gguf-type, write a requantised GGUF instead and print its path.
 
     Example: edge-moe export qwen2.5-coder-0.5b-instruct --precision int8
+
+    Example: edge-moe export smollm2-135m-instruct --gguf-type Q8_0
     """
     out = old_out if old_out is not None else out_dir
     name = old_name if old_name is not None else expert_name
@@ -79,6 +87,11 @@ def export_command(
     if int4_from_fp32 and (builder != "ortgenai" or precision != "int4" or builder_option):
         raise ConfigError("--int4-from-fp32 applies to --builder ortgenai --precision int4, "
                           "without --builder-option")
+    if gguf_type is not None:
+        _requantize(source, gguf_type, out, parity=parity, force=force, as_json=as_json,
+                    onnx_options=bool(builder_option or int4_from_fp32 or encoder or builder != "torch"
+                                      or precision != "fp32" or name))
+        return
     options = None
     if builder_option:
         bad = [o for o in builder_option if "=" not in o or not o.split("=", 1)[0]]
@@ -118,5 +131,23 @@ def export_command(
     if as_json:
         print_json({"path": str(path), "source": source, "kind": "encoder" if encoder else "decoder",
                     "precision": precision, "builder": builder})
+        return
+    typer.echo(path)
+
+
+def _requantize(source: str, gguf_type: str, out: Path | None, *, parity: bool, force: bool, as_json: bool,
+                onnx_options: bool) -> None:
+    """``export --gguf-type``: :func:`exporters.gguf_requant.requantize_gguf`, its path printed."""
+    from exporters.gguf_requant import GGUF_TYPES, gguf_type as parse_type, requantize_gguf
+
+    if onnx_options:
+        raise ConfigError("--gguf-type writes a GGUF: --precision, --builder, --builder-option, --int4-from-fp32, "
+                          "--kind and --expert-name apply to ONNX exports only")
+    t = parse_type(gguf_type)
+    with stdout_to_stderr(as_json), err_console.status(f"requantising {source} to {t} with llama.cpp, parity check ..."):
+        path = requantize_gguf(source, t, out, check=parity, force=force)
+    if as_json:
+        print_json({"path": str(path), "source": source, "kind": "decoder", "precision": GGUF_TYPES[t],
+                    "builder": "llama.cpp", "gguf_type": t})
         return
     typer.echo(path)

@@ -3,7 +3,9 @@
 Each expert of ``configs/fleet.demo.real.yaml`` has **candidates**: the ONNX artifact the
 fleet file names (runner ``onnxruntime``) and, when ``llama_cpp`` imports (the ``gguf``
 extra, ``make install-gguf``), the source GGUF that artifact was exported from (runner
-``llama.cpp``, the asset's ``.gguf`` under ``$EDGE_MOE_CACHE/assets/<asset>/``). The demo
+``llama.cpp``, the asset's ``.gguf`` under ``$EDGE_MOE_CACHE/assets/<asset>/``), and when
+that GGUF's type is one of :data:`REQUANT_TO_Q8` also the same GGUF requantised to Q8_0
+(:func:`requantized_candidate`, :mod:`exporters.gguf_requant`). The demo
 measures every candidate the same way (:func:`edge_moe.jobs.demo_real.measure`: letter
 scores on the fixed fidelity sample of the train split, against the committed fp32 column
 that plans for the expert; p95 ms per category at the node's thread count) and
@@ -39,6 +41,14 @@ logger = logging.getLogger(__name__)
 AGREEMENT_MIN = 0.95  # argmax agreement with the committed fp32 column an engine must reach
 NO_LLAMA_CPP = "llama.cpp engine not installed (make install-gguf): serving ONNX for every expert"
 CHOSEN_FLEET = "fleet.chosen.yaml"  # in the demo's folder: the fleet the demo deploys
+# Source GGUF types the demo also offers requantised to Q8_0: types llama.cpp's CPU backend
+# multiplies with its generic per-row dot product here (no tiled or repacked kernel), so a
+# prompt is slow. Measured on the 2-core AVX-512 EPYC, 2 threads, ~130-token prompt, 64 new
+# tokens (TTFT ms, decode tok/s, ms per MMLU question, letter agreement with the fp32 column):
+#   SmolLM2-135M Q4_1 399, 127, 246, 1.00 -> Q8_0 171, 137, 122, 1.00   (offered)
+#   Gemma-3-270M Q4_K_M 182, 62, 127, 0.96 -> Q8_0 169, 65, 125, 0.98   (within noise: not offered)
+#   Qwen2.5-1.5B Q4_K_M 1136, 30, 763, 0.97 -> Q8_0 1634, 17, 1085, 0.98 (slower: not offered)
+REQUANT_TO_Q8 = frozenset({"Q4_1"})
 _GGUF_TYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8": "int8", "Q4": "int4"}
 
 
@@ -164,6 +174,25 @@ def gguf_candidate(expert: str, asset: str) -> Candidate | None:
     sha = next((a.sha256 for a in list_assets() if a.name == asset and a.sha256), None) or sha256_file(path)
     precision, quant = gguf_precision(path)
     return Candidate(expert, "llama.cpp", str(path), path, precision, f"llama.cpp {quant}", sha[:12])
+
+
+def requantized_candidate(source: Candidate) -> Candidate | None:
+    """``source`` (a GGUF candidate) requantised to Q8_0 when its type is one of
+    :data:`REQUANT_TO_Q8` (cached; parity-checked against the source), else None; None
+    (logged) when requantising fails."""
+    from edge_moe.errors import EdgeMoEError
+    from exporters.gguf_requant import requantize_gguf, requantized_record
+
+    quant = gguf_precision(source.path)[1]
+    if source.engine != "llama.cpp" or quant not in REQUANT_TO_Q8:
+        return None
+    try:
+        path = requantize_gguf(source.path, "Q8_0")
+    except EdgeMoEError as exc:
+        logger.warning("no Q8_0 candidate for %s: %s", source.expert, exc)
+        return None
+    sha = requantized_record(path).get("sha256") or f"{source.sha}-q8_0"
+    return Candidate(source.expert, "llama.cpp", str(path), path, "int8", f"llama.cpp Q8_0 (from {quant})", sha[:12])
 
 
 def onnx_candidate(expert: Any, path: Path) -> Candidate:

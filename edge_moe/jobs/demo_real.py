@@ -368,7 +368,8 @@ def choose_engines(fleet: FleetConfig, artifacts: dict[str, Path], samples: list
     for e in fleet.experts:
         cands[e.name] = [demo_engines.onnx_candidate(e, artifacts[e.name])]
         gguf = demo_engines.gguf_candidate(e.name, real_experts(fleet)[e.name].asset) if llama else None
-        cands[e.name] += [gguf] if gguf is not None else []
+        q8 = demo_engines.requantized_candidate(gguf) if gguf is not None else None
+        cands[e.name] += [c for c in (gguf, q8) if c is not None]
     measured = step("measure each expert's engines (agreement with its committed column, latency; cached)",
                     lambda: measure(fleet, cands, samples, threads, seed, out))
     choices = {name: demo_engines.choose_engine(ms) for name, ms in measured.items()}
