@@ -12,7 +12,7 @@ two levels (``--levels``, default both):
   ``--new-tokens`` tokens after a fixed ~110-token prompt (no chat template): prefill tok/s
   (prompt tokens / the prompt's forward pass), TTFT (call to first streamed text), decode
   tok/s (tokens after the first / decode time), load s, and the process's peak RSS
-  (``os.wait4``'s ``ru_maxrss`` for that child alone). Medians over rounds.
+  (``VmHWM`` read by that child at its end: its ``ru_maxrss`` would include its parent's size at fork). Medians over rounds.
 - **fidelity**, once per engine: letter-mode scoring of the first ``--questions`` questions of
   the committed MMLU table (``benchmarks/results/mmlu/work/samples.jsonl``); agreement of each
   engine's argmax with the table's fp32 ONNX column (the reference: the GGUF dequantised to
@@ -138,6 +138,10 @@ def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
         res["system_info"] = llama_cpp.llama_print_system_info().decode()
     res.update(_speed(runner, new_tokens) if task == "speed" else _fidelity(runner, questions))
     res["loadavg_1min"] = os.getloadavg()[0]  # other processes on the machine show up here
+    # this process's own peak: its ru_maxrss as the parent reads it includes the parent's
+    # resident size at fork/exec, which can be larger than the engine's (a driver holding models)
+    res["vm_hwm_mb"] = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                            if line.startswith("VmHWM:"))
     out.write_text(json.dumps(res))
 
 
@@ -160,7 +164,7 @@ def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
                 raise RuntimeError(f"{engine} {task} failed ({proc.returncode}):\n"
                                    f"{log.read().decode(errors='replace')[-3000:]}")
         res = json.loads(out.read_text())
-    res["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    res["peak_rss_mb"] = res.get("vm_hwm_mb") or usage.ru_maxrss / 1024  # Linux: KiB
     return res
 
 
@@ -302,7 +306,7 @@ def _served_table(result: dict) -> list[str]:
              "**llama.cpp direct**: the runner level's `llama.cpp` process of this run (the node's spin "
              "count), generating from the "
              "same prompt as served (a node formats it with the model's chat template, on both endpoints), "
-             "after its raw-prompt run (a fresh process; peak RSS its `ru_maxrss`); ratios are served ÷ "
+             "after its raw-prompt run (a fresh process; peak RSS its own `VmHWM`); ratios are served ÷ "
              "direct; **÷ spin**: served ÷ `llama.cpp-spin` direct (llama.cpp's own spinning barrier). "
              "A node sends a stream's first piece at once and the rest at most every "
              "`nodes[].stream_flush_ms` (30 ms). `prompt tokens` (llama.cpp's tokenizer) and `new tokens` "

@@ -14,12 +14,19 @@ before it, in the same minute:
   front with the ``openai`` client (:func:`benchmarks.engine_served.served_run`: TTFT from
   the request to the first chunk with text, decode tok/s from the first to the last).
 
+- **served llama.cpp on a requantised GGUF** (``--gguf-type Q8_0``: the source GGUF through
+  ``edge-moe export --gguf-type``, as the demo serves SmolLM2): each pair then has two direct
+  runs, llama.cpp on the source GGUF (what a user would run instead) and on the same
+  requantised file (the served path's own cost).
+
 For each model and served engine: ``--pairs`` pairs after one warm-up of each; the medians, and
 the median of the per-pair ratios served ÷ direct with a 95% bootstrap interval (2,000
-resamples of the pairs). TTFT ratio < 1 and decode ratio > 1 favour the served path.
+resamples of the pairs). TTFT ratio < 1 and decode ratio > 1 favour the served path. Peak RSS:
+the node process's ``VmHWM`` against a fresh direct process's own ``VmHWM`` on each GGUF
+(``benchmarks/engine_bench.py``'s runner-level child, one run).
 
     .venv/bin/python benchmarks/served_paired.py [--models ...] [--engines llama.cpp,onnxruntime]
-        [--pairs 8] [--out benchmarks/results/served_paired]
+        [--gguf-type Q8_0] [--pairs 8] [--out benchmarks/results/served_paired]
 """
 
 from __future__ import annotations
@@ -54,22 +61,41 @@ def _ratio_ci(served: list[float], direct: list[float], seed: int = 0) -> dict[s
             "hi": float(np.quantile(boots, 0.975))}
 
 
+def _versus(served: list[dict], direct: list[dict], rss_mb: float) -> dict[str, Any]:
+    """Served requests against their paired direct runs: medians and ratio CIs."""
+    return {"direct": direct, "direct_rss_mb": rss_mb,
+            "direct_ttft_ms": float(np.median([x["ttft_ms"] for x in direct])),
+            "direct_decode_tok_s": float(np.median([x["decode_tok_s"] for x in direct])),
+            "ttft_ratio": _ratio_ci([x["ttft_ms"] for x in served], [x["ttft_ms"] for x in direct]),
+            "decode_ratio": _ratio_ci([x["decode_tok_s"] for x in served], [x["decode_tok_s"] for x in direct])}
+
+
 def _markdown(result: dict[str, Any]) -> str:
     lines = ["# Served path vs llama.cpp direct, paired request by request\n",
              f"{result['cpu']}, {result['threads']} threads, {result['pairs']} pairs per row (a direct "
              "generation in the driver process, then a streamed request through the fleet, alternating), "
              f"{result['new_tokens']} new tokens, greedy, the prompt of `benchmarks/engine_bench.py` in the model's "
-             f"chat template. llama.cpp direct: spin {result['spin']} (a lone node's default). Ratios: the median "
-             "of per-pair served ÷ direct, with a 95% bootstrap interval; TTFT below 1 and decode above 1 "
-             "favour the served path.\n",
+             f"chat template. llama.cpp direct: spin {result['spin']} (a lone node's default), on the source GGUF "
+             "unless the row says otherwise"
+             + (f"; `llama.cpp {result['gguf_type']}`: served on the source GGUF requantised to "
+                f"{result['gguf_type']} (`edge-moe export --gguf-type`)" if result.get("gguf_type") else "")
+             + ". Ratios: the median of per-pair served ÷ direct, with a 95% bootstrap interval; TTFT below 1 and "
+             "decode above 1 favour the served path. Peak RSS: the node process's VmHWM (a Ray worker) against a "
+             "fresh direct process's own VmHWM.\n",
              "| model | served engine | TTFT ms direct / served | TTFT ratio [95% CI] | decode tok/s direct / served "
-             "| decode ratio [95% CI] |", "|---|---|---|---|---|---|"]
+             "| decode ratio [95% CI] | peak RSS MB direct / served (ratio) |", "|---|---|---|---|---|---|---|"]
     for model, rows in result["models"].items():
         for engine, row in rows.items():
-            t, d = row["ttft_ratio"], row["decode_ratio"]
-            lines.append(f"| {model} | {engine} | {row['direct_ttft_ms']:.0f} / {row['served_ttft_ms']:.0f} | "
-                         f"{t['median']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}] | {row['direct_decode_tok_s']:.1f} / "
-                         f"{row['served_decode_tok_s']:.1f} | {d['median']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}] |")
+            for vs in row["versus"]:
+                r = row["vs"][vs]
+                t, d = r["ttft_ratio"], r["decode_ratio"]
+                rss = (f"{r['direct_rss_mb']:.0f} / {row['served_rss_mb']:.0f} "
+                       f"({row['served_rss_mb'] / r['direct_rss_mb']:.2f}x)" if r.get("direct_rss_mb") else "")
+                who = engine if vs == "source" else f"{engine}, direct on the {vs} file"
+                lines.append(f"| {model} | {who} | {r['direct_ttft_ms']:.0f} / {row['served_ttft_ms']:.0f} | "
+                             f"{t['median']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}] | {r['direct_decode_tok_s']:.1f} / "
+                             f"{row['served_decode_tok_s']:.1f} | {d['median']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}] "
+                             f"| {rss} |")
     lines += ["", f"Run: `{result['command']}` on {result['date']}; 1-minute load average after each row: "
               + ", ".join(f"{v:.2f}" for v in result["loadavg"]) + ".", ""]
     return "\n".join(lines)
@@ -86,18 +112,22 @@ def main(
     threads: Annotated[int, typer.Option(help="threads of both")] = 2,
     pairs: Annotated[int, typer.Option(min=2, help="measured pairs per model and engine")] = 8,
     new_tokens: Annotated[int, typer.Option(help="greedy tokens per run")] = 64,
+    gguf_type: Annotated[str | None, typer.Option(
+        help="also serve llama.cpp on the source GGUF requantised to this type (edge-moe export --gguf-type), "
+             "paired with llama.cpp direct on the source and on the requantised file")] = None,
     out: Annotated[Path, typer.Option(help="writes OUT.json and OUT.md")] = OUT,
 ) -> None:
     import os
 
-    from benchmarks.engine_bench import PROMPT, _artifacts, _cpu, _demo_expert
+    from benchmarks.engine_bench import PROMPT, _artifacts, _child, _cpu, _demo_expert
     from benchmarks.engine_served import served_run
     from nodes.build import SPIN_ALONE
     from edge_moe.runtime.gguf import GgufRunner
 
     result: dict[str, Any] = {"command": " ".join([".venv/bin/python benchmarks/served_paired.py", *sys.argv[1:]]),
                               "date": time.strftime("%Y-%m-%d"), "cpu": _cpu()["model"], "threads": threads,
-                              "pairs": pairs, "new_tokens": new_tokens, "spin": SPIN_ALONE, "models": {},
+                              "pairs": pairs, "new_tokens": new_tokens, "spin": SPIN_ALONE, "gguf_type": gguf_type,
+                              "models": {},
                               "loadavg": []}
     for model in models.split(","):
         onnx, gguf, why = _artifacts(model)
@@ -106,28 +136,48 @@ def main(
             continue
         direct = GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
         direct.generate(PROMPT, 4)
+        ggufs = {"source": gguf}
+        if gguf_type:
+            from exporters.gguf_requant import requantize_gguf
+
+            ggufs[gguf_type] = requantize_gguf(gguf, gguf_type)
+            same = GgufRunner(ggufs[gguf_type], intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
+            same.generate(PROMPT, 4)
+        rss = {k: _child("llama.cpp", str(p), threads, "speed", 8, 0)["peak_rss_mb"] for k, p in ggufs.items()}
         expert = _demo_expert(model)
         rows: dict[str, Any] = {}
-        for engine in engines.split(","):
-            artifact = str(gguf) if engine == "llama.cpp" else str(onnx)
-            precision = "int4" if engine == "llama.cpp" else expert["precision"]
-            res = served_run(expert["name"], artifact, engine, precision, threads, PROMPT, new_tokens,
-                             requests=pairs + 1, between=lambda: _direct(direct, PROMPT, new_tokens))
-            d, s = res["between"][1:], res["requests"][1:]  # the first pair is a warm-up
-            rows[engine] = {
-                "direct": d, "served": s, "node_spin": res.get("node_spin"),
-                "direct_ttft_ms": float(np.median([x["ttft_ms"] for x in d])),
-                "served_ttft_ms": float(np.median([x["ttft_ms"] for x in s])),
-                "direct_decode_tok_s": float(np.median([x["decode_tok_s"] for x in d])),
-                "served_decode_tok_s": float(np.median([x["decode_tok_s"] for x in s])),
-                "ttft_ratio": _ratio_ci([x["ttft_ms"] for x in s], [x["ttft_ms"] for x in d]),
-                "decode_ratio": _ratio_ci([x["decode_tok_s"] for x in s], [x["decode_tok_s"] for x in d])}
+        todo = [(e, str(gguf) if e == "llama.cpp" else str(onnx)) for e in engines.split(",")]
+        todo += [(f"llama.cpp {gguf_type}", str(ggufs[gguf_type]))] if gguf_type else []
+        for engine, artifact in todo:
+            runner = engine.split()[0]
+            precision = expert["precision"] if runner == "onnxruntime" else "int4"
+            if engine != runner:
+                from exporters.gguf_requant import GGUF_TYPES
+
+                precision = GGUF_TYPES[gguf_type]
+                res = served_run(expert["name"], artifact, runner, precision, threads, PROMPT, new_tokens,
+                                 requests=pairs + 1, between=lambda: {"source": _direct(direct, PROMPT, new_tokens),
+                                                                      gguf_type: _direct(same, PROMPT, new_tokens)})
+                vs = {k: [b[k] for b in res["between"][1:]] for k in ggufs}
+            else:
+                res = served_run(expert["name"], artifact, runner, precision, threads, PROMPT, new_tokens,
+                                 requests=pairs + 1, between=lambda: _direct(direct, PROMPT, new_tokens))
+                vs = {"source": res["between"][1:]}  # the first pair is a warm-up
+            s = res["requests"][1:]
+            rows[engine] = {"served": s, "node_spin": res.get("node_spin"), "served_rss_mb": res["node_peak_rss_mb"],
+                            "served_ttft_ms": float(np.median([x["ttft_ms"] for x in s])),
+                            "served_decode_tok_s": float(np.median([x["decode_tok_s"] for x in s])),
+                            "versus": list(vs), "vs": {k: _versus(s, d, rss[k]) for k, d in vs.items()}}
             result["loadavg"].append(os.getloadavg()[0])
-            r = rows[engine]
-            print(f"{model} {engine}: TTFT {r['direct_ttft_ms']:.0f} -> {r['served_ttft_ms']:.0f} ms "
-                  f"(ratio {r['ttft_ratio']['median']:.2f}), decode {r['direct_decode_tok_s']:.1f} -> "
-                  f"{r['served_decode_tok_s']:.1f} tok/s (ratio {r['decode_ratio']['median']:.2f})", flush=True)
+            for k, r in rows[engine]["vs"].items():
+                print(f"{model} {engine} vs direct on {k}: TTFT {r['direct_ttft_ms']:.0f} -> "
+                      f"{rows[engine]['served_ttft_ms']:.0f} ms (ratio {r['ttft_ratio']['median']:.2f}), decode "
+                      f"{r['direct_decode_tok_s']:.1f} -> {rows[engine]['served_decode_tok_s']:.1f} tok/s "
+                      f"(ratio {r['decode_ratio']['median']:.2f}), RSS {r['direct_rss_mb']:.0f} -> "
+                      f"{rows[engine]['served_rss_mb']:.0f} MB", flush=True)
         direct.close()
+        if gguf_type:
+            same.close()
         result["models"][model] = rows
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
