@@ -68,11 +68,9 @@ def export_command(
     old_name: Annotated[str | None, typer.Option("--name", hidden=True, callback=deprecated("export --name", "--expert-name"))] = None,
     old_encoder: Annotated[bool, typer.Option("--encoder", hidden=True, callback=deprecated("export --encoder", "--kind encoder"))] = False,
 ) -> None:
-    """Export a model to an ONNX artifact with its manifest and print the artifact folder. Every artifact is parity-checked before it is kept: fp32 against torch, int8 and int4 against fp32. With --gguf-type, write a requantised GGUF instead and print its path.
+    """Export a model to an ONNX artifact with its manifest and print the artifact folder. Every artifact is parity-checked before it is kept: fp32 against torch, int8 and int4 against fp32. With --gguf-type, write a requantised GGUF instead and print its path (e.g. --gguf-type Q8_0).
 
     Example: edge-moe export qwen2.5-coder-0.5b-instruct --precision int8
-
-    Example: edge-moe export smollm2-135m-instruct --gguf-type Q8_0
     """
     out = old_out if old_out is not None else out_dir
     name = old_name if old_name is not None else expert_name
