@@ -65,6 +65,9 @@ def resolve_gguf(source: str | Path) -> Path:
     if p.suffix.lower() == ".gguf":
         if not p.is_file():
             raise ArtifactError(f"GGUF file not found: {p}")
+        with p.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ArtifactError(f"{p} is not a GGUF file (it does not start with the bytes 'GGUF')")
         return p
     from exporters.assets import fetch_asset
 

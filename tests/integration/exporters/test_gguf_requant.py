@@ -52,6 +52,9 @@ def test_types_and_names_without_llama_cpp(tmp_path: Path) -> None:
         == "gemma-3-270m.F16.gguf"
     with pytest.raises(ArtifactError, match="GGUF file not found: .*nope.gguf"):
         resolve_gguf(tmp_path / "nope.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ArtifactError, match="junk.gguf is not a GGUF file"):
+        resolve_gguf(tmp_path / "junk.gguf")
 
 
 def test_the_demo_offers_q8_0_for_q4_1_only(tmp_path: Path) -> None:
