@@ -164,7 +164,7 @@ def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
                 raise RuntimeError(f"{engine} {task} failed ({proc.returncode}):\n"
                                    f"{log.read().decode(errors='replace')[-3000:]}")
         res = json.loads(out.read_text())
-    res["peak_rss_mb"] = res.get("vm_hwm_mb") or usage.ru_maxrss / 1024  # Linux: KiB
+    res["peak_rss_mb"] = res.pop("vm_hwm_mb")  # the child's own (worker's comment)
     return res
 
 

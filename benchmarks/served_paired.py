@@ -122,6 +122,7 @@ def main(
     from benchmarks.engine_bench import PROMPT, _artifacts, _child, _cpu, _demo_expert
     from benchmarks.engine_served import served_run
     from nodes.build import SPIN_ALONE
+    from edge_moe.jobs.demo_engines import gguf_precision
     from edge_moe.runtime.gguf import GgufRunner
 
     result: dict[str, Any] = {"command": " ".join([".venv/bin/python benchmarks/served_paired.py", *sys.argv[1:]]),
@@ -134,36 +135,28 @@ def main(
         if gguf is None:
             print(f"{model}: skipped ({why})")
             continue
-        direct = GgufRunner(gguf, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
-        direct.generate(PROMPT, 4)
-        ggufs = {"source": gguf}
+        ggufs = {"source": gguf}  # llama.cpp direct on each, paired with the served requests
         if gguf_type:
             from exporters.gguf_requant import requantize_gguf
 
             ggufs[gguf_type] = requantize_gguf(gguf, gguf_type)
-            same = GgufRunner(ggufs[gguf_type], intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
-            same.generate(PROMPT, 4)
+        directs = {k: GgufRunner(p, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
+                   for k, p in ggufs.items()}
+        for r in directs.values():
+            r.generate(PROMPT, 4)
         rss = {k: _child("llama.cpp", str(p), threads, "speed", 8, 0)["peak_rss_mb"] for k, p in ggufs.items()}
         expert = _demo_expert(model)
         rows: dict[str, Any] = {}
-        todo = [(e, str(gguf) if e == "llama.cpp" else str(onnx)) for e in engines.split(",")]
-        todo += [(f"llama.cpp {gguf_type}", str(ggufs[gguf_type]))] if gguf_type else []
-        for engine, artifact in todo:
-            runner = engine.split()[0]
-            precision = expert["precision"] if runner == "onnxruntime" else "int4"
-            if engine != runner:
-                from exporters.gguf_requant import GGUF_TYPES
-
-                precision = GGUF_TYPES[gguf_type]
-                res = served_run(expert["name"], artifact, runner, precision, threads, PROMPT, new_tokens,
-                                 requests=pairs + 1, between=lambda: {"source": _direct(direct, PROMPT, new_tokens),
-                                                                      gguf_type: _direct(same, PROMPT, new_tokens)})
-                vs = {k: [b[k] for b in res["between"][1:]] for k in ggufs}
-            else:
-                res = served_run(expert["name"], artifact, runner, precision, threads, PROMPT, new_tokens,
-                                 requests=pairs + 1, between=lambda: _direct(direct, PROMPT, new_tokens))
-                vs = {"source": res["between"][1:]}  # the first pair is a warm-up
-            s = res["requests"][1:]
+        todo = [(e, e, onnx if e == "onnxruntime" else gguf, ("source",)) for e in engines.split(",")]
+        todo += [(f"llama.cpp {gguf_type}", "llama.cpp", ggufs[gguf_type], tuple(ggufs))] if gguf_type else []
+        for engine, runner, artifact, against in todo:
+            precision = expert["precision"] if runner == "onnxruntime" else gguf_precision(Path(artifact))[0]
+            res = served_run(expert["name"], str(artifact), runner, precision, threads, PROMPT, new_tokens,
+                             requests=pairs + 1,
+                             between=lambda against=against: {k: _direct(directs[k], PROMPT, new_tokens)
+                                                              for k in against})
+            s = res["requests"][1:]  # the first pair is a warm-up
+            vs = {k: [b[k] for b in res["between"][1:]] for k in against}
             rows[engine] = {"served": s, "node_spin": res.get("node_spin"), "served_rss_mb": res["node_peak_rss_mb"],
                             "served_ttft_ms": float(np.median([x["ttft_ms"] for x in s])),
                             "served_decode_tok_s": float(np.median([x["decode_tok_s"] for x in s])),
@@ -175,9 +168,8 @@ def main(
                       f"{r['direct_decode_tok_s']:.1f} -> {rows[engine]['served_decode_tok_s']:.1f} tok/s "
                       f"(ratio {r['decode_ratio']['median']:.2f}), RSS {r['direct_rss_mb']:.0f} -> "
                       f"{rows[engine]['served_rss_mb']:.0f} MB", flush=True)
-        direct.close()
-        if gguf_type:
-            same.close()
+        for r in directs.values():
+            r.close()
         result["models"][model] = rows
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -39,7 +39,7 @@ from exporters.asset_registry import REGISTRY, AssetSpec, OutputFile, Part, get_
 logger = logging.getLogger(__name__)
 
 __all__ = ["REGISTRY", "AssetSpec", "AssetStatus", "OutputFile", "Part", "fetch_asset", "get_spec",
-           "list_assets", "mmlu_rows", "pip_install_no_deps", "sha256_file"]
+           "known_sha256", "list_assets", "mmlu_rows", "pip_install_no_deps", "sha256_file"]
 
 _CHUNK_BYTES = 1 << 20
 _SPACE_MARGIN = 1.05  # free space needed, as a multiple of the bytes to write
@@ -289,6 +289,15 @@ def sha256_file(path: Path) -> str:
         while block := fh.read(_CHUNK_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+def known_sha256(path: Path) -> str:
+    """The sha256 of ``path``: the asset record's when it is a cached asset's file (hashing a
+    1 GB GGUF on every call would cost seconds), else the file's own."""
+    for a in list_assets():
+        if a.sha256 and a.path is not None and Path(a.path).resolve() == Path(path).resolve():
+            return str(a.sha256)
+    return sha256_file(path)
 
 
 def mmlu_rows(path: Path | None = None) -> list[dict]:

@@ -83,17 +83,6 @@ def requantized_path(src: Path, type_: str, out_dir: Path | None, sha: str) -> P
     return folder / f"{stem}.{type_}.gguf"
 
 
-def _source_sha(src: Path) -> str:
-    """The asset record's sha256 when ``src`` is an asset's file (hashing a 1 GB file costs
-    seconds), else the file's."""
-    from exporters.assets import list_assets, sha256_file
-
-    for a in list_assets():
-        if a.sha256 and a.path is not None and Path(a.path).resolve() == src.resolve():
-            return str(a.sha256)
-    return sha256_file(src)
-
-
 def _quantize(ll: Any, src: Path, dst: Path, type_: str, threads: int) -> None:
     params = ll.llama_model_quantize_default_params()
     params.ftype = getattr(ll, _FTYPE[type_])
@@ -102,6 +91,18 @@ def _quantize(ll: Any, src: Path, dst: Path, type_: str, threads: int) -> None:
     rc = ll.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
         raise ArtifactError(f"llama.cpp could not requantise {src} to {type_} (llama_model_quantize returned {rc})")
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def requantized_record(path: Path) -> dict[str, Any]:
+    """The record beside a file :func:`requantize_gguf` wrote ({} when there is none)."""
+    try:
+        return dict(json.loads(_record_path(path).read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def parity(source: Path, candidate: Path, precision: str, threads: int) -> dict[str, Any]:
@@ -136,15 +137,13 @@ def requantize_gguf(source: str | Path, type_: str = "Q8_0", out_dir: Path | Non
 
     type_ = gguf_type(type_)
     src = resolve_gguf(source)
-    sha = _source_sha(src)
+    from exporters.assets import known_sha256, sha256_file
+
+    sha = known_sha256(src)
     dst = requantized_path(src, type_, out_dir, sha)
-    record = dst.with_name(dst.name + ".json")
     want = {"version": RECORD_VERSION, "source_sha256": sha, "type": type_}
-    if not force and dst.is_file() and record.is_file():
-        try:
-            rec = json.loads(record.read_text())
-        except (OSError, ValueError):
-            rec = {}
+    if not force and dst.is_file():
+        rec = requantized_record(dst)
         if {k: rec.get(k) for k in want} == want and (rec.get("parity") or {}).get("passed", not check):
             logger.info("requantised GGUF cached: %s", dst)
             return dst
@@ -161,19 +160,10 @@ def requantize_gguf(source: str | Path, type_: str = "Q8_0", out_dir: Path | Non
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-    from exporters.assets import sha256_file
-
-    write_text(record, json.dumps({**want, "source": str(src), "file": dst.name, "sha256": sha256_file(dst),
+    write_text(_record_path(dst), json.dumps({**want, "source": str(src), "file": dst.name, "sha256": sha256_file(dst),
                                    "bytes": dst.stat().st_size, "source_bytes": src.stat().st_size,
                                    "llama_cpp_python": getattr(ll, "__version__", "?"),
                                    "seconds": round(time.perf_counter() - t0, 1), "parity": report}, indent=1) + "\n")
     logger.info("requantised %s to %s: %s", src, type_, dst)
     return dst
 
-
-def requantized_record(path: Path) -> dict[str, Any]:
-    """The record beside a file :func:`requantize_gguf` wrote ({} when there is none)."""
-    try:
-        return dict(json.loads(path.with_name(path.name + ".json").read_text()))
-    except (OSError, ValueError):
-        return {}

@@ -161,7 +161,7 @@ def gguf_precision(path: Path) -> tuple[str, str]:
 def gguf_candidate(expert: str, asset: str) -> Candidate | None:
     """The source GGUF of ``asset`` as a ``llama.cpp`` candidate, or None (logged) when the
     asset is not in the cache and cannot be assembled without installing anything."""
-    from exporters.assets import fetch_asset, list_assets, sha256_file
+    from exporters.assets import fetch_asset, known_sha256
 
     try:
         path = Path(fetch_asset(asset, install=False))
@@ -170,8 +170,7 @@ def gguf_candidate(expert: str, asset: str) -> Candidate | None:
         return None
     if path.suffix != ".gguf":
         return None
-    # the asset record's hash: hashing a 1.1 GB file on every warm run would cost seconds
-    sha = next((a.sha256 for a in list_assets() if a.name == asset and a.sha256), None) or sha256_file(path)
+    sha = known_sha256(path)  # the asset record's: hashing a 1.1 GB file on every warm run costs seconds
     precision, quant = gguf_precision(path)
     return Candidate(expert, "llama.cpp", str(path), path, precision, f"llama.cpp {quant}", sha[:12])
 
