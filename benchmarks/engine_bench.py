@@ -56,6 +56,10 @@ TABLE = REPO / "benchmarks" / "results" / "mmlu" / "calibration.npz"
 SAMPLES = REPO / "benchmarks" / "results" / "mmlu" / "work" / "samples.jsonl"
 OUT = REPO / "benchmarks" / "results" / "engine_bench"
 ENGINES = ("onnxruntime", "llama.cpp", "llama.cpp-spin")
+# llama.cpp direct allocates a context of this many tokens at load, as llama-server and
+# llama-cli do by default (--ctx-size 4096); a node's runner starts smaller and grows
+# (edge_moe/runtime/gguf.py, Memory). 512 is llama_cpp.Llama's default n_ctx.
+DIRECT_CONTEXT = 4096
 # llama.cpp-spin: the same runner with OMP_WAIT_POLICY=ACTIVE (libgomp's spinning barrier, what
 # llama.cpp does by default) in place of the runner's bounded spin (edge_moe/runtime/gguf_start.py)
 ENV = {"llama.cpp-spin": {"OMP_WAIT_POLICY": "ACTIVE"}}
@@ -78,7 +82,7 @@ PROMPT = (
 # ---------------------------------------------------------------- inside one engine's process
 
 
-def _runner(engine: str, artifact: str, threads: int) -> Any:
+def _runner(engine: str, artifact: str, threads: int, context: int = DIRECT_CONTEXT) -> Any:
     if engine == "onnxruntime":
         from edge_moe.runtime.decoder import OrtRunner
 
@@ -89,7 +93,8 @@ def _runner(engine: str, artifact: str, threads: int) -> Any:
     # as the served level's node runs it: alone on its host (the environment's policy wins)
     # prefix reuse off: the warm-up runs the same prompt, and this measures the engine's prefill
     # (benchmarks/prefix_reuse_bench.py measures reuse)
-    return GgufRunner(artifact, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
+    return GgufRunner(artifact, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off",
+                      initial_context=context, max_context=max(context, DIRECT_CONTEXT))
 
 
 def _speed(runner: Any, new_tokens: int) -> dict[str, Any]:
@@ -125,10 +130,10 @@ def _fidelity(runner: Any, questions: int) -> dict[str, Any]:
 
 
 def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int, questions: int,
-           out: Path) -> None:
+           out: Path, context: int = DIRECT_CONTEXT) -> None:
     """One engine, one task, in this process; the result goes to ``out`` as JSON."""
     t0 = time.perf_counter()
-    runner = _runner(engine, artifact, threads)
+    runner = _runner(engine, artifact, threads, context)
     res: dict[str, Any] = {"load_s": time.perf_counter() - t0}
     if engine != "onnxruntime":
         import llama_cpp
@@ -148,13 +153,15 @@ def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
 # ---------------------------------------------------------------- the driver
 
 
-def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int, questions: int) -> dict:
-    """Run :func:`worker` in a fresh process; its result and that process's peak RSS (MB)."""
+def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int, questions: int,
+           context: int = DIRECT_CONTEXT) -> dict:
+    """Run :func:`worker` in a fresh process; its result and that process's peak RSS (MB).
+    ``context``: llama.cpp's context allocated at load (tokens)."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "out.json"
         cmd = [sys.executable, __file__, "--worker", engine, "--artifact", artifact, "--threads",
                str(threads), "--task", task, "--new-tokens", str(new_tokens), "--questions",
-               str(questions), "--worker-out", str(out)]
+               str(questions), "--worker-out", str(out), "--context", str(context)]
         with open(Path(d) / "log", "w+b") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV.get(engine, {})})
             _, status, usage = os.wait4(proc.pid, 0)
@@ -372,10 +379,11 @@ def main(
     artifact: Annotated[str, typer.Option(hidden=True)] = "",
     task: Annotated[str, typer.Option(hidden=True)] = "speed",
     worker_out: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    context: Annotated[int, typer.Option(hidden=True)] = DIRECT_CONTEXT,
 ) -> None:
     if worker_engine is not None:
         assert worker_out is not None
-        worker(worker_engine, artifact, threads, task, new_tokens, questions, worker_out)
+        worker(worker_engine, artifact, threads, task, new_tokens, questions, worker_out, context)
         return
     import llama_cpp
 

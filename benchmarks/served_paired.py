@@ -23,7 +23,9 @@ For each model and served engine: ``--pairs`` pairs after one warm-up of each; t
 the median of the per-pair ratios served ÷ direct with a 95% bootstrap interval (2,000
 resamples of the pairs). TTFT ratio < 1 and decode ratio > 1 favour the served path. Peak RSS:
 the node process's ``VmHWM`` against a fresh direct process's own ``VmHWM`` on each GGUF
-(``benchmarks/engine_bench.py``'s runner-level child, one run).
+(``benchmarks/engine_bench.py``'s runner-level child, one run), twice: with llama.cpp's
+context allocated at load as llama-server and llama-cli do (4,096 tokens), and as
+``llama_cpp.Llama`` does (512). The node's context starts at 512 and grows as requests need.
 
     .venv/bin/python benchmarks/served_paired.py [--models ...] [--engines llama.cpp,onnxruntime]
         [--gguf-type Q8_0] [--pairs 8] [--out benchmarks/results/served_paired]
@@ -61,9 +63,10 @@ def _ratio_ci(served: list[float], direct: list[float], seed: int = 0) -> dict[s
             "hi": float(np.quantile(boots, 0.975))}
 
 
-def _versus(served: list[dict], direct: list[dict], rss_mb: float) -> dict[str, Any]:
-    """Served requests against their paired direct runs: medians and ratio CIs."""
-    return {"direct": direct, "direct_rss_mb": rss_mb,
+def _versus(served: list[dict], direct: list[dict], rss_mb: dict[int, float]) -> dict[str, Any]:
+    """Served requests against their paired direct runs: medians and ratio CIs (``rss_mb``:
+    the direct process's peak by the context it allocated)."""
+    return {"direct": direct, "direct_rss_mb": rss_mb[max(rss_mb)], "direct_rss_mb_small": rss_mb[min(rss_mb)],
             "direct_ttft_ms": float(np.median([x["ttft_ms"] for x in direct])),
             "direct_decode_tok_s": float(np.median([x["decode_tok_s"] for x in direct])),
             "ttft_ratio": _ratio_ci([x["ttft_ms"] for x in served], [x["ttft_ms"] for x in direct]),
@@ -80,17 +83,21 @@ def _markdown(result: dict[str, Any]) -> str:
              + (f"; `llama.cpp {result['gguf_type']}`: served on the source GGUF requantised to "
                 f"{result['gguf_type']} (`edge-moe export --gguf-type`)" if result.get("gguf_type") else "")
              + ". Ratios: the median of per-pair served ÷ direct, with a 95% bootstrap interval; TTFT below 1 and "
-             "decode above 1 favour the served path. Peak RSS: the node process's VmHWM (a Ray worker) against a "
-             "fresh direct process's own VmHWM.\n",
+             "decode above 1 favour the served path. Peak RSS: the node process's VmHWM (a Ray worker; a llama.cpp "
+             "node's context starts at 512 tokens and grows as requests need) against a fresh direct process's own "
+             "VmHWM, with llama.cpp's context allocated at load: 4,096 tokens (llama-server's and llama-cli's "
+             "default `--ctx-size`) / 512 (llama_cpp.Llama's default `n_ctx`, enough for this prompt).\n",
              "| model | served engine | TTFT ms direct / served | TTFT ratio [95% CI] | decode tok/s direct / served "
-             "| decode ratio [95% CI] | peak RSS MB direct / served (ratio) |", "|---|---|---|---|---|---|---|"]
+             "| decode ratio [95% CI] | peak RSS MB direct 4,096 / 512 / served (ratios) |", "|---|---|---|---|---|---|---|"]
     for model, rows in result["models"].items():
         for engine, row in rows.items():
             for vs in row["versus"]:
                 r = row["vs"][vs]
                 t, d = r["ttft_ratio"], r["decode_ratio"]
-                rss = (f"{r['direct_rss_mb']:.0f} / {row['served_rss_mb']:.0f} "
-                       f"({row['served_rss_mb'] / r['direct_rss_mb']:.2f}x)" if r.get("direct_rss_mb") else "")
+                small = r.get("direct_rss_mb_small")
+                rss = (f"{r['direct_rss_mb']:.0f} / {small:.0f} / {row['served_rss_mb']:.0f} "
+                       f"({row['served_rss_mb'] / r['direct_rss_mb']:.2f}x / {row['served_rss_mb'] / small:.2f}x)"
+                       if small else f"{r['direct_rss_mb']:.0f} / {row['served_rss_mb']:.0f}")
                 who = engine if vs == "source" else f"{engine}, direct on the {vs} file"
                 lines.append(f"| {model} | {who} | {r['direct_ttft_ms']:.0f} / {row['served_ttft_ms']:.0f} | "
                              f"{t['median']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}] | {r['direct_decode_tok_s']:.1f} / "
@@ -119,7 +126,7 @@ def main(
 ) -> None:
     import os
 
-    from benchmarks.engine_bench import PROMPT, _artifacts, _child, _cpu, _demo_expert
+    from benchmarks.engine_bench import DIRECT_CONTEXT, PROMPT, _artifacts, _child, _cpu, _demo_expert
     from benchmarks.engine_served import served_run
     from nodes.build import SPIN_ALONE
     from edge_moe.jobs.demo_engines import gguf_precision
@@ -140,11 +147,12 @@ def main(
             from exporters.gguf_requant import requantize_gguf
 
             ggufs[gguf_type] = requantize_gguf(gguf, gguf_type)
-        directs = {k: GgufRunner(p, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off")
-                   for k, p in ggufs.items()}
+        directs = {k: GgufRunner(p, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off",
+                                 initial_context=DIRECT_CONTEXT) for k, p in ggufs.items()}
         for r in directs.values():
             r.generate(PROMPT, 4)
-        rss = {k: _child("llama.cpp", str(p), threads, "speed", 8, 0)["peak_rss_mb"] for k, p in ggufs.items()}
+        rss = {k: {c: _child("llama.cpp", str(p), threads, "speed", 8, 0, context=c)["peak_rss_mb"]
+                   for c in (DIRECT_CONTEXT, 512)} for k, p in ggufs.items()}
         expert = _demo_expert(model)
         rows: dict[str, Any] = {}
         todo = [(e, e, onnx if e == "onnxruntime" else gguf, ("source",)) for e in engines.split(",")]
@@ -166,7 +174,8 @@ def main(
                 print(f"{model} {engine} vs direct on {k}: TTFT {r['direct_ttft_ms']:.0f} -> "
                       f"{rows[engine]['served_ttft_ms']:.0f} ms (ratio {r['ttft_ratio']['median']:.2f}), decode "
                       f"{r['direct_decode_tok_s']:.1f} -> {rows[engine]['served_decode_tok_s']:.1f} tok/s "
-                      f"(ratio {r['decode_ratio']['median']:.2f}), RSS {r['direct_rss_mb']:.0f} -> "
+                      f"(ratio {r['decode_ratio']['median']:.2f}), RSS {r['direct_rss_mb']:.0f} "
+                      f"(512-token context: {r['direct_rss_mb_small']:.0f}) -> "
                       f"{rows[engine]['served_rss_mb']:.0f} MB", flush=True)
         for r in directs.values():
             r.close()

@@ -46,15 +46,25 @@ conversation's earlier turns, a retried prompt, a shared system prompt or few-sh
   rounding (up to 0.24 nats on SmolLM2's Q4_1 letter log-probs; a greedy reply may change).
 - ``"off"``: every prompt from position 0.
 
-It is one sequence in the cache llama.cpp already allocates for ``max_context`` tokens, so it
-costs no memory. The last prompt token is always computed (its logits are the answer). With a
+It is one sequence in the cache the context already holds, so it costs no memory. The last prompt token is always computed (its logits are the answer). With a
 sliding-window model (Gemma 3) the prefix is reused only while the window's positions before it
 are still cached (llama.cpp's own server rule). ``self.reused_tokens`` / ``self.prompt_tokens``
 count what was reused and asked.
 
-**Memory.** llama.cpp allocates the KV cache for the whole context up front (f16), so
-``max_context`` (default :data:`DEFAULT_CONTEXT` tokens, at most the model's training
-context) sets a fixed part of the runner's memory; OrtRunner's cache grows with the prompt.
+**Memory: a context that grows.** llama.cpp allocates a context's KV cache (f16) whole when
+the context is made, and writes all of it, so its size is resident from then on. The runner
+makes its context ``initial_context`` tokens (default :data:`INITIAL_CONTEXT`) and, when a
+request needs more positions (its prompt plus ``max_new_tokens``, or plus its longest
+option), makes it again at the next power of two that holds them, up to ``max_context``
+(default :data:`DEFAULT_CONTEXT` tokens, at most the model's training context): the memory
+follows the longest request served, as OrtRunner's cache follows the prompt, instead of the
+cap. Measured (SmolLM2-135M Q4_1, 2 threads): peak RSS 266 MB with 4,096 tokens allocated,
+196 MB with 1,024, 184 MB with 512; the same logits and tokens at every size (the cache's
+size changes no computation: tested). Growing frees the old context before it makes the new
+one (no moment with both), costs the prefix cache once and a few ms; a context that cannot
+be made raises :class:`RunnerError` for that request and the runner keeps the old size.
+``initial_context=max_context`` allocates the whole cap at load, as llama-server and
+llama-cli do with their ``--ctx-size`` (4,096 by default).
 
 Starting llama.cpp in a process (its CPU backend, its threads' wait policy, its log) is
 :mod:`edge_moe.runtime.gguf_start`.
@@ -95,9 +105,10 @@ from edge_moe.wire import MODES, Sampling
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHUNK", "DEFAULT_CONTEXT", "GgufRunner"]
+__all__ = ["CHUNK", "DEFAULT_CONTEXT", "INITIAL_CONTEXT", "GgufRunner"]
 
-DEFAULT_CONTEXT = 4096  # tokens of KV cache llama.cpp allocates (see the module docstring)
+DEFAULT_CONTEXT = 4096  # the most tokens a request may use (see the module docstring's Memory)
+INITIAL_CONTEXT = 512  # tokens of KV cache allocated at load; grows as requests need
 CHUNK = 128  # tokens per aligned prompt chunk (see the module docstring)
 _SENTINEL = "\x00EDGE_MOE_USER_MESSAGE\x00"
 
@@ -122,8 +133,10 @@ class GgufRunner:
     Args:
         artifact: the ``.gguf`` file, or a folder holding exactly one.
         intra_op_threads: llama.cpp threads for prefill and decode (default: the host's cores).
-        max_context: KV cache size in tokens (default :data:`DEFAULT_CONTEXT`, capped at
-            the model's training context).
+        max_context: the most positions (prompt + generated tokens) a request may use, the KV
+            cache's cap (default :data:`DEFAULT_CONTEXT`, at most the model's training context).
+        initial_context: KV cache tokens allocated at load (default :data:`INITIAL_CONTEXT`,
+            at most ``max_context``); it grows as requests need (the module docstring's Memory).
         n_batch: tokens per ``llama_decode`` of a prompt: the aligned chunk (the module docstring).
         precise: an f32 KV cache and no flash attention, in place of llama.cpp's defaults (f16
             cache, flash attention where it can): on the same F32 weights, SmolLM2's letter
@@ -147,8 +160,8 @@ class GgufRunner:
         {Capability.STREAM, Capability.SAMPLE, Capability.CANCEL})
 
     def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
-                 max_context: int | None = None, n_batch: int = CHUNK, precise: bool = False,
-                 spin: int | None = None, prefix_reuse: str = "exact") -> None:
+                 max_context: int | None = None, initial_context: int | None = None, n_batch: int = CHUNK,
+                 precise: bool = False, spin: int | None = None, prefix_reuse: str = "exact") -> None:
         if prefix_reuse not in PREFIX_REUSE:
             raise RunnerError(f"prefix_reuse={prefix_reuse!r}: choose one of {list(PREFIX_REUSE)}")
         self.path = _gguf_path(artifact)
@@ -174,26 +187,21 @@ class GgufRunner:
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(self.model))
         self.n_swa = int(ll.llama_model_n_swa(self.model))  # 0: no sliding-window layers
         self.max_context = min(int(max_context or DEFAULT_CONTEXT), self.n_ctx_train)
-        cp = ll.llama_context_default_params()
-        cp.n_ctx = self.max_context
-        cp.n_batch = cp.n_ubatch = self.n_batch
-        cp.n_threads = cp.n_threads_batch = self.threads
-        cp.no_perf = True
-        if precise:
-            cp.type_k = cp.type_v = ll.GGML_TYPE_F32
-            cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.ctx = ll.llama_init_from_model(self.model, cp)
-        if not self.ctx:
+        self.precise = precise
+        self.n_ctx = 0  # the context's KV cache size in tokens (grows; _make_context)
+        self.context_grown = 0  # how many times a request made it larger
+        if not self._make_context(min(int(initial_context or INITIAL_CONTEXT), self.max_context)):
             self.close()
-            raise ArtifactError(f"llama.cpp cannot make a context of {self.max_context} tokens for {self.path}")
+            raise ArtifactError(f"llama.cpp cannot make a context of {initial_context or INITIAL_CONTEXT} "
+                                f"tokens for {self.path}")
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.model_name = self._meta("general.name") or self.path.stem
         self.eos = {t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)}
         self._pieces: dict[int, bytes] = {}
         self.chat_prefix, self.chat_suffix = self._chat_parts()
         self._lock = threading.Lock()  # one llama.cpp context: one request at a time
-        logger.info("llama.cpp runner %s: %d threads, context %d, backend %s", self.path.name,
-                    self.threads, self.max_context, self.backend or "built in")
+        logger.info("llama.cpp runner %s: %d threads, context %d of at most %d tokens, backend %s",
+                    self.path.name, self.threads, self.n_ctx, self.max_context, self.backend or "built in")
 
     # ---- lifetime -------------------------------------------------------------------
 
@@ -308,6 +316,51 @@ class GgufRunner:
         return self.encode(self.format_prompt(prompt, use_chat), formatted_chat=use_chat)
 
     # ---- the context ----------------------------------------------------------------
+
+    def _make_context(self, n_ctx: int) -> bool:
+        """Free the context (if any) and make one of ``n_ctx`` tokens; False when llama.cpp
+        cannot (then there is none). The cache starts empty."""
+        ll = self._ll
+        if self.ctx:
+            ll.llama_free(self.ctx)
+            self.ctx = None
+        self._cached, self._exact, self.n_ctx = [], 0, 0
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.no_perf = True
+        if self.precise:
+            cp.type_k = cp.type_v = ll.GGML_TYPE_F32
+            cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = ll.llama_init_from_model(self.model, cp)
+        if self.ctx:
+            self.n_ctx = int(ll.llama_n_ctx(self.ctx))  # llama.cpp may round it up
+        return bool(self.ctx)
+
+    def _fit(self, n: int) -> None:
+        """Make the context hold ``n`` positions (at most ``max_context``): the next power of
+        two from its size (the module docstring's Memory). Under the lock.
+
+        Raises:
+            RunnerError: llama.cpp cannot make it (the runner keeps the old size).
+        """
+        n = min(n, self.max_context)
+        if n <= self.n_ctx:
+            return
+        old, size = self.n_ctx, max(self.n_ctx, 1)
+        while size < n:
+            size *= 2
+        size = min(size, self.max_context)
+        if self._make_context(size):
+            self.context_grown += 1
+            logger.info("llama.cpp runner %s: context %d -> %d tokens", self.path.name, old, self.n_ctx)
+            return
+        if not self._make_context(old):
+            raise RunnerError(f"llama.cpp cannot make a context of {size} tokens for {self.model_name}, nor "
+                              f"again its old {old}: the runner is unusable")
+        raise RunnerError(f"llama.cpp cannot make a context of {size} tokens for {self.model_name} (out of "
+                          f"memory?); requests up to {old} tokens still run")
 
     def _reset(self) -> None:
         """Empty the cache (its cells are marked free; llama.cpp masks what they held)."""
@@ -464,6 +517,7 @@ class GgufRunner:
         if mode == "letter":
             letters = self._letter_ids(text, ids, len(options), chat)
             with self._lock:
+                self._fit(len(ids))
                 z = self._prefill(ids)  # (V,)
             return _renormalise(z[letters].astype(np.float64))
         conts = [self._continuation_ids(text, ids, o, chat) for o in options]
@@ -472,6 +526,7 @@ class GgufRunner:
                 raise RunnerError(f"option {i} ({options[i]!r}) has no tokens")
             self.check_context(len(ids) + len(c), f"prompt + option {i}")
         with self._lock:
+            self._fit(len(ids) + max(len(c) for c in conts))
             return self._continuations(ids, conts)
 
     def _continuations(self, ids: list[int], conts: list[list[int]]) -> np.ndarray:
@@ -509,6 +564,7 @@ class GgufRunner:
             return logits
 
         with self._lock:
+            self._fit(len(ids) + max_new_tokens)
             return decode_alone(seq, lambda: self._prefill(ids), step, self.eos, self.decode,
                                 self.max_context, should_stop)
 

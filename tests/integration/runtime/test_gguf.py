@@ -369,6 +369,80 @@ def test_prefix_reuse_tokens_keeps_every_shared_token(gguf_path: Path, questions
         assert worst < TOKENS_ATOL and whole.reused_tokens == 0
 
 
+# ---------------------------------------------------------------- a context that grows
+
+
+@needs_llama
+@pytest.mark.slow
+def test_the_context_grows_as_requests_need_with_a_full_contexts_answers(gguf_path: Path) -> None:
+    """The default runner starts at INITIAL_CONTEXT tokens and grows to the next power of two
+    a request needs; every answer (greedy tokens, letter and continuation log-probs) equals a
+    runner that allocated the whole 4,096 at load, before and after growing."""
+    from edge_moe.runtime.gguf import DEFAULT_CONTEXT, INITIAL_CONTEXT, GgufRunner
+
+    short = "Write one sentence about the sea."
+    sea = "The sea is wide and the ships sail on it at dawn."  # 13 tokens
+    long_ = " ".join([sea] * 55) + " What colour is the sea?"
+    q = "Question: what is 2 + 2? A. 3 B. 4 C. 5 D. 6\nAnswer:"
+    with GgufRunner(gguf_path, intra_op_threads=2) as grow, \
+            GgufRunner(gguf_path, intra_op_threads=2, initial_context=DEFAULT_CONTEXT) as full:
+        assert (grow.n_ctx, full.n_ctx, grow.max_context) == (INITIAL_CONTEXT, DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        assert grow.generate(short, 24).token_ids == full.generate(short, 24).token_ids
+        assert grow.n_ctx == INITIAL_CONTEXT and grow.context_grown == 0
+        n = len(grow.prompt_ids(long_ + q, False))
+        assert 600 < n < 1000, n
+        assert np.array_equal(grow.score_options(long_ + q, list("ABCD")), full.score_options(long_ + q, list("ABCD")))
+        assert grow.n_ctx == 1024 and grow.context_grown == 1
+        g, f = grow.generate(long_, 400), full.generate(long_, 400)  # prompt + 400 > 1,024
+        assert g.token_ids == f.token_ids and grow.n_ctx == 2048 and grow.context_grown == 2
+        opts = ["four", "four apples", "five", "six"]
+        assert np.array_equal(grow.score_options(q, opts, "continuation"), full.score_options(q, opts, "continuation"))
+        assert grow.generate(short, 24).token_ids == full.generate(short, 24).token_ids
+        assert grow.n_ctx == 2048 and grow.context_grown == 2  # never shrinks
+    with GgufRunner(gguf_path, intra_op_threads=2, max_context=700) as capped:
+        mid = " ".join([sea] * 40)  # ~520 tokens
+        capped.generate(mid, 300)  # needs more than 700: the context stops at the cap
+        assert capped.n_ctx >= 700 and capped.context_grown == 1
+        with pytest.raises(RunnerError, match="longer than .* context of 700 tokens"):
+            capped.generate(long_, 4)
+
+
+@needs_llama
+@pytest.mark.slow
+def test_a_context_that_cannot_grow_fails_that_request_only(gguf_path: Path, monkeypatch) -> None:
+    from edge_moe.runtime.gguf import INITIAL_CONTEXT, GgufRunner
+
+    with GgufRunner(gguf_path, intra_op_threads=2) as r:
+        real = r._make_context
+        monkeypatch.setattr(r, "_make_context", lambda n: False if n > INITIAL_CONTEXT else real(n))
+        before = r.generate("2 + 2 =", 8).token_ids
+        with pytest.raises(RunnerError, match=f"cannot make a context of 1024 tokens.*up to {INITIAL_CONTEXT} "
+                                              "tokens still run"):
+            r.generate("2 + 2 =", 900)
+        assert r.n_ctx == INITIAL_CONTEXT and r.generate("2 + 2 =", 8).token_ids == before
+
+
+@needs_llama
+@pytest.mark.slow
+def test_a_context_that_grows_holds_less_memory(gguf_path: Path) -> None:
+    """Peak RSS of a fresh process serving one short request: the growing context's is lower
+    than a 4,096-token context's by most of the KV cache it did not allocate (SmolLM2: 23 kB
+    per token, f16; measured 266 vs 184 MB)."""
+    import subprocess
+
+    code = ("import sys; from edge_moe.runtime.gguf import GgufRunner; "
+            "r = GgufRunner(sys.argv[1], intra_op_threads=2, initial_context=int(sys.argv[2]) or None); "
+            "r.generate('Write one sentence about the sea.', 16); "
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
+    peak = {}
+    for initial in (0, 4096):
+        out = subprocess.run([sys.executable, "-c", code, str(gguf_path), str(initial)], capture_output=True,
+                             text=True, check=True, cwd=REPO, timeout=120)
+        peak[initial] = int(out.stdout.split()[-1]) / 1024
+    print(f"peak RSS: growing context {peak[0]:.0f} MB, 4,096 tokens allocated {peak[4096]:.0f} MB")
+    assert peak[4096] - peak[0] > 50, peak
+
+
 # ---------------------------------------------------------------- a fleet serving the GGUF
 
 
