@@ -129,7 +129,7 @@ def main(
     from benchmarks.engine_bench import DIRECT_CONTEXT, PROMPT, _artifacts, _child, _cpu, _demo_expert
     from benchmarks.engine_served import served_run
     from nodes.build import SPIN_ALONE
-    from edge_moe.jobs.demo_engines import gguf_precision
+    from exporters.gguf_requant import gguf_precision
     from edge_moe.runtime.gguf import GgufRunner
 
     result: dict[str, Any] = {"command": " ".join([".venv/bin/python benchmarks/served_paired.py", *sys.argv[1:]]),

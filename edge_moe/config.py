@@ -70,6 +70,7 @@ class NodeConfig:
     threads: int | None = None  # intra-op threads per runner on this node; None: its host's cores
     spin: int | None = None  # llama.cpp threads' polls at a barrier; None: nodes.build.node_spin
     prefix_reuse: str = "exact"  # llama.cpp experts: what a prompt keeps of the cached one
+    context: int | None = None  # llama.cpp experts: the KV cache's cap in tokens; None: the runner's
 
     @property
     def resource(self) -> str:

@@ -204,6 +204,12 @@ SCHEMA: tuple[Key, ...] = (
             "shared prefixes, but a reply then depends on the request before it (llama.cpp's "
             "batch rounding); `off`: every prompt whole. No memory cost (the cache is "
             "allocated for the context anyway)."),
+    Key(_N + "context", "integer", None, unit="tokens", minimum=16, nullable=True, shown="4096",
+        doc="The most tokens (prompt + generated) one request to the node's `llama.cpp` experts may "
+            "use: their KV cache's cap, at most the model's training context; a longer request gets "
+            "an error naming both. The cache starts at 512 tokens and grows to the next power of two "
+            "a request needs, so memory follows the longest request served (SmolLM2-135M: 23 kB "
+            "per token; 4,096 tokens hold 94 MB); this bounds it. `null`: 4,096."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
             "second (packed) copy of the MatMul weights in memory."),

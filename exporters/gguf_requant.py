@@ -14,7 +14,7 @@ reference. Going down (Q4_K_M → Q4_0) is a second quantisation and can cost ag
 (Qwen2.5-1.5B: 0.97 → 0.90); the parity check below says so.
 
 The output is ``<out>/<stem>.<TYPE>.gguf`` (the type in the name is what
-:func:`edge_moe.jobs.demo_engines.gguf_precision` and users read), default
+:func:`gguf_precision` and users read), default
 ``$EDGE_MOE_CACHE/artifacts/<stem>-<sha[:12]>-gguf/``, with a ``<file>.json`` record beside
 it: the source, its sha256, the type, llama.cpp's version and the parity report. A record
 that matches (source sha, type) makes a second call free.
@@ -46,8 +46,24 @@ logger = logging.getLogger(__name__)
 GGUF_TYPES: dict[str, str] = {"Q8_0": "int8", "F16": "fp16", "BF16": "bf16", "Q4_0": "int4", "Q4_K_M": "int4"}
 _FTYPE = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "F16": "LLAMA_FTYPE_MOSTLY_F16", "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
           "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-_QUANT_SUFFIX = re.compile(r"[.\-_](?:Q\d(?:_[A-Z0-9]+)*|F32|F16|BF16)$", re.I)
+# a quantisation's name at the end of a GGUF file's stem: "gemma-3-270m-q4_k_m", "x.Q8_0"
+_QUANT = r"(?:Q\d(?:_[A-Z0-9]+)*|F32|F16|BF16)"
+_QUANT_SUFFIX = re.compile(rf"[.\-_]{_QUANT}$", re.I)
+_QUANT_IN_NAME = re.compile(rf"(?:^|[.\-_])({_QUANT})(?=\.gguf$)", re.I)
+# by the name's first two characters where the whole name is not known (Q4_K_S, Q8_1, ...)
+_PRECISION = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8": "int8", "Q4": "int4"}
 RECORD_VERSION = 1
+
+
+def gguf_precision(path: Path) -> tuple[str, str]:
+    """(the fleet YAML's precision, the quantisation's name) of a GGUF, from its file name
+    (``gemma-3-270m-q4_k_m.gguf`` → ``("int4", "Q4_K_M")``); ``("int4", "?")`` when the name
+    does not say (every GGUF asset of the project is 4-bit)."""
+    m = _QUANT_IN_NAME.search(path.name)
+    if not m:
+        return "int4", "?"
+    quant = m.group(1).upper()
+    return _PRECISION.get(quant, _PRECISION.get(quant[:2], "int4")), quant
 
 
 def gguf_type(value: str) -> str:

@@ -87,6 +87,8 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
         elif e.runner == "llama.cpp":
             kwargs.setdefault("spin", node_spin(fleet, node))
             kwargs.setdefault("prefix_reuse", fleet.node(node).prefix_reuse)
+            if fleet.node(node).context is not None:
+                kwargs.setdefault("max_context", fleet.node(node).context)
         runner = make_runner(e.runner, path, **kwargs)
         out[e.name] = HostedExpert(runner, e.runner, e.precision)
     return out

@@ -45,6 +45,7 @@ from edge_moe.cli.common import (
 )
 from edge_moe.config import FleetConfig
 from edge_moe.errors import ArtifactError, ConfigError
+from edge_moe.runtime.gguf import DEFAULT_CONTEXT
 from nodes.build import node_spin
 
 _TCP = re.compile(r"tcp://(?P<host>.+):(?P<port>\*|\d+)")
@@ -107,6 +108,7 @@ def summary(fleet: FleetConfig) -> dict[str, Any]:
                    "power_busy_w": fleet.device_classes[n.device_class].power_busy_w,
                    "max_batch": n.max_batch, "batch_wait_ms": n.batch_wait_ms,
                    "threads": n.threads, "spin": node_spin(fleet, n.name), "prefix_reuse": n.prefix_reuse,
+                   "context": n.context,
                    "experts": [dataclasses.asdict(e) for e in fleet.experts_on(n.name)]} for n in fleet.nodes],
         "coordinator": {"node": c.node, "frontend": c.frontend, "backend": c.backend, "http": c.http,
                         "top_k": c.top_k, "curve": c.curve},
@@ -126,7 +128,8 @@ def _print_table(fleet: FleetConfig, path: Path) -> None:
         gguf = any(e.runner == "llama.cpp" for e in fleet.experts_on(n.name))
         threads = f"{n.threads} threads" if n.threads else "all cores"
         if gguf:  # llama.cpp's threads poll this long at a barrier (nodes[].spin); prompt reuse
-            threads += f"\nspin {node_spin(fleet, n.name)}\nprefix {n.prefix_reuse}"
+            threads += (f"\nspin {node_spin(fleet, n.name)}\nprefix {n.prefix_reuse}"
+                        f"\ncontext ≤ {n.context or DEFAULT_CONTEXT}")
         t.add_row(n.name, n.device_class, f"{dc.power_busy_w:g}",
                   f"{n.max_batch} ({n.batch_wait_ms:g} ms)\n{threads}", experts or "-")
     console.print(t, soft_wrap=False)  # fit the console: the experts column (and a long title) wrap

@@ -118,7 +118,10 @@ def _prefix(hosted: Any) -> dict[str, Any] | None:
     if not runners:
         return None
     return {"mode": runners[0].prefix_reuse, "prompt_tokens": sum(r.prompt_tokens for r in runners),
-            "reused_tokens": sum(r.reused_tokens for r in runners)}
+            "reused_tokens": sum(r.reused_tokens for r in runners),
+            # KV cache tokens allocated now (they grow with requests) and the cap (nodes[].context)
+            "context": sum(getattr(r, "n_ctx", 0) for r in runners),
+            "max_context": sum(getattr(r, "max_context", 0) for r in runners)}
 
 
 def _server_keys(curve: dict[str, Any]) -> Any:

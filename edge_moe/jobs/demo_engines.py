@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_moe.errors import ArtifactError, RunnerError, SelectionError
+from exporters.gguf_requant import gguf_precision
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ CHOSEN_FLEET = "fleet.chosen.yaml"  # in the demo's folder: the fleet the demo d
 #   Gemma-3-270M Q4_K_M 182, 62, 127, 0.96 -> Q8_0 169, 65, 125, 0.98   (within noise: not offered)
 #   Qwen2.5-1.5B Q4_K_M 1136, 30, 763, 0.97 -> Q8_0 1634, 17, 1085, 0.98 (slower: not offered)
 REQUANT_TO_Q8 = frozenset({"Q4_1"})
-_GGUF_TYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8": "int8", "Q4": "int4"}
 
 
 @dataclass(frozen=True)
@@ -145,17 +144,6 @@ def llama_cpp_available() -> bool:
         logger.info("llama.cpp not available: %s", exc)
         return False
     return True
-
-
-def gguf_precision(path: Path) -> tuple[str, str]:
-    """(the fleet YAML's precision, the quantisation's name) of a GGUF, from its file name
-    (``gemma-3-270m-q4_k_m.gguf`` → ``("int4", "Q4_K_M")``); ``("int4", "?")`` when the name
-    does not say (every GGUF asset of the project is 4-bit)."""
-    m = re.search(r"(?:^|[.\-_])((?:Q\d(?:_[A-Z0-9]+)*)|F32|F16|BF16)(?=\.gguf$)", path.name, re.I)
-    if not m:
-        return "int4", "?"
-    quant = m.group(1).upper()
-    return _GGUF_TYPES.get(quant, _GGUF_TYPES.get(quant[:2], "int4")), quant
 
 
 def gguf_candidate(expert: str, asset: str) -> Candidate | None:

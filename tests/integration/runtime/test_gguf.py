@@ -467,7 +467,7 @@ def test_deploy_serves_a_gguf_expert(gguf_path: Path, gguf, tmp_path: Path,
                        nodes={"node-a": [0]}, artifacts={table.experts[0]: str(gguf_path)}, top_k=1)
     doc = yaml.safe_load(path.read_text())
     doc["experts"][0].update(runner="llama.cpp", precision="int4")
-    doc["nodes"][0]["threads"] = 1
+    doc["nodes"][0].update(threads=1, context=1024)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     dep = F.deploy(load_fleet(path), gate=gate, calibration=cal, profiles=prof, toy_encoder_dim=DIM,
                    num_cpus=2, object_store_mb=80, ready_timeout_s=120)
@@ -488,6 +488,12 @@ def test_deploy_serves_a_gguf_expert(gguf_path: Path, gguf, tmp_path: Path,
                           on_partial=pieces.append)
             assert isinstance(r, Reply) and len(pieces) >= 2, (r, pieces)
             assert "".join(p.text for p in pieces) == r.text == gguf.generate("Name three fruits.", 12).text
+            ctx = F.status()["nodes"]["node-a"]["prefix"]
+            assert (ctx["context"], ctx["max_context"]) == (512, 1024), ctx  # nodes[].context: the cap
+            long_ = " ".join(["The sea is wide and the ships sail on it at dawn."] * 45)  # ~590 tokens
+            r = c.request(Query("long", long_, None, max_new_tokens=4, top_k=1))
+            assert isinstance(r, Reply) and r.text == gguf.generate(long_, 4).text, r
+            assert F.status()["nodes"]["node-a"]["prefix"]["context"] == 1024  # grown for it
     finally:
         try:
             F.down(dep.name)

@@ -219,6 +219,7 @@ def test_llama_cpp_nodes_show_their_spin_and_prompt_reuse(tmp_path: Path) -> Non
     raw = yaml.safe_load((CONFIGS / "fleet.local.yaml").read_text())
     raw["experts"][0].update(runner="llama.cpp", artifact="x/model.gguf", precision="int4")
     raw["nodes"][0]["prefix_reuse"] = "tokens"
+    raw["nodes"][0]["context"] = 2048
     p = tmp_path / "fleet.yaml"
     p.write_text(yaml.safe_dump(raw))
     (tmp_path / "device_classes.yaml").write_text((CONFIGS / "device_classes.yaml").read_text())
@@ -227,3 +228,5 @@ def test_llama_cpp_nodes_show_their_spin_and_prompt_reuse(tmp_path: Path) -> Non
     assert "prefix tokens" in res.output and res.output.count("prefix ") == 1
     nodes = json.loads(invoke(str(p), "--json").stdout)["fleet"]["nodes"]
     assert [n["prefix_reuse"] for n in nodes] == ["tokens"] + ["exact"] * (len(nodes) - 1)
+    assert [n["context"] for n in nodes] == [2048] + [None] * (len(nodes) - 1)
+    assert "context ≤ 2048" in res.output

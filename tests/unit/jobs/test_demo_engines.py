@@ -15,11 +15,11 @@ from edge_moe.jobs.demo_engines import (
     Measured,
     choose_engine,
     chosen_fleet_doc,
-    gguf_precision,
     print_choices,
     write_chosen_fleet,
 )
 from edge_moe.paths import CONFIGS
+from exporters.gguf_requant import gguf_precision
 
 REAL = CONFIGS / "fleet.demo.real.yaml"
 

@@ -57,7 +57,7 @@ def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
     made = []
     monkeypatch.setattr(runners, "make_runner", lambda name, path, **kw: made.append((name, kw)) or object())
     raw = yaml.safe_load((CONFIGS / "fleet.local.yaml").read_text())
-    raw["nodes"][0].update(spin=250, prepack=False, prefix_reuse="tokens")
+    raw["nodes"][0].update(spin=250, prepack=False, prefix_reuse="tokens", context=1000)
     raw["experts"] = [{"name": "a", "node": raw["nodes"][0]["name"], "artifact": "a/fp32"},
                       {"name": "b", "node": raw["nodes"][0]["name"], "artifact": "b.gguf", "runner": "llama.cpp",
                        "precision": "int4"}]
@@ -67,4 +67,9 @@ def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     build_experts(load_fleet(path), raw["nodes"][0]["name"], runner_kwargs={"intra_op_threads": 2})
     assert made == [("onnxruntime", {"intra_op_threads": 2, "prepack": False}),
-                    ("llama.cpp", {"intra_op_threads": 2, "spin": 250, "prefix_reuse": "tokens"})]
+                    ("llama.cpp", {"intra_op_threads": 2, "spin": 250, "prefix_reuse": "tokens", "max_context": 1000})]
+    raw["nodes"][0].pop("context")  # null: the runner's own cap (DEFAULT_CONTEXT)
+    path.write_text(yaml.safe_dump(raw))
+    made.clear()
+    build_experts(load_fleet(path), raw["nodes"][0]["name"])
+    assert "max_context" not in made[1][1]
