@@ -61,8 +61,7 @@ class NodeConfig:
     host: str = "127.0.0.1"
     ray_resource: str = ""  # custom Ray resource that pins this node's actor; default edge_moe_node:<name>
     num_gpus: float = 0.0
-    # Dynamic batching (nodes/server.py): TASKs for one expert served together, at most
-    # max_batch at once (1: one at a time), waiting at most batch_wait_ms for more.
+    # Dynamic batching (nodes/server.py): at most max_batch TASKs of one expert, waiting batch_wait_ms
     max_batch: int = 8
     batch_wait_ms: float = 5.0
     stream_flush_ms: float = 30.0  # a stream's PARTIALs after the first: at most one per this
@@ -70,7 +69,8 @@ class NodeConfig:
     threads: int | None = None  # intra-op threads per runner on this node; None: its host's cores
     spin: int | None = None  # llama.cpp threads' polls at a barrier; None: nodes.build.node_spin
     prefix_reuse: str = "exact"  # llama.cpp experts: what a prompt keeps of the cached one
-    context: int | None = None  # llama.cpp experts: the KV cache's cap in tokens; None: the runner's
+    context: int | None = None  # llama.cpp experts: KV cache cap (tokens), None: the runner's;
+    llama_cpp_batch: str = "off"  # "exact": up to max_batch sequences decode together
 
     @property
     def resource(self) -> str:

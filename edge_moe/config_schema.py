@@ -21,6 +21,7 @@ from typing import Any
 RUNNER_NAMES = ("onnxruntime", "tensorrt", "llama.cpp")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 PREFIX_REUSE = ("exact", "tokens", "off")  # nodes[].prefix_reuse (edge_moe/runtime/gguf.py)
+LLAMA_CPP_BATCH = ("off", "exact")  # nodes[].llama_cpp_batch (edge_moe/runtime/gguf_batch.py)
 ENERGY_COUNTERS = ("nvml", "rapl", "jetson")
 OBJECTIVES = ("accuracy", "loglik")
 
@@ -210,6 +211,13 @@ SCHEMA: tuple[Key, ...] = (
             "an error naming both. The cache starts at 512 tokens and grows to the next power of two "
             "a request needs, so memory follows the longest request served (SmolLM2-135M: 23 kB "
             "per token; 4,096 tokens hold 94 MB); this bounds it. `null`: 4,096."),
+    Key(_N + "llama_cpp_batch", "choice", "off", choices=LLAMA_CPP_BATCH,
+        doc="Batched generation for the node's `llama.cpp` experts. `off`: one sequence at a time. "
+            "`exact`: up to `max_batch` sequences decode together through llama.cpp's multi-sequence "
+            "batch, each reply bit for bit what it gets alone (every sequence its own KV stream, "
+            "attention without flash attention): more tokens per second under concurrent load, a lone "
+            "request slower (no flash attention: decode ~15% slower here) and the KV cache held "
+            "`max_batch` times. Measured: docs/howto/tuning.md."),
     Key(_N + "prepack", "bool", True,
         doc="onnxruntime weight prepacking on the node's CPU runners: faster matrix products, a "
             "second (packed) copy of the MatMul weights in memory."),

@@ -20,6 +20,7 @@ from edge_moe import paths
 from edge_moe.config import FleetConfig, load_fleet
 from edge_moe.energy import make_meter
 from edge_moe.errors import ConfigError
+from edge_moe.runtime.gguf import MAX_SEQ
 from edge_moe.runtime.gguf_start import DEFAULT_SPIN
 from nodes.execution import HostedExpert
 from nodes.loop import NodeServer
@@ -87,6 +88,8 @@ def build_experts(fleet: FleetConfig, node: str, artifacts_dir: str | Path | Non
         elif e.runner == "llama.cpp":
             kwargs.setdefault("spin", node_spin(fleet, node))
             kwargs.setdefault("prefix_reuse", fleet.node(node).prefix_reuse)
+            if fleet.node(node).llama_cpp_batch == "exact" and fleet.node(node).max_batch > 1:
+                kwargs.setdefault("n_seq", min(fleet.node(node).max_batch, MAX_SEQ))  # decoded together
             if fleet.node(node).context is not None:
                 kwargs.setdefault("max_context", fleet.node(node).context)
         runner = make_runner(e.runner, path, **kwargs)

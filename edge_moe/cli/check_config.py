@@ -108,7 +108,7 @@ def summary(fleet: FleetConfig) -> dict[str, Any]:
                    "power_busy_w": fleet.device_classes[n.device_class].power_busy_w,
                    "max_batch": n.max_batch, "batch_wait_ms": n.batch_wait_ms,
                    "threads": n.threads, "spin": node_spin(fleet, n.name), "prefix_reuse": n.prefix_reuse,
-                   "context": n.context,
+                   "context": n.context, "llama_cpp_batch": n.llama_cpp_batch,
                    "experts": [dataclasses.asdict(e) for e in fleet.experts_on(n.name)]} for n in fleet.nodes],
         "coordinator": {"node": c.node, "frontend": c.frontend, "backend": c.backend, "http": c.http,
                         "top_k": c.top_k, "curve": c.curve},
@@ -129,7 +129,8 @@ def _print_table(fleet: FleetConfig, path: Path) -> None:
         threads = f"{n.threads} threads" if n.threads else "all cores"
         if gguf:  # llama.cpp's threads poll this long at a barrier (nodes[].spin); prompt reuse
             threads += (f"\nspin {node_spin(fleet, n.name)}\nprefix {n.prefix_reuse}"
-                        f"\ncontext ≤ {n.context or DEFAULT_CONTEXT}")
+                        f"\ncontext ≤ {n.context or DEFAULT_CONTEXT}"
+                        + (f"\nbatch {n.llama_cpp_batch}" if n.llama_cpp_batch != "off" else ""))
         t.add_row(n.name, n.device_class, f"{dc.power_busy_w:g}",
                   f"{n.max_batch} ({n.batch_wait_ms:g} ms)\n{threads}", experts or "-")
     console.print(t, soft_wrap=False)  # fit the console: the experts column (and a long title) wrap

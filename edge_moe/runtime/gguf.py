@@ -21,8 +21,14 @@ and RESULT contract of :class:`~edge_moe.runtime.decoder.OrtRunner`:
   of llama.cpp's end-of-generation tokens (``llama_vocab_is_eog``: for SmolLM2 both
   ``<|im_end|>`` and ``<|endoftext|>``, where the exported manifest names the first only).
 
-Capabilities: ``STREAM``, ``SAMPLE``, ``CANCEL``; no batching (one sequence at a time in
-one llama.cpp context; a node serves its tasks one by one).
+Capabilities: ``STREAM``, ``SAMPLE``, ``CANCEL``; with ``n_seq`` > 1 also
+``BATCH_GENERATE``: :meth:`GgufRunner.decode_batch` decodes up to ``n_seq`` sequences together
+through llama.cpp's multi-sequence batch (:mod:`edge_moe.runtime.gguf_batch`), each token
+bit for bit what the sequence gets alone (tested). Such a runner gives every sequence its own
+KV stream (``kv_unified`` off) and computes attention without flash attention, the two
+conditions under which llama.cpp's rows do not depend on the other sequences (measured; the
+module :mod:`~edge_moe.runtime.gguf_batch` says why), at a cost to a lone request (SmolLM2
+Q8_0, ~400-token prompt: prefill 7%, decode 18% slower). Option scoring is one at a time.
 
 **Prompts in aligned chunks.** A prompt is computed in chunks of ``n_batch`` (default
 :data:`CHUNK`) tokens whose bounds are multiples of ``n_batch`` in absolute positions. llama.cpp's
@@ -110,6 +116,7 @@ __all__ = ["CHUNK", "DEFAULT_CONTEXT", "INITIAL_CONTEXT", "GgufRunner"]
 DEFAULT_CONTEXT = 4096  # the most tokens a request may use (see the module docstring's Memory)
 INITIAL_CONTEXT = 512  # tokens of KV cache allocated at load; grows as requests need
 CHUNK = 128  # tokens per aligned prompt chunk (see the module docstring)
+MAX_SEQ = 64  # sequences one context decodes together at most (n_seq)
 _SENTINEL = "\x00EDGE_MOE_USER_MESSAGE\x00"
 
 
@@ -148,6 +155,8 @@ class GgufRunner:
             process). ``self.spin``: what is in effect.
         prefix_reuse: what a request keeps of the tokens it shares with the cache: ``"exact"``,
             ``"tokens"`` or ``"off"`` (the module docstring).
+        n_seq: sequences :meth:`decode_batch` decodes together (a node's ``max_batch``); 1:
+            one at a time, no ``BATCH_GENERATE``. They share the one cache (and its cap).
 
     Raises:
         RunnerError: ``llama_cpp`` does not import (the message names the extra).
@@ -161,9 +170,15 @@ class GgufRunner:
 
     def __init__(self, artifact: str | Path, *, intra_op_threads: int | None = None,
                  max_context: int | None = None, initial_context: int | None = None, n_batch: int = CHUNK,
-                 precise: bool = False, spin: int | None = None, prefix_reuse: str = "exact") -> None:
+                 precise: bool = False, spin: int | None = None, prefix_reuse: str = "exact",
+                 n_seq: int = 1) -> None:
         if prefix_reuse not in PREFIX_REUSE:
             raise RunnerError(f"prefix_reuse={prefix_reuse!r}: choose one of {list(PREFIX_REUSE)}")
+        if not 1 <= int(n_seq) <= min(MAX_SEQ, n_batch):
+            raise RunnerError(f"n_seq={n_seq!r}: sequences decoded together must be 1 to {min(MAX_SEQ, n_batch)}")
+        self.n_seq = int(n_seq)
+        if self.n_seq > 1:  # this instance decodes sequences together
+            self.capabilities = type(self).capabilities | {Capability.BATCH_GENERATE}
         self.path = _gguf_path(artifact)
         self.prefix_reuse = prefix_reuse
         self._cached: list[int] = []  # the tokens at positions 0… of the cache (sequence 0)
@@ -188,7 +203,9 @@ class GgufRunner:
         self.n_swa = int(ll.llama_model_n_swa(self.model))  # 0: no sliding-window layers
         self.max_context = min(int(max_context or DEFAULT_CONTEXT), self.n_ctx_train)
         self.precise = precise
-        self.n_ctx = 0  # the context's KV cache size in tokens (grows; _make_context)
+        self.n_ctx = 0  # KV cache tokens per sequence (grows; _make_context)
+        self.kv_cells = 0  # KV cache tokens in all: n_ctx per sequence × n_seq
+        self._session_live = 0  # sequences a decode session (gguf_batch) holds now
         self.context_grown = 0  # how many times a request made it larger
         if not self._make_context(min(int(initial_context or INITIAL_CONTEXT), self.max_context)):
             self.close()
@@ -318,24 +335,28 @@ class GgufRunner:
     # ---- the context ----------------------------------------------------------------
 
     def _make_context(self, n_ctx: int) -> bool:
-        """Free the context (if any) and make one of ``n_ctx`` tokens; False when llama.cpp
-        cannot (then there is none). The cache starts empty."""
+        """Free the context (if any) and make one of ``n_ctx`` tokens per sequence; False when
+        llama.cpp cannot (then there is none). The cache starts empty."""
         ll = self._ll
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None
-        self._cached, self._exact, self.n_ctx = [], 0, 0
+        self._cached, self._exact, self.n_ctx, self.kv_cells = [], 0, 0, 0
         cp = ll.llama_context_default_params()
-        cp.n_ctx = n_ctx
+        cp.n_ctx = n_ctx * self.n_seq
         cp.n_batch = cp.n_ubatch = self.n_batch
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.no_perf = True
+        if self.n_seq > 1:  # a KV stream per sequence, attention without flash attention:
+            cp.n_seq_max, cp.kv_unified = self.n_seq, False  # a row then does not depend on the
+            cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED  # other sequences (module doc)
         if self.precise:
             cp.type_k = cp.type_v = ll.GGML_TYPE_F32
             cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = ll.llama_init_from_model(self.model, cp)
         if self.ctx:
-            self.n_ctx = int(ll.llama_n_ctx(self.ctx))  # llama.cpp may round it up
+            self.kv_cells = int(ll.llama_n_ctx(self.ctx))  # llama.cpp may round it up
+            self.n_ctx = self.kv_cells // self.n_seq
         return bool(self.ctx)
 
     def _fit(self, n: int) -> None:
@@ -348,6 +369,9 @@ class GgufRunner:
         n = min(n, self.max_context)
         if n <= self.n_ctx:
             return
+        if self._session_live:
+            raise RunnerError(f"{self.model_name}: the context cannot grow while a decode batch holds "
+                              f"{self._session_live} sequences")
         old, size = self.n_ctx, max(self.n_ctx, 1)
         while size < n:
             size *= 2
@@ -362,10 +386,22 @@ class GgufRunner:
         raise RunnerError(f"llama.cpp cannot make a context of {size} tokens for {self.model_name} (out of "
                           f"memory?); requests up to {old} tokens still run")
 
+    def _alone(self) -> None:
+        """Raises RunnerError when a decode session holds sequences (a lone request would take
+        sequence 0 from under it; a node serves them one after the other)."""
+        if self._session_live:
+            raise RunnerError(f"{self.model_name}: a decode batch holds {self._session_live} sequences; "
+                              "finish it before a lone request")
+
     def _reset(self) -> None:
-        """Empty the cache (its cells are marked free; llama.cpp masks what they held)."""
+        """Empty sequence 0 (its cells are marked free; llama.cpp masks what they held); the
+        other sequences of a decode batch keep theirs."""
         self._cached, self._exact = [], 0
-        self._ll.llama_memory_clear(self._ll.llama_get_memory(self.ctx), False)
+        mem = self._ll.llama_get_memory(self.ctx)
+        if self.n_seq > 1:
+            self._ll.llama_memory_seq_rm(mem, 0, -1, -1)
+        else:
+            self._ll.llama_memory_clear(mem, False)
 
     def _truncate(self, n: int) -> bool:
         """Drop every cached position from ``n`` on; False when the cache cannot."""
@@ -436,7 +472,9 @@ class GgufRunner:
         self._cached.extend(int(t) for t in ids)
         return rows
 
-    def _decode_chunks(self, ids: Sequence[int], start: int, logits_from: int | None) -> np.ndarray:
+    def _decode_chunks(self, ids: Sequence[int], start: int, logits_from: int | None,
+                       seq: int = 0) -> np.ndarray:
+        """:meth:`_eval`'s passes, into sequence ``seq``; the cache's bookkeeping is the caller's."""
         ll, b = self._ll, self._batch
         first = len(ids) - 1 if logits_from is None else logits_from
         rows: list[np.ndarray] = []
@@ -449,7 +487,7 @@ class GgufRunner:
                 b.token[i] = int(tok)
                 b.pos[i] = pos + i
                 b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
+                b.seq_id[i][0] = seq
                 b.logits[i] = c0 + i >= first
             rc = ll.llama_decode(self.ctx, b)
             if rc != 0:
@@ -517,6 +555,7 @@ class GgufRunner:
         if mode == "letter":
             letters = self._letter_ids(text, ids, len(options), chat)
             with self._lock:
+                self._alone()
                 self._fit(len(ids))
                 z = self._prefill(ids)  # (V,)
             return _renormalise(z[letters].astype(np.float64))
@@ -526,6 +565,7 @@ class GgufRunner:
                 raise RunnerError(f"option {i} ({options[i]!r}) has no tokens")
             self.check_context(len(ids) + len(c), f"prompt + option {i}")
         with self._lock:
+            self._alone()
             self._fit(len(ids) + max(len(c) for c in conts))
             return self._continuations(ids, conts)
 
@@ -543,6 +583,15 @@ class GgufRunner:
             logp = np.array([log_softmax64(row) for row in self._eval(c[:-1], n, logits_from=0)])
             scores[i] += sum(logp[j, c[j + 1]] for j in range(len(c) - 1))
         return _renormalise(scores)
+
+    def decode_batch(self) -> Any:
+        """An empty decode session over this runner (``n_seq`` > 1): a
+        :class:`edge_moe.runtime.gguf_batch.GgufDecodeBatch`."""
+        from edge_moe.runtime.gguf_batch import GgufDecodeBatch
+
+        if self.n_seq < 2:
+            raise RunnerError(f"{self.model_name}: batched decoding needs n_seq > 1 (nodes[].max_batch)")
+        return GgufDecodeBatch(self)
 
     def generate_ids(
         self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[str] | None = None,
@@ -564,6 +613,7 @@ class GgufRunner:
             return logits
 
         with self._lock:
+            self._alone()
             self._fit(len(ids) + max_new_tokens)
             return decode_alone(seq, lambda: self._prefill(ids), step, self.eos, self.decode,
                                 self.max_context, should_stop)

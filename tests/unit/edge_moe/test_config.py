@@ -87,6 +87,7 @@ def _write(tmp_path: Path, mutate) -> Path:  # type: ignore[no-untyped-def]
         (lambda r: r["nodes"][0].update(spin=1.5), "nodes[0].spin=1.5"),
         (lambda r: r["nodes"][0].update(context=8), "nodes[0].context=8"),
         (lambda r: r["nodes"][0].update(context="4k"), "nodes[0].context='4k'"),
+        (lambda r: r["nodes"][0].update(llama_cpp_batch="fast"), "nodes[0].llama_cpp_batch='fast'"),
         (lambda r: r["nodes"][0].update(prefix_reuse="yes"), "nodes[0].prefix_reuse='yes'"),
         (lambda r: r["nodes"][0].update(stream_flush_ms=float("nan")), "nodes[0].stream_flush_ms=nan"),
         (lambda r: r["nodes"][0].update(stream_flush_ms=-5), "nodes[0].stream_flush_ms=-5"),

@@ -72,4 +72,14 @@ def test_each_runner_gets_its_node_settings(monkeypatch, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     made.clear()
     build_experts(load_fleet(path), raw["nodes"][0]["name"])
-    assert "max_context" not in made[1][1]
+    assert "max_context" not in made[1][1] and "n_seq" not in made[1][1]  # llama_cpp_batch: off
+    raw["nodes"][0].update(llama_cpp_batch="exact", max_batch=6)
+    path.write_text(yaml.safe_dump(raw))
+    made.clear()
+    build_experts(load_fleet(path), raw["nodes"][0]["name"])
+    assert made[1][1]["n_seq"] == 6 and "n_seq" not in made[0][1]  # llama.cpp only, max_batch sequences
+    raw["nodes"][0].update(max_batch=1)
+    path.write_text(yaml.safe_dump(raw))
+    made.clear()
+    build_experts(load_fleet(path), raw["nodes"][0]["name"])
+    assert "n_seq" not in made[1][1]  # max_batch 1: nothing to batch
