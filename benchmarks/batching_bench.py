@@ -17,13 +17,19 @@ read). The arms:
 - ``batch8-noprepack`` (``--lean``): ``batch8`` with onnxruntime's weight prepacking off (MLAS
   then keeps no packed second copy of the MatMul weights: less memory, slower GEMMs).
 
+With ``--gguf FILE`` the node serves that GGUF through :class:`edge_moe.runtime.gguf.GgufRunner`
+instead (2 threads, spin 300 as a lone node, ``prefix_reuse: exact``): ``serial`` is one
+sequence at a time (``llama_cpp_batch: off``), ``batch8`` decodes up to 8 together
+(``llama_cpp_batch: exact``: a KV stream per sequence, no flash attention); option scoring is
+one at a time in both. Writes ``batching_bench_gguf.*`` by default.
+
 Every arm runs with the runtime's memory defaults otherwise (CPU arena off; the node trims
 its heap after loading and after each batch when idle).
 
 Each node's RSS (VmRSS) is read after load and after the run (idle), divided by the
 artifact's bytes on disk, with its peak (VmHWM).
 
-Run: ``.venv/bin/python benchmarks/batching_bench.py [--lean] [--artifact DIR]`` (about
+Run: ``.venv/bin/python benchmarks/batching_bench.py [--lean] [--artifact DIR] [--gguf FILE]`` (about
 5 minutes on 2 cores); writes ``benchmarks/results/batching_bench.json`` and ``.md``.
 Energy is not part of this benchmark.
 """
@@ -63,11 +69,19 @@ def _node_main(endpoint: str, artifact: str, max_batch: int, lean: bool) -> None
     import logging
 
     from edge_moe.config import CoordinatorConfig, DeviceClass
-    from edge_moe.runtime.decoder import OrtRunner
     from nodes.server import HostedExpert, NodeServer
 
     logging.basicConfig(level=logging.WARNING)
-    runner = OrtRunner(artifact, intra_op_threads=2, prepack=not lean)
+    runner: Any
+    if artifact.endswith(".gguf"):  # as nodes.build makes it for llama_cpp_batch off / exact
+        from edge_moe.runtime.gguf import GgufRunner
+        from nodes.build import SPIN_ALONE
+
+        runner = GgufRunner(artifact, intra_op_threads=2, spin=SPIN_ALONE, n_seq=max_batch)
+    else:
+        from edge_moe.runtime.decoder import OrtRunner
+
+        runner = OrtRunner(artifact, intra_op_threads=2, prepack=not lean)
     cfg = CoordinatorConfig(node="bench", heartbeat_s=1.0, liveness=1000)
     server = NodeServer("bench", endpoint, {"e": HostedExpert(runner)}, DeviceClass("cpu", 5.0, 15.0, "bench"),
                         cfg, max_batch=max_batch, batch_wait_ms=5.0)
@@ -165,24 +179,27 @@ DEFAULT_OUT = str(ROOT / "benchmarks" / "results" / "batching_bench")
 @app.command(help=__doc__.split("\n")[0])
 def main(
     artifact_opt: Annotated[str | None, typer.Option("--artifact", help="decoder artifact (default: SmolLM2 fp32 in the cache)")] = None,
+    gguf: Annotated[Path | None, typer.Option(help="serve this GGUF through llama.cpp instead")] = None,
     lean: Annotated[bool, typer.Option("--lean", help="add the batch8-noprepack arm")] = False,
     concurrency: str = "1,4,8,16",
     max_new_tokens: int = 32,
     rounds: Annotated[int, typer.Option(help="requests per cell = rounds × max(c, 4)")] = 2,
-    out_prefix: Annotated[str, typer.Option("--out")] = DEFAULT_OUT,
+    out_prefix: Annotated[str | None, typer.Option("--out")] = None,
 ) -> int:
     from edge_moe.calibration import letter_prompt
     from edge_moe.paths import artifacts_dir
     from exporters.assets import mmlu_rows
 
-    artifact = Path(artifact_opt or artifacts_dir() / "smollm2-135m-instruct" / "fp32")
+    artifact = gguf or Path(artifact_opt or artifacts_dir() / "smollm2-135m-instruct" / "fp32")
+    out_prefix = out_prefix or DEFAULT_OUT + ("_gguf" if gguf else "")
     rows = mmlu_rows()[::97][:64]
     mmlu = [letter_prompt(r["question"], [r[f"answer_{c}"] for c in "abcd"], r["topic"]) for r in rows]
     arms = [("serial", 1, False), ("batch8", 8, False)] + ([("batch8-noprepack", 8, True)] if lean else [])
     ctx = mp.get_context("spawn")
     drivers: dict[str, Driver] = {}
     procs: dict[str, Any] = {}
-    art_mb = sum(f.stat().st_size for f in artifact.iterdir() if f.is_file()) / 2**20
+    art_mb = (artifact.stat().st_size if artifact.is_file()
+              else sum(f.stat().st_size for f in artifact.iterdir() if f.is_file())) / 2**20
     out: dict[str, Any] = {"artifact": str(artifact), "artifact_mb": round(art_mb, 1), "cpu": platform.processor()
                            or platform.machine(), "cores": os.cpu_count(), "max_new_tokens": max_new_tokens,
                            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cells": [], "rss": {}}
