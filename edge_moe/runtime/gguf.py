@@ -70,7 +70,8 @@ size changes no computation: tested). Growing frees the old context before it ma
 one (no moment with both), costs the prefix cache once and a few ms; a context that cannot
 be made raises :class:`RunnerError` for that request and the runner keeps the old size.
 ``initial_context=max_context`` allocates the whole cap at load, as llama-server and
-llama-cli do with their ``--ctx-size`` (4,096 by default).
+llama-cli do with their ``--ctx-size`` (4,096 by default). A runner with ``n_seq`` > 1 holds
+that per-sequence context once per sequence (a KV stream each; :attr:`kv_cells` in all).
 
 Starting llama.cpp in a process (its CPU backend, its threads' wait policy, its log) is
 :mod:`edge_moe.runtime.gguf_start`.
