@@ -86,7 +86,8 @@ def status_tables(st: dict[str, Any]) -> list[Table]:
             threads.append(f"(prefix {p['mode']}: {p['reused_tokens'] / max(p['prompt_tokens'], 1):.0%} "
                            f"of {p['prompt_tokens']} prompt tokens reused)")
             if p.get("max_context"):  # KV cache allocated / its cap (nodes[].context)
-                threads.append(f"(context {p['context']} of ≤ {p['max_context']} tokens)")
+                streams = f" × {p['streams']} streams" if p.get("streams", 1) > 1 else ""
+                threads.append(f"(context {p['context']}{streams} of ≤ {p['max_context']} tokens)")
         work_t.add_row(n, "\n".join([*experts, *threads]) or "-", str(ans), f"{ms:.0f}",
                        f"{joules:.3g} ({e.get('energy_source', '-')})")
     return [live_t, work_t]

@@ -119,9 +119,11 @@ def _prefix(hosted: Any) -> dict[str, Any] | None:
         return None
     return {"mode": runners[0].prefix_reuse, "prompt_tokens": sum(r.prompt_tokens for r in runners),
             "reused_tokens": sum(r.reused_tokens for r in runners),
-            # KV cache tokens allocated now (they grow with requests) and the cap (nodes[].context)
-            "context": sum(getattr(r, "n_ctx", 0) for r in runners),
-            "max_context": sum(getattr(r, "max_context", 0) for r in runners)}
+            # KV cache tokens per sequence now (they grow with requests), the cap (nodes[].context),
+            # and the sequences that each hold them (llama_cpp_batch: exact)
+            "context": max(getattr(r, "n_ctx", 0) for r in runners),
+            "max_context": max(getattr(r, "max_context", 0) for r in runners),
+            "streams": max(getattr(r, "n_seq", 1) for r in runners)}
 
 
 def _server_keys(curve: dict[str, Any]) -> Any:

@@ -22,7 +22,8 @@ def _status() -> dict:
                     "batch": 2.5, "max_batch": 8, "actor": {"pid": 123456 + i}, "energy_source": "modelled",
                     "threads": 2, **({"spin": 300, "prefix": {"mode": "exact", "prompt_tokens": 1200,
                                                                "reused_tokens": 768, "context": 512,
-                                                               "max_context": 4096}} if i == 2 else {})}
+                                                               "max_context": 4096, "streams": 8}}
+                                                   if i == 2 else {})}
     so_far = {e: {"answers": 1234, "compute_ms": 98765.4, "energy_j": 123.456} for v in EXPERTS.values() for e in v}
     return {"fleet": "demo-real", "frontend": "tcp://127.0.0.1:5555", "address": "127.0.0.1:6379",
             "nodes": nodes, "coordinator": {"experts_so_far": so_far}}
@@ -43,4 +44,4 @@ def test_status_fits_80_columns_without_cutting_a_cell():
     assert "quarantined" in out and "1234" in out
     assert "spin 300" in out and out.count("spin") == 1  # only the llama.cpp node has a spin count
     assert "prefix exact: 64%" in " ".join(out.split()) and out.count("prefix") == 1  # and prompt reuse
-    assert "context 512 of ≤ 4096 tokens" in " ".join(out.split())  # its KV cache and cap
+    assert "context 512 × 8 streams of ≤ 4096 tokens" in " ".join(out.split())  # its KV cache and cap
