@@ -49,6 +49,9 @@ def test_deploy_query_status_down(deployed: F.Deployment) -> None:
         assert node["quarantined_s_left"] is None and node["queued"] == 0 == node["tasks_out"], node
         assert node["predicted_wait_ms"] == 0.0, node
         assert node["threads"] == (os.cpu_count() or 1), node  # nodes[].threads: null → the host's cores
+        # Ray renices its workers to 15; a node serves at an ordinary process's priority
+        assert os.getpriority(os.PRIO_PROCESS, node["actor"]["pid"]) == 0, name
+    assert os.getpriority(os.PRIO_PROCESS, st["coordinator"]["pid"]) == 0
     assert {n["device_class"] for n in st["nodes"].values()} == {"cpu-fast", "cpu-slow", "edge"}
     assert st["ray"]["nodes_alive"] == 1
     assert st["http"].startswith("http://127.0.0.1:"), st["http"]  # coordinator.http: port 0 -> a free one
