@@ -87,8 +87,8 @@ def _runner(engine: str, artifact: str, threads: int, context: int = DIRECT_CONT
         from edge_moe.runtime.decoder import OrtRunner
 
         return OrtRunner(artifact, intra_op_threads=threads)
-    from nodes.build import SPIN_ALONE
     from edge_moe.runtime.gguf import GgufRunner
+    from nodes.build import SPIN_ALONE
 
     # as the served level's node runs it: alone on its host (the environment's policy wins)
     # prefix reuse off: the warm-up runs the same prompt, and this measures the engine's prefill

@@ -271,7 +271,7 @@ def main(
         llm = Llama(str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=4096, n_batch=512, verbose=False)
         fmt = runners["exact"]
         call: dict[str, Any] = {m: (lambda p, r=r: _timed(r, p, new_tokens)) for m, r in runners.items()}
-        def llama(text: str) -> dict[str, Any]:
+        def llama(text: str, llm: Any = llm, fmt: Any = fmt) -> dict[str, Any]:
             return _llama(llm, fmt.format_prompt(text, fmt.has_chat), new_tokens)
 
         call[LLAMA] = llama

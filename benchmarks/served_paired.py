@@ -126,11 +126,18 @@ def main(
 ) -> None:
     import os
 
-    from benchmarks.engine_bench import DIRECT_CONTEXT, PROMPT, _artifacts, _child, _cpu, _demo_expert
+    from benchmarks.engine_bench import (
+        DIRECT_CONTEXT,
+        PROMPT,
+        _artifacts,
+        _child,
+        _cpu,
+        _demo_expert,
+    )
     from benchmarks.engine_served import served_run
-    from nodes.build import SPIN_ALONE
-    from exporters.gguf_requant import gguf_precision
     from edge_moe.runtime.gguf import GgufRunner
+    from exporters.gguf_requant import gguf_precision
+    from nodes.build import SPIN_ALONE
 
     result: dict[str, Any] = {"command": " ".join([".venv/bin/python benchmarks/served_paired.py", *sys.argv[1:]]),
                               "date": time.strftime("%Y-%m-%d"), "cpu": _cpu()["model"], "threads": threads,
@@ -161,7 +168,7 @@ def main(
             precision = expert["precision"] if runner == "onnxruntime" else gguf_precision(Path(artifact))[0]
             res = served_run(expert["name"], str(artifact), runner, precision, threads, PROMPT, new_tokens,
                              requests=pairs + 1,
-                             between=lambda against=against: {k: _direct(directs[k], PROMPT, new_tokens)
+                             between=lambda against=against, directs=directs: {k: _direct(directs[k], PROMPT, new_tokens)
                                                               for k in against})
             s = res["requests"][1:]  # the first pair is a warm-up
             vs = {k: [b[k] for b in res["between"][1:]] for k in against}

@@ -136,7 +136,8 @@ def export_command(
 def _requantize(source: str, gguf_type: str, out: Path | None, *, parity: bool, force: bool, as_json: bool,
                 onnx_options: bool) -> None:
     """``export --gguf-type``: :func:`exporters.gguf_requant.requantize_gguf`, its path printed."""
-    from exporters.gguf_requant import GGUF_TYPES, gguf_type as parse_type, requantize_gguf
+    from exporters.gguf_requant import GGUF_TYPES, requantize_gguf
+    from exporters.gguf_requant import gguf_type as parse_type
 
     if onnx_options:
         raise ConfigError("--gguf-type writes a GGUF: --precision, --builder, --builder-option, --int4-from-fp32, "

@@ -16,10 +16,11 @@ each actor its keys. Then it starts:
   cores), ``resources={node.resource: 1}`` and ``max_restarts=-1``. It builds the node's
   runners and runs :class:`nodes.server.NodeServer`, which connects *out* to the coordinator.
 
-Both run at the priority of an ordinary process (:data:`SERVING_ENV`): Ray renices its worker
-processes to 15 (its ``worker_niceness``), and at 15 an expert's compute threads yield to
-anything else on the host, its own clients included (measured: served decode 0.88–0.98× the
-same runner in a plain process on 2 cores, the node using the same CPU seconds).
+Both run at the priority of an ordinary process (:func:`serving_env`; ``EDGE_MOE_NICENESS``,
+default 0): Ray renices its worker processes to 15 (its ``worker_niceness``), and at 15 an
+expert's compute threads yield to every busier process on the host (measured: 2 cores, two
+busy processes, no scheduler autogroups: a 64-token SmolLM2 stream missed its 30 s deadline
+at 15, took 2.3 s at 0; ``benchmarks/busy_host.py``).
 
 It returns once the coordinator's registry holds every node (each sent READY), or raises
 :class:`~edge_moe.errors.FleetError` naming the nodes that did not and why, after removing
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_moe.config import FleetConfig, load_fleet
-from edge_moe.errors import ArtifactError, FleetError
+from edge_moe.errors import ArtifactError, ConfigError, FleetError
 from edge_moe.fleet.actors import COORDINATOR_ACTOR, CoordinatorActor, NodeActor, node_actor_name
 from edge_moe.fleet.driver import ensure_connected, reason
 from edge_moe.fleet.head import resolve_endpoint, start_local_head
@@ -51,10 +52,27 @@ from edge_moe.paths import state_dir
 
 logger = logging.getLogger(__name__)
 
-# The serving actors' environment: Ray's core worker reads RAY_worker_niceness when it starts
-# and renices the worker to it (default 15); 0 leaves the node and the coordinator at the
-# priority of any process on the host (works on a `ray start` cluster too: it is the actor's).
-SERVING_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+NICENESS_ENV = "EDGE_MOE_NICENESS"  # the serving actors' niceness (default 0; Ray's own is 15)
+
+
+def serving_env() -> dict[str, Any]:
+    """The serving actors' ``runtime_env``. Ray's core worker reads ``RAY_worker_niceness``
+    when it starts and renices the worker to it (default 15); here it is ``$EDGE_MOE_NICENESS``
+    or 0, the priority of any process on the host. It is the actor's own environment, so it
+    holds on a ``ray start`` cluster too.
+
+    Raises:
+        ConfigError: ``EDGE_MOE_NICENESS`` is not an integer in -20..19.
+    """
+    raw = os.environ.get(NICENESS_ENV, "0").strip()
+    try:
+        nice = int(raw)
+    except ValueError:
+        nice = None
+    if nice is None or not -20 <= nice <= 19:
+        raise ConfigError(f"{NICENESS_ENV}={raw!r}: expected an integer niceness from -20 to 19 "
+                          "(0, the default: an ordinary process's priority; Ray's own default is 15)")
+    return {"env_vars": {"RAY_worker_niceness": str(nice)}}
 
 
 def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.PathLike[str],
@@ -103,11 +121,13 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
         The :class:`Deployment`, also saved to the state file.
 
     Raises:
+        ConfigError: ``EDGE_MOE_NICENESS`` is not a niceness (:func:`serving_env`).
         FleetError: a node's resource is not in the cluster, an artifact is missing, an
             actor failed to start, or READY did not arrive in time; it names the nodes
             and why, and removes what this call started.
     """
     t0 = time.monotonic()
+    serving_env()  # a bad EDGE_MOE_NICENESS fails before anything starts
     existing = state_dir() / f"{fleet.name}.json"
     if existing.is_file():
         if not replace:
@@ -194,7 +214,7 @@ def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, pro
     coord_keys, node_keys = keys if keys else (None, {})
     coord: Any = ray.remote(CoordinatorActor).options(  # type: ignore[attr-defined]
         name=COORDINATOR_ACTOR, namespace=dep.namespace, lifetime="detached", num_cpus=0,
-        max_restarts=-1, max_concurrency=4, runtime_env=SERVING_ENV,
+        max_restarts=-1, max_concurrency=4, runtime_env=serving_env(),
         scheduling_strategy=NodeAffinitySchedulingStrategy(host["NodeID"], soft=False),
     ).remote(fleet, str(gate), str(calibration), str(profiles), encoder, toy_encoder_dim,
              dep.frontend, dep.backend, coord_keys)
@@ -208,7 +228,7 @@ def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, pro
         actors[n.name] = ray.remote(NodeActor).options(  # type: ignore[attr-defined]
             name=node_actor_name(n.name), namespace=dep.namespace, lifetime="detached",
             num_cpus=0, resources={n.resource: 1}, max_restarts=-1, max_concurrency=4,
-            runtime_env=SERVING_ENV,
+            runtime_env=serving_env(),
         ).remote(fleet, n.name, dep.backend, artifacts, toy, toy_delay_ms, threads, meter,
                  paths.get(n.name), node_keys.get(n.name))
     _wait_ready(coord, actors, ready_timeout_s)

@@ -300,9 +300,9 @@ def measure(fleet: FleetConfig, candidates: dict[str, list[Candidate]], samples:
     modelled J, the generation model). A candidate other than the fleet file's own engine
     that fails to load or run is dropped, with a line saying why."""
     from edge_moe.errors import EdgeMoEError
-    from nodes.build import node_spin
     from edge_moe.jobs.generation import GenerationCall, fit_generation, generation_figures
     from edge_moe.profiles import ExpertProfile, Figure
+    from nodes.build import node_spin
 
     table = load_calibration(COMMITTED_TABLE)
     fid_set = pick(samples, TRAIN, FIDELITY_PER_CATEGORY, seed)

@@ -421,7 +421,7 @@ class GgufRunner:
             return 0
         exact = self.prefix_reuse == "exact"
         n = 0
-        for a, b in zip(self._cached[:self._exact] if exact else self._cached, ids[:-1]):
+        for a, b in zip(self._cached[:self._exact] if exact else self._cached, ids[:-1], strict=False):
             if a != b:
                 break
             n += 1

@@ -125,7 +125,7 @@ def test_real_tiers_change_the_plan_and_the_guard_speaks(tmp_path: Path) -> None
     # room for the coordinator's energy factor (measured J ran 1.26x-1.42x above a profile)
     room = demo_tiers.ROOM
     assert tiers[0].energy_j >= room * worst[0] and tiers[1].energy_j >= room * (worst[0] + worst[1])
-    by_name = dict(zip(inputs.experts, inputs.energy_j.max(axis=1)))
+    by_name = dict(zip(inputs.experts, inputs.energy_j.max(axis=1), strict=True))
     for t in tiers[:2]:  # and over what the plan it got needs, not only over the cheapest
         assert t.energy_j >= room * sum(by_name[e] for e in t.experts) - 1e-3, t
     assert len({t.experts for t in tiers}) == 3, tiers  # the plan changes at every tier

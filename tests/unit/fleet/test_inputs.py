@@ -63,3 +63,24 @@ def test_a_fleet_of_some_of_the_gates_experts_fits(assets, tmp_path):
     fleet = load_fleet(write_fleet(tmp_path / "sub.yaml", assets.experts, assets.categories, "sub",
                                    nodes={"node-a": [0], "node-b": [1]}))
     assert inputs_mismatch(fleet, assets.gate, assets.calibration, assets.profiles) == []
+
+
+def test_serving_niceness_from_the_environment(assets, tmp_path, monkeypatch):
+    """The serving actors run at nice 0 unless EDGE_MOE_NICENESS says otherwise (Ray's own
+    default, 15, made experts yield to every busier process); a bad value is refused by name
+    before anything starts."""
+    from edge_moe.errors import ConfigError
+    from edge_moe.fleet.launch import serving_env
+
+    monkeypatch.delenv("EDGE_MOE_NICENESS", raising=False)
+    assert serving_env() == {"env_vars": {"RAY_worker_niceness": "0"}}
+    monkeypatch.setenv("EDGE_MOE_NICENESS", " 5 ")
+    assert serving_env() == {"env_vars": {"RAY_worker_niceness": "5"}}
+    monkeypatch.setenv("EDGE_MOE_STATE", str(tmp_path / "state"))
+    fleet = load_fleet(assets.fleet)
+    for bad in ("high", "20", "-21", "1.5", "nan"):
+        monkeypatch.setenv("EDGE_MOE_NICENESS", bad)
+        with pytest.raises(ConfigError, match=rf"EDGE_MOE_NICENESS='{bad}': expected an integer niceness"):
+            F.deploy(fleet, gate=assets.gate, calibration=assets.calibration, profiles=assets.profiles,
+                     toy=True, toy_encoder_dim=16)
+        assert not (paths.state_dir() / f"{fleet.name}.json").exists()
