@@ -15,6 +15,7 @@ namespaces; queries come from the client namespace. See :mod:`.conftest` for the
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,10 @@ def test_the_http_front_reaches_a_curve_coordinator_across_hosts(cluster: Cluste
     r = c.net.run("client", [PY, "-c", code, url], 60, cwd=str(REPO))
     assert r.returncode == 0 and r.stdout.startswith("200 "), r.stdout + r.stderr
     assert r.stdout.split()[1] in ("red", "green", "blue", "black")
+    # on a `ray start` cluster too, the serving actors are not left at Ray's worker niceness (15)
+    # (the namespaces share this machine's process table)
+    pids = [n["actor"]["pid"] for n in st["nodes"].values()] + [st["coordinator"]["pid"]]
+    assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [0] * len(pids), st["nodes"]
 
 
 def _json_of(text: str) -> dict[str, Any]:
