@@ -20,7 +20,7 @@ Both run at the priority of an ordinary process (:func:`serving_env`; ``EDGE_MOE
 default 0): Ray renices its worker processes to 15 (its ``worker_niceness``), and at 15 an
 expert's compute threads yield to every busier process on the host (measured: 2 cores, two
 busy processes, no scheduler autogroups: a 64-token SmolLM2 stream missed its 30 s deadline
-at 15, took 2.3 s at 0; ``benchmarks/busy_host.py``).
+at 15, took 2.2 s at 0; ``benchmarks/busy_host.py``).
 
 It returns once the coordinator's registry holds every node (each sent READY), or raises
 :class:`~edge_moe.errors.FleetError` naming the nodes that did not and why, after removing
@@ -127,7 +127,7 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
             and why, and removes what this call started.
     """
     t0 = time.monotonic()
-    serving_env()  # a bad EDGE_MOE_NICENESS fails before anything starts
+    runtime_env = serving_env()  # read once; a bad EDGE_MOE_NICENESS fails before anything starts
     existing = state_dir() / f"{fleet.name}.json"
     if existing.is_file():
         if not replace:
@@ -160,7 +160,7 @@ def deploy(fleet: FleetConfig, address: str | None = None, *, gate: str | os.Pat
         ensure_connected(dep.address, namespace, dep.started_head)
         _place(dep, fleet, gate, calibration, profiles, encoder, toy_encoder_dim, toy, toy_delay_ms,
                artifacts, threads, meter, ready_timeout_s,
-               _Shipping(mode == "ray" and not toy, verify_cached, progress), keys)
+               _Shipping(mode == "ray" and not toy, verify_cached, progress), keys, runtime_env)
     except BaseException:
         try:
             down(fleet.name)
@@ -182,7 +182,8 @@ class _Shipping:
 def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, profiles: Any,
            encoder: str | None, toy_encoder_dim: int | None, toy: bool, toy_delay_ms: float,
            artifacts: str | None, threads: int | None, meter: str, ready_timeout_s: float,
-           shipping: _Shipping, keys: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
+           shipping: _Shipping, keys: tuple[dict[str, Any], dict[str, Any]] | None,
+           runtime_env: dict[str, Any]) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -214,7 +215,7 @@ def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, pro
     coord_keys, node_keys = keys if keys else (None, {})
     coord: Any = ray.remote(CoordinatorActor).options(  # type: ignore[attr-defined]
         name=COORDINATOR_ACTOR, namespace=dep.namespace, lifetime="detached", num_cpus=0,
-        max_restarts=-1, max_concurrency=4, runtime_env=serving_env(),
+        max_restarts=-1, max_concurrency=4, runtime_env=runtime_env,
         scheduling_strategy=NodeAffinitySchedulingStrategy(host["NodeID"], soft=False),
     ).remote(fleet, str(gate), str(calibration), str(profiles), encoder, toy_encoder_dim,
              dep.frontend, dep.backend, coord_keys)
@@ -228,7 +229,7 @@ def _place(dep: Deployment, fleet: FleetConfig, gate: Any, calibration: Any, pro
         actors[n.name] = ray.remote(NodeActor).options(  # type: ignore[attr-defined]
             name=node_actor_name(n.name), namespace=dep.namespace, lifetime="detached",
             num_cpus=0, resources={n.resource: 1}, max_restarts=-1, max_concurrency=4,
-            runtime_env=serving_env(),
+            runtime_env=runtime_env,
         ).remote(fleet, n.name, dep.backend, artifacts, toy, toy_delay_ms, threads, meter,
                  paths.get(n.name), node_keys.get(n.name))
     _wait_ready(coord, actors, ready_timeout_s)
