@@ -6,7 +6,7 @@ difference between them. Here each served request is paired with a direct one ma
 before it, in the same minute:
 
 - **direct**: llama.cpp in this process (:class:`edge_moe.runtime.gguf.GgufRunner` on the
-  source GGUF, the same threads, the spin count of a node alone on its host), greedy
+  source GGUF, the same threads, the node's spin count: ``--spin``, by default a lone node's), greedy
   ``--new-tokens`` tokens after the prompt in the model's chat template, as a node formats
   it; TTFT is the call to its first streamed text, decode tok/s (tokens − 1) / decode time.
 - **served**: the model behind a one-node fleet (``edge-moe deploy``; runner ``llama.cpp`` on
@@ -14,6 +14,11 @@ before it, in the same minute:
   front with the ``openai`` client (:func:`benchmarks.engine_served.served_run`: TTFT from
   the request to the first chunk with text, decode tok/s from the first to the last).
 
+- **stock** (``--stock``, the default): ``llama_cpp.Llama`` as shipped, in a process of its own
+  (``benchmarks/stock_llama.py``: its defaults but the threads, libgomp's default wait, the same
+  prompt tokens), what a user of llama-cpp-python runs instead. Its threads poll about a
+  thousand times longer at ggml's barriers than a node's by default (``--spin 300000`` gives
+  the node and direct that policy).
 - **served llama.cpp on a requantised GGUF** (``--gguf-type Q8_0``: the source GGUF through
   ``edge-moe export --gguf-type``, as the demo serves SmolLM2): each pair then has two direct
   runs, llama.cpp on the source GGUF (what a user would run instead) and on the same
@@ -28,7 +33,7 @@ context allocated at load as llama-server and llama-cli do (4,096 tokens), and a
 ``llama_cpp.Llama`` does (512). The node's context starts at 512 and grows as requests need.
 
     .venv/bin/python benchmarks/served_paired.py [--models ...] [--engines llama.cpp,onnxruntime]
-        [--gguf-type Q8_0] [--pairs 8] [--out benchmarks/results/served_paired]
+        [--gguf-type Q8_0] [--spin N] [--no-stock] [--pairs 8] [--out benchmarks/results/served_paired]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,6 +58,16 @@ def _direct(runner: Any, prompt: str, new_tokens: int) -> dict[str, Any]:
     g = runner.generate(prompt, new_tokens, on_text=lambda _: first.append(time.perf_counter()) if not first else None)
     return {"ttft_ms": (first[0] - t0) * 1e3, "decode_tok_s": (g.n_tokens - 1) / (g.decode_ms / 1e3),
             "n_tokens": g.n_tokens}
+
+
+def _between(against: tuple[str, ...], directs: dict[str, Any], stock: Any, text: str,
+             new_tokens: int) -> dict[str, Any]:
+    """The direct runs paired with one served request: ``directs``' runners by key, and "stock"
+    (``stock`` on ``text``, the prompt already formatted)."""
+    from benchmarks.engine_bench import PROMPT
+
+    return {k: stock.generate(text, new_tokens) if k == "stock" else _direct(directs[k], PROMPT, new_tokens)
+            for k in against}
 
 
 def _ratio_ci(served: list[float], direct: list[float], seed: int = 0) -> dict[str, float]:
@@ -78,7 +94,8 @@ def _markdown(result: dict[str, Any]) -> str:
              f"{result['cpu']}, {result['threads']} threads, {result['pairs']} pairs per row (a direct "
              "generation in the driver process, then a streamed request through the fleet, alternating), "
              f"{result['new_tokens']} new tokens, greedy, the prompt of `benchmarks/engine_bench.py` in the model's "
-             f"chat template. llama.cpp direct: spin {result['spin']} (a lone node's default), on the source GGUF "
+             f"chat template. llama.cpp direct and the node: spin {result['spin']}"
+             + (" (a lone node's default)" if result["spin"] == 300 else "") + ", direct on the source GGUF "
              "unless the row says otherwise"
              + (f"; `llama.cpp {result['gguf_type']}`: served on the source GGUF requantised to "
                 f"{result['gguf_type']} (`edge-moe export --gguf-type`)" if result.get("gguf_type") else "")
@@ -86,7 +103,11 @@ def _markdown(result: dict[str, Any]) -> str:
              "decode above 1 favour the served path. Peak RSS: the node process's VmHWM (a Ray worker; a llama.cpp "
              "node's context starts at 512 tokens and grows as requests need) against a fresh direct process's own "
              "VmHWM, with llama.cpp's context allocated at load: 4,096 tokens (llama-server's and llama-cli's "
-             "default `--ctx-size`) / 512 (llama_cpp.Llama's default `n_ctx`, enough for this prompt).\n",
+             "default `--ctx-size`) / 512 (llama_cpp.Llama's default `n_ctx`, enough for this prompt)."
+             + (" Rows \"vs stock\": the direct side is `llama_cpp.Llama` as shipped, on the source GGUF (its "
+                "defaults but the threads, libgomp's default wait, a process of its own, `create_completion` streamed on the same "
+                "tokens: `benchmarks/stock_llama.py`), what a user of llama-cpp-python runs instead; its RSS column: "
+                "that process's VmHWM / served." if result.get("stock") else "") + "\n",
              "| model | served engine | TTFT ms direct / served | TTFT ratio [95% CI] | decode tok/s direct / served "
              "| decode ratio [95% CI] | peak RSS MB direct 4,096 / 512 / served (ratios) |", "|---|---|---|---|---|---|---|"]
     for model, rows in result["models"].items():
@@ -97,8 +118,11 @@ def _markdown(result: dict[str, Any]) -> str:
                 small = r.get("direct_rss_mb_small")
                 rss = (f"{r['direct_rss_mb']:.0f} / {small:.0f} / {row['served_rss_mb']:.0f} "
                        f"({row['served_rss_mb'] / r['direct_rss_mb']:.2f}x / {row['served_rss_mb'] / small:.2f}x)"
-                       if small else f"{r['direct_rss_mb']:.0f} / {row['served_rss_mb']:.0f}")
-                who = engine if vs == "source" else f"{engine}, direct on the {vs} file"
+                       if vs != "stock" else
+                       f"{r['direct_rss_mb']:.0f} / {row['served_rss_mb']:.0f} "
+                       f"({row['served_rss_mb'] / r['direct_rss_mb']:.2f}x)")
+                who = {"source": engine, "stock": f"{engine} vs stock `llama_cpp.Llama`"}.get(
+                    vs, f"{engine}, direct on the {vs} file")
                 lines.append(f"| {model} | {who} | {r['direct_ttft_ms']:.0f} / {row['served_ttft_ms']:.0f} | "
                              f"{t['median']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}] | {r['direct_decode_tok_s']:.1f} / "
                              f"{row['served_decode_tok_s']:.1f} | {d['median']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}] "
@@ -122,6 +146,12 @@ def main(
     gguf_type: Annotated[str | None, typer.Option(
         help="also serve llama.cpp on the source GGUF requantised to this type (edge-moe export --gguf-type), "
              "paired with llama.cpp direct on the source and on the requantised file")] = None,
+    spin: Annotated[int | None, typer.Option(min=0, help=(
+        "the llama.cpp node's nodes[].spin and llama.cpp direct's (default: a lone node's, 300); libgomp's own "
+        "default, as stock llama.cpp polls, is 300000"))] = None,
+    with_stock: Annotated[bool, typer.Option("--stock/--no-stock", help=(
+        "also pair each served request with llama_cpp.Llama as shipped, in a process of its own "
+        "(benchmarks/stock_llama.py)"))] = True,
     out: Annotated[Path, typer.Option(help="writes OUT.json and OUT.md")] = OUT,
 ) -> None:
     import os
@@ -135,13 +165,16 @@ def main(
         _demo_expert,
     )
     from benchmarks.engine_served import served_run
+    from benchmarks.stock_llama import StockLlama
     from edge_moe.runtime.gguf import GgufRunner
     from exporters.gguf_requant import gguf_precision
     from nodes.build import SPIN_ALONE
 
+    spin = SPIN_ALONE if spin is None else spin
+
     result: dict[str, Any] = {"command": " ".join([".venv/bin/python benchmarks/served_paired.py", *sys.argv[1:]]),
                               "date": time.strftime("%Y-%m-%d"), "cpu": _cpu()["model"], "threads": threads,
-                              "pairs": pairs, "new_tokens": new_tokens, "spin": SPIN_ALONE, "gguf_type": gguf_type,
+                              "pairs": pairs, "new_tokens": new_tokens, "spin": spin, "gguf_type": gguf_type, "stock": with_stock,
                               "models": {},
                               "loadavg": []}
     for model in models.split(","):
@@ -154,24 +187,28 @@ def main(
             from exporters.gguf_requant import requantize_gguf
 
             ggufs[gguf_type] = requantize_gguf(gguf, gguf_type)
-        directs = {k: GgufRunner(p, intra_op_threads=threads, spin=SPIN_ALONE, prefix_reuse="off",
+        directs = {k: GgufRunner(p, intra_op_threads=threads, spin=spin, prefix_reuse="off",
                                  initial_context=DIRECT_CONTEXT) for k, p in ggufs.items()}
         for r in directs.values():
             r.generate(PROMPT, 4)
+        text = directs["source"].format_prompt(PROMPT, directs["source"].has_chat)  # the tokens the node computes
+        stock = StockLlama(gguf, threads) if with_stock else None
         rss = {k: {c: _child("llama.cpp", str(p), threads, "speed", 8, 0, context=c)["peak_rss_mb"]
                    for c in (DIRECT_CONTEXT, 512)} for k, p in ggufs.items()}
         expert = _demo_expert(model)
         rows: dict[str, Any] = {}
-        todo = [(e, e, onnx if e == "onnxruntime" else gguf, ("source",)) for e in engines.split(",")]
-        todo += [(f"llama.cpp {gguf_type}", "llama.cpp", ggufs[gguf_type], tuple(ggufs))] if gguf_type else []
+        also = ("stock",) if stock else ()
+        todo = [(e, e, onnx if e == "onnxruntime" else gguf, ("source", *also)) for e in engines.split(",")]
+        todo += [(f"llama.cpp {gguf_type}", "llama.cpp", ggufs[gguf_type], (*ggufs, *also))] if gguf_type else []
         for engine, runner, artifact, against in todo:
             precision = expert["precision"] if runner == "onnxruntime" else gguf_precision(Path(artifact))[0]
-            res = served_run(expert["name"], str(artifact), runner, precision, threads, PROMPT, new_tokens,
+            res = served_run(expert["name"], str(artifact), runner, precision, threads, PROMPT, new_tokens, spin=spin,
                              requests=pairs + 1,
-                             between=lambda against=against, directs=directs: {k: _direct(directs[k], PROMPT, new_tokens)
-                                                              for k in against})
+                             between=partial(_between, against, directs, stock, text, new_tokens))
             s = res["requests"][1:]  # the first pair is a warm-up
             vs = {k: [b[k] for b in res["between"][1:]] for k in against}
+            if stock:  # its peak so far: the same requests for every row
+                rss["stock"] = {512: stock.peak_rss_mb()}
             rows[engine] = {"served": s, "node_spin": res.get("node_spin"), "served_rss_mb": res["node_peak_rss_mb"],
                             "served_ttft_ms": float(np.median([x["ttft_ms"] for x in s])),
                             "served_decode_tok_s": float(np.median([x["decode_tok_s"] for x in s])),
@@ -186,6 +223,8 @@ def main(
                       f"{rows[engine]['served_rss_mb']:.0f} MB", flush=True)
         for r in directs.values():
             r.close()
+        if stock:
+            stock.close()
         result["models"][model] = rows
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
