@@ -18,7 +18,6 @@ Run: ``.venv/bin/python benchmarks/busy_host.py --autogroup off`` (~5 min); writ
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -156,10 +155,9 @@ def main(
     finally:
         if autogroup == "off" and before == "1":
             AUTOGROUP.write_text("1\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")
-    Path(f"{out}.md").write_text(_markdown(res))
-    print(_markdown(res))
+    from benchmarks.results_io import write_results
+
+    write_results(out, res, _markdown(res))
 
 
 if __name__ == "__main__":

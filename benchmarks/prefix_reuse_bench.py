@@ -37,7 +37,6 @@ assistant), flattened by the front. TTFT: request to the first chunk with text.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -289,10 +288,9 @@ def main(
                 print(f"{model} served {k}: TTFT ms " + ", ".join(f"{e} {v:.0f}" for e, v in s["ttft_ms"].items()),
                       flush=True)
         llm.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")
-    Path(f"{out}.md").write_text(_markdown(res))
-    print(_markdown(res))
+    from benchmarks.results_io import write_results
+
+    write_results(out, res, _markdown(res))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ context allocated at load as llama-server and llama-cli do (4,096 tokens), and a
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from functools import partial
@@ -226,10 +225,9 @@ def main(
         if stock:
             stock.close()
         result["models"][model] = rows
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(result, indent=1) + "\n")
-    Path(f"{out}.md").write_text(_markdown(result))
-    print(_markdown(result))
+    from benchmarks.results_io import write_results
+
+    write_results(out, result, _markdown(result))
 
 
 if __name__ == "__main__":

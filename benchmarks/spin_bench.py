@@ -18,7 +18,6 @@ autogroup), as on a board where another service holds a core.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -99,10 +98,9 @@ def main(
                 for s, v in runs.items()}
             print(model, host, {s: (round(c["ttft_ms"]), round(c["decode_tok_s"], 1))
                                 for s, c in res["models"][model][host].items()}, flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(res, indent=1) + "\n")
-    Path(f"{out}.md").write_text(_markdown(res))
-    print(_markdown(res))
+    from benchmarks.results_io import write_results
+
+    write_results(out, res, _markdown(res))
 
 
 if __name__ == "__main__":

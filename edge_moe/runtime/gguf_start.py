@@ -28,7 +28,9 @@ runs minutes apart). The runner sets
 ``GOMP_SPINCOUNT`` before llama.cpp loads, unless the environment sets ``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT`` itself; libgomp reads them once, so the first runner in a process decides
 for the process (:func:`spin_in_effect`).
-``benchmarks/engine_bench.py`` measures the runner's setting against libgomp's spinning.
+``benchmarks/engine_bench.py`` measures the runner's setting against libgomp's spinning, and
+``benchmarks/spin_bench.py`` spin counts up to libgomp's default (300,000: a stock llama.cpp
+process) on SmolLM2 and Qwen-1.5B, quiet and beside a busy process.
 
 numpy-free: ``ctypes`` and ``llama_cpp`` only.
 """
