@@ -13,7 +13,10 @@ process (``python -c "while True: pass"``, nice 0, started by this script: the s
 autogroup), as on a board where another service holds a core.
 
     .venv/bin/python benchmarks/spin_bench.py [--models smollm2-135m-instruct,qwen2.5-coder-1.5b-instruct]
-        [--spins 300,3000,30000,300000] [--rounds 3] [--out benchmarks/results/spin_bench]
+        [--spins 300,3000,30000,300000] [--threads 2] [--rounds 3] [--out benchmarks/results/spin_bench]
+
+``--threads 1 --spins 300,300000 --out benchmarks/results/spin_bench_1thread``: one thread, no
+barrier to wait at (what ``nodes[].threads: 1`` gives a node on a busy host).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def _cell(gguf: Path, spin: int, threads: int, new_tokens: int) -> dict[str, Any
 
 def _markdown(res: dict[str, Any]) -> str:
     lines = ["# llama.cpp's barrier polling: quiet host and busy host\n",
-             f"{res['cpu']}, {res['threads']} threads, {res['rounds']} rounds (spin counts in rotating order, a "
+             f"{res['cpu']}, {res['threads']} thread{'s' if res['threads'] != 1 else ''}, {res['rounds']} rounds (spin counts in rotating order, a "
              f"fresh process each), medians; greedy, {res['new_tokens']} new tokens after a ~110-token prompt. "
              f"Spin {LIBGOMP_DEFAULT:,}: libgomp's default, what a stock llama.cpp process does; 300: a node alone "
              "on its host (`nodes[].spin`). Busy: one `while True: pass` process at nice 0 beside it.\n",
