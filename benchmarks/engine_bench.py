@@ -154,16 +154,17 @@ def worker(engine: str, artifact: str, threads: int, task: str, new_tokens: int,
 
 
 def _child(engine: str, artifact: str, threads: int, task: str, new_tokens: int, questions: int,
-           context: int = DIRECT_CONTEXT) -> dict:
+           context: int = DIRECT_CONTEXT, env: dict[str, str] | None = None) -> dict:
     """Run :func:`worker` in a fresh process; its result and that process's peak RSS (MB).
-    ``context``: llama.cpp's context allocated at load (tokens)."""
+    ``context``: llama.cpp's context allocated at load (tokens); ``env``: variables set in
+    that process beside this one's and the engine's (:data:`ENV`)."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "out.json"
         cmd = [sys.executable, __file__, "--worker", engine, "--artifact", artifact, "--threads",
                str(threads), "--task", task, "--new-tokens", str(new_tokens), "--questions",
                str(questions), "--worker-out", str(out), "--context", str(context)]
         with open(Path(d) / "log", "w+b") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV.get(engine, {})})
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV.get(engine, {}), **(env or {})})
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0 or not out.is_file():

@@ -89,12 +89,14 @@ def _versus(served: list[dict], direct: list[dict], rss_mb: dict[int, float]) ->
 
 
 def _markdown(result: dict[str, Any]) -> str:
+    from nodes.build import SPIN_ALONE
+
     lines = ["# Served path vs llama.cpp direct, paired request by request\n",
              f"{result['cpu']}, {result['threads']} threads, {result['pairs']} pairs per row (a direct "
              "generation in the driver process, then a streamed request through the fleet, alternating), "
              f"{result['new_tokens']} new tokens, greedy, the prompt of `benchmarks/engine_bench.py` in the model's "
              f"chat template. llama.cpp direct and the node: spin {result['spin']}"
-             + (" (a lone node's default)" if result["spin"] == 300 else "") + ", direct on the source GGUF "
+             + (" (a lone node's default)" if result["spin"] == SPIN_ALONE else "") + ", direct on the source GGUF "
              "unless the row says otherwise"
              + (f"; `llama.cpp {result['gguf_type']}`: served on the source GGUF requantised to "
                 f"{result['gguf_type']} (`edge-moe export --gguf-type`)" if result.get("gguf_type") else "")

@@ -21,7 +21,6 @@ barrier to wait at (what ``nodes[].threads: 1`` gives a node on a busy host).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -40,11 +39,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def _cell(gguf: Path, spin: int, threads: int, new_tokens: int) -> dict[str, Any]:
     from benchmarks.engine_bench import _child
 
-    os.environ["GOMP_SPINCOUNT"] = str(spin)  # the child's runner leaves a set count alone
-    try:
-        return _child("llama.cpp", str(gguf), threads, "speed", new_tokens, 0, context=512)
-    finally:
-        del os.environ["GOMP_SPINCOUNT"]
+    # the child's runner leaves a count set in its environment alone
+    return _child("llama.cpp", str(gguf), threads, "speed", new_tokens, 0, context=512,
+                  env={"GOMP_SPINCOUNT": str(spin)})
 
 
 def _markdown(res: dict[str, Any]) -> str:

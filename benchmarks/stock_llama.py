@@ -42,14 +42,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 class StockLlama:
     """A child process holding ``llama_cpp.Llama`` on ``gguf`` (the module docstring)."""
 
     def __init__(self, gguf: str | Path, threads: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in _WAIT_VARS}
+        from edge_moe.runtime.gguf_start import WAIT_VARS
+
+        env = {k: v for k, v in os.environ.items() if k not in WAIT_VARS}
         self._log = tempfile.TemporaryFile()  # llama.cpp's own lines, shown when the child fails
         self._proc = subprocess.Popen([sys.executable, __file__, str(gguf), str(threads)], cwd=REPO, env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)

@@ -48,11 +48,12 @@ from edge_moe.errors import RunnerError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SPIN", "EXTRA_HINT", "import_llama_cpp", "spin_in_effect", "start_llama_cpp"]
+__all__ = ["DEFAULT_SPIN", "EXTRA_HINT", "WAIT_VARS", "import_llama_cpp", "spin_in_effect", "start_llama_cpp"]
 
 EXTRA_HINT = ("pip install 'edge-moe[gguf]' (or `make install-gguf`, which builds it portably for "
               "these CPUs)")
 DEFAULT_SPIN = 0  # polls at a barrier before sleeping (the module docstring's table)
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's wait at a barrier; set, they win
 _AMX_VARIANTS = ("sapphirerapids",)  # ggml's CPU variants built with AMX_TILE / AMX_INT8
 _lock = threading.Lock()
 
@@ -71,7 +72,7 @@ def import_llama_cpp(spin: int | None = None) -> Any:
     if spin is not None and int(spin) < 0:
         raise RunnerError(f"runner 'llama.cpp': spin must be >= 0 (got {spin})")
     # before libgomp loads: it reads the variables once (the module docstring)
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    if not any(v in os.environ for v in WAIT_VARS):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # GOMP_SPINCOUNT wins over it; 0 polls: sleep
         os.environ["GOMP_SPINCOUNT"] = str(DEFAULT_SPIN if spin is None else int(spin))
     try:

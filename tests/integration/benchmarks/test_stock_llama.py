@@ -29,8 +29,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
 def test_stock_child_computes_the_nodes_prompt_at_llama_cpps_defaults() -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.engine_bench import PROMPT
-    from benchmarks.stock_llama import _WAIT_VARS, StockLlama
+    from benchmarks.stock_llama import StockLlama
     from edge_moe.runtime.gguf import GgufRunner
+    from edge_moe.runtime.gguf_start import WAIT_VARS
     from exporters.assets import fetch_asset
 
     gguf = fetch_asset("smollm2-135m-instruct")
@@ -53,5 +54,5 @@ def test_stock_child_computes_the_nodes_prompt_at_llama_cpps_defaults() -> None:
     assert first["computed_tokens"] == again["computed_tokens"] == n_prompt + NEW_TOKENS - 1
     assert again["text"] == first["text"]
     assert first["ttft_ms"] > 0 and first["decode_tok_s"] > 0
-    assert not any(v.encode() in child_env for v in _WAIT_VARS)
+    assert not any(v.encode() in child_env for v in WAIT_VARS)
     assert rss > gguf.stat().st_size / 2**20  # its own process, holding the weights it read
